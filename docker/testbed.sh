@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Make the test bed ready: a running Docker engine, a local Debian base image and the
+# "gaming PC" test host image. Idempotent, and quick when everything is already there.
+#
+# Engine: use a running one; else start dockerd; else (root on Debian) install docker.io.
+# Base:   use debian:bookworm-slim if present or pullable; else build one offline with
+#         debootstrap from the Debian mirror apt is already configured with.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+base_tag=${GT_REMOTE_BASE_TAG:-gt-remote-base:bookworm}
+test_tag=${GT_REMOTE_TEST_IMAGE:-gt-remote-testhost:latest}
+upstream_base=${GT_REMOTE_UPSTREAM_BASE:-debian:bookworm-slim}
+dockerd_log=${GT_REMOTE_DOCKERD_LOG:-/var/log/gt-remote-dockerd.log}
+export DOCKER_BUILDKIT=0   # the legacy builder needs no buildx plugin and no registry
+
+say() { printf 'testbed: %s\n' "$*" >&2; }
+die() { printf 'testbed: error: %s\n' "$*" >&2; exit 1; }
+
+engine_answers() { docker info >/dev/null 2>&1; }
+
+wait_for_engine() {
+    local deadline=$((SECONDS + 60))
+    until engine_answers; do
+        ((SECONDS < deadline)) || die "dockerd did not answer within 60 s; see $dockerd_log"
+        sleep 0.5
+    done
+}
+
+install_docker() {
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+        || die "no Docker engine: install Docker (Debian: 'apt-get install docker.io') and start dockerd, then run again"
+    say "installing Debian's docker.io"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null 2>&1
+}
+
+ensure_engine() {
+    engine_answers && return
+    command -v dockerd >/dev/null || install_docker
+    [ "$(id -u)" = 0 ] || die "dockerd is installed but not running, and starting it needs root: start the Docker service, then run again"
+    say "starting dockerd (log: $dockerd_log)"
+    mkdir -p "$(dirname "$dockerd_log")"
+    setsid nohup dockerd >>"$dockerd_log" 2>&1 </dev/null &
+    wait_for_engine
+}
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# The mirror apt on this machine already uses, so no host name is written down here.
+debian_mirror() {
+    if [ -n "${GT_REMOTE_DEBIAN_MIRROR:-}" ]; then echo "$GT_REMOTE_DEBIAN_MIRROR"; return; fi
+    local uri
+    uri=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -n1 || true)
+    [ -n "$uri" ] || uri=$(grep -hsE '^deb ' /etc/apt/sources.list | awk '{print $2}' | grep -v security | head -n1 || true)
+    [ -n "$uri" ] || die "no Debian mirror found in apt's sources: set GT_REMOTE_DEBIAN_MIRROR=<url>"
+    echo "$uri"
+}
+
+build_offline_base() {
+    command -v debootstrap >/dev/null || {
+        [ "$(id -u)" = 0 ] || die "debootstrap is missing: install it (apt-get install debootstrap), then run again"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1
+    }
+    local root mirror
+    mirror=$(debian_mirror)
+    root=$(mktemp -d /tmp/gt-remote-rootfs.XXXXXX)
+    say "no registry reachable: debootstrapping bookworm (about a minute)"
+    debootstrap --variant=minbase --include=openssh-server,python3,rsync,procps \
+        bookworm "$root" "$mirror" >/tmp/gt-remote-debootstrap.log 2>&1 \
+        || { rm -rf "$root"; die "debootstrap failed; see /tmp/gt-remote-debootstrap.log"; }
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    tar -C "$root" -c . | docker import - "$base_tag" >/dev/null
+    rm -rf "$root"
+    say "imported offline base image $base_tag"
+}
+
+ensure_base() {
+    have_image "$base_tag" && return
+    if have_image "$upstream_base" || timeout 60 docker pull -q "$upstream_base" >/dev/null 2>&1; then
+        docker tag "$upstream_base" "$base_tag"
+        return
+    fi
+    build_offline_base
+}
+
+context_hash() { cat "$here/Dockerfile" "$here/sshd_config" | sha256sum | cut -c1-16; }
+
+ensure_test_image() {
+    local want have
+    want=$(context_hash)
+    have=$(docker image inspect -f '{{ index .Config.Labels "gt-remote.context" }}' "$test_tag" 2>/dev/null || true)
+    [ "$want" = "$have" ] && return
+    say "building $test_tag"
+    docker build --build-arg "BASE_IMAGE=$base_tag" --label "gt-remote.context=$want" \
+        -t "$test_tag" "$here" >/tmp/gt-remote-build.log 2>&1 \
+        || die "building $test_tag failed; see /tmp/gt-remote-build.log"
+}
+
+ensure_engine
+ensure_base
+ensure_test_image
+say "ready: engine up, images $base_tag and $test_tag"

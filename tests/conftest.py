@@ -1,0 +1,122 @@
+"""Fixtures: the test image, a client key per run, containers per test, and a CLI runner
+whose state, runtime and config directories are private to the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from testcontainers.core.image import DockerImage
+
+from tests.testbed import BASE_TAG, REPO, STANDIN, TEST_IMAGE, ClientKey, SshHost, start_host
+
+
+@pytest.fixture(scope="session")
+def test_image() -> str:
+    """Built once per session (a cache hit after `make test`'s set-up built it)."""
+    DockerImage(path=REPO / "docker", tag=TEST_IMAGE, clean_up=False, buildargs={"BASE_IMAGE": BASE_TAG}).build()
+    return TEST_IMAGE
+
+
+@pytest.fixture(scope="session")
+def client_key(tmp_path_factory: pytest.TempPathFactory) -> ClientKey:
+    return ClientKey.create(tmp_path_factory.mktemp("client-key"))
+
+
+HostFactory = Callable[..., SshHost]
+
+
+@pytest.fixture
+def host_factory(tmp_path: Path, client_key: ClientKey, test_image: str) -> Iterator[HostFactory]:
+    started: list[SshHost] = []
+    networks: list[Any] = []
+
+    def make(alias: str = "gaming-pc", own_network: bool = False, **kwargs: Any) -> SshHost:
+        network = None
+        if own_network:
+            from docker import from_env
+
+            net = from_env().networks.create(f"gtr-{os.getpid()}-{len(networks)}-{alias}", driver="bridge")
+            networks.append(net)
+            network = net.name
+        host = start_host(tmp_path / alias, client_key, alias=alias, network=network, **kwargs)
+        started.append(host)
+        return host
+
+    yield make
+    for host in started:
+        try:
+            host.unpause()
+        except Exception:
+            pass
+        host.container.stop()
+    for net in networks:
+        net.remove()
+
+
+@pytest.fixture
+def ssh_host(host_factory: HostFactory) -> SshHost:
+    return host_factory()
+
+
+class Gt:
+    """Runs the real `gt-remote` command line, as a user would, in an isolated home."""
+
+    def __init__(self, home: Path, runtime: Path) -> None:
+        self.home = home
+        self.env = {
+            **os.environ,
+            "HOME": str(home),
+            "XDG_STATE_HOME": str(home / ".local/state"),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_RUNTIME_DIR": str(runtime),
+            "PYTHONPATH": str(REPO),
+        }
+        self.env.pop("SSH_AUTH_SOCK", None)
+        for name in ("GASTOWN_CCMUX_ADDR", "CCMUX_ADDR", "FUGUE_ADDR"):
+            self.env.pop(name, None)
+        self.ssh_config: Path | None = None
+
+    def __call__(self, *args: str, timeout: float = 120, ssh_config: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        config = ssh_config or self.ssh_config
+        cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), *args]
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, input=input)
+
+    def up(self, host: SshHost, *args: str, standin: bool = True) -> subprocess.CompletedProcess[str]:
+        extra = ["--server-binary", str(STANDIN)] if standin else []
+        return self(*(["up", host.alias, *extra, *args]), ssh_config=host.ssh_config)
+
+    def status(self, host: str | None = None) -> list[dict[str, Any]]:
+        result = self("status", *([host] if host else []), "--json")
+        return json.loads(result.stdout)
+
+    def supervisor_pids(self) -> list[int]:
+        runtime = Path(self.env["XDG_RUNTIME_DIR"]) / "gt-remote"
+        pids = []
+        for path in runtime.glob("*.pid"):
+            text = path.read_text().strip()
+            if text.isdigit():
+                pids.append(int(text))
+        return pids
+
+
+@pytest.fixture
+def gt(tmp_path: Path) -> Iterator[Gt]:
+    runtime = Path(tempfile.mkdtemp(prefix="gtr-"))  # short: Unix socket paths are limited
+    runner = Gt(tmp_path / "home", runtime)
+    (tmp_path / "home").mkdir()
+    yield runner
+    runner("down", "--all", timeout=60)
+    from gt_remote.control import supervisor_alive
+
+    for pid_file in (runtime / "gt-remote").glob("*.pid"):
+        pid = supervisor_alive(pid_file)
+        if pid and pid > 0:  # a supervisor this test started and `down` could not stop
+            os.kill(pid, signal.SIGKILL)

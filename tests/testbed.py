@@ -1,0 +1,185 @@
+"""The test bed: real OpenSSH "gaming PC" containers, reached on loopback only.
+
+Every container gets a fresh client key, an authorized_keys entry, a known_hosts pinned to
+its own host key (strict checking, never disabled) and an ssh_config alias. Fault helpers
+act on the container only, never on a host process.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import asyncssh
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+# testcontainers on this kind of machine: no registry for Ryuk, and keep traffic on loopback.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+os.environ.setdefault("TC_HOST", "127.0.0.1")
+
+REPO = Path(__file__).resolve().parent.parent
+STANDIN = REPO / "tests" / "standin" / "ccmux-server-standin"
+TEST_IMAGE = os.environ.get("GT_REMOTE_TEST_IMAGE", "gt-remote-testhost:latest")
+BASE_TAG = os.environ.get("GT_REMOTE_BASE_TAG", "gt-remote-base:bookworm")
+USER = "gamer"
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll a condition until it holds or the deadline passes: synchronisation, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class ClientKey:
+    path: Path
+    public: str
+
+    @classmethod
+    def create(cls, directory: Path) -> "ClientKey":
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="gt-remote-tests")
+        path = directory / "id_ed25519"
+        key.write_private_key(str(path))
+        path.chmod(0o600)
+        return cls(path, key.export_public_key().decode().strip())
+
+
+@dataclass
+class SshHost:
+    """One running "gaming PC" container, and how to reach it."""
+
+    container: DockerContainer
+    alias: str
+    port: int
+    directory: Path
+    key: ClientKey
+    network: str | None = None
+    host_key_line: str = ""
+    extra_config: list[str] = field(default_factory=list)
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.directory / "ssh_config"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.directory / "known_hosts"
+
+    @property
+    def wrapped(self):  # type: ignore[no-untyped-def]
+        return self.container.get_wrapped_container()
+
+    # --- set-up ---------------------------------------------------------------------
+
+    def authorize(self) -> None:
+        self.sh(f"printf '%s\\n' {shlex.quote(self.key.public)} > /home/{USER}/.ssh/authorized_keys", user=USER)
+        host_key = self.sh("cat /etc/ssh/ssh_host_ed25519_key.pub").strip().split()
+        self.host_key_line = f"[127.0.0.1]:{self.port} {host_key[0]} {host_key[1]}"
+        self.known_hosts.write_text(self.host_key_line + "\n")
+        self.write_ssh_config()
+
+    def config_block(self) -> str:
+        lines = [
+            f"Host {self.alias}",
+            "    HostName 127.0.0.1",
+            f"    Port {self.port}",
+            f"    User {USER}",
+            f"    IdentityFile {self.key.path}",
+            "    IdentitiesOnly yes",
+            f"    UserKnownHostsFile {self.known_hosts}",
+            "    StrictHostKeyChecking yes",
+            *[f"    {line}" for line in self.extra_config],
+        ]
+        return "\n".join(lines) + "\n"
+
+    def write_ssh_config(self) -> None:
+        self.ssh_config.write_text(self.config_block())
+
+    # --- inside the container -------------------------------------------------------
+
+    def exec(self, command: str, user: str = "root") -> tuple[int, str]:
+        code, output = self.wrapped.exec_run(["sh", "-c", command], user=user)
+        return int(code), output.decode(errors="replace")
+
+    def sh(self, command: str, user: str = "root") -> str:
+        code, output = self.exec(command, user)
+        assert code == 0, f"{command!r} exited {code}: {output}"
+        return output
+
+    def spawn(self, command: str, user: str = USER) -> None:
+        """Start a long-running process inside, detached from docker exec."""
+        self.wrapped.exec_run(["sh", "-c", command], user=user, detach=True)
+
+    def pids(self, pattern: str) -> list[int]:
+        code, output = self.exec(f"pgrep -f -- {shlex.quote(pattern)}")
+        return [int(pid) for pid in output.split()] if code == 0 else []
+
+    def install_standin(self, path: str = "/usr/local/bin/ccmux-server") -> None:
+        self.container.copy_into_container(STANDIN.read_bytes(), path, 0o755)
+
+    # --- faults ---------------------------------------------------------------------
+
+    def pause(self) -> None:
+        self.wrapped.pause()
+
+    def unpause(self) -> None:
+        self.wrapped.unpause()
+
+    def restart(self) -> None:
+        self.wrapped.restart(timeout=1)
+        wait_for(self._banner, 30, "sshd to answer again after the restart")
+
+    def disconnect(self) -> None:
+        assert self.network, "this host was started without its own network"
+        self.container.get_docker_client().client.networks.get(self.network).disconnect(self.wrapped)
+
+    def connect(self) -> None:
+        assert self.network
+        self.container.get_docker_client().client.networks.get(self.network).connect(self.wrapped)
+
+    def kill(self, pid: int, signal_name: str = "KILL") -> None:
+        self.sh(f"kill -{signal_name} {int(pid)}")
+
+    def _banner(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                return conn.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    def answers_ssh(self) -> bool:
+        return self._banner()
+
+
+def start_host(directory: Path, key: ClientKey, alias: str = "gaming-pc", network: str | None = None, **kwargs: object) -> SshHost:
+    port = free_loopback_port()
+    container = DockerContainer(TEST_IMAGE, **kwargs)  # type: ignore[arg-type]
+    container.ports["22/tcp"] = ("127.0.0.1", port)  # publish on loopback only
+    if network:
+        container.with_kwargs(network=network)
+    container.waiting_for(LogMessageWaitStrategy("Server listening on").with_startup_timeout(30))
+    container.start()
+    directory.mkdir(parents=True, exist_ok=True)
+    host = SshHost(container, alias, port, directory, key, network)
+    host.authorize()
+    wait_for(host.answers_ssh, 15, "sshd to answer on the published port")
+    return host
