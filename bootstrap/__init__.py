@@ -1,0 +1,1 @@
+"""Probe, install, start and stop the ccmux server on the remote."""

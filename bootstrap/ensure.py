@@ -1,0 +1,123 @@
+"""The decision `up` and every reconnect make: reuse, install, start, or fail with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import asyncssh
+
+from bootstrap import server as remote_server
+from bootstrap.install import run_install_command, upload_server
+from bootstrap.probe import PortState, RemoteFacts, file_digest, port_state, probe
+from gt_remote.config import HostSettings
+from gt_remote.errors import RemotePortBusy, ServerMissing, ServerWithoutTcp
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class ServerInfo:
+    path: str | None
+    version: str | None
+    pid: int | None
+    started_by_gt_remote: bool
+    reused: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, say: Say) -> ServerInfo:
+    """Make a ccmux server answer on the remote loopback port, touching a healthy one never."""
+    digest = file_digest(settings.server_binary) if settings.server_binary else ""
+    facts, state = await asyncio.gather(
+        probe(conn, settings.server, settings.remote_port, digest),
+        port_state(conn, settings.remote_port),
+    )
+    if state is PortState.ANSWERS:
+        return _reuse(facts, settings, say)
+    if state is PortState.BUSY:
+        raise _port_busy(settings)
+    if facts.pid is not None:
+        await _restart_tcpless(conn, facts.pid, settings, say)
+    path, version = facts.path, facts.version
+    if path is None:
+        path, version = await _install(conn, settings, say)
+    say(f"starting {settings.server} {version or '(unknown version)'} on {settings.name}, 127.0.0.1:{settings.remote_port}")
+    pid = await remote_server.start(conn, path, settings.server, settings.remote_port)
+    await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name)
+    return ServerInfo(path, version, pid, started_by_gt_remote=True, reused=False)
+
+
+async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, known: ServerInfo) -> ServerInfo | None:
+    """After a reconnect: None if the server still answers; a new ServerInfo if it had died."""
+    state = await port_state(conn, settings.remote_port)
+    if state is PortState.ANSWERS:
+        return None
+    if state is PortState.BUSY:
+        raise _port_busy(settings)
+    facts = await probe(conn, settings.server, settings.remote_port, file_digest(settings.server_binary) if settings.server_binary else "")
+    if facts.pid is not None:
+        # Alive but not answering on TCP: never kill a server that may hold panes.
+        raise ServerWithoutTcp(f"{settings.server} (pid {facts.pid}) runs on {settings.name} but does not answer on 127.0.0.1:{settings.remote_port}", "read its log under ~/.local/state/gt-remote/ there")
+    path = known.path or facts.path
+    if path is None:
+        raise ServerMissing(f"{settings.server} is gone from {settings.name}", "reinstall it, or pass --server-binary and run up again")
+    log.warning("remote server is not running; starting it again")
+    pid = await remote_server.start(conn, path, settings.server, settings.remote_port)
+    await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name)
+    return ServerInfo(path, known.version or facts.version, pid, started_by_gt_remote=True, reused=False)
+
+
+def _reuse(facts: RemoteFacts, settings: HostSettings, say: Say) -> ServerInfo:
+    ours = facts.pid is not None
+    if ours:
+        say(f"reusing the running {settings.server} (pid {facts.pid}) on {settings.name}")
+    else:
+        say(f"reusing a ccmux server on {settings.name}:127.0.0.1:{settings.remote_port} that gt-remote did not start; --stop-server will leave it alone")
+    return ServerInfo(facts.path, facts.version, facts.pid, started_by_gt_remote=ours, reused=True)
+
+
+async def _install(conn: asyncssh.SSHClientConnection, settings: HostSettings, say: Say) -> tuple[str, str | None]:
+    if settings.server_binary:
+        say(f"uploading {settings.server_binary} to {settings.name}")
+        path = await upload_server(conn, settings.server_binary, settings.server, file_digest(settings.server_binary), settings.name)
+        facts = await probe(conn, settings.server, settings.remote_port, file_digest(settings.server_binary))
+        return path, facts.version
+    if settings.install_command:
+        say(f"running the install command on {settings.name}: {settings.install_command}")
+        await run_install_command(conn, settings.install_command, settings.name)
+        facts = await probe(conn, settings.server, settings.remote_port)
+        if facts.path:
+            return facts.path, facts.version
+        raise ServerMissing(
+            f"the install command ran on {settings.name} but {settings.server} is still not found",
+            "make it install into PATH, ~/.cargo/bin or ~/.local/bin",
+        )
+    raise ServerMissing(
+        f"{settings.server} is not installed on {settings.name} (looked in PATH, ~/.cargo/bin, ~/.local/bin and gt-remote's install dir)",
+        "pass --server-binary PATH (a build for the remote) or --install-command CMD (e.g. 'cargo install --git ...')",
+    )
+
+
+async def _restart_tcpless(conn: asyncssh.SSHClientConnection, pid: int, settings: HostSettings, say: Say) -> None:
+    """A server we started lives but does not answer on its port: restart only if asked."""
+    if not settings.restart_server:
+        raise ServerWithoutTcp(
+            f"{settings.server} (pid {pid}) runs on {settings.name} but does not answer on 127.0.0.1:{settings.remote_port}",
+            f"restarting it ends its panes: run 'gt-remote up {settings.name} --restart-server' to restart it",
+        )
+    say(f"restarting {settings.server} (pid {pid}) on {settings.name}, as --restart-server asked")
+    await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=pid)
+
+
+def _port_busy(settings: HostSettings) -> RemotePortBusy:
+    return RemotePortBusy(
+        f"127.0.0.1:{settings.remote_port} on {settings.name} is held by a program that is not a ccmux server",
+        "pick another port with --remote-port, or stop that program",
+    )

@@ -1,0 +1,85 @@
+"""Putting a server binary on the remote: upload a user's build, or run their install command.
+
+Uploads land in a directory named by content hash, are written under a temporary name,
+checked to run there, made executable, and only then renamed into place: a failed or
+interrupted upload never leaves a half-written binary where the probe would find it.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncssh
+
+from bootstrap.remote import REMOTE_INSTALL_ROOT, run_script
+from gt_remote.errors import BinaryIncompatible, InstallFailed
+
+CHECK_AND_PLACE = r"""
+part=$1 final=$2
+chmod 755 "$HOME/$part" || { rm -f "$HOME/$part"; echo "error=chmod failed"; exit 0; }
+out=$("$HOME/$part" --version 2>&1); rc=$?
+if [ "$rc" -ne 0 ]; then
+    rm -f "$HOME/$part"
+    echo "rc=$rc"; echo "arch=$(uname -m)"; echo "os=$(uname -s)"
+    echo "output=$(printf '%s' "$out" | head -n 1)"
+    exit 0
+fi
+mv -f "$HOME/$part" "$HOME/$final" && echo "version=$(printf '%s' "$out" | head -n 1)"
+"""
+
+
+async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, server: str, digest: str, host: str) -> str:
+    """Upload, verify and place the binary; return its absolute remote path."""
+    directory = f"{REMOTE_INSTALL_ROOT}/{digest}"
+    part = f"{directory}/.{server}.part-{secrets.token_hex(4)}"
+    final = f"{directory}/{server}"
+    async with conn.start_sftp_client() as sftp:
+        await sftp.makedirs(directory, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
+        try:
+            await sftp.put(local_path, part)
+        except (asyncssh.SFTPError, OSError) as exc:
+            await _remove_quietly(sftp, part)
+            raise InstallFailed(
+                f"uploading {local_path} to {host} failed ({exc}); the partial file was removed",
+                "free space on the remote (check 'df -h ~' there) and run up again",
+            ) from None
+        home = await sftp.realpath(".")
+    fields = (await run_script(conn, CHECK_AND_PLACE, part, final)).fields
+    if "version" not in fields:
+        raise _cannot_run(local_path, host, fields)
+    return f"{home}/{final}"
+
+
+async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
+    try:
+        await sftp.remove(path)
+    except (asyncssh.SFTPError, OSError):
+        pass
+
+
+def _cannot_run(local_path: str, host: str, fields: dict[str, str]) -> InstallFailed:
+    arch, os_name = fields.get("arch", "unknown"), fields.get("os", "unknown")
+    rc, output = fields.get("rc", "?"), fields.get("output", fields.get("error", ""))
+    if rc in ("126", "127") or "format" in output.lower():
+        return BinaryIncompatible(
+            f"{local_path} cannot run on {host}, which is {os_name} {arch} ({output.strip() or f'exit {rc}'})",
+            f"build ccmux-server for {arch} {os_name} and pass that with --server-binary",
+        )
+    return InstallFailed(
+        f"{local_path} failed its check on {host}: '--version' exited {rc}: {output.strip()}",
+        "pass a working ccmux-server build with --server-binary",
+    )
+
+
+async def run_install_command(conn: asyncssh.SSHClientConnection, command: str, host: str) -> None:
+    """The user's own install command, run as they wrote it in their login shell."""
+    try:
+        result = await conn.run(command, check=False, timeout=1800)
+    except (asyncssh.Error, OSError) as exc:
+        raise InstallFailed(f"the install command failed on {host}: {exc}", "run it by hand over ssh to see why") from None
+    if result.exit_status != 0:
+        tail = " | ".join(str(result.stderr or result.stdout or "").strip().splitlines()[-3:])
+        raise InstallFailed(
+            f"the install command exited {result.exit_status} on {host}: {tail or 'no output'}",
+            "run it by hand over ssh to see why, then try again",
+        )

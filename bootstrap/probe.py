@@ -1,0 +1,106 @@
+"""One round trip that learns everything `up` needs about the remote."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from bootstrap.remote import run_script
+from gt_remote.errors import PingFailed
+from tunnel import wire
+
+PROBE_SCRIPT = r"""
+server=$1 port=$2 digest=$3
+found=""
+if [ -n "$digest" ] && [ -x "$install_root/$digest/$server" ]; then
+    found="$install_root/$digest/$server"
+elif [ -z "$digest" ]; then
+    found=$(command -v "$server" 2>/dev/null) || found=""
+    case "$found" in /*) ;; *) found="" ;; esac
+    # A non-interactive shell's PATH often lacks where cargo and pipx put things.
+    for candidate in "$HOME/.cargo/bin/$server" "$HOME/.local/bin/$server"; do
+        if [ -z "$found" ] && [ -x "$candidate" ]; then found=$candidate; fi
+    done
+    if [ -z "$found" ]; then
+        for candidate in "$install_root"/*/"$server"; do
+            [ -x "$candidate" ] || continue
+            if [ -z "$found" ] || [ "$candidate" -nt "$found" ]; then found=$candidate; fi
+        done
+    fi
+fi
+echo "path=$found"
+if [ -n "$found" ]; then echo "version=$("$found" --version 2>&1 | head -n 1)"; fi
+echo "arch=$(uname -m)"
+echo "os=$(uname -s)"
+pidfile="$state_dir/$server-$port.pid"
+if [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile")
+    if is_our_server "$pid" "$port"; then echo "pid=$pid"; fi
+fi
+"""
+
+
+@dataclass(frozen=True)
+class RemoteFacts:
+    path: str | None
+    version: str | None
+    arch: str
+    os: str
+    pid: int | None
+
+
+class PortState(enum.Enum):
+    ANSWERS = "answers"  # a ccmux server answered a Ping
+    CLOSED = "closed"  # nothing listens
+    BUSY = "busy"  # something listens, and it is not a ccmux server
+
+
+def file_digest(path: str) -> str:
+    """Names the versioned install directory, so one binary is uploaded once."""
+    sha = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def parse_version(output: str | None) -> str | None:
+    """`ccmux-server 0.1.1` -> `0.1.1`: the last word of the first line."""
+    words = (output or "").split()
+    return words[-1] if words else None
+
+
+async def probe(conn: asyncssh.SSHClientConnection, server: str, port: int, digest: str = "") -> RemoteFacts:
+    fields = (await run_script(conn, PROBE_SCRIPT, server, str(port), digest)).fields
+    pid = fields.get("pid", "")
+    return RemoteFacts(
+        path=fields.get("path") or None,
+        version=parse_version(fields.get("version")),
+        arch=fields.get("arch", "unknown"),
+        os=fields.get("os", "unknown"),
+        pid=int(pid) if pid.isdigit() else None,
+    )
+
+
+async def ping_remote(conn: asyncssh.SSHClientConnection, port: int, timeout: float = 3.0) -> float:
+    """Ping the server on the remote loopback port through a direct-tcpip channel."""
+    reader, writer = await asyncio.wait_for(conn.open_connection("127.0.0.1", port), timeout)
+    try:
+        return await wire.ping(reader, writer, timeout)
+    finally:
+        writer.close()
+
+
+async def port_state(conn: asyncssh.SSHClientConnection, port: int, timeout: float = 3.0) -> PortState:
+    try:
+        await ping_remote(conn, port, timeout)
+        return PortState.ANSWERS
+    except asyncssh.ChannelOpenError:
+        return PortState.CLOSED
+    except (PingFailed, asyncio.TimeoutError):
+        return PortState.BUSY

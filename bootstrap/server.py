@@ -1,0 +1,138 @@
+"""Starting and stopping the ccmux server on the remote.
+
+The server runs detached (setsid, nohup, stdin from /dev/null, output to its log) so it
+outlives the SSH connection; its pid file and log live under ~/.local/state/gt-remote/.
+A live process proves nothing (a TCP bind failure is only logged), so readiness is a Ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncssh
+
+from bootstrap.probe import ping_remote
+from bootstrap.remote import run_script
+from gt_remote.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp
+
+LOG_CAP_BYTES = 1024 * 1024
+
+START_SCRIPT = r"""
+path=$1 server=$2 port=$3
+umask 077
+mkdir -p "$state_dir" && chmod 700 "$state_dir"
+log="$state_dir/$server-$port.log"
+pidfile="$state_dir/$server-$port.pid"
+if [ -f "$log" ] && [ "$(wc -c < "$log")" -gt %(cap)d ]; then mv -f "$log" "$log.1"; fi
+echo "--- $(date -u +%%Y-%%m-%%dT%%H:%%M:%%SZ) gt-remote starting $path on 127.0.0.1:$port" >> "$log"
+if command -v setsid >/dev/null 2>&1; then
+    setsid nohup "$path" --listen-tcp "127.0.0.1:$port" </dev/null >>"$log" 2>&1 &
+else
+    nohup "$path" --listen-tcp "127.0.0.1:$port" </dev/null >>"$log" 2>&1 &
+fi
+pid=$!
+echo "$pid" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"
+echo "pid=$pid"
+""" % {"cap": LOG_CAP_BYTES}
+
+STATUS_SCRIPT = r"""
+pid=$1 server=$2 port=$3
+if kill -0 "$pid" 2>/dev/null; then echo "alive=1"; else echo "alive=0"; fi
+log="$state_dir/$server-$port.log"
+# The log since our last start marker, last lines only.
+[ -f "$log" ] && awk '/^--- .* gt-remote starting/ { n = 0; delete lines } { lines[n++] = $0 } END { s = n > 15 ? n - 15 : 0; for (i = s; i < n; i++) print "log=" lines[i] }' "$log"
+"""
+
+STOP_SCRIPT = r"""
+server=$1 port=$2 only_pid=$3
+pidfile="$state_dir/$server-$port.pid"
+[ -f "$pidfile" ] || { echo "stopped=none"; exit 0; }
+pid=$(cat "$pidfile")
+if [ -n "$only_pid" ] && [ "$pid" != "$only_pid" ]; then echo "stopped=none"; exit 0; fi
+if is_our_server "$pid" "$port"; then
+    kill -TERM "$pid"
+    i=0
+    while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    echo "stopped=$pid"
+else
+    echo "stopped=none"
+fi
+rm -f "$pidfile"
+"""
+
+
+async def start(conn: asyncssh.SSHClientConnection, path: str, server: str, port: int) -> int:
+    fields = (await run_script(conn, START_SCRIPT, path, server, str(port))).fields
+    pid = fields.get("pid", "")
+    if not pid.isdigit():
+        raise RemoteError(f"could not start {path} on the remote", "check that the remote home directory is writable")
+    return int(pid)
+
+
+async def stop(conn: asyncssh.SSHClientConnection, server: str, port: int, only_pid: int | None = None) -> int | None:
+    """Stop the server gt-remote started on `port` (TERM, then KILL after 5 s); None if none."""
+    fields = (await run_script(conn, STOP_SCRIPT, server, str(port), str(only_pid or ""))).fields
+    stopped = fields.get("stopped", "none")
+    return int(stopped) if stopped.isdigit() else None
+
+
+async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, server: str, port: int, host: str, deadline_s: float = 15.0) -> float:
+    """Wait for the first Pong on the remote port; on failure stop what we started and say why."""
+    deadline = time.monotonic() + deadline_s
+    next_liveness_check = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        try:
+            return await ping_remote(conn, port, timeout=2.0)
+        except (asyncssh.ChannelOpenError, PingFailed, asyncio.TimeoutError):
+            pass
+        if time.monotonic() >= next_liveness_check:
+            alive, log_tail = await _status(conn, pid, server, port)
+            if not alive:
+                raise _exited(server, port, host, log_tail)
+            if _bind_failed(log_tail):
+                await stop(conn, server, port, only_pid=pid)
+                raise _never_answered(server, port, host, log_tail)
+            next_liveness_check = time.monotonic() + 1.0
+        await asyncio.sleep(0.05)
+    alive, log_tail = await _status(conn, pid, server, port)
+    await stop(conn, server, port, only_pid=pid)
+    raise _never_answered(server, port, host, log_tail)
+
+
+async def _status(conn: asyncssh.SSHClientConnection, pid: int, server: str, port: int) -> tuple[bool, list[str]]:
+    result = await run_script(conn, STATUS_SCRIPT, str(pid), server, str(port))
+    lines = [line[4:] for line in result.stdout.splitlines() if line.startswith("log=")]
+    return result.fields.get("alive") == "1", lines
+
+
+def _tail(lines: list[str]) -> str:
+    return " | ".join(line.strip() for line in lines[-3:] if line.strip()) or "no log output"
+
+
+def _exited(server: str, port: int, host: str, log_tail: list[str]) -> GtRemoteError:
+    text = "\n".join(log_tail)
+    if "already running" in text:
+        return ServerWithoutTcp(
+            f"a {server} already runs on {host} without TCP, so a second one cannot start",
+            f"restarting it ends its panes: run 'gt-remote up {host} --restart-server' to restart it "
+            f"with --listen-tcp 127.0.0.1:{port}, or restart it yourself with that option",
+        )
+    return RemoteError(f"{server} exited right after starting on {host}: {_tail(log_tail)}", f"read ~/.local/state/gt-remote/{server}-{port}.log on {host}")
+
+
+def _bind_failed(log_tail: list[str]) -> bool:
+    return any("Failed to bind TCP listener" in line for line in log_tail)
+
+
+def _never_answered(server: str, port: int, host: str, log_tail: list[str]) -> GtRemoteError:
+    if _bind_failed(log_tail):
+        return RemotePortBusy(
+            f"{server} could not bind 127.0.0.1:{port} on {host}: another program holds that port ({_tail(log_tail)})",
+            "pick another port with --remote-port, or stop that program",
+        )
+    return ServerNotAnswering(
+        f"{server} started on {host} but never answered a Ping on 127.0.0.1:{port}: {_tail(log_tail)}",
+        f"read ~/.local/state/gt-remote/{server}-{port}.log on {host}",
+    )

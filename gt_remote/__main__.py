@@ -1,0 +1,3 @@
+from gt_remote.cli import main
+
+main()

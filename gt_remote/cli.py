@@ -1,0 +1,201 @@
+"""The `gt-remote` command line: parse, call into the packages, print. Errors become one line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import click
+
+from gt_remote import lifecycle
+from gt_remote.addresses import export_lines
+from gt_remote.config import load_config, resolve
+from gt_remote.errors import GtRemoteError, UsageError
+from gt_remote.paths import HostFiles, config_file, known_host_names
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def say(message: str) -> None:
+    click.echo(f"gt-remote: {message}", err=True)
+
+
+def user_errors(func: F) -> F:
+    """The CLI edge: a typed error becomes `gt-remote: error: cause; fix` and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GtRemoteError as error:
+            click.echo(f"gt-remote: error: {error}", err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("gt-remote: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Globals:
+    def __init__(self, ssh_config: str | None, config_path: str | None) -> None:
+        self.ssh_config = ssh_config
+        self.config_path = Path(config_path) if config_path else config_file()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-F", "ssh_config", metavar="SSH_CONFIG", help="ssh_config file to use, like ssh -F (default ~/.ssh/config).")
+@click.option("--config", "config_path", metavar="FILE", help="gt-remote config (default $XDG_CONFIG_HOME/gt-remote/config.toml).")
+@click.version_option(package_name="gt-remote")
+@click.pass_context
+def main(ctx: click.Context, ssh_config: str | None, config_path: str | None) -> None:
+    """Run gastown's polecats on a remote ccmux-server through a supervised SSH tunnel."""
+    ctx.obj = Globals(ssh_config, config_path)
+
+
+def _ssh_config(globals_: Globals) -> str | None:
+    if globals_.ssh_config is None:
+        return None
+    path = Path(globals_.ssh_config).expanduser()
+    if not path.is_file():
+        raise UsageError(f"ssh_config file {path} does not exist", "pass an existing file with -F, or leave -F out for ~/.ssh/config")
+    return str(path.resolve())
+
+
+@main.command()
+@click.argument("host")
+@click.option("--remote-port", type=int, help="Loopback port of the server on the remote (default 9999).")
+@click.option("--local", help="Local address to export: tcp://127.0.0.1:PORT or unix:///abs/path (default tcp://127.0.0.1:<remote port>).")
+@click.option("--server", help="Server program: ccmux-server (default) or fugue-server.")
+@click.option("--server-binary", help="A server build for the remote, uploaded if it is not there yet.")
+@click.option("--install-command", help="A remote shell command that installs the server when it is missing.")
+@click.option("--keepalive", type=float, help="Seconds between SSH keepalives; a silent link is dropped after 3 misses (default 5).")
+@click.option("--restart-server", is_flag=True, help="Restart a server that runs without TCP (ends its panes).")
+@click.option("--foreground", is_flag=True, help="Stay in the foreground as the supervisor (for systemd and launchd).")
+@click.pass_obj
+@user_errors
+def up(g: Globals, host: str, foreground: bool, **options: Any) -> None:
+    """Bring HOST's tunnel up and print the export lines: eval "$(gt-remote up HOST)"."""
+    overrides = {key: value for key, value in options.items() if value not in (None, False)}
+    settings = resolve(host, load_config(g.config_path), overrides, _ssh_config(g))
+
+    def print_exports(lines: list[str]) -> None:
+        click.echo("\n".join(lines))
+        sys.stdout.flush()
+
+    lines = lifecycle.up(settings, say, foreground=foreground, on_ready=print_exports)
+    if not foreground:
+        print_exports(lines)
+        say(f"{host} is up; 'gt-remote status' shows it, 'gt-remote down {host}' stops it")
+
+
+@main.command()
+@click.argument("host", required=False)
+@click.option("--all", "all_hosts", is_flag=True, help="Stop every host.")
+@click.option("--stop-server", is_flag=True, help="Also stop the remote server, if gt-remote started it.")
+@user_errors
+def down(host: str | None, all_hosts: bool, stop_server: bool) -> None:
+    """Stop HOST's supervisor; the remote server keeps running unless --stop-server."""
+    if bool(host) == all_hosts:
+        raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote down gaming-pc'")
+    names = known_host_names() if all_hosts else [host]
+    if not names:
+        say("no hosts are up")
+    for name in names:
+        assert name is not None
+        say(lifecycle.down(name, stop_server))
+
+
+@main.command()
+@click.argument("host", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def status(host: str | None, as_json: bool) -> None:
+    """Show each host's tunnel; exit 0 only when every listed host is up."""
+    rows = lifecycle.all_statuses(host)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(_status_table(rows))
+    sys.exit(0 if all(row["state"] == "up" for row in rows) else 1)
+
+
+def _status_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no hosts (bring one up with: eval \"$(gt-remote up HOST)\")"
+    lines = []
+    for row in rows:
+        server = row.get("server") or {}
+        rtt = f"{row['rtt_ms']:.2f} ms" if row.get("rtt_ms") is not None else "-"
+        uptime = _duration(row["uptime_s"]) if row.get("uptime_s") is not None else "-"
+        lines.append(f"{row['host']}: {row['state']}")
+        lines.append(f"  local       {row.get('local') or '-'}  ->  remote 127.0.0.1:{row.get('remote_port') or '-'}")
+        lines.append(f"  server      {server.get('name') or ''} {server.get('version') or ''} pid {server.get('pid') or '-'}".replace("  pid", " pid"))
+        lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
+        if row.get("next_attempt_at") and row["state"] == "reconnecting":
+            lines.append(f"  next attempt at {row['next_attempt_at']}")
+        if row.get("last_error"):
+            lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@main.command()
+@click.argument("host")
+@click.option("--shell", type=click.Choice(["sh", "fish"]), default="sh", show_default=True)
+@user_errors
+def env(host: str, shell: str) -> None:
+    """Print the export lines of HOST, which must be up."""
+    status_ = lifecycle.require_up(host)
+    click.echo("\n".join(export_lines(status_["local"], status_["server"]["name"], shell)))
+
+
+@main.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("host")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@user_errors
+def exec_(host: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND with HOST's variables set: gt-remote exec HOST -- gt mayor attach."""
+    status_ = lifecycle.require_up(host)
+    environment = dict(os.environ)
+    for line in export_lines(status_["local"], status_["server"]["name"]):
+        name, _, _ = line.removeprefix("export ").partition("=")
+        environment[name] = status_["local"]
+    try:
+        os.execvpe(command[0], list(command), environment)
+    except FileNotFoundError:
+        raise GtRemoteError(f"command not found: {command[0]}", "check its name and your PATH") from None
+
+
+@main.command()
+@click.argument("host")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", default=50, show_default=True, help="How many lines from the end.")
+@user_errors
+def logs(host: str, follow: bool, lines: int) -> None:
+    """Show the supervisor log of HOST."""
+    path = HostFiles(host).log
+    if not path.exists():
+        raise GtRemoteError(f"no log for {host} at {path}", f"bring it up first: gt-remote up {host}")
+    with path.open() as handle:
+        for line in handle.readlines()[-lines:]:
+            click.echo(line, nl=False)
+        while follow:
+            line = handle.readline()
+            if line:
+                click.echo(line, nl=False)
+            else:
+                time.sleep(0.2)

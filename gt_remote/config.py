@@ -1,0 +1,142 @@
+"""Host settings: `[hosts.NAME]` tables in the TOML config, overridden by command-line options."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from gt_remote.addresses import Address, normalize_local, parse_address, require_loopback
+from gt_remote.errors import ConfigError, UsageError
+
+DEFAULT_REMOTE_PORT = 9999
+DEFAULT_SERVER = "ccmux-server"
+DEFAULT_KEEPALIVE = 5.0
+HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync"}
+SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Everything a supervisor needs to bring one host up; JSON-able for the child process."""
+
+    name: str
+    destination: str
+    remote_port: int = DEFAULT_REMOTE_PORT
+    local_url: str = ""
+    server: str = DEFAULT_SERVER
+    server_binary: str | None = None
+    install_command: str | None = None
+    keepalive: float = DEFAULT_KEEPALIVE
+    ssh_config: str | None = None
+    restart_server: bool = False
+    sync: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def local(self) -> Address:
+        return parse_address(self.local_url)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "HostSettings":
+        data = json.loads(text)
+        data["sync"] = tuple(data.get("sync", ()))
+        return cls(**data)
+
+
+def load_config(path: Path) -> dict[str, dict[str, Any]]:
+    """The `[hosts.*]` tables; a missing file is an empty config, a broken one an error."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}", "fix the TOML syntax or pass --config FILE") from exc
+    hosts = data.get("hosts", {})
+    if not isinstance(hosts, dict):
+        raise ConfigError(f"{path}: 'hosts' must be a table of [hosts.NAME] tables", "see docs/usage.md")
+    for name, table in hosts.items():
+        _check_table(path, name, table)
+    return hosts
+
+
+def _check_table(path: Path, name: str, table: object) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [hosts.{name}] must be a table", "see docs/usage.md")
+    unknown = sorted(set(table) - HOST_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: [hosts.{name}] has unknown key(s) {', '.join(unknown)}",
+            f"use only {', '.join(sorted(HOST_KEYS))}",
+        )
+
+
+def resolve(host: str, config: Mapping[str, Mapping[str, Any]], overrides: Mapping[str, Any], ssh_config: str | None) -> HostSettings:
+    """Merge defaults < config table < command line, and validate the result."""
+    merged: dict[str, Any] = dict(config.get(host, {}))
+    merged.update({key: value for key, value in overrides.items() if value is not None})
+    remote_port = _port(merged.get("remote_port", DEFAULT_REMOTE_PORT))
+    local = _local(merged.get("local"), remote_port)
+    return HostSettings(
+        name=host,
+        destination=_text(merged.get("ssh", host), "ssh"),
+        remote_port=remote_port,
+        local_url=local.url,
+        server=_server(merged.get("server", DEFAULT_SERVER)),
+        server_binary=_binary(merged.get("server_binary")),
+        install_command=_optional_text(merged.get("install_command"), "install_command"),
+        keepalive=_keepalive(merged.get("keepalive", DEFAULT_KEEPALIVE)),
+        ssh_config=ssh_config,
+        restart_server=bool(merged.get("restart_server", False)),
+        sync=tuple(_text(item, "sync") for item in merged.get("sync", ())),
+    )
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise UsageError(f"remote port {value!r} is not a port number", "use a number from 1 to 65535, e.g. --remote-port 9999")
+    return value
+
+
+def _local(value: Any, remote_port: int) -> Address:
+    if value is None:
+        return parse_address(f"tcp://127.0.0.1:{remote_port}")
+    return normalize_local(require_loopback(parse_address(_text(value, "local"))))
+
+
+def _server(value: Any) -> str:
+    name = _text(value, "server")
+    if not SERVER_NAME.match(name):
+        raise UsageError(f"server name {name!r} is not a plain program name", "use ccmux-server or fugue-server")
+    return name
+
+
+def _binary(value: Any) -> str | None:
+    if value is None:
+        return None
+    path = Path(_text(value, "server_binary")).expanduser()
+    if not path.is_file():
+        raise UsageError(f"server binary {path} does not exist", "pass the path of the ccmux-server you built for the remote")
+    return str(path.resolve())
+
+
+def _keepalive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"keepalive {value!r} is not a positive number of seconds", "use e.g. --keepalive 5")
+    return float(value)
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key} must be a non-empty string, not {value!r}", "quote it in the config file")
+    return value
+
+
+def _optional_text(value: Any, key: str) -> str | None:
+    return None if value is None else _text(value, key)

@@ -1,0 +1,94 @@
+"""The supervisor's control socket: one JSON request line, one JSON reply line.
+
+`status` reads live data from here, never from a file that may be stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(await reader.readline() or b"{}")
+            reply = await handler(request)
+        except (ValueError, ConnectionError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        try:
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    path.unlink(missing_ok=True)
+    old_umask = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(on_client, str(path))
+    finally:
+        os.umask(old_umask)
+    path.chmod(0o600)
+    return server
+
+
+def request(path: Path, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any] | None:
+    """Ask a supervisor; None when nobody answers (no socket, dead, or stopped)."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    try:
+        client.connect(str(path))
+        client.sendall(json.dumps(message).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return json.loads(data) if data else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        client.close()
+
+
+def supervisor_alive(pid_path: Path) -> int | None:
+    """The pid of the supervisor holding `pid_path`'s lock, or None if nobody holds it.
+
+    The lock dies with its process, so this cannot be fooled by a stale file or pid reuse.
+    """
+    try:
+        fd = os.open(pid_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        return int(text) if text.isdigit() else -1
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    return None
+
+
+def hold_pid_lock(pid_path: Path) -> int | None:
+    """Take the per-host supervisor lock for this process's life; None if another holds it."""
+    fd = os.open(pid_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

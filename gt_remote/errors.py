@@ -1,0 +1,104 @@
+"""Typed errors. Each carries the cause and the fix; the CLI edge turns them into one line."""
+
+from __future__ import annotations
+
+
+class GtRemoteError(Exception):
+    """An error a user can act on.
+
+    `transient` says whether trying again later may help (network loss) or not (bad key).
+    """
+
+    transient = False
+    exit_code = 1
+
+    def __init__(self, cause: str, fix: str = "") -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.cause}; {self.fix}" if self.fix else self.cause
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": type(self).__name__, "cause": self.cause, "fix": self.fix, "transient": self.transient}
+
+
+class UsageError(GtRemoteError):
+    """Bad input on the command line or in the config file."""
+
+    exit_code = 2
+
+
+class AddressError(UsageError):
+    """A malformed or unsafe GASTOWN_CCMUX_ADDR-style URL."""
+
+
+class ConfigError(UsageError):
+    """The TOML config file is unreadable or holds unknown or ill-typed keys."""
+
+
+class LocalPortInUse(GtRemoteError):
+    """The local listener's address is already taken."""
+
+
+class NotUp(GtRemoteError):
+    """A command needs a host that is up, and it is not."""
+
+
+class SshError(GtRemoteError):
+    """Connecting or talking to the SSH server failed."""
+
+
+class UnknownHost(SshError):
+    """The destination name does not resolve."""
+
+
+class AuthRefused(SshError):
+    """The server refused every key we offered: retrying cannot help."""
+
+
+class HostKeyRejected(SshError):
+    """The server's host key is unknown or has changed: never bypassed."""
+
+
+class ConnectFailed(SshError):
+    """Refused, reset, timed out or lost: the network may come back."""
+
+    transient = True
+
+
+class RemoteError(GtRemoteError):
+    """The remote machine could not run, install or serve the ccmux server."""
+
+
+class ServerMissing(RemoteError):
+    """No server on the remote and no way to install one."""
+
+
+class InstallFailed(RemoteError):
+    """Uploading or installing the server failed; nothing half-written is left."""
+
+
+class BinaryIncompatible(InstallFailed):
+    """The uploaded binary cannot run on the remote (wrong architecture or OS)."""
+
+
+class RemotePortBusy(RemoteError):
+    """The remote port is held by a program that is not a ccmux server."""
+
+
+class ServerWithoutTcp(RemoteError):
+    """A ccmux server runs on the remote without TCP; only a restart can add it."""
+
+
+class ServerNotAnswering(RemoteError):
+    """The server was started but never answered a Ping on its TCP port."""
+
+    transient = True
+
+
+class PingFailed(GtRemoteError):
+    """A ccmux Ping got no Pong."""
+
+    transient = True

@@ -1,0 +1,268 @@
+"""What `up`, `down` and `status` do with supervisors; the CLI only parses and prints.
+
+`up` and `down` for one host are serialised by a lock file, so two racing `up`s never
+leave two supervisors: the second waits, then finds the first one's supervisor and reuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from gt_remote import control, errors
+from gt_remote.config import HostSettings
+from gt_remote.errors import GtRemoteError, NotUp, UsageError
+from gt_remote.paths import HostFiles, known_host_names
+
+Say = Callable[[str], None]
+LOCK_TIMEOUT = 600.0
+STOP_GRACE = 5.0
+
+
+class HostLock:
+    """An exclusive flock on the host's lock file, waited for up to a deadline."""
+
+    def __init__(self, files: HostFiles, timeout: float = LOCK_TIMEOUT) -> None:
+        self.files = files
+        self.timeout = timeout
+        self.fd: int | None = None
+
+    def __enter__(self) -> "HostLock":
+        self.fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.release()
+                    raise GtRemoteError(f"another gt-remote command for {self.files.name} is still running", "wait for it to finish, then try again") from None
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def error_from_dict(data: dict[str, Any]) -> GtRemoteError:
+    """Rebuild a typed error the supervisor reported, so exit codes stay right."""
+    cls = getattr(errors, str(data.get("kind")), GtRemoteError)
+    if not (isinstance(cls, type) and issubclass(cls, GtRemoteError)):
+        cls = GtRemoteError
+    return cls(str(data.get("cause", "unknown error")), str(data.get("fix", "")))
+
+
+def live_status(files: HostFiles, timeout: float = 3.0) -> dict[str, Any] | None:
+    reply = control.request(files.control, {"op": "status"}, timeout)
+    return reply["status"] if reply and reply.get("ok") else None
+
+
+# --- up ---------------------------------------------------------------------------------
+
+
+def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Callable[[list[str]], None] | None = None) -> list[str]:
+    """Bring a host up (or find it up) and return its export lines."""
+    files = HostFiles(settings.name)
+    with HostLock(files) as lock:
+        status = live_status(files)
+        if status is not None:
+            _check_same(settings, status)
+            say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
+            return list(status["exports"])
+        pid = control.supervisor_alive(files.pid)
+        if pid is not None:
+            raise GtRemoteError(
+                f"the supervisor of {settings.name} (pid {pid}) is alive but does not answer",
+                f"it may be stopped (SIGSTOP): resume it with 'kill -CONT {pid}', or run 'gt-remote down {settings.name}'",
+            )
+        _clean_stale(files)
+        if foreground:
+            return _run_foreground(settings, say, lock, on_ready)
+        return _spawn(settings, files, say)
+
+
+def _check_same(settings: HostSettings, status: dict[str, Any]) -> None:
+    if status["local"] != settings.local_url or status["remote_port"] != settings.remote_port:
+        raise UsageError(
+            f"{settings.name} is already up with local {status['local']} and remote port {status['remote_port']}",
+            f"run 'gt-remote down {settings.name}' first to change them",
+        )
+
+
+def _clean_stale(files: HostFiles) -> None:
+    """Leftovers of a supervisor that died without cleaning up (SIGKILL, power loss)."""
+    files.control.unlink(missing_ok=True)
+    files.record.unlink(missing_ok=True)
+
+
+def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
+    log_fd = os.open(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gt_remote.supervisor", settings.to_json()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_fd,
+            start_new_session=True,
+            cwd="/",
+        )
+    finally:
+        os.close(log_fd)
+    try:
+        return _relay_until_ready(proc, files, say)
+    except BaseException:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        raise
+    finally:
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say) -> list[str]:
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        event = json.loads(raw)
+        if event["event"] == "progress":
+            say(event["message"])
+        elif event["event"] == "ready":
+            return list(event["status"]["exports"])
+        elif event["event"] == "error":
+            proc.wait(30)
+            raise error_from_dict(event["error"])
+    code = proc.wait(30)
+    raise GtRemoteError(f"the supervisor exited (code {code}) before the tunnel was up", f"see its log: gt-remote logs {files.name}")
+
+
+def _run_foreground(settings: HostSettings, say: Say, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
+    from gt_remote import supervisor
+
+    files = HostFiles(settings.name)
+    if control.hold_pid_lock(files.pid) is None:
+        raise GtRemoteError(f"a supervisor for {settings.name} is already running", f"run 'gt-remote down {settings.name}' first")
+    supervisor.setup_logging(files, also_stderr=True)
+    exports: list[str] = []
+
+    def ready(status: dict[str, Any]) -> None:
+        exports.extend(status["exports"])
+        lock.release()
+        if on_ready:
+            on_ready(exports)
+
+    asyncio.run(supervisor.run(settings, say, ready))
+    return exports
+
+
+# --- down -------------------------------------------------------------------------------
+
+
+def down(name: str, stop_server: bool) -> str:
+    """Stop a host's supervisor (and the remote server if asked and ours); say what happened."""
+    files = HostFiles(name)
+    with HostLock(files, timeout=60):
+        pid = control.supervisor_alive(files.pid)
+        reply = control.request(files.control, {"op": "stop", "stop_server": stop_server}, timeout=30 if stop_server else 3)
+        if reply is None and pid is None:
+            was_known = files.record.exists()
+            _clean_stale(files)
+            return f"{name}: already down" + (" (cleaned up after a supervisor that had died)" if was_known else "")
+        if reply is None and pid is not None and pid > 0:
+            _signal(pid, signal.SIGTERM)
+            _signal(pid, signal.SIGCONT)  # a stopped process acts on TERM only once resumed
+        if not _wait_until(lambda: control.supervisor_alive(files.pid) is None, STOP_GRACE) and pid:
+            _signal(pid, signal.SIGKILL)
+            _wait_until(lambda: control.supervisor_alive(files.pid) is None, STOP_GRACE)
+        _clean_stale(files)
+    note = (reply or {}).get("server_note") if stop_server else "the remote server keeps running (use --stop-server to stop it)"
+    return f"{name}: down; {note}" if note else f"{name}: down"
+
+
+def _signal(pid: int, signum: int) -> None:
+    """Only ever the pid read from our own supervisor's lock file, which that process holds."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+def host_status(name: str) -> dict[str, Any]:
+    """Live from the supervisor; else a `down` row that says why."""
+    files = HostFiles(name)
+    status = live_status(files, timeout=2.0)
+    if status is not None:
+        return status
+    record = _read_record(files)
+    last = record.get("status", {})
+    pid = control.supervisor_alive(files.pid)
+    if pid is not None:
+        last_error = f"the supervisor (pid {pid}) is alive but does not answer; it may be stopped (SIGSTOP)"
+    elif record:
+        last_error = f"the supervisor (pid {last.get('supervisor_pid')}) is not running: it died or was killed; run 'gt-remote up {name}' to bring the tunnel back"
+    else:
+        last_error = None
+    return {
+        "host": name,
+        "destination": last.get("destination"),
+        "state": "down",
+        "local": last.get("local"),
+        "remote_port": last.get("remote_port"),
+        "supervisor_pid": pid,
+        "uptime_s": None,
+        "reconnects": last.get("reconnects", 0),
+        "server_restarts": last.get("server_restarts", 0),
+        "rtt_ms": None,
+        "server": last.get("server", {"pid": None, "version": None}),
+        "last_error": last_error,
+        "since": last.get("since"),
+        "next_attempt_at": None,
+        "clients": 0,
+        "exports": [],
+    }
+
+
+def _read_record(files: HostFiles) -> dict[str, Any]:
+    try:
+        data = json.loads(files.record.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def all_statuses(only: str | None = None) -> list[dict[str, Any]]:
+    names = [only] if only else known_host_names()
+    return [host_status(name) for name in names]
+
+
+def require_up(name: str) -> dict[str, Any]:
+    """The live status of a host whose tunnel can be used now (or comes back by itself)."""
+    status = live_status(HostFiles(name))
+    if status is None:
+        raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {name})\"' first")
+    if status["state"] == "failed":
+        raise NotUp(f"{name} has failed: {status['last_error']}", f"fix that, then run 'gt-remote down {name}' and 'gt-remote up {name}'")
+    return status

@@ -1,0 +1,280 @@
+"""The supervisor: one process per host that keeps its tunnel alive.
+
+It binds the local address first (a taken port fails before anything remote is touched),
+connects, makes sure the remote server answers, proves the path end to end with a Ping,
+and then watches: the link reconnects on loss, the health loop Pings the server through
+the tunnel and restarts it only if it died. `status` and `down` talk to its control socket.
+
+Run detached by `gt-remote up` as `python -m gt_remote.supervisor SETTINGS_JSON`, which
+reports progress as JSON lines on stdout until the tunnel is up, or in-process with
+`up --foreground` (systemd, launchd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import asyncssh
+
+from bootstrap import server as remote_server
+from bootstrap.ensure import ServerInfo, ensure_server, revive_server
+from bootstrap.probe import ping_remote
+from gt_remote import control
+from gt_remote.addresses import export_lines
+from gt_remote.config import HostSettings
+from gt_remote.errors import GtRemoteError, PingFailed
+from gt_remote.paths import HostFiles, write_private
+from tunnel.connection import SshTarget
+from tunnel.forwarder import Forwarder
+from tunnel.link import Link
+from tunnel.wire import ping_address
+
+log = logging.getLogger("gt_remote.supervisor")
+
+Say = Callable[[str], None]
+LOG_MAX_BYTES = 1024 * 1024
+LOG_BACKUPS = 3
+
+
+def iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+class Supervisor:
+    def __init__(self, settings: HostSettings, say: Say) -> None:
+        self.settings = settings
+        self.say = say
+        self.files = HostFiles(settings.name)
+        target = SshTarget(settings.destination, settings.ssh_config, settings.keepalive)
+        self.link = Link(target, after_reconnect=self._after_reconnect)
+        self.forwarder = Forwarder(settings.local, settings.remote_port, self.link)
+        self.server: ServerInfo | None = None
+        self.server_restarts = 0
+        self.server_error: GtRemoteError | None = None
+        self.rtt_ms: float | None = None
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._control: asyncio.AbstractServer | None = None
+        self._saved: tuple[object, ...] = ()
+
+    # --- bring-up -------------------------------------------------------------------
+
+    async def bring_up(self) -> None:
+        """Everything `up` promises, or nothing left behind."""
+        await self.forwarder.start()
+        try:
+            self.say(f"connecting to {self.settings.destination}")
+            conn = await self.link.open()
+            self.server = await ensure_server(conn, self.settings, self.say)
+            self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
+            self.rtt_ms = await ping_address(self.settings.local, timeout=10.0) * 1000
+            self._control = await control.serve(self.files.control, self._on_request)
+        except BaseException:
+            await self._abandon()
+            raise
+        self.started_at = time.time()
+        self._save_record()
+        log.info("up: %s -> %s:127.0.0.1:%d", self.settings.local_url, self.settings.destination, self.settings.remote_port)
+
+    async def _abandon(self) -> None:
+        server = self.server
+        conn = self.link.connection
+        if server and server.started_by_gt_remote and not server.reused and conn is not None:
+            await remote_server.stop(conn, self.settings.server, self.settings.remote_port, only_pid=server.pid)
+        await self.forwarder.close()
+        await self.link.close()
+
+    # --- running --------------------------------------------------------------------
+
+    async def serve_forever(self) -> None:
+        tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self._health_loop())]
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._shutdown()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _health_loop(self) -> None:
+        """Ping the server through the tunnel; revive it if it died while the link stayed up."""
+        while True:
+            await asyncio.sleep(self.settings.keepalive)
+            conn = self.link.connection
+            if conn is not None:
+                try:
+                    self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
+                    self.server_error = None
+                except (asyncssh.Error, PingFailed, asyncio.TimeoutError, OSError) as exc:
+                    log.warning("health Ping failed: %s", exc)
+                    await self._check_server(conn)
+            self._save_record_if_changed()
+
+    async def _check_server(self, conn: asyncssh.SSHClientConnection) -> None:
+        try:
+            await self._revive(conn)
+        except GtRemoteError as error:
+            log.error("remote server check failed: %s", error)
+            self.server_error = error
+
+    async def _after_reconnect(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Runs on every new connection before it is used; errors count as a failed attempt."""
+        await self._revive(conn)
+
+    async def _revive(self, conn: asyncssh.SSHClientConnection) -> None:
+        assert self.server is not None
+        revived = await revive_server(conn, self.settings, self.server)
+        if revived is not None:
+            self.server = revived
+            self.server_restarts += 1
+            log.warning("remote server restarted (pid %s), restart #%d", revived.pid, self.server_restarts)
+
+    # --- control --------------------------------------------------------------------
+
+    async def _on_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, "status": self.status()}
+        if op == "stop":
+            stopped = await self._stop_remote_server() if request.get("stop_server") else None
+            self._stop.set()
+            return {"ok": True, **(stopped or {})}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def _stop_remote_server(self) -> dict[str, Any]:
+        server = self.server
+        if server is None or not server.started_by_gt_remote:
+            return {"server_stopped": None, "server_note": "the remote server was not started by gt-remote; left running"}
+        try:
+            conn = await self.link.wait_connected(5.0)
+            pid = await remote_server.stop(conn, self.settings.server, self.settings.remote_port, only_pid=server.pid)
+        except GtRemoteError as error:
+            return {"server_stopped": None, "server_note": f"could not stop the remote server: {error}"}
+        return {"server_stopped": pid, "server_note": f"stopped the remote server (pid {pid})" if pid else "the remote server was not running"}
+
+    def status(self) -> dict[str, Any]:
+        link, server = self.link, self.server
+        last_error = self.server_error or link.last_error
+        return {
+            "host": self.settings.name,
+            "destination": self.settings.destination,
+            "state": link.state.value,
+            "local": self.settings.local_url,
+            "remote_port": self.settings.remote_port,
+            "supervisor_pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "reconnects": link.reconnects,
+            "server_restarts": self.server_restarts,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "server": {
+                "name": self.settings.server,
+                "pid": server.pid if server else None,
+                "version": server.version if server else None,
+                "started_by_gt_remote": server.started_by_gt_remote if server else False,
+            },
+            "last_error": str(last_error) if last_error else None,
+            "since": iso(link.since),
+            "next_attempt_at": iso(link.next_attempt_at),
+            "clients": len(self.forwarder.clients),
+            "exports": export_lines(self.settings.local_url, self.settings.server),
+        }
+
+    def _save_record(self) -> None:
+        """What `status` shows if this process dies without a word."""
+        record = {"host": self.settings.name, "settings": json.loads(self.settings.to_json()), "status": self.status()}
+        write_private(self.files.record, json.dumps(record, indent=2))
+
+    def _save_record_if_changed(self) -> None:
+        key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid)
+        if key != self._saved:
+            self._saved = key
+            self._save_record()
+
+    async def _shutdown(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self.files.control.unlink(missing_ok=True)
+        await self.forwarder.close()
+        await self.link.close()
+        self.files.record.unlink(missing_ok=True)
+        log.info("stopped")
+
+
+async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, Any]], None]) -> None:
+    supervisor = Supervisor(settings, say)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, supervisor.request_stop)
+    await supervisor.bring_up()
+    on_ready(supervisor.status())
+    await supervisor.serve_forever()
+
+
+def setup_logging(files: HostFiles, also_stderr: bool = False) -> None:
+    path = files.log
+    if not path.exists():
+        path.touch(mode=0o600)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handlers: list[logging.Handler] = [handler]
+    if also_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
+class EventPipe:
+    """Progress for the waiting `up` as JSON lines on stdout, closed once the tunnel is up."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        try:
+            sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # `up` went away (Ctrl-C); carry on, the log has it all
+
+    def progress(self, message: str) -> None:
+        log.info("%s", message)
+        self.emit("progress", message=message)
+
+    def ready(self, status: dict[str, Any]) -> None:
+        self.emit("ready", status=status)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def main(argv: list[str]) -> int:
+    settings = HostSettings.from_json(argv[1])
+    files = HostFiles(settings.name)
+    events = EventPipe()
+    if control.hold_pid_lock(files.pid) is None:
+        events.emit("error", error={"kind": "GtRemoteError", "cause": f"a supervisor for {settings.name} is already running", "fix": "use it, or run 'gt-remote down' first"})
+        return 1
+    setup_logging(files)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        asyncio.run(run(settings, events.progress, events.ready))
+    except GtRemoteError as error:
+        log.error("%s", error)
+        events.emit("error", error=error.to_dict())
+        return 1
+    except Exception as exc:  # report, never vanish silently
+        log.exception("supervisor crashed")
+        events.emit("error", error={"kind": "GtRemoteError", "cause": f"internal error: {exc!r}", "fix": f"see {files.log}"})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,1 @@
+"""SSH connection, forwarding, health and the reconnect policy."""

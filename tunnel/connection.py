@@ -1,0 +1,109 @@
+"""One SSH connection to the remote, configured through ssh_config, with host keys verified.
+
+Failures become typed errors that say whether retrying can help: a refused key or a changed
+host key is final; refused, reset, timed-out or lost connections are transient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+
+import asyncssh
+
+from gt_remote.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost
+
+KEEPALIVE_COUNT_MAX = 3
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and how to connect. `destination` is an alias, `user@host[:port]` or `ssh://...`."""
+
+    destination: str
+    ssh_config: str | None = None
+    keepalive: float = 5.0
+    connect_timeout: float = 10.0
+
+    def parts(self) -> tuple[str | None, str, int | None]:
+        """(user, host, port) as written; unset parts come from ssh_config."""
+        text = self.destination.removeprefix("ssh://")
+        user, at, hostport = text.rpartition("@")
+        host, port = hostport, None
+        if hostport.startswith("["):
+            inner, _, tail = hostport[1:].partition("]")
+            host, port = inner, int(tail[1:]) if tail.startswith(":") and tail[1:].isdigit() else None
+        elif self.destination.startswith("ssh://") and hostport.count(":") == 1:
+            name, _, port_text = hostport.partition(":")
+            if port_text.isdigit():
+                host, port = name, int(port_text)
+        return (user if at else None), host, port
+
+
+class _LossRecorder(asyncssh.SSHClient):
+    """Remembers why the connection ended, so status can say it."""
+
+    def __init__(self) -> None:
+        self.lost_reason: str | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_reason = str(exc) if exc else "connection closed by the server"
+
+
+async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
+    """Connect and authenticate; raise a typed error naming the cause and the fix."""
+    user, host, port = target.parts()
+    options: dict[str, object] = {
+        "keepalive_interval": target.keepalive,
+        "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        "connect_timeout": target.connect_timeout,
+        "login_timeout": target.connect_timeout,
+        "client_factory": _LossRecorder,
+    }
+    if target.ssh_config is not None:
+        options["config"] = [target.ssh_config]
+    if user:
+        options["username"] = user
+    if port:
+        options["port"] = port
+    try:
+        return await asyncssh.connect(host, **options)  # type: ignore[arg-type]
+    except Exception as exc:  # every failure leaves here typed
+        raise classify(exc, target.destination) from exc
+
+
+def lost_reason(conn: asyncssh.SSHClientConnection) -> str:
+    client = conn.get_owner()
+    reason = getattr(client, "lost_reason", None)
+    return reason or "connection lost"
+
+
+def classify(exc: BaseException, destination: str) -> GtRemoteError:
+    """Map an asyncssh/OS failure to one of our errors, with a fix a user can apply."""
+    if isinstance(exc, GtRemoteError):
+        return exc
+    if isinstance(exc, socket.gaierror):
+        return UnknownHost(
+            f"cannot resolve host {destination!r} ({exc.strerror})",
+            "check the name, or add a 'Host' entry with a 'HostName' to your ssh_config (-F FILE)",
+        )
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AuthRefused(
+            f"{destination} refused authentication ({exc.reason})",
+            "add your public key to the remote ~/.ssh/authorized_keys, or set IdentityFile in ssh_config",
+        )
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return HostKeyRejected(
+            f"the host key of {destination} is not trusted: it is not in known_hosts, or it changed",
+            f"if the host was reinstalled, run 'ssh-keygen -R <host>' and connect once with 'ssh {destination}' to accept the new key",
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectFailed(f"{destination} refused the connection", "is sshd running there, and is the port right?")
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return ConnectFailed(f"connecting to {destination} timed out", "is the host awake and reachable?")
+    if isinstance(exc, (asyncssh.Error, OSError, EOFError)):
+        return ConnectFailed(f"cannot connect to {destination}: {exc}", "check the network and that sshd is running")
+    if isinstance(exc, ValueError):
+        return SshError(f"bad ssh settings for {destination}: {exc}", "check the ssh_config entry and the destination")
+    return ConnectFailed(f"cannot connect to {destination}: {exc!r}", "check the network and that sshd is running")

@@ -1,0 +1,143 @@
+"""The link: the current SSH connection, watched and replaced when it dies.
+
+asyncssh closes a dead connection on EOF or reset at once, and on a silent peer after
+keepalive x 3. The link then reconnects under the backoff policy, runs the caller's
+after-reconnect check (is the remote server alive?), and publishes the new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import Awaitable, Callable
+
+import asyncssh
+
+from gt_remote.errors import ConnectFailed, GtRemoteError
+from tunnel.connection import SshTarget, connect, lost_reason
+from tunnel.policy import reconnect_policy
+
+log = logging.getLogger(__name__)
+
+FINAL_RETRY_INTERVAL = 60.0
+
+AfterConnect = Callable[[asyncssh.SSHClientConnection], Awaitable[None]]
+
+
+class LinkState(str, enum.Enum):
+    CONNECTING = "connecting"
+    UP = "up"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    DOWN = "down"
+
+
+class Link:
+    def __init__(self, target: SshTarget, after_reconnect: AfterConnect | None = None) -> None:
+        self.target = target
+        self.after_reconnect = after_reconnect
+        self.state = LinkState.CONNECTING
+        self.since = time.time()
+        self.last_error: GtRemoteError | None = None
+        self.reconnects = 0
+        self.next_attempt_at: float | None = None
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._ready = asyncio.Event()
+        self._stopping = False
+
+    # --- what others read -----------------------------------------------------------
+
+    @property
+    def connection(self) -> asyncssh.SSHClientConnection | None:
+        return self._conn if self._ready.is_set() else None
+
+    async def wait_connected(self, timeout: float) -> asyncssh.SSHClientConnection:
+        """The live connection; waits up to `timeout` through an outage, then raises."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise ConnectFailed(f"the tunnel stayed down for {timeout:g} s", "see `gt-remote status`") from None
+        assert self._conn is not None
+        return self._conn
+
+    def mark_lost(self, conn: asyncssh.SSHClientConnection, reason: str) -> None:
+        """A user of the connection saw it fail (say, a channel would not open): drop it now."""
+        if conn is self._conn and self._ready.is_set():
+            log.warning("dropping the connection: %s", reason)
+            conn.close()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> asyncssh.SSHClientConnection:
+        """The first connection: no retries, the user is waiting and wants the reason now."""
+        conn = await connect(self.target)
+        self._publish(conn)
+        return conn
+
+    async def run(self) -> None:
+        """Watch the connection forever; replace it whenever it dies."""
+        while not self._stopping:
+            assert self._conn is not None
+            await self._conn.wait_closed()
+            if self._stopping:
+                break
+            self._ready.clear()
+            reason = lost_reason(self._conn)
+            log.warning("connection lost: %s", reason)
+            self._set_state(LinkState.RECONNECTING, ConnectFailed(f"connection lost: {reason}", "reconnecting"))
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        while not self._stopping:
+            try:
+                async for attempt in reconnect_policy(self._waiting):
+                    with attempt:
+                        conn = await self._connect_and_check()
+                self.reconnects += 1
+                self._publish(conn)
+                log.info("reconnected (reconnect #%d)", self.reconnects)
+                return
+            except GtRemoteError as error:
+                log.error("giving up for now: %s", error)
+                self._set_state(LinkState.FAILED, error)
+                self.next_attempt_at = time.time() + FINAL_RETRY_INTERVAL
+                await asyncio.sleep(FINAL_RETRY_INTERVAL)
+
+    async def _connect_and_check(self) -> asyncssh.SSHClientConnection:
+        conn = await connect(self.target)
+        try:
+            if self.after_reconnect:
+                await self.after_reconnect(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _waiting(self, error: BaseException, next_at: float) -> None:
+        log.info("attempt failed (%s); next at %.1f", error, next_at)
+        assert isinstance(error, GtRemoteError)
+        self._set_state(LinkState.RECONNECTING, error)
+        self.next_attempt_at = next_at
+
+    def _publish(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+        self.next_attempt_at = None
+        self._set_state(LinkState.UP, None)
+        self._ready.set()
+
+    def _set_state(self, state: LinkState, error: GtRemoteError | None) -> None:
+        if state != self.state:
+            self.since = time.time()
+        self.state = state
+        if error is not None or state == LinkState.UP:
+            self.last_error = error if state != LinkState.UP else self.last_error
+
+    async def close(self) -> None:
+        self._stopping = True
+        self._ready.clear()
+        self.state = LinkState.DOWN
+        if self._conn is not None:
+            self._conn.close()
+            await self._conn.wait_closed()
