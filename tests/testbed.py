@@ -130,7 +130,7 @@ class SshHost:
         self.wrapped.exec_run(["sh", "-c", command], user=user, detach=True)
 
     def pids(self, pattern: str) -> list[int]:
-        code, output = self.exec(f"pgrep -f -- {shlex.quote(pattern)}")
+        code, output = self.exec(f"exec pgrep -f -- {shlex.quote(pattern)}")  # exec: no sh wrapper to match
         return [int(pid) for pid in output.split()] if code == 0 else []
 
     def install_standin(self, path: str = "/usr/local/bin/ccmux-server") -> None:

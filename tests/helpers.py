@@ -1,0 +1,65 @@
+"""Small checks shared by the product tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from pathlib import Path
+
+from gt_remote.addresses import parse_address
+from tunnel.wire import ping_address
+
+STANDIN_PATTERN = "--listen-tcp 127.0.0.1:"
+
+
+def ping(url: str, timeout: float = 5.0) -> float:
+    return asyncio.run(ping_address(parse_address(url), timeout))
+
+
+def exports(stdout: str) -> dict[str, str]:
+    pairs = {}
+    for line in stdout.splitlines():
+        assert line.startswith("export "), f"stdout must hold only export lines, got {line!r}"
+        name, _, value = line.removeprefix("export ").partition("=")
+        pairs[name] = value.strip("'")
+    return pairs
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def tcp_port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def tcp_port_refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
+def supervisor_processes(runtime_dir: str) -> list[int]:
+    """Our supervisors for this test: processes of gt_remote.supervisor with this runtime dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"gt_remote.supervisor" in cmdline and f"XDG_RUNTIME_DIR={runtime_dir}".encode() in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
