@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -13,10 +14,11 @@ from typing import Any, Callable, TypeVar
 import click
 
 from gt_remote import lifecycle
-from gt_remote.addresses import export_lines
+from gt_remote.addresses import address_from_env, export_lines, parse_address
 from gt_remote.config import load_config, resolve
 from gt_remote.errors import GtRemoteError, UsageError
 from gt_remote.paths import HostFiles, config_file, known_host_names
+from tunnel.wire import ping_address
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -178,6 +180,17 @@ def exec_(host: str, command: tuple[str, ...]) -> None:
         os.execvpe(command[0], list(command), environment)
     except FileNotFoundError:
         raise GtRemoteError(f"command not found: {command[0]}", "check its name and your PATH") from None
+
+
+@main.command()
+@click.option("--addr", help="Address to Ping (default: $GASTOWN_CCMUX_ADDR, else the local ccmux socket).")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the Pong.")
+@user_errors
+def ping(addr: str | None, timeout: float) -> None:
+    """Send a ccmux Ping to the address gastown would use, and time the Pong."""
+    address = parse_address(addr) if addr else address_from_env()
+    rtt = asyncio.run(ping_address(address, timeout))
+    click.echo(f"Pong from {address.url} in {rtt * 1000:.2f} ms")
 
 
 @main.command()

@@ -15,13 +15,14 @@ from typing import Any, Callable, Iterator
 import pytest
 from testcontainers.core.image import DockerImage
 
-from tests.testbed import BASE_TAG, REPO, STANDIN, TEST_IMAGE, ClientKey, SshHost, start_host
+from tests.testbed import BASE_TAG, REPO, STANDIN, TEST_IMAGE, ClientKey, SshHost, context_hash, start_host
 
 
 @pytest.fixture(scope="session")
 def test_image() -> str:
     """Built once per session (a cache hit after `make test`'s set-up built it)."""
-    DockerImage(path=REPO / "docker", tag=TEST_IMAGE, clean_up=False, buildargs={"BASE_IMAGE": BASE_TAG}).build()
+    labels = {"gt-remote.context": context_hash()}  # the label docker/testbed.sh checks
+    DockerImage(path=REPO / "docker", tag=TEST_IMAGE, clean_up=False, buildargs={"BASE_IMAGE": BASE_TAG}, labels=labels).build()
     return TEST_IMAGE
 
 

@@ -7,6 +7,7 @@ act on the container only, never on a host process.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import socket
@@ -29,6 +30,12 @@ STANDIN = REPO / "tests" / "standin" / "ccmux-server-standin"
 TEST_IMAGE = os.environ.get("GT_REMOTE_TEST_IMAGE", "gt-remote-testhost:latest")
 BASE_TAG = os.environ.get("GT_REMOTE_BASE_TAG", "gt-remote-base:bookworm")
 USER = "gamer"
+
+
+def context_hash() -> str:
+    """Same as docker/testbed.sh: sha256 of Dockerfile + sshd_config, first 16 hex digits."""
+    data = (REPO / "docker" / "Dockerfile").read_bytes() + (REPO / "docker" / "sshd_config").read_bytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def free_loopback_port() -> int:

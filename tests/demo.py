@@ -1,0 +1,76 @@
+"""`make demo`: a short tour of gt-remote against a throwaway "gaming PC" container.
+
+Everything here is what a user does by hand, narrated: a container with sshd stands in for
+the gaming PC, and the ccmux-server stand-in for the real server they would build.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.testbed import REPO, STANDIN, ClientKey, start_host
+
+BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+
+
+def step(text: str) -> None:
+    print(f"\n{BOLD}==> {text}{RESET}", flush=True)
+
+
+def show(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    printable = " ".join(shlex.quote(part) for part in cmd).replace(sys.executable + " -m gt_remote", "gt-remote")
+    print(f"{DIM}${RESET} {printable}", flush=True)
+    result = subprocess.run(cmd, env=env, text=True, capture_output=True)
+    for line in (result.stdout + result.stderr).splitlines():
+        print(f"    {line}")
+    return result
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="gt-remote-demo-"))
+    step("Starting a throwaway 'gaming PC': a container running OpenSSH (user 'gamer', key login only)")
+    key = ClientKey.create(work)
+    host = start_host(work / "gaming-pc", key, alias="gaming-pc")
+    print(f"    sshd answers on 127.0.0.1:{host.port}; its host key is pinned in {host.known_hosts}")
+    env = {**os.environ, "HOME": str(work / "home"), "XDG_STATE_HOME": str(work / "state"), "XDG_RUNTIME_DIR": tempfile.mkdtemp(prefix="gtr-demo-"), "PYTHONPATH": str(REPO)}
+    env.pop("SSH_AUTH_SOCK", None)
+    gt = [sys.executable, "-m", "gt_remote", "-F", str(host.ssh_config)]
+    try:
+        step("An ssh_config entry names it 'gaming-pc', as you would write in ~/.ssh/config")
+        print("\n".join(f"    {line}" for line in host.config_block().splitlines()))
+
+        step("gt-remote up: connect, upload the server (a stand-in for your ccmux-server build), start it, tunnel it")
+        up = show([*gt, "up", "gaming-pc", "--server-binary", str(STANDIN)], env)
+        if up.returncode != 0:
+            return 1
+        print(f"    {DIM}(stdout is only the export lines, so eval \"$(gt-remote up gaming-pc)\" works){RESET}")
+        for line in up.stdout.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            env[name] = shlex.split(value)[0]
+
+        step("gt-remote status: live from the supervisor that keeps the tunnel up")
+        show([*gt, "status"], env)
+
+        step("A ccmux Ping through $GASTOWN_CCMUX_ADDR, as gastown's panes will connect")
+        if show([*gt, "ping"], env).returncode != 0:
+            return 1
+
+        step("gt-remote up again: idempotent, same lines, no second tunnel")
+        show([*gt, "up", "gaming-pc"], env)
+
+        step("gt-remote down --stop-server: stop the tunnel and the server it started (without the flag the server keeps your panes running)")
+        show([*gt, "down", "gaming-pc", "--stop-server"], env)
+        print("\nDone. On a real machine: pipx install . ; add a Host entry to ~/.ssh/config ; eval \"$(gt-remote up gaming-pc)\"")
+        return 0
+    finally:
+        step("Removing the container")
+        host.container.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
