@@ -10,7 +10,7 @@ from typing import Callable
 import asyncssh
 
 from bootstrap import server as remote_server
-from bootstrap.install import run_install_command, upload_server
+from bootstrap.install import check_platform, run_install_command, upload_server
 from bootstrap.probe import PortState, RemoteFacts, file_digest, port_state, probe
 from gt_remote.config import HostSettings
 from gt_remote.errors import RemotePortBusy, ServerMissing, ServerWithoutTcp
@@ -47,11 +47,23 @@ async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
         await _restart_tcpless(conn, facts.pid, settings, say)
     path, version = facts.path, facts.version
     if path is None:
-        path, version = await _install(conn, settings, say)
+        path, version = await _install(conn, settings, facts, say)
     say(f"starting {settings.server} {version or '(unknown version)'} on {settings.name}, 127.0.0.1:{settings.remote_port}")
+    try:
+        pid = await _start_and_wait(conn, path, settings)
+    except ServerWithoutTcp:
+        if not settings.restart_server:
+            raise
+        stopped = await remote_server.stop_other(conn, settings.server)
+        say(f"stopped the {settings.server} that ran without TCP (pid {stopped}), as --restart-server asked; its panes ended")
+        pid = await _start_and_wait(conn, path, settings)
+    return ServerInfo(path, version, pid, started_by_gt_remote=True, reused=False)
+
+
+async def _start_and_wait(conn: asyncssh.SSHClientConnection, path: str, settings: HostSettings) -> int:
     pid = await remote_server.start(conn, path, settings.server, settings.remote_port)
     await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name)
-    return ServerInfo(path, version, pid, started_by_gt_remote=True, reused=False)
+    return pid
 
 
 async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, known: ServerInfo) -> ServerInfo | None:
@@ -69,8 +81,7 @@ async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
     if path is None:
         raise ServerMissing(f"{settings.server} is gone from {settings.name}", "reinstall it, or pass --server-binary and run up again")
     log.warning("remote server is not running; starting it again")
-    pid = await remote_server.start(conn, path, settings.server, settings.remote_port)
-    await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name)
+    pid = await _start_and_wait(conn, path, settings)
     return ServerInfo(path, known.version or facts.version, pid, started_by_gt_remote=True, reused=False)
 
 
@@ -83,8 +94,9 @@ def _reuse(facts: RemoteFacts, settings: HostSettings, say: Say) -> ServerInfo:
     return ServerInfo(facts.path, facts.version, facts.pid, started_by_gt_remote=ours, reused=True)
 
 
-async def _install(conn: asyncssh.SSHClientConnection, settings: HostSettings, say: Say) -> tuple[str, str | None]:
+async def _install(conn: asyncssh.SSHClientConnection, settings: HostSettings, facts: RemoteFacts, say: Say) -> tuple[str, str | None]:
     if settings.server_binary:
+        check_platform(settings.server_binary, settings.name, facts.os, facts.arch)
         say(f"uploading {settings.server_binary} to {settings.name}")
         path = await upload_server(conn, settings.server_binary, settings.server, file_digest(settings.server_binary), settings.name)
         facts = await probe(conn, settings.server, settings.remote_port, file_digest(settings.server_binary))

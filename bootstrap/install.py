@@ -7,7 +7,9 @@ interrupted upload never leaves a half-written binary where the probe would find
 
 from __future__ import annotations
 
+import os
 import secrets
+import struct
 
 import asyncssh
 
@@ -28,6 +30,37 @@ mv -f "$HOME/$part" "$HOME/$final" && echo "version=$(printf '%s' "$out" | head 
 """
 
 
+ELF_MACHINES = {3: "i686", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
+UNAME_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "i386": "i686", "i586": "i686", "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64"}
+
+
+def binary_platform(path: str) -> tuple[str, str] | None:
+    """(os, arch) of an ELF or Mach-O binary; None for scripts and unknown formats."""
+    with open(path, "rb") as handle:
+        head = handle.read(20)
+    if head[:4] == b"\x7fELF" and len(head) >= 20:
+        endian = "<" if head[5] == 1 else ">"
+        (machine,) = struct.unpack_from(endian + "H", head, 18)
+        return "Linux", ELF_MACHINES.get(machine, f"machine {machine}")
+    if head[:4] in (b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe"):
+        return "Darwin", "macOS"
+    return None
+
+
+def check_platform(local_path: str, host: str, remote_os: str, remote_arch: str) -> None:
+    """Refuse before uploading a binary built for another machine, naming both."""
+    platform = binary_platform(local_path)
+    if platform is None:
+        return
+    binary_os, binary_arch = platform
+    remote = UNAME_ALIASES.get(remote_arch, remote_arch)
+    if binary_os != remote_os or (binary_os == "Linux" and binary_arch != remote):
+        raise BinaryIncompatible(
+            f"{local_path} is a {binary_os} {binary_arch} binary, but {host} is {remote_os} {remote_arch} (uname -m)",
+            f"build ccmux-server for {remote_os} {remote_arch} and pass that with --server-binary",
+        )
+
+
 async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, server: str, digest: str, host: str) -> str:
     """Upload, verify and place the binary; return its absolute remote path."""
     directory = f"{REMOTE_INSTALL_ROOT}/{digest}"
@@ -39,8 +72,9 @@ async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, ser
             await sftp.put(local_path, part)
         except (asyncssh.SFTPError, OSError) as exc:
             await _remove_quietly(sftp, part)
+            free = await _free_kib(conn, directory)
             raise InstallFailed(
-                f"uploading {local_path} to {host} failed ({exc}); the partial file was removed",
+                f"uploading {local_path} to {host} failed ({exc}; {free} KiB free there, {_size_kib(local_path)} KiB needed); the partial file was removed",
                 "free space on the remote (check 'df -h ~' there) and run up again",
             ) from None
         home = await sftp.realpath(".")
@@ -48,6 +82,15 @@ async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, ser
     if "version" not in fields:
         raise _cannot_run(local_path, host, fields)
     return f"{home}/{final}"
+
+
+async def _free_kib(conn: asyncssh.SSHClientConnection, directory: str) -> str:
+    fields = (await run_script(conn, 'echo "free=$(df -Pk "$HOME/$1" | awk \'NR == 2 { print $4 }\')"', directory)).fields
+    return fields.get("free") or "unknown"
+
+
+def _size_kib(path: str) -> int:
+    return (os.path.getsize(path) + 1023) // 1024
 
 
 async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:

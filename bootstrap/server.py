@@ -62,6 +62,19 @@ fi
 rm -f "$pidfile"
 """
 
+# A server of this user's that owns the Unix socket: the one that keeps ours from starting.
+STOP_OTHER_SCRIPT = r"""
+server=$1
+pids=$(pgrep -u "$(id -u)" -f "(^|/)$server( |\$)") || { echo "stopped=none"; exit 0; }
+for pid in $pids; do kill -TERM "$pid"; done
+i=0
+for pid in $pids; do
+    while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+done
+echo "stopped=$(echo $pids | tr ' ' ',')"
+"""
+
 
 async def start(conn: asyncssh.SSHClientConnection, path: str, server: str, port: int) -> int:
     fields = (await run_script(conn, START_SCRIPT, path, server, str(port))).fields
@@ -76,6 +89,11 @@ async def stop(conn: asyncssh.SSHClientConnection, server: str, port: int, only_
     fields = (await run_script(conn, STOP_SCRIPT, server, str(port), str(only_pid or ""))).fields
     stopped = fields.get("stopped", "none")
     return int(stopped) if stopped.isdigit() else None
+
+
+async def stop_other(conn: asyncssh.SSHClientConnection, server: str) -> str:
+    """Stop the user's running server that lacks TCP; only on --restart-server."""
+    return (await run_script(conn, STOP_OTHER_SCRIPT, server)).fields.get("stopped", "none")
 
 
 async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, server: str, port: int, host: str, deadline_s: float = 15.0) -> float:

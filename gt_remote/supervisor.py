@@ -49,6 +49,13 @@ def iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
+def _open_fds() -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+    except OSError:
+        return None
+
+
 class Supervisor:
     def __init__(self, settings: HostSettings, say: Say) -> None:
         self.settings = settings
@@ -187,6 +194,7 @@ class Supervisor:
             "next_attempt_at": iso(link.next_attempt_at),
             "clients": len(self.forwarder.clients),
             "exports": export_lines(self.settings.local_url, self.settings.server),
+            "internals": {"asyncio_tasks": len(asyncio.all_tasks()), "open_fds": _open_fds()},
         }
 
     def _save_record(self) -> None:

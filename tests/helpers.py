@@ -63,3 +63,22 @@ def supervisor_processes(runtime_dir: str) -> list[int]:
         if b"gt_remote.supervisor" in cmdline and f"XDG_RUNTIME_DIR={runtime_dir}".encode() in environ.split(b"\0"):
             found.append(int(entry.name))
     return found
+
+
+def assert_nothing_left(gt, port: int = 9999) -> None:  # type: ignore[no-untyped-def]
+    """After a failed `up`: no supervisor, no control socket, no record, the port free."""
+    runtime = Path(gt.env["XDG_RUNTIME_DIR"])
+    assert supervisor_processes(str(runtime)) == []
+    assert list((runtime / "gt-remote").glob("*.sock")) == []
+    assert list((gt.home / ".local/state/gt-remote/hosts").glob("*.json")) == []
+    assert tcp_port_free(port)
+
+
+def one_error_line(stderr: str) -> str:
+    """The last stderr line is the error; it names a cause and a fix (`cause; fix`)."""
+    lines = stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("gt-remote: error: "), stderr
+    assert "; " in lines[-1], f"no fix in {lines[-1]!r}"
+    assert not any("Traceback" in line for line in lines), stderr
+    print(lines[-1])
+    return lines[-1]

@@ -177,9 +177,10 @@ class SshHost:
         return self._banner()
 
 
-def start_host(directory: Path, key: ClientKey, alias: str = "gaming-pc", network: str | None = None, **kwargs: object) -> SshHost:
+def start_host(directory: Path, key: ClientKey, alias: str = "gaming-pc", network: str | None = None, tmpfs: dict[str, str] | None = None) -> SshHost:
     port = free_loopback_port()
-    container = DockerContainer(TEST_IMAGE, **kwargs)  # type: ignore[arg-type]
+    container = DockerContainer(TEST_IMAGE)
+    container.tmpfs.update(tmpfs or {})
     container.ports["22/tcp"] = ("127.0.0.1", port)  # publish on loopback only
     if network:
         container.with_kwargs(network=network)
