@@ -77,9 +77,12 @@ async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
     if facts.pid is not None:
         # Alive but not answering on TCP: never kill a server that may hold panes.
         raise ServerWithoutTcp(f"{settings.server} (pid {facts.pid}) runs on {settings.name} but does not answer on 127.0.0.1:{settings.remote_port}", "read its log under ~/.local/state/gt-remote/ there")
-    path = known.path or facts.path
+    path = facts.path  # what is there now; the path we started last time may be gone
     if path is None:
-        raise ServerMissing(f"{settings.server} is gone from {settings.name}", "reinstall it, or pass --server-binary and run up again")
+        raise ServerMissing(
+            f"{settings.server} died on {settings.name} and its binary is gone, so it cannot be restarted",
+            f"reinstall it, then run 'gt-remote down {settings.name}' and 'gt-remote up {settings.name}' (with --server-binary to upload it)",
+        )
     log.warning("remote server is not running; starting it again")
     pid = await _start_and_wait(conn, path, settings)
     return ServerInfo(path, known.version or facts.version, pid, started_by_gt_remote=True, reused=False)

@@ -229,6 +229,8 @@ async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, An
 
 
 def setup_logging(files: HostFiles, also_stderr: bool = False) -> None:
+    """A size-capped, rotated log per host. Rotation makes new files: umask keeps them 0600."""
+    os.umask(0o077)
     path = files.log
     if not path.exists():
         path.touch(mode=0o600)

@@ -1,0 +1,190 @@
+"""The supervisor's own life: final failures, a killed or stopped supervisor, clients in an
+outage, and its logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gt_remote.errors import PingFailed
+from tests.conftest import Gt
+from tests.helpers import STANDIN_PATTERN, ping, supervisor_processes
+from tests.testbed import SshHost, wait_for
+from tunnel import wire
+
+LOCAL = "tcp://127.0.0.1:9999"
+
+
+def row(gt: Gt) -> dict[str, Any]:
+    [status] = gt.status("gaming-pc")
+    return status
+
+
+def bring_up(gt: Gt, host: SshHost) -> dict[str, Any]:
+    result = gt.up(host, "--keepalive", "1")
+    assert result.returncode == 0, result.stderr
+    return row(gt)
+
+
+def drop_connection(host: SshHost) -> None:
+    for pid in host.pids("sshd: gamer"):
+        host.kill(pid)
+
+
+def auth_failures(host: SshHost) -> int:
+    logs = host.wrapped.logs().decode(errors="replace")
+    return sum("Connection closed by authenticating user gamer" in line for line in logs.splitlines())
+
+
+def test_refused_auth_on_reconnect_is_final_not_a_storm(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    ssh_host.sh(": > /home/gamer/.ssh/authorized_keys")
+    drop_connection(ssh_host)
+    status = wait_for(lambda: (s := row(gt))["state"] == "failed" and s, 30, "state failed")
+    assert "refused authentication" in status["last_error"] and "authorized_keys" in status["last_error"]
+    next_at = datetime.fromisoformat(status["next_attempt_at"]).timestamp()
+    assert next_at - time.time() > 45, "a final error must not be retried soon"
+    failures = auth_failures(ssh_host)
+    assert failures == 1
+    for _ in range(5):  # status polls take real time; no attempt may happen meanwhile
+        assert row(gt)["state"] == "failed"
+    assert auth_failures(ssh_host) == failures
+
+
+def test_changed_host_key_on_reconnect_is_final(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    other_key = "AAAAC3NzaC1lZDI1NTE5AAAAIGtsPLXmX0l7o4g3q+7yF0b8fQmB9cXh3Qn8l1sD0o4T"
+    ssh_host.known_hosts.write_text(f"[127.0.0.1]:{ssh_host.port} ssh-ed25519 {other_key}\n")
+    drop_connection(ssh_host)
+    status = wait_for(lambda: (s := row(gt))["state"] == "failed" and s, 30, "state failed")
+    assert "host key" in status["last_error"] and "ssh-keygen -R" in status["last_error"]
+
+
+def test_server_binary_gone_after_restart_is_final(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    ssh_host.sh("rm -rf /home/gamer/.local/share/gt-remote")
+    ssh_host.restart()
+    status = wait_for(lambda: (s := row(gt))["state"] == "failed" and s, 45, "state failed")
+    assert "binary is gone" in status["last_error"] and "--server-binary" in status["last_error"]
+
+
+def test_transient_loss_shows_reconnecting_with_reason_and_since(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    before = time.time()
+    ssh_host.pause()
+    try:
+        status = wait_for(lambda: (s := row(gt))["state"] == "reconnecting" and s, 15, "state reconnecting")
+        assert status["last_error"] and datetime.fromisoformat(status["since"]).timestamp() >= before - 1
+        human = gt("status")
+        assert human.returncode == 1 and "reconnecting" in human.stdout and "last error" in human.stdout
+    finally:
+        ssh_host.unpause()
+    wait_for(lambda: row(gt)["state"] == "up", 45, "state up again")
+
+
+def test_sigkilled_supervisor_shows_down_and_up_recovers(gt: Gt, ssh_host: SshHost) -> None:
+    first = bring_up(gt, ssh_host)
+    os.kill(first["supervisor_pid"], signal.SIGKILL)  # a supervisor this test started, by pid
+    wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 10, "the supervisor to die")
+    result = gt("status", "gaming-pc", "--json")
+    assert result.returncode == 1
+    status = row(gt)
+    assert status["state"] == "down" and "died or was killed" in status["last_error"]
+    again = gt.up(ssh_host)
+    assert again.returncode == 0, again.stderr
+    assert f"reusing the running ccmux-server (pid {first['server']['pid']})" in again.stderr
+    ping(LOCAL)
+    assert row(gt)["state"] == "up"
+
+
+def test_sigstopped_supervisor_recovers_by_itself(gt: Gt, ssh_host: SshHost) -> None:
+    pid = bring_up(gt, ssh_host)["supervisor_pid"]
+    os.kill(pid, signal.SIGSTOP)  # a sleeping laptop
+    try:
+        stopped = row(gt)
+        assert stopped["state"] == "down" and "does not answer" in stopped["last_error"]
+        time.sleep(4)  # the fault itself: asleep for longer than keepalive x 3 (3 s)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: row(gt)["state"] == "up", 30, "the supervisor to be up again")
+    wait_for(lambda: _answers(), 30, "a Pong after the resume")
+    assert row(gt)["supervisor_pid"] == pid
+
+
+def _answers() -> bool:
+    try:
+        ping(LOCAL, timeout=2)
+        return True
+    except PingFailed:
+        return False
+
+
+async def _raw_ping(timeout: float) -> bytes:
+    """Send one Ping through the local address; return what came back before EOF or timeout."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", 9999)
+    writer.write(wire.PING)
+    try:
+        return await asyncio.wait_for(reader.read(8), timeout)
+    finally:
+        writer.close()
+
+
+def test_client_in_an_outage_waits_then_is_closed_cleanly(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    ssh_host.pause()
+    try:
+        wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "state reconnecting")
+        started = time.monotonic()
+        assert asyncio.run(_raw_ping(timeout=40)) == b""  # EOF, not a hang
+        assert time.monotonic() - started < 40
+    finally:
+        ssh_host.unpause()
+
+
+def test_client_in_a_short_outage_is_served_when_the_link_returns(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    ssh_host.pause()
+    wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "state reconnecting")
+
+    async def scenario() -> bytes:
+        pending = asyncio.create_task(_raw_ping(timeout=30))
+        await asyncio.to_thread(wait_for, lambda: row(gt)["clients"] >= 1, 10, "the client to wait inside the outage")
+        await asyncio.to_thread(ssh_host.unpause)
+        return await pending
+
+    assert asyncio.run(scenario()) == wire.PING  # the Pong has the same 8 bytes
+
+
+def test_logs_command_and_rotation(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    result = gt("logs", "gaming-pc")
+    assert result.returncode == 0 and "up: tcp://127.0.0.1:9999" in result.stdout
+    missing = gt("logs", "nowhere")
+    assert missing.returncode == 1 and "no log for nowhere" in missing.stderr
+
+
+def test_log_file_is_capped_and_rotated(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gt_remote import supervisor
+    from gt_remote.paths import HostFiles
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    files = HostFiles("chatty")
+    supervisor.setup_logging(files)
+    noisy = logging.getLogger("gt_remote.test")
+    try:
+        for index in range(12000):  # about 5 MB: more than the cap times the backups
+            noisy.info("line %d %s", index, "x" * 400)
+    finally:
+        logging.shutdown()
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+    logs = sorted(files.log.parent.glob("chatty.log*"))
+    assert [p.name for p in logs] == ["chatty.log", "chatty.log.1", "chatty.log.2", "chatty.log.3"]
+    assert all(p.stat().st_size <= supervisor.LOG_MAX_BYTES for p in logs)
+    assert all(p.stat().st_mode & 0o077 == 0 for p in logs)
