@@ -1,0 +1,112 @@
+"""A bounded soak: 50 clients Ping through the tunnel while faults are injected every few
+seconds. Every Ping is answered or its connection fails cleanly (EOF or reset, never a
+hang), and afterwards the supervisor's fds and asyncio tasks are back to their baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.conftest import Gt
+from tests.helpers import STANDIN_PATTERN
+from tests.testbed import SshHost, wait_for
+from tunnel import wire
+
+CLIENTS = 50
+SOAK_SECONDS = 120.0
+FAULT_EVERY = 6.0
+PING_DEADLINE = 20.0  # longer than keepalive x 3 plus a reconnect: past this a Ping has hung
+
+
+@dataclass
+class Tally:
+    answered: int = 0
+    failed_cleanly: int = 0
+    hung: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def client(stop: asyncio.Event, tally: Tally) -> None:
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 9999), PING_DEADLINE)
+        except (OSError, asyncio.TimeoutError) as exc:
+            tally.errors.append(f"connect: {exc!r}")  # the listener must stay open throughout
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            while not stop.is_set():
+                try:
+                    await wire.ping(reader, writer, PING_DEADLINE)
+                    tally.answered += 1
+                except wire.PingFailed as exc:
+                    if "no Pong within" in exc.cause:
+                        tally.hung += 1
+                    else:
+                        tally.failed_cleanly += 1
+                    break
+        finally:
+            writer.close()
+
+
+def inject_faults(host: SshHost, stop: threading.Event, log: list[str]) -> None:
+    """Rotate through faults; each lasts a moment, then the next waits for FAULT_EVERY."""
+    faults = ["kill-sshd", "pause", "kill-server", "kill-sshd", "pause"]
+    index = 0
+    while not stop.wait(FAULT_EVERY):
+        fault = faults[index % len(faults)]
+        index += 1
+        if fault == "kill-sshd":
+            for pid in host.pids("sshd: gamer"):
+                host.kill(pid)
+        elif fault == "pause":
+            host.pause()
+            stop.wait(4.0)  # the fault's length: beyond keepalive x 3
+            host.unpause()
+        elif fault == "kill-server":
+            for pid in host.pids(f"{STANDIN_PATTERN}9999"):
+                host.kill(pid)
+        log.append(fault)
+
+
+def internals(gt: Gt) -> dict[str, Any]:
+    [status] = gt.status("gaming-pc")
+    return status | status["internals"]
+
+
+def test_soak_with_faults(gt: Gt, ssh_host: SshHost) -> None:
+    assert gt.up(ssh_host, "--keepalive", "1").returncode == 0
+    baseline = internals(gt)
+    tally, faults = Tally(), []
+    stop_faults = threading.Event()
+    injector = threading.Thread(target=inject_faults, args=(ssh_host, stop_faults, faults))
+
+    async def soak() -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(client(stop, tally)) for _ in range(CLIENTS)]
+        injector.start()
+        await asyncio.sleep(SOAK_SECONDS)  # the soak's length, not a synchronisation
+        stop_faults.set()
+        await asyncio.to_thread(injector.join)
+        await asyncio.to_thread(wait_for, lambda: internals(gt)["state"] == "up", 60, "the tunnel to settle")
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), PING_DEADLINE * 2)
+
+    asyncio.run(soak())
+    print(f"soak: {tally.answered} answered, {tally.failed_cleanly} failed cleanly, {tally.hung} hung; faults {faults}")
+    assert len(faults) >= 10
+    assert tally.hung == 0
+    assert tally.errors == []
+    assert tally.answered > 1000 and tally.failed_cleanly > 0
+    settled = wait_for(
+        lambda: (s := internals(gt))["clients"] == 0
+        and s["asyncio_tasks"] == baseline["asyncio_tasks"]
+        and s["open_fds"] == baseline["open_fds"]
+        and s,
+        30,
+        f"fds and tasks back to baseline {baseline['open_fds']}/{baseline['asyncio_tasks']}",
+    )
+    assert settled["state"] == "up" and settled["local"] == baseline["local"]
