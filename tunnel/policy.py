@@ -6,8 +6,9 @@ retried at once (no autossh-style fast-retry penalty that grows across separate 
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
@@ -22,7 +23,11 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, GtRemoteError) and exc.transient
 
 
-def reconnect_policy(on_wait: Callable[[BaseException, float], None], max_wait: float = MAX_WAIT) -> AsyncRetrying:
+def reconnect_policy(
+    on_wait: Callable[[BaseException, float], None],
+    max_wait: float = MAX_WAIT,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AsyncRetrying:
     """Retry transient errors forever with capped backoff; re-raise the first final one.
 
     `on_wait(error, wall_time_of_next_attempt)` is told before each sleep, for `status`.
@@ -36,7 +41,8 @@ def reconnect_policy(on_wait: Callable[[BaseException, float], None], max_wait: 
 
     return AsyncRetrying(
         retry=retry_if_exception(is_transient),
-        wait=wait_exponential_jitter(initial=INITIAL_WAIT, max=max_wait, jitter=JITTER),
+        wait=wait_exponential_jitter(multiplier=INITIAL_WAIT, max=max_wait, jitter=JITTER),
         before_sleep=before_sleep,
+        sleep=sleep,
         reraise=True,
     )

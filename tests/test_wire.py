@@ -1,0 +1,84 @@
+"""The ccmux wire protocol against the stand-in run locally, on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from gt_remote.addresses import UnixAddress
+from gt_remote.errors import PingFailed
+from tests.testbed import STANDIN, free_loopback_port, wait_for
+from tunnel import wire
+
+
+@pytest.fixture
+def standin() -> Iterator[tuple[int, Path]]:
+    runtime = Path(tempfile.mkdtemp(prefix="gtr-wire-"))
+    port = free_loopback_port()
+    proc = subprocess.Popen([sys.executable, str(STANDIN), "--listen-tcp", f"127.0.0.1:{port}"], env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, stderr=subprocess.PIPE, text=True)
+    socket_path = runtime / "ccmux" / "ccmux.sock"
+    wait_for(socket_path.exists, 10, "the stand-in's socket")
+    yield port, socket_path
+    proc.terminate()  # the process this fixture started
+    proc.wait(10)
+
+
+async def exchange(port: int, frame: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(frame)
+    payload = await wire.read_frame(reader)
+    writer.close()
+    return payload
+
+
+def test_ping_pong_bytes(standin: tuple[int, Path]) -> None:
+    port, _ = standin
+    assert wire.PING == bytes.fromhex("0000000411000000")
+    assert asyncio.run(exchange(port, wire.PING)) == bytes.fromhex("11000000")
+
+
+def test_ping_over_unix_socket(standin: tuple[int, Path]) -> None:
+    _, path = standin
+    assert asyncio.run(wire.ping_address(UnixAddress(str(path)))) > 0
+
+
+def test_server_status_layout(standin: tuple[int, Path]) -> None:
+    port, _ = standin
+    payload = asyncio.run(exchange(port, wire.GET_SERVER_STATUS))
+    assert len(payload) == 47
+    status = wire.decode_server_status(payload)
+    assert status.client_count == 1 and status.wal_healthy
+
+
+def test_connect_handshake(standin: tuple[int, Path]) -> None:
+    port, _ = standin
+    body = struct.pack("<I", 0) + struct.pack("<Q", 16) + bytes(16) + struct.pack("<II", 1, 3)
+    payload = asyncio.run(exchange(port, struct.pack(">I", len(body)) + body))
+    variant, length = struct.unpack_from("<IQ", payload)
+    assert variant == 0 and payload[12:12 + length] == b"0.1.1"
+
+
+def test_ping_to_a_non_ccmux_port_fails_cleanly() -> None:
+    async def scenario() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await wire.ping_address(wire.TcpAddress("127.0.0.1", port), timeout=0.5)
+        finally:
+            server.close()
+
+    with pytest.raises(PingFailed, match="no Pong"):
+        asyncio.run(scenario())
+
+
+def test_ping_to_a_closed_port_fails_cleanly() -> None:
+    with pytest.raises(PingFailed, match="cannot connect"):
+        asyncio.run(wire.ping_address(wire.TcpAddress("127.0.0.1", free_loopback_port()), timeout=1))
