@@ -97,6 +97,22 @@ ensure_test_image() {
         || die "building $test_tag failed; see /tmp/gt-remote-build.log"
 }
 
+# Host-side programs the tests drive: rsync (gt-remote sync), systemd-analyze (unit checks),
+# the OpenSSH client, and autossh (the benchmark's reference).
+ensure_host_tools() {
+    local missing=() pair
+    for pair in rsync:rsync systemd-analyze:systemd ssh:openssh-client autossh:autossh; do
+        command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+        || die "missing programs: ${missing[*]}; install them, then run again"
+    say "installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+        || die "installing ${missing[*]} failed"
+}
+
+ensure_host_tools
 ensure_engine
 ensure_base
 ensure_test_image

@@ -84,7 +84,7 @@ def _ssh_config(globals_: Globals) -> str | None:
 def up(g: Globals, host: str, foreground: bool, **options: Any) -> None:
     """Bring HOST's tunnel up and print the export lines: eval "$(gt-remote up HOST)"."""
     overrides = {key: value for key, value in options.items() if value not in (None, False)}
-    settings = resolve(host, load_config(g.config_path), overrides, _ssh_config(g))
+    settings = _settings(g, host, overrides)
 
     def print_exports(lines: list[str]) -> None:
         click.echo("\n".join(lines))
@@ -212,3 +212,97 @@ def logs(host: str, follow: bool, lines: int) -> None:
                 click.echo(line, nl=False)
             else:
                 time.sleep(0.2)
+
+
+def _settings(g: Globals, host: str, overrides: dict[str, Any] | None = None) -> Any:
+    return resolve(host, load_config(g.config_path), overrides or {}, _ssh_config(g))
+
+
+@main.command()
+@click.argument("host", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@user_errors
+def doctor(g: Globals, host: str | None, as_json: bool) -> None:
+    """Check the whole path: variables, ssh_config, login, server, tunnel, Ping, clients."""
+    from gt_remote import doctor as checks
+
+    results = checks.run(_settings(g, host) if host else None)
+    if as_json:
+        click.echo(json.dumps([check.to_dict() for check in results], indent=2))
+    else:
+        click.echo(checks.render(results))
+    sys.exit(1 if any(check.status == "fail" for check in results) else 0)
+
+
+@main.command()
+@click.argument("host")
+@click.argument("paths", nargs=-1)
+@click.option("--push", "direction", flag_value="push", default=True, help="Local to remote (default).")
+@click.option("--pull", "direction", flag_value="pull", help="Remote to local.")
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--delete", is_flag=True, help="Delete files on the receiving side that the sender lacks.")
+@click.pass_obj
+@user_errors
+def sync(g: Globals, host: str, paths: tuple[str, ...], direction: str, dry_run: bool, delete: bool) -> None:
+    """rsync PATHS (default: [hosts.HOST] sync) with HOST over the same SSH settings."""
+    from gt_remote import sync as syncing
+
+    syncing.run(_settings(g, host), list(paths), direction == "push", dry_run, delete, say)
+
+
+@main.group()
+def service() -> None:
+    """Start a host's tunnel at login (systemd user unit or launchd agent)."""
+
+
+def _service_file(g: Globals, host: str, platform: str | None) -> Any:
+    from gt_remote import service as services
+
+    config = str(g.config_path.resolve()) if g.config_path.exists() else None
+    return services.service_file(host, platform or services.default_platform(), _ssh_config(g), config)
+
+
+PLATFORM = click.option("--platform", type=click.Choice(["systemd", "launchd"]), help="Default: this machine's.")
+
+
+@service.command("install")
+@click.argument("host")
+@PLATFORM
+@click.option("--no-start", is_flag=True, help="Only write the file.")
+@click.pass_obj
+@user_errors
+def service_install(g: Globals, host: str, platform: str | None, no_start: bool) -> None:
+    """Write and enable a service running 'gt-remote up HOST --foreground'."""
+    from gt_remote import service as services
+
+    file = _service_file(g, host, platform)
+    for note in services.install(file, start=not no_start):
+        say(note)
+
+
+@service.command("uninstall")
+@click.argument("host")
+@PLATFORM
+@click.pass_obj
+@user_errors
+def service_uninstall(g: Globals, host: str, platform: str | None) -> None:
+    """Stop, disable and remove HOST's service."""
+    from gt_remote import service as services
+
+    for note in services.uninstall(_service_file(g, host, platform)):
+        say(note)
+
+
+@service.command("status")
+@click.argument("host")
+@PLATFORM
+@click.pass_obj
+@user_errors
+def service_status(g: Globals, host: str, platform: str | None) -> None:
+    """Whether HOST's service is installed and active."""
+    from gt_remote import service as services
+
+    installed, text = services.status(_service_file(g, host, platform))
+    click.echo(f"{host}: {text}")
+    sys.exit(0 if installed else 1)

@@ -82,6 +82,7 @@ class SshHost:
     network: str | None = None
     host_key_line: str = ""
     extra_config: list[str] = field(default_factory=list)
+    hostname: str = "127.0.0.1"  # as the client names it; a network alias when not published
 
     @property
     def ssh_config(self) -> Path:
@@ -100,14 +101,15 @@ class SshHost:
     def authorize(self) -> None:
         self.sh(f"printf '%s\\n' {shlex.quote(self.key.public)} > /home/{USER}/.ssh/authorized_keys", user=USER)
         host_key = self.sh("cat /etc/ssh/ssh_host_ed25519_key.pub").strip().split()
-        self.host_key_line = f"[127.0.0.1]:{self.port} {host_key[0]} {host_key[1]}"
+        name = self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+        self.host_key_line = f"{name} {host_key[0]} {host_key[1]}"
         self.known_hosts.write_text(self.host_key_line + "\n")
         self.write_ssh_config()
 
     def config_block(self) -> str:
         lines = [
             f"Host {self.alias}",
-            "    HostName 127.0.0.1",
+            f"    HostName {self.hostname}",
             f"    Port {self.port}",
             f"    User {USER}",
             f"    IdentityFile {self.key.path}",
@@ -177,17 +179,42 @@ class SshHost:
         return self._banner()
 
 
-def start_host(directory: Path, key: ClientKey, alias: str = "gaming-pc", network: str | None = None, tmpfs: dict[str, str] | None = None) -> SshHost:
-    port = free_loopback_port()
+def start_host(
+    directory: Path,
+    key: ClientKey,
+    alias: str = "gaming-pc",
+    network: str | None = None,
+    tmpfs: dict[str, str] | None = None,
+    publish: bool = True,
+) -> SshHost:
+    """Start a host. Unpublished hosts live only on `network`, named by their alias there."""
+    port = free_loopback_port() if publish else 22
     container = DockerContainer(TEST_IMAGE)
     container.tmpfs.update(tmpfs or {})
-    container.ports["22/tcp"] = ("127.0.0.1", port)  # publish on loopback only
+    if publish:
+        container.ports["22/tcp"] = ("127.0.0.1", port)  # publish on loopback only
     if network:
         container.with_kwargs(network=network)
     container.waiting_for(LogMessageWaitStrategy("Server listening on").with_startup_timeout(30))
     container.start()
+    if network and not publish:
+        _alias_on(container, network, alias)
     directory.mkdir(parents=True, exist_ok=True)
-    host = SshHost(container, alias, port, directory, key, network)
+    host = SshHost(container, alias, port, directory, key, network, hostname="127.0.0.1" if publish else alias)
     host.authorize()
-    wait_for(host.answers_ssh, 15, "sshd to answer on the published port")
+    if publish:
+        wait_for(host.answers_ssh, 15, "sshd to answer on the published port")
     return host
+
+
+def _alias_on(container: DockerContainer, network: str, alias: str) -> None:
+    """Give the container a DNS alias on `network` (reconnect with the alias)."""
+    net = container.get_docker_client().client.networks.get(network)
+    net.disconnect(container.get_wrapped_container())
+    net.connect(container.get_wrapped_container(), aliases=[alias])
+
+
+def combined_ssh_config(path: Path, *hosts: SshHost) -> Path:
+    """One ssh_config naming several hosts, as a user's ~/.ssh/config would."""
+    path.write_text("\n".join(host.config_block() for host in hosts))
+    return path

@@ -1,0 +1,124 @@
+"""`gt-remote doctor`: a checklist, each line a mark, what was found, and a fix when it failed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bootstrap.probe import probe
+from gt_remote import lifecycle
+from gt_remote.addresses import ENV_VARS, address_from_env, default_ccmux_socket, parse_address
+from gt_remote.config import HostSettings
+from gt_remote.errors import GtRemoteError, UnknownHost
+from tunnel.connection import SshTarget, connect
+from tunnel.wire import ping_address
+
+CLIENTS = ("ccmux", "ccmux-compat", "gt")
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "ok", "fail", "warn" (informational: does not fail the run)
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_environment() -> list[Check]:
+    checks = []
+    for var in ENV_VARS:
+        value = os.environ.get(var)
+        if not value:
+            detail = f"unset: ccmux clients use the local socket {default_ccmux_socket().path}" if var != "FUGUE_ADDR" else "unset"
+            checks.append(Check(f"{var} parses", "ok", detail))
+            continue
+        try:
+            checks.append(Check(f"{var} parses", "ok", parse_address(value).url))
+        except GtRemoteError as error:
+            checks.append(Check(f"{var} parses", "fail", error.cause, error.fix))
+    return checks
+
+
+async def check_host(settings: HostSettings) -> list[Check]:
+    """Resolve, authenticate, find the server: one connection, stopping at the first failure."""
+    target = SshTarget(settings.destination, settings.ssh_config, settings.keepalive)
+    try:
+        conn = await connect(target)
+    except UnknownHost as error:
+        return [Check(f"{settings.name} resolves through ssh_config", "fail", error.cause, error.fix)]
+    except GtRemoteError as error:
+        return [
+            Check(f"{settings.name} resolves through ssh_config", "ok", settings.destination),
+            Check("SSH connection and authentication", "fail", error.cause, error.fix),
+        ]
+    checks = [
+        Check(f"{settings.name} resolves through ssh_config", "ok", settings.destination),
+        Check("SSH connection and authentication", "ok", f"logged in as {conn.get_extra_info('username')}"),
+    ]
+    async with conn:
+        facts = await probe(conn, settings.server, settings.remote_port)
+    if facts.path:
+        checks.append(Check(f"{settings.server} on the remote", "ok", f"{facts.path}, version {facts.version or 'unknown'} ({facts.os} {facts.arch})"))
+    else:
+        checks.append(Check(f"{settings.server} on the remote", "fail", f"not found on {settings.name} ({facts.os} {facts.arch})", "pass --server-binary or --install-command to 'gt-remote up'"))
+    return checks
+
+
+def check_tunnel(name: str) -> Check:
+    status = lifecycle.host_status(name)
+    if status["state"] == "up":
+        return Check("tunnel is up", "ok", f"{status['local']} (supervisor pid {status['supervisor_pid']})")
+    detail = f"state {status['state']}" + (f": {status['last_error']}" if status.get("last_error") else "")
+    return Check("tunnel is up", "fail", detail, f"eval \"$(gt-remote up {name})\"")
+
+
+async def check_ping(name: str | None) -> Check:
+    """Ping what gastown would use: $GASTOWN_CCMUX_ADDR, else the host's local address."""
+    try:
+        if os.environ.get("GASTOWN_CCMUX_ADDR") or not name:
+            address, source = address_from_env(), "GASTOWN_CCMUX_ADDR"
+        else:
+            status = lifecycle.host_status(name)
+            if not status.get("local"):
+                return Check("ccmux Ping answered", "fail", f"no address for {name}", f"eval \"$(gt-remote up {name})\"")
+            address, source = parse_address(status["local"]), f"{name}'s local address (GASTOWN_CCMUX_ADDR is unset)"
+        rtt = await ping_address(address, timeout=5)
+        return Check("ccmux Ping answered", "ok", f"{address.url} via {source}, {rtt * 1000:.2f} ms")
+    except GtRemoteError as error:
+        return Check("ccmux Ping answered", "fail", error.cause, error.fix)
+
+
+def check_clients() -> list[Check]:
+    checks = []
+    for program in CLIENTS:
+        path = shutil.which(program)
+        checks.append(Check(f"{program} on PATH", "ok" if path else "warn", path or "not found", "" if path else f"install {program} to use it with the tunnel"))
+    return checks
+
+
+def run(settings: HostSettings | None) -> list[Check]:
+    checks = check_environment()
+    if settings is not None:
+        checks += asyncio.run(check_host(settings))
+        checks.append(check_tunnel(settings.name))
+    checks.append(asyncio.run(check_ping(settings.name if settings else None)))
+    checks += check_clients()
+    return checks
+
+
+MARKS = {"ok": "✓", "fail": "✗", "warn": "!"}
+
+
+def render(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"{MARKS[check.status]} {check.name}: {check.detail}")
+        if check.fix and check.status != "ok":
+            lines.append(f"    fix: {check.fix}")
+    return "\n".join(lines)

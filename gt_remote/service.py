@@ -1,0 +1,169 @@
+"""Start at login: a systemd user unit (Linux) or a launchd agent (macOS) running
+`gt-remote up HOST --foreground`, restarted when it exits."""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gt_remote.paths import host_key
+
+RESTART_SEC = 30  # a final error (refused key) must not become a retry storm
+
+
+@dataclass(frozen=True)
+class ServiceFile:
+    platform: str  # "systemd" or "launchd"
+    path: Path
+    label: str
+    text: str
+
+
+def command_line(host: str, ssh_config: str | None, config_path: str | None) -> list[str]:
+    """The exact command the service runs: this interpreter, so a pipx venv keeps working."""
+    args = [sys.executable, "-m", "gt_remote"]
+    if ssh_config:
+        args += ["-F", ssh_config]
+    if config_path:
+        args += ["--config", config_path]
+    return args + ["up", host, "--foreground"]
+
+
+def systemd_quote(arg: str) -> str:
+    """Quote one argument for ExecStart: double quotes, escapes, and %% for specifiers."""
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"' if any(c in arg for c in ' \t"\'\\;$') or not arg else escaped
+
+
+def systemd_unit(host: str, command: list[str], env: dict[str, str]) -> str:
+    stop = command[:-2]  # ... up HOST --foreground  ->  ... down HOST
+    stop[-1:] = ["down", host]
+    environment = "".join(f"Environment={systemd_quote(f'{k}={v}')}\n" for k, v in sorted(env.items()))
+    return (
+        "[Unit]\n"
+        f"Description=gt-remote tunnel to {host}\n"
+        "After=network-online.target\n"
+        "Wants=network-online.target\n"
+        "\n"
+        "[Service]\n"
+        "Type=simple\n"
+        f"ExecStart={' '.join(systemd_quote(arg) for arg in command)}\n"
+        f"ExecStop={' '.join(systemd_quote(arg) for arg in stop)}\n"
+        f"{environment}"
+        "Restart=on-failure\n"
+        f"RestartSec={RESTART_SEC}\n"
+        "RestartPreventExitStatus=2\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=default.target\n"
+    )
+
+
+def launchd_plist(label: str, command: list[str], env: dict[str, str], log: Path) -> str:
+    document = {
+        "Label": label,
+        "ProgramArguments": command,
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+        "ThrottleInterval": RESTART_SEC,
+        "EnvironmentVariables": env,
+        "StandardOutPath": str(log),
+        "StandardErrorPath": str(log),
+    }
+    return plistlib.dumps(document).decode()
+
+
+def service_env() -> dict[str, str]:
+    """What the service needs of this shell: where state lives and how to reach the agent."""
+    keep = ("XDG_STATE_HOME", "XDG_CONFIG_HOME", "SSH_AUTH_SOCK", "PATH")
+    return {name: os.environ[name] for name in keep if os.environ.get(name)}
+
+
+def service_file(host: str, platform: str, ssh_config: str | None, config_path: str | None) -> ServiceFile:
+    command = command_line(host, ssh_config, config_path)
+    env = service_env()
+    key = host_key(host)
+    home = Path.home()
+    if platform == "launchd":
+        label = f"dev.gt-remote.{key}"
+        path = home / "Library" / "LaunchAgents" / f"{label}.plist"
+        log = home / "Library" / "Logs" / f"gt-remote-{key}.log"
+        return ServiceFile(platform, path, label, launchd_plist(label, command, env, log))
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    label = f"gt-remote-{key}.service"
+    return ServiceFile(platform, config_home / "systemd" / "user" / label, label, systemd_unit(host, command, env))
+
+
+def default_platform() -> str:
+    return "launchd" if sys.platform == "darwin" else "systemd"
+
+
+def _run(args: list[str]) -> tuple[bool, str]:
+    if shutil.which(args[0]) is None:
+        return False, f"{args[0]} not found"
+    result = subprocess.run(args, capture_output=True, text=True)
+    return result.returncode == 0, (result.stderr or result.stdout).strip()
+
+
+def activation_commands(service: ServiceFile) -> list[list[str]]:
+    if service.platform == "launchd":
+        return [["launchctl", "bootstrap", f"gui/{os.getuid()}", str(service.path)]]
+    return [["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", service.label]]
+
+
+def deactivation_commands(service: ServiceFile) -> list[list[str]]:
+    if service.platform == "launchd":
+        return [["launchctl", "bootout", f"gui/{os.getuid()}/{service.label}"]]
+    return [["systemctl", "--user", "disable", "--now", service.label], ["systemctl", "--user", "daemon-reload"]]
+
+
+def install(service: ServiceFile, start: bool) -> list[str]:
+    """Write the file (0600); enable and start it when asked. Returns notes for the user."""
+    service.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = service.path.with_name(f".{service.path.name}.tmp")
+    tmp.write_text(service.text)
+    tmp.chmod(0o600)
+    tmp.replace(service.path)
+    notes = [f"wrote {service.path}"]
+    if not start:
+        return notes + ["start it with: " + " && ".join(" ".join(c) for c in activation_commands(service))]
+    for command in activation_commands(service):
+        ok, output = _run(command)
+        if not ok:
+            manual = " && ".join(" ".join(c) for c in activation_commands(service))
+            return notes + [f"could not run '{' '.join(command)}' ({output}); run it in your login session: {manual}"]
+    return notes + [f"enabled and started {service.label}"]
+
+
+def uninstall(service: ServiceFile) -> list[str]:
+    if not service.path.exists():
+        return [f"no service for this host at {service.path}"]
+    notes = []
+    for command in deactivation_commands(service):
+        ok, output = _run(command)
+        if not ok:
+            notes.append(f"note: '{' '.join(command)}' failed ({output})")
+    service.path.unlink()
+    return notes + [f"removed {service.path}"]
+
+
+def status(service: ServiceFile) -> tuple[bool, str]:
+    if not service.path.exists():
+        return False, f"not installed ({service.path} does not exist)"
+    if service.platform == "launchd":
+        ok, output = _run(["launchctl", "print", f"gui/{os.getuid()}/{service.label}"])
+    else:
+        ok, output = _run(["systemctl", "--user", "is-active", service.label])
+    return True, f"installed at {service.path}; " + (f"active ({output})" if ok else f"not active ({output or 'unknown'})")
+
+
+def verify(service: ServiceFile) -> tuple[bool, str] | None:
+    """`systemd-analyze verify` where available; None when it is not."""
+    if service.platform != "systemd" or shutil.which("systemd-analyze") is None:
+        return None
+    return _run(["systemd-analyze", "--user", "verify", str(service.path)])
