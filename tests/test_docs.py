@@ -4,6 +4,7 @@ the documented remote-polecat command runs through `exec` with the variables set
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from gt_remote.cli import main
 from tests.conftest import Gt
-from tests.testbed import REPO, SshHost
+from tests.testbed import REPO, STANDIN, SshHost
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -94,3 +95,25 @@ def test_documented_ccmux_compat_command_reaches_the_server(gt: Gt, ssh_host: Ss
     result = gt(*shlex.split(documented)[1:], ssh_config=ssh_host.ssh_config)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ccmux-compat stand-in: tcp://127.0.0.1:9999 ['new-session', '-d', '-s', 'polecat-1', 'claude --resume']"
+
+
+def test_setup_guide_in_a_real_shell(gt: Gt, ssh_host: SshHost) -> None:
+    """docs/setup.md steps 5 to 7 as a new user types them, eval included."""
+    gt_remote = f"{sys.executable} -m gt_remote -F {ssh_host.ssh_config}"
+    script = f"""
+        set -e
+        gt_remote() {{ {gt_remote} "$@"; }}
+        gt_remote doctor gaming-pc > doctor-before.txt || true
+        eval "$(gt_remote up gaming-pc --server-binary {STANDIN})"
+        gt_remote status
+        gt_remote ping
+        gt_remote doctor gaming-pc
+        echo "GASTOWN_CCMUX_ADDR=$GASTOWN_CCMUX_ADDR"
+    """
+    result = subprocess.run(["sh", "-c", script], env=gt.env, capture_output=True, text=True, cwd=gt.home, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    before = (gt.home / "doctor-before.txt").read_text()
+    assert "✓ SSH connection and authentication" in before and "✗ tunnel is up" in before
+    assert "gaming-pc: up" in result.stdout and "Pong from tcp://127.0.0.1:9999" in result.stdout
+    assert "✓ ccmux Ping answered: tcp://127.0.0.1:9999 via GASTOWN_CCMUX_ADDR" in result.stdout
+    assert result.stdout.strip().endswith("GASTOWN_CCMUX_ADDR=tcp://127.0.0.1:9999")
