@@ -25,5 +25,8 @@ test: venv testbed
 demo: venv testbed
 	$(PY) -m tests.demo
 
+bench: venv testbed
+	$(PY) -m bench.run
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,11 +3,8 @@ whose state, runtime and config directories are private to the test."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -15,7 +12,9 @@ from typing import Any, Callable, Iterator
 import pytest
 from testcontainers.core.image import DockerImage
 
-from tests.testbed import BASE_TAG, REPO, STANDIN, TEST_IMAGE, ClientKey, SshHost, context_hash, start_host
+from tests.testbed import BASE_TAG, REPO, TEST_IMAGE, ClientKey, Gt, SshHost, context_hash, start_host
+
+__all__ = ["Gt"]  # tests import the runner from here
 
 
 @pytest.fixture(scope="session")
@@ -65,47 +64,6 @@ def host_factory(tmp_path: Path, client_key: ClientKey, test_image: str) -> Iter
 @pytest.fixture
 def ssh_host(host_factory: HostFactory) -> SshHost:
     return host_factory()
-
-
-class Gt:
-    """Runs the real `gt-remote` command line, as a user would, in an isolated home."""
-
-    def __init__(self, home: Path, runtime: Path) -> None:
-        self.home = home
-        self.env = {
-            **os.environ,
-            "HOME": str(home),
-            "XDG_STATE_HOME": str(home / ".local/state"),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_RUNTIME_DIR": str(runtime),
-            "PYTHONPATH": str(REPO),
-        }
-        self.env.pop("SSH_AUTH_SOCK", None)
-        for name in ("GASTOWN_CCMUX_ADDR", "CCMUX_ADDR", "FUGUE_ADDR"):
-            self.env.pop(name, None)
-        self.ssh_config: Path | None = None
-
-    def __call__(self, *args: str, timeout: float = 120, ssh_config: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        config = ssh_config or self.ssh_config
-        cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), *args]
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, input=input)
-
-    def up(self, host: SshHost, *args: str, standin: bool = True) -> subprocess.CompletedProcess[str]:
-        extra = ["--server-binary", str(STANDIN)] if standin else []
-        return self(*(["up", host.alias, *extra, *args]), ssh_config=host.ssh_config)
-
-    def status(self, host: str | None = None) -> list[dict[str, Any]]:
-        result = self("status", *([host] if host else []), "--json")
-        return json.loads(result.stdout)
-
-    def supervisor_pids(self) -> list[int]:
-        runtime = Path(self.env["XDG_RUNTIME_DIR"]) / "gt-remote"
-        pids = []
-        for path in runtime.glob("*.pid"):
-            text = path.read_text().strip()
-            if text.isdigit():
-                pids.append(int(text))
-        return pids
 
 
 @pytest.fixture

@@ -8,13 +8,16 @@ act on the container only, never on a host process.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import asyncssh
 from testcontainers.core.container import DockerContainer
@@ -83,6 +86,7 @@ class SshHost:
     host_key_line: str = ""
     extra_config: list[str] = field(default_factory=list)
     hostname: str = "127.0.0.1"  # as the client names it; a network alias when not published
+    published: dict[int, int] = field(default_factory=dict)  # container port -> loopback port
 
     @property
     def ssh_config(self) -> Path:
@@ -186,6 +190,7 @@ def start_host(
     network: str | None = None,
     tmpfs: dict[str, str] | None = None,
     publish: bool = True,
+    extra_ports: tuple[int, ...] = (),
 ) -> SshHost:
     """Start a host. Unpublished hosts live only on `network`, named by their alias there."""
     port = free_loopback_port() if publish else 22
@@ -193,6 +198,9 @@ def start_host(
     container.tmpfs.update(tmpfs or {})
     if publish:
         container.ports["22/tcp"] = ("127.0.0.1", port)  # publish on loopback only
+    published = {inner: free_loopback_port() for inner in extra_ports}
+    for inner, outer in published.items():
+        container.ports[f"{inner}/tcp"] = ("127.0.0.1", outer)
     if network:
         container.with_kwargs(network=network)
     container.waiting_for(LogMessageWaitStrategy("Server listening on").with_startup_timeout(30))
@@ -200,7 +208,7 @@ def start_host(
     if network and not publish:
         _alias_on(container, network, alias)
     directory.mkdir(parents=True, exist_ok=True)
-    host = SshHost(container, alias, port, directory, key, network, hostname="127.0.0.1" if publish else alias)
+    host = SshHost(container, alias, port, directory, key, network, hostname="127.0.0.1" if publish else alias, published=published)
     host.authorize()
     if publish:
         wait_for(host.answers_ssh, 15, "sshd to answer on the published port")
@@ -218,3 +226,44 @@ def combined_ssh_config(path: Path, *hosts: SshHost) -> Path:
     """One ssh_config naming several hosts, as a user's ~/.ssh/config would."""
     path.write_text("\n".join(host.config_block() for host in hosts))
     return path
+
+
+class Gt:
+    """Runs the real `gt-remote` command line, as a user would, in an isolated home."""
+
+    def __init__(self, home: Path, runtime: Path) -> None:
+        self.home = home
+        self.env = {
+            **os.environ,
+            "HOME": str(home),
+            "XDG_STATE_HOME": str(home / ".local/state"),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_RUNTIME_DIR": str(runtime),
+            "PYTHONPATH": str(REPO),
+        }
+        self.env.pop("SSH_AUTH_SOCK", None)
+        for name in ("GASTOWN_CCMUX_ADDR", "CCMUX_ADDR", "FUGUE_ADDR"):
+            self.env.pop(name, None)
+        self.ssh_config: Path | None = None
+
+    def __call__(self, *args: str, timeout: float = 120, ssh_config: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        config = ssh_config or self.ssh_config
+        cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), *args]
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, input=input)
+
+    def up(self, host: SshHost, *args: str, standin: bool = True) -> subprocess.CompletedProcess[str]:
+        extra = ["--server-binary", str(STANDIN)] if standin else []
+        return self(*(["up", host.alias, *extra, *args]), ssh_config=host.ssh_config)
+
+    def status(self, host: str | None = None) -> list[dict[str, Any]]:
+        result = self("status", *([host] if host else []), "--json")
+        return json.loads(result.stdout)
+
+    def supervisor_pids(self) -> list[int]:
+        runtime = Path(self.env["XDG_RUNTIME_DIR"]) / "gt-remote"
+        pids = []
+        for path in runtime.glob("*.pid"):
+            text = path.read_text().strip()
+            if text.isdigit():
+                pids.append(int(text))
+        return pids

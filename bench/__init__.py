@@ -1,0 +1,1 @@
+"""Benchmarks of gt-remote side by side with OpenSSH and autossh (make bench)."""

@@ -1,0 +1,326 @@
+"""`make bench`: gt-remote side by side with OpenSSH and autossh, in one run, as ratios.
+
+Every figure is measured against its reference in the same run, on the test bed's sshd
+containers and the ccmux-server stand-in; the report (docs/benchmarks.md) shows each beside
+its reference and its goal, met or not. `--smoke` runs one repetition of everything, so the
+test suite keeps this code from rotting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import probes, report
+from bench.tunnels import Tunnel, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, wait_ready
+from tests.testbed import REPO, STANDIN, ClientKey, Gt, SshHost, free_loopback_port, start_host
+
+
+@dataclass(frozen=True)
+class Plan:
+    reps: int = 20
+    pause_s: float = 10.0
+    kill_spacing_s: float = 1.5
+    kill_cap_s: float = 10.0
+    pause_cap_s: float = 15.0
+    keepalive: float = 1.0  # recovery: gt-remote --keepalive 1 == ServerAliveInterval=1, CountMax=3
+    pings: int = 5000
+    frames: int = 64
+    throughput_runs: int = 3
+    idle_s: float = 60.0
+    connections: tuple[int, ...] = (1, 10, 50)
+    hosts: int = 5
+
+
+SMOKE = Plan(reps=1, pause_s=4.0, pings=50, frames=4, throughput_runs=1, idle_s=3.0, connections=(1, 10), hosts=2)
+
+
+@dataclass
+class Bed:
+    """Containers and a private gt-remote home for this run; everything is removed at the end."""
+
+    work: Path
+    key: ClientKey
+    gt: Gt
+    hosts: list[SshHost] = field(default_factory=list)
+    tunnels: list[Tunnel] = field(default_factory=list)
+
+    @classmethod
+    def create(cls) -> "Bed":
+        work = Path(tempfile.mkdtemp(prefix="gt-remote-bench-"))
+        (work / "home").mkdir()
+        return cls(work, ClientKey.create(work), Gt(work / "home", Path(tempfile.mkdtemp(prefix="gtr-bench-"))))
+
+    def host(self, alias: str, **kwargs: Any) -> SshHost:
+        host = start_host(self.work / alias, self.key, alias=alias, **kwargs)
+        self.hosts.append(host)
+        return host
+
+    def keep(self, tunnel: Tunnel) -> Tunnel:
+        self.tunnels.append(tunnel)
+        return tunnel
+
+    def close(self) -> None:
+        for tunnel in self.tunnels:
+            try:
+                tunnel.stop()
+            except Exception as exc:  # keep tearing down the rest
+                print(f"bench: stopping {tunnel.name}: {exc}", file=sys.stderr)
+        self.gt("down", "--all")
+        for host in self.hosts:
+            try:
+                host.unpause()
+            except Exception:
+                pass
+            host.container.stop()
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# --- 1. recovery ------------------------------------------------------------------------
+
+
+def kill_connections(host: SshHost) -> None:
+    pids = host.pids("sshd: gamer")
+    if pids:
+        host.sh("kill -KILL " + " ".join(str(pid) for pid in pids))  # one exec: every tunnel hit at once
+
+
+def measure_after_fault(tunnels: list[Tunnel], since: float, cap: float) -> dict[str, float | None]:
+    async def all_of_them() -> list[float | None]:
+        return await asyncio.gather(*(probes.time_to_pong(t.port, since, cap) for t in tunnels))
+
+    return dict(zip((t.name for t in tunnels), asyncio.run(all_of_them())))
+
+
+def recovery_run(bed: Bed, plan: Plan, alias: str, fault: Callable[[SshHost], None], cap: float, spacing: float) -> dict[str, list[float | None]]:
+    host = bed.host(alias)
+    tunnels = [bed.keep(start_gt_remote(bed.gt, host, plan.keepalive)), bed.keep(start_autossh(host, plan.keepalive)), bed.keep(start_plain_ssh(host, plan.keepalive))]
+    results: dict[str, list[float | None]] = {t.name: [] for t in tunnels}
+    for rep in range(plan.reps):
+        alive = [t for t in tunnels if t.proc is None or t.proc.poll() is None]
+        fault(host)
+        ended = time.monotonic()
+        for name, seconds in measure_after_fault(alive, ended, cap).items():
+            results[name].append(seconds)
+        for tunnel in tunnels:
+            if tunnel not in alive:
+                results[tunnel.name].append(None)
+        say(f"{alias} rep {rep + 1}/{plan.reps}: " + ", ".join(f"{k} {report.seconds(v[-1])}" for k, v in results.items()))
+        time.sleep(spacing)  # the scenario's spacing between faults, not a synchronisation
+    results["ssh -L exited"] = [1.0 if tunnels[2].proc and tunnels[2].proc.poll() is not None else 0.0]
+    return results
+
+
+def recovery(bed: Bed, plan: Plan) -> dict[str, Any]:
+    """Kills and pauses run at once on two containers: both are mostly waiting."""
+
+    def pause(host: SshHost) -> None:
+        host.pause()
+        time.sleep(plan.pause_s)  # the fault's length
+        host.unpause()
+
+    out: dict[str, Any] = {}
+
+    def run(name: str, *args: Any) -> None:
+        out[name] = recovery_run(bed, plan, *args)
+
+    threads = [
+        threading.Thread(target=run, args=("kill", "kill-pc", kill_connections, plan.kill_cap_s, plan.kill_spacing_s)),
+        threading.Thread(target=run, args=("pause", "pause-pc", pause, plan.pause_cap_s, plan.kill_spacing_s)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return out
+
+
+# --- 2. bring-up ------------------------------------------------------------------------
+
+
+def timed(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def openssh_sequence(host: SshHost, cold: bool, port: int) -> subprocess.Popen[bytes]:
+    """By hand: check for the binary (and a running server), scp it, start it, ssh -N -L, Ping."""
+    opts, alias, remote = ssh_options(host, 5), host.alias, 9998
+    check = subprocess.run(["ssh", *opts, alias, f"test -x bench/ccmux-server && pgrep -f 'ccmux-server --listen-tcp 127.0.0.1:{remote}' >/dev/null"])
+    if check.returncode != 0:
+        subprocess.run(["ssh", *opts, alias, "mkdir -p bench"], check=True)
+        subprocess.run(["scp", "-q", *opts, str(STANDIN), f"{alias}:bench/ccmux-server"], check=True)
+        # its own socket directory: gt-remote's server for the same user owns the default one
+        start = (f"chmod +x bench/ccmux-server && mkdir -p -m 700 bench/run && (XDG_RUNTIME_DIR=$HOME/bench/run "
+                 f"nohup bench/ccmux-server --listen-tcp 127.0.0.1:{remote} >bench/log 2>&1 </dev/null &)")
+        subprocess.run(["ssh", *opts, alias, start], check=True)
+    forward = subprocess.Popen(["ssh", "-N", *opts, "-L", f"127.0.0.1:{port}:127.0.0.1:{remote}", alias], stdin=subprocess.DEVNULL)
+    wait_ready(Tunnel("openssh", port, forward))
+    return forward
+
+
+def bring_up(bed: Bed, plan: Plan) -> dict[str, list[float]]:
+    host = bed.host("bringup-pc")
+    gt, port = bed.gt, free_loopback_port()
+    up = ["up", host.alias, "--local", f"tcp://127.0.0.1:{port}", "--server-binary", str(STANDIN)]
+    results: dict[str, list[float]] = {"gt-remote warm": [], "gt-remote cold": [], "openssh warm": [], "openssh cold": []}
+
+    def gt_up() -> None:
+        assert gt(*up, ssh_config=host.ssh_config).returncode == 0
+
+    def openssh(cold: bool) -> float:
+        holder: list[subprocess.Popen[bytes]] = []
+        seconds = timed(lambda: holder.append(openssh_sequence(host, cold, free_loopback_port())))
+        holder[0].terminate()  # the forward this benchmark started, by pid
+        holder[0].wait(10)
+        return seconds
+
+    for rep in range(plan.reps):
+        gt("down", host.alias, "--stop-server")
+        host.sh("rm -rf /home/gamer/.local/share/gt-remote /home/gamer/bench; pkill -f '[c]cmux-server --listen-tcp' || true")
+        results["gt-remote cold"].append(timed(gt_up))
+        gt("down", host.alias)
+        results["gt-remote warm"].append(timed(gt_up))
+        results["openssh cold"].append(openssh(cold=True))
+        results["openssh warm"].append(openssh(cold=False))
+        say(f"bring-up rep {rep + 1}/{plan.reps}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in results.items()))
+    gt("down", host.alias)
+    return results
+
+
+# --- 3. data path -----------------------------------------------------------------------
+
+
+def data_path(bed: Bed, plan: Plan) -> dict[str, Any]:
+    host = bed.host("data-pc", extra_ports=(19999,))
+    host.install_standin("/usr/local/bin/ccmux-server")
+    host.spawn("XDG_RUNTIME_DIR=/tmp/baseline exec ccmux-server --listen-tcp 0.0.0.0:19999 2>/tmp/baseline.log")
+    paths = {
+        "gt-remote": bed.keep(start_gt_remote(bed.gt, host, 5.0)).port,
+        "ssh -L": bed.keep(start_plain_ssh(host, 5.0)).port,
+        "unforwarded": wait_ready(Tunnel("unforwarded", host.published[19999])).port,
+    }
+    rtts: dict[str, list[float]] = {name: [] for name in paths}
+    rounds = 10
+    for _ in range(rounds):  # interleaved, so drift hits every path alike
+        for name, port in paths.items():
+            rtts[name] += asyncio.run(probes.ping_rtts(port, max(1, plan.pings // rounds)))
+    throughput: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(plan.throughput_runs):
+        for name, port in paths.items():
+            throughput[name].append(asyncio.run(probes.echo_throughput(port, plan.frames)))
+    say("data path: " + ", ".join(f"{k} p50 {probes.median(v):.0f} µs" for k, v in rtts.items()))
+    return {"rtt_us": rtts, "throughput_mib_s": throughput}
+
+
+# --- 4. scale ---------------------------------------------------------------------------
+
+
+async def hold_connections(port: int, count: int) -> list[asyncio.StreamWriter]:
+    writers = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await probes.wire.ping(reader, writer, 10)
+        writers.append(writer)
+    return writers
+
+
+def memory_with_connections(tunnel: Tunnel, counts: tuple[int, ...]) -> dict[int, int]:
+    rss = {}
+    for count in counts:
+        async def measure() -> int:
+            writers = await hold_connections(tunnel.port, count)
+            value = sum(probes.rss_kib(pid) for pid in tunnel.pids())
+            for writer in writers:
+                writer.close()
+            return value
+
+        rss[count] = asyncio.run(measure())
+    return rss
+
+
+def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
+    host = bed.host("scale-pc")
+    aliases = [f"scale-{i}" for i in range(1, plan.hosts + 1)]
+    config = bed.work / "scale_ssh_config"  # one container, named once per simulated host
+    config.write_text("".join(host.config_block().replace(f"Host {host.alias}", f"Host {alias}") for alias in aliases))
+    bed.gt.ssh_config = config
+    gts = [bed.keep(start_gt_remote(bed.gt, host, 5.0, alias=alias)) for alias in aliases]
+    autos = [bed.keep(start_autossh(host, 5.0, alias=alias, ssh_config=config)) for alias in aliases]
+    everyone = gts + autos
+    before = {t: sum(probes.cpu_seconds(p) for p in t.pids()) for t in everyone}
+    time.sleep(plan.idle_s)  # the idle window being measured
+    after = {t: sum(probes.cpu_seconds(p) for p in t.pids()) for t in everyone}
+    cpu = {name: [100 * (after[t] - before[t]) / plan.idle_s for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
+    rss = {name: [sum(probes.rss_kib(p) for p in t.pids()) for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
+    connections = {"gt-remote": memory_with_connections(gts[0], plan.connections), "autossh + ssh": memory_with_connections(autos[0], plan.connections)}
+    bed.gt.ssh_config = None
+    say("scale: " + ", ".join(f"{k} {probes.median(v) / 1024:.1f} MiB" for k, v in rss.items()))
+    return {"cpu_percent": cpu, "rss_kib": rss, "rss_with_connections_kib": connections, "hosts": plan.hosts, "idle_s": plan.idle_s}
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    import asyncssh
+
+    def first_line(cmd: list[str]) -> str:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        return (result.stdout + result.stderr).strip().splitlines()[0] if (result.stdout + result.stderr).strip() else "?"
+
+    return {
+        "python": platform.python_version(),
+        "asyncssh": asyncssh.__version__,
+        "openssh": first_line(["ssh", "-V"]),
+        "autossh": first_line(["autossh", "-V"]),
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+    }
+
+
+def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
+    bed = Bed.create()
+    started = time.monotonic()
+    try:
+        results: dict[str, Any] = {"plan": plan.__dict__, "versions": versions()}
+        say("recovery (kills and pauses, side by side)")
+        results["recovery"] = recovery(bed, plan)
+        say("bring-up")
+        results["bring_up"] = bring_up(bed, plan)
+        say("data path")
+        results["data_path"] = data_path(bed, plan)
+        say("scale")
+        results["scale"] = scale(bed, plan)
+        results["duration_s"] = time.monotonic() - started
+    finally:
+        bed.close()
+    report.write(results, out_dir)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="one repetition of everything")
+    parser.add_argument("--out", type=Path, default=REPO / "docs", help="where benchmarks.md and the chart go")
+    args = parser.parse_args(argv)
+    results = run(SMOKE if args.smoke else Plan(), args.out)
+    say(f"done in {results['duration_s']:.0f} s; report in {args.out / 'benchmarks.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

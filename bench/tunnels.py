@@ -1,0 +1,97 @@
+"""Bringing up the three kinds of tunnel the benchmark compares, all to the same server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.probes import time_to_pong
+from tests.testbed import STANDIN, Gt, SshHost, free_loopback_port
+
+REMOTE_PORT = 9999
+
+
+@dataclass(eq=False)  # identity: each is a running tunnel
+class Tunnel:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    supervisor_pid: int | None = None
+    gt: Gt | None = None
+    host: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def pids(self) -> list[int]:
+        """The processes that make this tunnel: a supervisor, or autossh/ssh and its children."""
+        if self.supervisor_pid:
+            return [self.supervisor_pid]
+        assert self.proc is not None
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def stop(self) -> None:
+        if self.gt is not None:
+            self.gt("down", self.host)
+        elif self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # a process this benchmark started, by pid
+            self.proc.wait(10)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def ssh_options(host: SshHost, keepalive: float, ssh_config: Path | None = None) -> list[str]:
+    return [
+        "-F", str(ssh_config or host.ssh_config),
+        "-o", f"ServerAliveInterval={keepalive:g}",
+        "-o", "ServerAliveCountMax=3",
+        "-o", "ExitOnForwardFailure=yes",
+        "-o", "BatchMode=yes",
+    ]
+
+
+def wait_ready(tunnel: Tunnel, cap: float = 20.0) -> Tunnel:
+    if asyncio.run(time_to_pong(tunnel.port, time.monotonic(), cap)) is None:
+        raise RuntimeError(f"{tunnel.name} on port {tunnel.port} never answered a Ping")
+    return tunnel
+
+
+def start_gt_remote(gt: Gt, host: SshHost, keepalive: float, alias: str | None = None) -> Tunnel:
+    port = free_loopback_port()
+    alias = alias or host.alias
+    result = gt("up", alias, "--local", f"tcp://127.0.0.1:{port}", "--remote-port", str(REMOTE_PORT),
+                "--keepalive", f"{keepalive:g}", "--server-binary", str(STANDIN), ssh_config=gt.ssh_config or host.ssh_config)
+    if result.returncode != 0:
+        raise RuntimeError(f"gt-remote up failed: {result.stderr}")
+    [status] = gt.status(alias)
+    return wait_ready(Tunnel("gt-remote", port, supervisor_pid=status["supervisor_pid"], gt=gt, host=alias))
+
+
+def start_autossh(host: SshHost, keepalive: float, alias: str | None = None, ssh_config: Path | None = None) -> Tunnel:
+    """autossh -M 0 with ServerAlive giving the same detection budget as gt-remote's keepalive."""
+    port = free_loopback_port()
+    command = ["autossh", "-M", "0", "-N", *ssh_options(host, keepalive, ssh_config), "-L", f"127.0.0.1:{port}:127.0.0.1:{REMOTE_PORT}", alias or host.alias]
+    env = {**os.environ, "AUTOSSH_GATETIME": "0"}
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wait_ready(Tunnel("autossh", port, proc))
+
+
+def start_plain_ssh(host: SshHost, keepalive: float) -> Tunnel:
+    port = free_loopback_port()
+    command = ["ssh", "-N", *ssh_options(host, keepalive), "-L", f"127.0.0.1:{port}:127.0.0.1:{REMOTE_PORT}", host.alias]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wait_ready(Tunnel("ssh -L", port, proc))
