@@ -4,6 +4,9 @@ asyncssh's forward_local_port closes its listener when the connection is lost; g
 would then see "connection refused" during every blip. Here each accepted client opens
 one direct-tcpip channel on whatever connection is current, and waits a bounded time
 for one during an outage.
+
+Bytes move protocol to protocol (socket callbacks straight into channel writes and back),
+with each side's flow control pausing the other: no stream buffers, no task per message.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import errno
 import logging
 import os
 import socket
+from typing import cast
 
 import asyncssh
 
@@ -22,8 +26,8 @@ from tunnel.link import Link
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
 CLIENT_WAIT = 15.0
+EARLY_LIMIT = 1024 * 1024  # held per client while its channel opens
 
 
 class Forwarder:
@@ -32,15 +36,15 @@ class Forwarder:
         self.remote_port = remote_port
         self.link = link
         self.client_wait = client_wait
-        self.clients: set[asyncio.Task[None]] = set()
-        self.served = 0
+        self.clients: set[_ClientSide] = set()
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         """Bind the local address; a taken address is an error, never a silent second port."""
+        loop = asyncio.get_running_loop()
         try:
             if isinstance(self.local, TcpAddress):
-                self._server = await asyncio.start_server(self._accept, self.local.host, self.local.port, reuse_address=True)
+                self._server = await loop.create_server(self._new_client, self.local.host, self.local.port, reuse_address=True)
             else:
                 self._server = await self._start_unix(self.local)
         except OSError as exc:
@@ -56,15 +60,17 @@ class Forwarder:
             if _unix_socket_answers(local.path):
                 raise OSError(errno.EADDRINUSE, "in use")
             os.unlink(local.path)  # stale socket of a dead process
-        directory = os.path.dirname(local.path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(local.path), mode=0o700, exist_ok=True)
         old_umask = os.umask(0o177)
         try:
-            server = await asyncio.start_unix_server(self._accept, local.path)
+            server = await asyncio.get_running_loop().create_unix_server(self._new_client, local.path)
         finally:
             os.umask(old_umask)
         os.chmod(local.path, 0o600)
         return server
+
+    def _new_client(self) -> "_ClientSide":
+        return _ClientSide(self)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -74,41 +80,128 @@ class Forwarder:
                     os.unlink(self.local.path)
                 except FileNotFoundError:
                     pass
-        for task in list(self.clients):
-            task.cancel()
-        await asyncio.gather(*self.clients, return_exceptions=True)
+        for client in list(self.clients):
+            client.abort()
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One task per client, tracked so `close` can end them and tests can count them."""
-        task = asyncio.current_task()
-        assert task is not None
-        self.clients.add(task)
+    async def open_channel(self, client: "_ClientSide") -> asyncssh.SSHTCPChannel[bytes]:
+        """A direct-tcpip channel to the server for one client, on the current connection."""
+        conn = await self.link.wait_connected(self.client_wait)
         try:
-            await self._serve(reader, writer)
-        finally:
-            self.clients.discard(task)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.served += 1
-        try:
-            conn = await self.link.wait_connected(self.client_wait)
-            remote_reader, remote_writer = await self._open_channel(conn)
-        except GtRemoteError as error:
-            log.info("closing a local client: %s", error)
-            writer.close()
-            return
-        await _splice(reader, writer, remote_reader, remote_writer)
-
-    async def _open_channel(self, conn: asyncssh.SSHClientConnection) -> tuple[asyncssh.SSHReader, asyncssh.SSHWriter]:
-        try:
-            return await conn.open_connection("127.0.0.1", self.remote_port)
+            channel, _ = await conn.create_connection(lambda: _ServerSide(client), "127.0.0.1", self.remote_port)
+            return channel
         except asyncssh.ChannelOpenError as exc:
             raise GtRemoteError(f"the remote server refused the forwarded connection: {exc.reason}", "see `gt-remote status`") from None
         except (asyncssh.Error, OSError) as exc:
             self.link.mark_lost(conn, str(exc))
             raise GtRemoteError(f"the SSH connection failed while forwarding: {exc}", "reconnecting") from None
+
+
+class _ClientSide(asyncio.Protocol):
+    """A local client's socket. What it sends before its channel opens is held, bounded."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+        self.transport: asyncio.Transport | None = None
+        self.channel: asyncssh.SSHTCPChannel[bytes] | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []  # what the client sent before its channel opened
+        self._early_size = 0
+        self._early_eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.forwarder.clients.add(self)
+        self._opening = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            channel = await self.forwarder.open_channel(self)
+        except GtRemoteError as error:
+            log.info("closing a local client: %s", error)
+            if self.transport is not None:
+                self.transport.close()  # a clean FIN, not a reset: the client may be reading
+            return
+        assert self.transport is not None
+        if self.transport.is_closing():
+            channel.close()
+            return
+        self.channel = channel
+        for data in self._early:
+            channel.write(data)
+        self._early.clear()
+        if self._early_eof:
+            channel.write_eof()
+        if self._early_size > EARLY_LIMIT:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.channel is not None:
+            self.channel.write(data)
+            return
+        # Read, not left in the kernel: closing over unread data would send a reset.
+        self._early.append(data)
+        self._early_size += len(data)
+        if self._early_size > EARLY_LIMIT:
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.channel is None:
+            self._early_eof = True
+        else:
+            self.channel.write_eof()
+        return True  # half-close: the client may still read the replies
+
+    def pause_writing(self) -> None:
+        if self.channel is not None:
+            self.channel.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.channel is not None:
+            self.channel.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.forwarder.clients.discard(self)
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+        if self.channel is not None:
+            self.channel.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _ServerSide(asyncssh.SSHTCPSession[bytes]):
+    """The channel's end: what the server sends goes straight to the client's socket."""
+
+    def __init__(self, client: _ClientSide) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        assert self.client.transport is not None
+        self.client.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self._close_client()
+        return False  # the server ended the session: end the client's too
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None and self.client.channel is not None:
+            self.client.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close_client()
+
+    def _close_client(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.close()  # flushes what is buffered first
 
 
 def _unix_socket_answers(path: str) -> bool:
@@ -120,28 +213,3 @@ def _unix_socket_answers(path: str) -> bool:
         return False
     finally:
         probe.close()
-
-
-async def _pump(reader: asyncio.StreamReader | asyncssh.SSHReader, writer: asyncio.StreamWriter | asyncssh.SSHWriter) -> None:
-    """Copy until EOF and pass the EOF on; on an error, close the far side so it ends too."""
-    try:
-        while data := await reader.read(READ_SIZE):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError, asyncssh.Error):
-        writer.close()
-
-
-async def _splice(local_reader, local_writer, remote_reader, remote_writer) -> None:  # type: ignore[no-untyped-def]
-    """Copy both ways. The client may half-close and still read replies; the session
-    ends when the server side ends (or fails), and then both sides are closed."""
-    upstream = asyncio.create_task(_pump(local_reader, remote_writer))
-    try:
-        await _pump(remote_reader, local_writer)
-    finally:
-        upstream.cancel()
-        await asyncio.gather(upstream, return_exceptions=True)
-        remote_writer.close()
-        local_writer.close()
