@@ -306,6 +306,7 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         say("scale")
         results["scale"] = scale(bed, plan)
         results["duration_s"] = time.monotonic() - started
+        results["finished_at"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     finally:
         bed.close()
     report.write(results, out_dir)

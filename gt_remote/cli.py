@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 import click
 
 from gt_remote import lifecycle
-from gt_remote.addresses import address_from_env, export_lines, parse_address
+from gt_remote.addresses import address_from_env, export_lines, export_vars, parse_address
 from gt_remote.config import load_config, resolve
 from gt_remote.errors import GtRemoteError, UsageError
 from gt_remote.paths import HostFiles, config_file, known_host_names
@@ -172,10 +172,7 @@ def env(host: str, shell: str) -> None:
 def exec_(host: str, command: tuple[str, ...]) -> None:
     """Run COMMAND with HOST's variables set: gt-remote exec HOST -- gt mayor attach."""
     status_ = lifecycle.require_up(host)
-    environment = dict(os.environ)
-    for line in export_lines(status_["local"], status_["server"]["name"]):
-        name, _, _ = line.removeprefix("export ").partition("=")
-        environment[name] = status_["local"]
+    environment = {**os.environ, **dict(export_vars(status_["local"], status_["server"]["name"]))}
     try:
         os.execvpe(command[0], list(command), environment)
     except FileNotFoundError:

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 from gt_remote.addresses import parse_address
+from gt_remote.errors import PingFailed
 from tunnel.wire import ping_address
 
 STANDIN_PATTERN = "--listen-tcp 127.0.0.1:"
@@ -16,6 +17,15 @@ STANDIN_PATTERN = "--listen-tcp 127.0.0.1:"
 
 def ping(url: str, timeout: float = 5.0) -> float:
     return asyncio.run(ping_address(parse_address(url), timeout))
+
+
+def answers(url: str = "tcp://127.0.0.1:9999", timeout: float = 2.0) -> bool:
+    """Does a Ping through `url` get a Pong? For wait_for conditions."""
+    try:
+        ping(url, timeout)
+        return True
+    except PingFailed:
+        return False
 
 
 def exports(stdout: str) -> dict[str, str]:

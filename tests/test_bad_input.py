@@ -44,8 +44,7 @@ def test_authentication_refused(gt: Gt, ssh_host: SshHost) -> None:
 
 
 def test_changed_host_key(gt: Gt, ssh_host: SshHost) -> None:
-    other_key = "AAAAC3NzaC1lZDI1NTE5AAAAIGtsPLXmX0l7o4g3q+7yF0b8fQmB9cXh3Qn8l1sD0o4T"
-    ssh_host.known_hosts.write_text(f"[127.0.0.1]:{ssh_host.port} ssh-ed25519 {other_key}\n")
+    ssh_host.pin_wrong_host_key()
     result = gt.up(ssh_host)
     assert result.returncode == 1
     line = one_error_line(result.stderr)
@@ -140,8 +139,7 @@ def test_binary_that_cannot_run_on_the_remote(gt: Gt, ssh_host: SshHost, tmp_pat
 
 
 def test_remote_port_held_by_another_program(gt: Gt, ssh_host: SshHost) -> None:
-    ssh_host.spawn("exec python3 -c 'import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\", 9999)); s.listen(); time.sleep(3600)'")
-    wait_for(lambda: ssh_host.exec("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 9999))'")[0] == 0, 10, "the port holder")
+    ssh_host.hold_port(9999)
     result = gt.up(ssh_host)
     assert result.returncode == 1
     line = one_error_line(result.stderr)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, ping
+from tests.helpers import STANDIN_PATTERN, answers
 from tests.testbed import SshHost, wait_for
-from gt_remote.errors import PingFailed
 
 LOCAL = "tcp://127.0.0.1:9999"
 ROUNDS = 3
@@ -21,14 +20,6 @@ def server_pid(host: SshHost) -> int:
 def row(gt: Gt) -> dict[str, Any]:
     [status] = gt.status("gaming-pc")
     return status
-
-
-def answers() -> bool:
-    try:
-        ping(LOCAL, timeout=2)
-        return True
-    except PingFailed:
-        return False
 
 
 def wait_recovered(gt: Gt, reconnects: int, timeout: float = 45) -> dict[str, Any]:

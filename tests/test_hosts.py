@@ -7,22 +7,13 @@ from typing import Any
 
 from docker import from_env
 
-from gt_remote.errors import PingFailed
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, exports, ping
-from tests.testbed import STANDIN, SshHost, combined_ssh_config, free_loopback_port, start_host, wait_for
+from tests.helpers import STANDIN_PATTERN, answers, exports, ping
+from tests.testbed import STANDIN, combined_ssh_config, free_loopback_port, start_host, wait_for
 
 
 def rows(gt: Gt) -> dict[str, dict[str, Any]]:
     return {row["host"]: row for row in gt.status()}
-
-
-def answers(url: str) -> bool:
-    try:
-        ping(url, timeout=2)
-        return True
-    except PingFailed:
-        return False
 
 
 def test_two_hosts_at_once_are_independent(gt: Gt, host_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -7,15 +7,13 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gt_remote.errors import PingFailed
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, ping, supervisor_processes
+from tests.helpers import answers, ping, supervisor_processes
 from tests.testbed import SshHost, wait_for
 from tunnel import wire
 
@@ -60,8 +58,7 @@ def test_refused_auth_on_reconnect_is_final_not_a_storm(gt: Gt, ssh_host: SshHos
 
 def test_changed_host_key_on_reconnect_is_final(gt: Gt, ssh_host: SshHost) -> None:
     bring_up(gt, ssh_host)
-    other_key = "AAAAC3NzaC1lZDI1NTE5AAAAIGtsPLXmX0l7o4g3q+7yF0b8fQmB9cXh3Qn8l1sD0o4T"
-    ssh_host.known_hosts.write_text(f"[127.0.0.1]:{ssh_host.port} ssh-ed25519 {other_key}\n")
+    ssh_host.pin_wrong_host_key()
     drop_connection(ssh_host)
     status = wait_for(lambda: (s := row(gt))["state"] == "failed" and s, 30, "state failed")
     assert "host key" in status["last_error"] and "ssh-keygen -R" in status["last_error"]
@@ -114,16 +111,8 @@ def test_sigstopped_supervisor_recovers_by_itself(gt: Gt, ssh_host: SshHost) -> 
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: row(gt)["state"] == "up", 30, "the supervisor to be up again")
-    wait_for(lambda: _answers(), 30, "a Pong after the resume")
+    wait_for(answers, 30, "a Pong after the resume")
     assert row(gt)["supervisor_pid"] == pid
-
-
-def _answers() -> bool:
-    try:
-        ping(LOCAL, timeout=2)
-        return True
-    except PingFailed:
-        return False
 
 
 async def _raw_ping(timeout: float) -> bytes:

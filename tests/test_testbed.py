@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import struct
 
 import asyncssh
 import pytest
@@ -49,7 +48,7 @@ def test_login_and_command_through_the_alias(ssh_host: SshHost) -> None:
 
 
 def test_host_key_is_pinned_strictly(ssh_host: SshHost) -> None:
-    ssh_host.known_hosts.write_text(ssh_host.host_key_line.replace(ssh_host.host_key_line.split()[2], "AAAAC3NzaC1lZDI1NTE5AAAAIGtsPLXmX0l7o4g3q+7yF0b8fQmB9cXh3Qn8l1sD0o4T") + "\n")
+    ssh_host.pin_wrong_host_key()
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
         asyncio.run(connect(ssh_host))
 
@@ -90,8 +89,7 @@ def test_second_standin_refuses_to_start(ssh_host: SshHost) -> None:
 
 
 def test_standin_with_taken_port_keeps_running_on_its_socket(ssh_host: SshHost) -> None:
-    ssh_host.spawn("exec python3 -c 'import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\", 9999)); s.listen(); time.sleep(3600)'")
-    wait_for(lambda: ssh_host.exec("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 9999))'")[0] == 0, 10, "the port holder")
+    ssh_host.hold_port(9999)
     ssh_host.install_standin(STANDIN)
     ssh_host.spawn(f"exec {STANDIN} --listen-tcp 127.0.0.1:9999 2>/tmp/standin.log")
     wait_for(lambda: "Failed to bind TCP listener" in ssh_host.exec("cat /tmp/standin.log")[1], 10, "the bind failure in the log")

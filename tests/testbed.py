@@ -33,6 +33,7 @@ STANDIN = REPO / "tests" / "standin" / "ccmux-server-standin"
 TEST_IMAGE = os.environ.get("GT_REMOTE_TEST_IMAGE", "gt-remote-testhost:latest")
 BASE_TAG = os.environ.get("GT_REMOTE_BASE_TAG", "gt-remote-base:bookworm")
 USER = "gamer"
+FOREIGN_HOST_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIGtsPLXmX0l7o4g3q+7yF0b8fQmB9cXh3Qn8l1sD0o4T"  # not any test host's
 
 
 def context_hash() -> str:
@@ -145,6 +146,18 @@ class SshHost:
     def pids(self, pattern: str) -> list[int]:
         code, output = self.exec(f"exec pgrep -f -- {shlex.quote(pattern)}")  # exec: no sh wrapper to match
         return [int(pid) for pid in output.split()] if code == 0 else []
+
+    def hold_port(self, port: int) -> None:
+        """Another program (not ccmux) listening on a loopback port inside the container."""
+        holder = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(3600)"
+        self.spawn(f"exec python3 -c {shlex.quote(holder)}")
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}))"
+        wait_for(lambda: self.exec(f"python3 -c {shlex.quote(probe)}")[0] == 0, 10, f"a program to hold port {port}")
+
+    def pin_wrong_host_key(self) -> None:
+        """known_hosts now names another key for this host: a changed host key, as ssh sees it."""
+        name = self.host_key_line.split()[0]
+        self.known_hosts.write_text(f"{name} ssh-ed25519 {FOREIGN_HOST_KEY}\n")
 
     def install_standin(self, path: str = "/usr/local/bin/ccmux-server") -> None:
         self.container.copy_into_container(STANDIN.read_bytes(), path, 0o755)

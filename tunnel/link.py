@@ -131,8 +131,8 @@ class Link:
         if state != self.state:
             self.since = time.time()
         self.state = state
-        if error is not None or state == LinkState.UP:
-            self.last_error = error if state != LinkState.UP else self.last_error
+        if error is not None:
+            self.last_error = error  # kept after recovery: status shows the last error and since when
 
     async def close(self) -> None:
         self._stopping = True
