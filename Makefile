@@ -20,6 +20,7 @@ testbed:
 	bash docker/testbed.sh
 
 test: venv testbed
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 demo: venv testbed

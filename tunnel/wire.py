@@ -10,6 +10,7 @@ import asyncio
 import struct
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from gt_remote.addresses import Address, TcpAddress
 from gt_remote.errors import PingFailed
@@ -19,6 +20,16 @@ PING = struct.pack(">I", 4) + struct.pack("<I", 17)
 GET_SERVER_STATUS = struct.pack(">I", 4) + struct.pack("<I", 15)
 PONG_VARIANT = 17
 SERVER_STATUS_VARIANT = 1
+
+
+class FrameReader(Protocol):
+    """asyncio's StreamReader or asyncssh's SSHReader (without importing asyncssh here)."""
+
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+class FrameWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -32,7 +43,7 @@ class ServerStatus:
     human_control_active: bool
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
+async def read_frame(reader: FrameReader) -> bytes:
     (length,) = struct.unpack(">I", await reader.readexactly(4))
     if length > MAX_PAYLOAD:
         raise PingFailed(f"server sent a {length}-byte frame, over the 16 MiB limit", "is this port really a ccmux server?")
@@ -45,7 +56,7 @@ def variant_of(payload: bytes) -> int:
     return struct.unpack_from("<I", payload)[0]
 
 
-async def _await_variant(reader: asyncio.StreamReader, wanted: int) -> bytes:
+async def _await_variant(reader: FrameReader, wanted: int) -> bytes:
     """Skip broadcasts that may arrive first; return the first frame of the wanted variant."""
     while True:
         payload = await read_frame(reader)
@@ -53,7 +64,7 @@ async def _await_variant(reader: asyncio.StreamReader, wanted: int) -> bytes:
             return payload
 
 
-async def ping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float) -> float:
+async def ping(reader: FrameReader, writer: FrameWriter, timeout: float) -> float:
     """Send a Ping on an open stream; return the round trip in seconds."""
     started = time.perf_counter()
     writer.write(PING)
@@ -73,7 +84,7 @@ def decode_server_status(payload: bytes) -> ServerStatus:
     return ServerStatus(commit, clients, sessions, (low, high), wal, checkpoint, human)
 
 
-async def server_status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float) -> ServerStatus:
+async def server_status(reader: FrameReader, writer: FrameWriter, timeout: float) -> ServerStatus:
     writer.write(GET_SERVER_STATUS)
     payload = await asyncio.wait_for(_await_variant(reader, SERVER_STATUS_VARIANT), timeout)
     return decode_server_status(payload)
