@@ -133,6 +133,8 @@ class Supervisor:
         except GtRemoteError as error:
             log.error("remote server check failed: %s", error)
             self.server_error = error
+        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+            log.warning("remote server check interrupted: %s", exc)  # the link notices a dead connection itself
 
     async def _after_reconnect(self, conn: asyncssh.SSHClientConnection) -> None:
         """Runs on every new connection before it is used; errors count as a failed attempt."""
@@ -205,8 +207,11 @@ class Supervisor:
     def _save_record_if_changed(self) -> None:
         key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid)
         if key != self._saved:
-            self._saved = key
-            self._save_record()
+            try:
+                self._save_record()
+                self._saved = key
+            except OSError as exc:  # a full disk must not stop the supervision
+                log.warning("cannot save the status record: %s", exc)
 
     async def _shutdown(self) -> None:
         if self._control is not None:

@@ -16,12 +16,13 @@ from typing import Awaitable, Callable
 import asyncssh
 
 from gt_remote.errors import ConnectFailed, GtRemoteError
-from tunnel.connection import SshTarget, connect, lost_reason
+from tunnel.connection import SshTarget, classify, connect, lost_reason
 from tunnel.policy import reconnect_policy
 
 log = logging.getLogger(__name__)
 
 FINAL_RETRY_INTERVAL = 60.0
+UNEXPECTED_RETRY_INTERVAL = 5.0
 
 AfterConnect = Callable[[asyncssh.SSHClientConnection], Awaitable[None]]
 
@@ -104,12 +105,19 @@ class Link:
                 self._set_state(LinkState.FAILED, error)
                 self.next_attempt_at = time.time() + FINAL_RETRY_INTERVAL
                 await asyncio.sleep(FINAL_RETRY_INTERVAL)
+            except Exception as exc:  # a bug must not end reconnecting for good
+                log.exception("unexpected error while reconnecting")
+                self._set_state(LinkState.RECONNECTING, ConnectFailed(f"internal error: {exc!r}", "retrying; see the log"))
+                await asyncio.sleep(UNEXPECTED_RETRY_INTERVAL)
 
     async def _connect_and_check(self) -> asyncssh.SSHClientConnection:
         conn = await connect(self.target)
         try:
             if self.after_reconnect:
                 await self.after_reconnect(conn)
+        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+            conn.close()
+            raise classify(exc, self.target.destination) from exc  # typed, so the policy can judge it
         except BaseException:
             conn.close()
             raise
