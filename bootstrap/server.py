@@ -41,7 +41,7 @@ pid=$1 server=$2 port=$3
 if kill -0 "$pid" 2>/dev/null; then echo "alive=1"; else echo "alive=0"; fi
 log="$state_dir/$server-$port.log"
 # The log since our last start marker, last lines only.
-[ -f "$log" ] && awk '/^--- .* gt-remote starting/ { n = 0; delete lines } { lines[n++] = $0 } END { s = n > 15 ? n - 15 : 0; for (i = s; i < n; i++) print "log=" lines[i] }' "$log"
+[ -f "$log" ] && awk '/^--- .* gt-remote starting/ { n = 0; delete lines; next } { lines[n++] = $0 } END { s = n > 15 ? n - 15 : 0; for (i = s; i < n; i++) print "log=" lines[i] }' "$log"
 """
 
 STOP_SCRIPT = r"""

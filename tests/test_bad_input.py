@@ -200,3 +200,22 @@ def test_bad_config_file(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
     result = gt("--config", str(config), "up", "gaming-pc", ssh_config=ssh_host.ssh_config)
     assert result.returncode == 2
     assert "unknown key(s) remote_prot" in one_error_line(result.stderr)
+
+
+def test_server_that_never_answers_is_reported_with_its_log(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    silent = tmp_path / "ccmux-server"
+    silent.write_text(
+        "#!/usr/bin/env python3\n"
+        "import sys, time\n"
+        "if sys.argv[1:] == ['--version']:\n"
+        "    print('ccmux-server 0.0.0-silent'); sys.exit(0)\n"
+        "print('silent server: loading a very large session state', file=sys.stderr, flush=True)\n"
+        "time.sleep(3600)\n"
+    )
+    silent.chmod(0o755)
+    result = gt("up", "gaming-pc", "--server-binary", str(silent), ssh_config=ssh_host.ssh_config)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "never answered a Ping on 127.0.0.1:9999" in line and "loading a very large session state" in line
+    assert_nothing_left(gt)
+    wait_for(lambda: ssh_host.pids("ccmux-server --listen-tcp") == [], 10, "the silent server to be stopped")
