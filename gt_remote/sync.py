@@ -43,7 +43,8 @@ def plan(paths: list[str], home: Path | None = None) -> list[Transfer]:
 
 
 def rsync_command(settings: HostSettings, transfer: Transfer, push: bool, dry_run: bool, delete: bool) -> list[str]:
-    ssh = "ssh" + (f" -F {shlex.quote(settings.ssh_config)}" if settings.ssh_config else "")
+    # Strict, like the tunnel: an unknown or changed host key stops the transfer, never a prompt.
+    ssh = "ssh -o StrictHostKeyChecking=yes" + (f" -F {shlex.quote(settings.ssh_config)}" if settings.ssh_config else "")
     args = ["rsync", "--archive", "--partial", "--mkpath", "--protect-args", "--info=progress2,stats1", "-e", ssh]
     if dry_run:
         args += ["--dry-run", "--itemize-changes"]

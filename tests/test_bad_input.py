@@ -48,7 +48,35 @@ def test_changed_host_key(gt: Gt, ssh_host: SshHost) -> None:
     result = gt.up(ssh_host)
     assert result.returncode == 1
     line = one_error_line(result.stderr)
-    assert "host key" in line and "ssh-keygen -R" in line
+    assert "host key of gaming-pc has CHANGED" in line and "ssh-keygen -R" in line
+    assert_nothing_left(gt)
+    assert server_pids(ssh_host) == []
+
+
+def test_unknown_host_key(gt: Gt, ssh_host: SshHost) -> None:
+    ssh_host.known_hosts.write_text("")
+    result = gt.up(ssh_host)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "host key of gaming-pc is not in known_hosts yet" in line and "ssh gaming-pc" in line
+    assert_nothing_left(gt)
+
+
+def test_default_known_hosts_is_checked_too(gt: Gt, ssh_host: SshHost) -> None:
+    """No UserKnownHostsFile: ~/.ssh/known_hosts of the (empty) home decides, and it knows nothing."""
+    ssh_host.ssh_config.write_text("\n".join(line for line in ssh_host.config_block().splitlines() if "UserKnownHostsFile" not in line) + "\n")
+    result = gt.up(ssh_host)
+    assert result.returncode == 1
+    assert "not in known_hosts yet" in one_error_line(result.stderr)
+    assert_nothing_left(gt)
+
+
+def test_ssh_config_cannot_turn_host_key_checking_off(gt: Gt, ssh_host: SshHost) -> None:
+    ssh_host.ssh_config.write_text(ssh_host.config_block().replace(f"UserKnownHostsFile {ssh_host.known_hosts}", "UserKnownHostsFile none"))
+    result = gt.up(ssh_host)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "turns host key checking off" in line and "always verifies host keys" in line
     assert_nothing_left(gt)
     assert server_pids(ssh_host) == []
 

@@ -7,6 +7,7 @@ host key is final; refused, reset, timed-out or lost connections are transient.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from dataclasses import dataclass
 
@@ -67,10 +68,53 @@ async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
         options["username"] = user
     if port:
         options["port"] = port
+    resolved = _resolved_options(host, options)
+    if resolved is not None and resolved.known_hosts is None:
+        raise HostKeyRejected(
+            f"the ssh_config for {target.destination} turns host key checking off (UserKnownHostsFile none)",
+            "gt-remote always verifies host keys: remove that line, or point UserKnownHostsFile at a known_hosts file",
+        )
     try:
         return await asyncssh.connect(host, **options)  # type: ignore[arg-type]
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise _host_key_error(target.destination, resolved) from exc
     except Exception as exc:  # every failure leaves here typed
         raise classify(exc, target.destination) from exc
+
+
+def _resolved_options(host: str, options: dict[str, object]) -> asyncssh.SSHClientConnectionOptions | None:
+    """The settings asyncssh will use for this host, after ssh_config; None if unreadable."""
+    try:
+        return asyncssh.SSHClientConnectionOptions(host=host, **options)  # type: ignore[arg-type]
+    except (ValueError, OSError, asyncssh.Error):
+        return None  # connect() reports it, typed
+
+
+def _host_key_error(destination: str, options: asyncssh.SSHClientConnectionOptions | None) -> HostKeyRejected:
+    """Unknown and changed keys need different fixes: tell them apart by the known_hosts files."""
+    if options is not None and _has_pinned_key(options):
+        return HostKeyRejected(
+            f"the host key of {destination} has CHANGED since it was saved in known_hosts: the host was reinstalled, or someone is intercepting the connection",
+            f"if you know it was reinstalled, remove the old key with 'ssh-keygen -R <host>' and connect once with 'ssh {destination}' to check and save the new one",
+        )
+    return HostKeyRejected(
+        f"the host key of {destination} is not in known_hosts yet",
+        f"connect once with 'ssh {destination}', check the fingerprint and accept it; gt-remote never accepts an unknown key by itself",
+    )
+
+
+def _has_pinned_key(options: asyncssh.SSHClientConnectionOptions) -> bool:
+    files = options.known_hosts if isinstance(options.known_hosts, list) and options.known_hosts else ["~/.ssh/known_hosts"]
+    host = str(getattr(options, "host_key_alias", None) or getattr(options, "host", None) or "")
+    port = getattr(options, "port", 22)
+    for path in files:
+        try:
+            known = asyncssh.read_known_hosts(os.path.expanduser(str(path)))
+            if known.match(host, "", port)[0]:
+                return True
+        except (OSError, ValueError, asyncssh.Error):
+            continue
+    return False
 
 
 def lost_reason(conn: asyncssh.SSHClientConnection) -> str:
@@ -94,10 +138,7 @@ def classify(exc: BaseException, destination: str) -> GtRemoteError:
             "add your public key to the remote ~/.ssh/authorized_keys, or set IdentityFile in ssh_config",
         )
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        return HostKeyRejected(
-            f"the host key of {destination} is not trusted: it is not in known_hosts, or it changed",
-            f"if the host was reinstalled, run 'ssh-keygen -R <host>' and connect once with 'ssh {destination}' to accept the new key",
-        )
+        return _host_key_error(destination, None)
     if isinstance(exc, ConnectionRefusedError):
         return ConnectFailed(f"{destination} refused the connection", "is sshd running there, and is the port right?")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
