@@ -168,7 +168,11 @@ def markdown(results: dict[str, Any]) -> str:
         "interleaved runs on this machine: forwarding protocol to protocol instead of through asyncio streams (adopted: "
         "the p50 ratio fell from about 2.1 to about 1.7, and throughput rose); uvloop, AES-GCM instead of "
         "chacha20-poly1305, and a larger channel window and packet size (not adopted: no gain above this machine's noise). "
-        "TCP_NODELAY is already set on both sockets by asyncio.",
+        "TCP_NODELAY is already set on both sockets by asyncio. A py-spy profile of the supervisor during 12,000 "
+        "sequential Pings: 78 % of samples idle in epoll (it is not CPU-bound); the busy rest is mostly asyncssh's packet "
+        "path (send_packet, _recv_packet, chacha20-poly1305 building a cryptography Cipher object per packet) and asyncio's "
+        "socket transport; the forwarder's own callbacks are under 1 %. The gap to `ssh -L` is a Python process's wake-up "
+        "plus about 100 µs of per-packet Python work per round trip.",
     ]
     scale = results["scale"]
     out += [
