@@ -11,7 +11,7 @@ import asyncssh
 
 from bootstrap import server as remote_server
 from bootstrap.install import check_platform, run_install_command, upload_server
-from bootstrap.probe import PortState, RemoteFacts, file_digest, port_state, probe
+from bootstrap.probe import PortState, RemoteFacts, file_digest, parse_version, port_state, probe
 from gt_remote.config import HostSettings
 from gt_remote.errors import RemotePortBusy, ServerMissing, ServerWithoutTcp
 
@@ -47,7 +47,7 @@ async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
         await _restart_tcpless(conn, facts.pid, settings, say)
     path, version = facts.path, facts.version
     if path is None:
-        path, version = await _install(conn, settings, facts, say)
+        path, version = await _install(conn, settings, facts, digest, say)
     say(f"starting {settings.server} {version or '(unknown version)'} on {settings.name}, 127.0.0.1:{settings.remote_port}")
     try:
         pid = await _start_and_wait(conn, path, settings)
@@ -97,13 +97,12 @@ def _reuse(facts: RemoteFacts, settings: HostSettings, say: Say) -> ServerInfo:
     return ServerInfo(facts.path, facts.version, facts.pid, started_by_gt_remote=ours, reused=True)
 
 
-async def _install(conn: asyncssh.SSHClientConnection, settings: HostSettings, facts: RemoteFacts, say: Say) -> tuple[str, str | None]:
+async def _install(conn: asyncssh.SSHClientConnection, settings: HostSettings, facts: RemoteFacts, digest: str, say: Say) -> tuple[str, str | None]:
     if settings.server_binary:
         check_platform(settings.server_binary, settings.name, facts.os, facts.arch)
         say(f"uploading {settings.server_binary} to {settings.name}")
-        path = await upload_server(conn, settings.server_binary, settings.server, file_digest(settings.server_binary), settings.name)
-        facts = await probe(conn, settings.server, settings.remote_port, file_digest(settings.server_binary))
-        return path, facts.version
+        path, version_line = await upload_server(conn, settings.server_binary, settings.server, digest, settings.name)
+        return path, parse_version(version_line)
     if settings.install_command:
         say(f"running the install command on {settings.name}: {settings.install_command}")
         await run_install_command(conn, settings.install_command, settings.name)

@@ -61,8 +61,8 @@ def check_platform(local_path: str, host: str, remote_os: str, remote_arch: str)
         )
 
 
-async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, server: str, digest: str, host: str) -> str:
-    """Upload, verify and place the binary; return its absolute remote path."""
+async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, server: str, digest: str, host: str) -> tuple[str, str]:
+    """Upload, verify and place the binary; return its absolute remote path and `--version` line."""
     directory = f"{REMOTE_INSTALL_ROOT}/{digest}"
     part = f"{directory}/.{server}.part-{secrets.token_hex(4)}"
     final = f"{directory}/{server}"
@@ -81,7 +81,7 @@ async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, ser
     fields = (await run_script(conn, CHECK_AND_PLACE, part, final)).fields
     if "version" not in fields:
         raise _cannot_run(local_path, host, fields)
-    return f"{home}/{final}"
+    return f"{home}/{final}", fields["version"]
 
 
 async def _free_kib(conn: asyncssh.SSHClientConnection, directory: str) -> str:
