@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.probes import time_to_pong
@@ -24,7 +24,6 @@ class Tunnel:
     supervisor_pid: int | None = None
     gt: Gt | None = None
     host: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     def pids(self) -> list[int]:
         """The processes that make this tunnel: a supervisor, or autossh/ssh and its children."""

@@ -14,13 +14,13 @@ import asyncssh
 
 from gt_remote.errors import ConnectFailed
 
-REMOTE_INSTALL_ROOT = ".local/share/gt-remote/servers"
+REMOTE_INSTALL_ROOT = ".local/share/gt-remote/servers"  # relative to the remote home
 REMOTE_STATE_DIR = ".local/state/gt-remote"
 
-PRELUDE = r"""
-install_root="$HOME/.local/share/gt-remote/servers"
-state_dir="$HOME/.local/state/gt-remote"
-cmdline_of() { ps -o args= -p "$1" 2>/dev/null || tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; }
+PRELUDE = f"""
+install_root="$HOME/{REMOTE_INSTALL_ROOT}"
+state_dir="$HOME/{REMOTE_STATE_DIR}"
+""" + r"""cmdline_of() { ps -o args= -p "$1" 2>/dev/null || tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; }
 # Is pid $1 alive and a server we started for port $2?
 is_our_server() {
     [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 1

@@ -137,7 +137,8 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         uptime = _duration(row["uptime_s"]) if row.get("uptime_s") is not None else "-"
         lines.append(f"{row['host']}: {row['state']}")
         lines.append(f"  local       {row.get('local') or '-'}  ->  remote 127.0.0.1:{row.get('remote_port') or '-'}")
-        lines.append(f"  server      {server.get('name') or ''} {server.get('version') or ''} pid {server.get('pid') or '-'}".replace("  pid", " pid"))
+        described = " ".join(str(part) for part in (server.get("name"), server.get("version")) if part)
+        lines.append(f"  server      {described} pid {server.get('pid') or '-'}")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         if row.get("next_attempt_at") and row["state"] == "reconnecting":
             lines.append(f"  next attempt at {row['next_attempt_at']}")

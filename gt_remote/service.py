@@ -160,10 +160,3 @@ def status(service: ServiceFile) -> tuple[bool, str]:
     else:
         ok, output = _run(["systemctl", "--user", "is-active", service.label])
     return True, f"installed at {service.path}; " + (f"active ({output})" if ok else f"not active ({output or 'unknown'})")
-
-
-def verify(service: ServiceFile) -> tuple[bool, str] | None:
-    """`systemd-analyze verify` where available; None when it is not."""
-    if service.platform != "systemd" or shutil.which("systemd-analyze") is None:
-        return None
-    return _run(["systemd-analyze", "--user", "verify", str(service.path)])
