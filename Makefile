@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo testbed venv bench clean
+.PHONY: test lint demo testbed venv bench clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 testbed:
 	bash docker/testbed.sh
 
-test: venv testbed
+lint: venv
+	$(PY) -m ruff check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
+
+test: venv testbed lint
 	$(PY) -m pytest
 
 demo: venv testbed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def markdown(results: dict[str, Any]) -> str:
     out = [
         "# Benchmarks",
         "",
-        f"Written by `make bench` on {results.get('finished_at') or f'{datetime.now(timezone.utc):%Y-%m-%d %H:%M}'} UTC in {results['duration_s']:.0f} s. "
+        f"Written by `make bench` on {results.get('finished_at') or f'{datetime.now(UTC):%Y-%m-%d %H:%M}'} UTC in {results['duration_s']:.0f} s. "
         f"Every figure was measured side by side with its reference in this one run, on the test bed's sshd containers "
         f"and the ccmux-server stand-in; this machine is noisy, so read the ratios, not the absolute times.",
         "",

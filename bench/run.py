@@ -17,9 +17,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import probes, report
 from bench.tunnels import Tunnel, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, wait_ready
@@ -56,7 +57,7 @@ class Bed:
     tunnels: list[Tunnel] = field(default_factory=list)
 
     @classmethod
-    def create(cls) -> "Bed":
+    def create(cls) -> Bed:
         work = Path(tempfile.mkdtemp(prefix="gt-remote-bench-"))
         (work / "home").mkdir()
         return cls(work, ClientKey.create(work), Gt(work / "home", Path(tempfile.mkdtemp(prefix="gtr-bench-"))))

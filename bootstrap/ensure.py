@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import asyncssh
 
-from bootstrap import server as remote_server
-from bootstrap.install import check_platform, run_install_command, upload_server
-from bootstrap.probe import PortState, RemoteFacts, file_digest, parse_version, port_state, probe
-from gt_remote.config import HostSettings
-from gt_remote.errors import RemotePortBusy, ServerMissing, ServerWithoutTcp
+from gt_remote.base.config import HostSettings
+from gt_remote.base.errors import RemotePortBusy, ServerMissing, ServerWithoutTcp
+from gt_remote.bootstrap import server as remote_server
+from gt_remote.bootstrap.install import check_platform, run_install_command, upload_server
+from gt_remote.bootstrap.probe import PortState, RemoteFacts, file_digest, parse_version, port_state, probe
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import struct
 
 import asyncssh
 
-from bootstrap.remote import REMOTE_INSTALL_ROOT, run_script
-from gt_remote.errors import BinaryIncompatible, InstallFailed
+from gt_remote.base.errors import BinaryIncompatible, InstallFailed
+from gt_remote.bootstrap.remote import REMOTE_INSTALL_ROOT, run_script
 
 CHECK_AND_PLACE = r"""
 part=$1 final=$2

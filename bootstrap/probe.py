@@ -10,9 +10,9 @@ from pathlib import Path
 
 import asyncssh
 
-from bootstrap.remote import run_script
-from gt_remote.errors import PingFailed
-from tunnel import wire
+from gt_remote.base.errors import PingFailed
+from gt_remote.bootstrap.remote import run_script
+from gt_remote.tunnel import wire
 
 PROBE_SCRIPT = r"""
 server=$1 port=$2 digest=$3
@@ -102,5 +102,5 @@ async def port_state(conn: asyncssh.SSHClientConnection, port: int, timeout: flo
         return PortState.ANSWERS
     except asyncssh.ChannelOpenError:
         return PortState.CLOSED
-    except (PingFailed, asyncio.TimeoutError):
+    except (TimeoutError, PingFailed):
         return PortState.BUSY

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
-from gt_remote.errors import ConnectFailed
+from gt_remote.base.errors import ConnectFailed
 
 REMOTE_INSTALL_ROOT = ".local/share/gt-remote/servers"  # relative to the remote home
 REMOTE_STATE_DIR = ".local/state/gt-remote"

@@ -12,9 +12,9 @@ import time
 
 import asyncssh
 
-from bootstrap.probe import ping_remote
-from bootstrap.remote import run_script
-from gt_remote.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp
+from gt_remote.base.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp
+from gt_remote.bootstrap.probe import ping_remote
+from gt_remote.bootstrap.remote import run_script
 
 LOG_CAP_BYTES = 1024 * 1024
 
@@ -103,7 +103,7 @@ async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, ser
     while time.monotonic() < deadline:
         try:
             return await ping_remote(conn, port, timeout=2.0)
-        except (asyncssh.ChannelOpenError, PingFailed, asyncio.TimeoutError):
+        except (TimeoutError, asyncssh.ChannelOpenError, PingFailed):
             pass
         if time.monotonic() >= next_liveness_check:
             alive, log_tail = await _status(conn, pid, server, port)

@@ -8,17 +8,18 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import click
 
-from gt_remote import lifecycle
-from gt_remote.addresses import address_from_env, export_lines, export_vars, parse_address
-from gt_remote.config import load_config, resolve
-from gt_remote.errors import GtRemoteError, UsageError
-from gt_remote.paths import HostFiles, config_file, known_host_names
-from tunnel.wire import ping_address
+from gt_remote import __version__, lifecycle
+from gt_remote.base.addresses import address_from_env, export_lines, export_vars, parse_address
+from gt_remote.base.config import load_config, resolve
+from gt_remote.base.errors import GtRemoteError, UsageError
+from gt_remote.base.paths import HostFiles, config_file, known_host_names
+from gt_remote.tunnel.wire import ping_address
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,7 +54,7 @@ class Globals:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-F", "ssh_config", metavar="SSH_CONFIG", help="ssh_config file to use, like ssh -F (default ~/.ssh/config).")
 @click.option("--config", "config_path", metavar="FILE", help="gt-remote config (default $XDG_CONFIG_HOME/gt-remote/config.toml).")
-@click.version_option(package_name="gt-remote")
+@click.version_option(__version__, "-V", "--version", prog_name="gt-remote")
 @click.pass_context
 def main(ctx: click.Context, ssh_config: str | None, config_path: str | None) -> None:
     """Run gastown's polecats on a remote ccmux-server through a supervised SSH tunnel."""

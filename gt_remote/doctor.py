@@ -8,13 +8,13 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bootstrap.probe import probe
 from gt_remote import lifecycle
-from gt_remote.addresses import ENV_VARS, address_from_env, default_ccmux_socket, parse_address
-from gt_remote.config import HostSettings
-from gt_remote.errors import GtRemoteError, UnknownHost
-from tunnel.connection import SshTarget, connect
-from tunnel.wire import ping_address
+from gt_remote.base.addresses import ENV_VARS, address_from_env, default_ccmux_socket, parse_address
+from gt_remote.base.config import HostSettings
+from gt_remote.base.errors import GtRemoteError, UnknownHost
+from gt_remote.bootstrap.probe import probe
+from gt_remote.tunnel.connection import SshTarget, connect
+from gt_remote.tunnel.wire import ping_address
 
 CLIENTS = ("ccmux", "ccmux-compat", "gt")
 

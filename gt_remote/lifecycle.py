@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from gt_remote import control, errors
-from gt_remote.config import HostSettings
-from gt_remote.errors import GtRemoteError, NotUp, UsageError
-from gt_remote.paths import HostFiles, known_host_names
+from gt_remote import control
+from gt_remote.base import errors
+from gt_remote.base.config import HostSettings
+from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
+from gt_remote.base.paths import HostFiles, known_host_names
 
 Say = Callable[[str], None]
 LOCK_TIMEOUT = 600.0
@@ -34,7 +36,7 @@ class HostLock:
         self.timeout = timeout
         self.fd: int | None = None
 
-    def __enter__(self) -> "HostLock":
+    def __enter__(self) -> HostLock:
         self.fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + self.timeout
         while True:

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gt_remote.paths import host_key
+from gt_remote.base.paths import host_key
 
 RESTART_SEC = 30  # a final error (refused key) must not become a retry storm
 

@@ -20,23 +20,24 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncssh
 
-from bootstrap import server as remote_server
-from bootstrap.ensure import ServerInfo, ensure_server, revive_server
-from bootstrap.probe import ping_remote
 from gt_remote import control
-from gt_remote.addresses import export_lines
-from gt_remote.config import HostSettings
-from gt_remote.errors import GtRemoteError, PingFailed
-from gt_remote.paths import HostFiles, write_private
-from tunnel.connection import SshTarget
-from tunnel.forwarder import Forwarder
-from tunnel.link import Link
-from tunnel.wire import ping_address
+from gt_remote.base.addresses import export_lines
+from gt_remote.base.config import HostSettings
+from gt_remote.base.errors import GtRemoteError, PingFailed
+from gt_remote.base.paths import HostFiles, write_private
+from gt_remote.bootstrap import server as remote_server
+from gt_remote.bootstrap.ensure import ServerInfo, ensure_server, revive_server
+from gt_remote.bootstrap.probe import ping_remote
+from gt_remote.tunnel.connection import SshTarget
+from gt_remote.tunnel.forwarder import Forwarder
+from gt_remote.tunnel.link import Link
+from gt_remote.tunnel.wire import ping_address
 
 log = logging.getLogger("gt_remote.supervisor")
 
@@ -46,7 +47,7 @@ LOG_BACKUPS = 3
 
 
 def iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 def _open_fds() -> int | None:
@@ -122,7 +123,7 @@ class Supervisor:
                 try:
                     self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
                     self.server_error = None
-                except (asyncssh.Error, PingFailed, asyncio.TimeoutError, OSError) as exc:
+                except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
                     log.warning("health Ping failed: %s", exc)
                     await self._check_server(conn)
             self._save_record_if_changed()
@@ -133,7 +134,7 @@ class Supervisor:
         except GtRemoteError as error:
             log.error("remote server check failed: %s", error)
             self.server_error = error
-        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, asyncssh.Error, OSError) as exc:
             log.warning("remote server check interrupted: %s", exc)  # the link notices a dead connection itself
 
     async def _after_reconnect(self, conn: asyncssh.SSHClientConnection) -> None:

@@ -10,12 +10,12 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from gt_remote.config import HostSettings
-from gt_remote.errors import GtRemoteError, UsageError
+from gt_remote.base.config import HostSettings
+from gt_remote.base.errors import GtRemoteError, UsageError
 
 
 class RsyncMissing(GtRemoteError):

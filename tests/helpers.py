@@ -8,9 +8,9 @@ import socket
 import stat
 from pathlib import Path
 
-from gt_remote.addresses import parse_address
-from gt_remote.errors import PingFailed
-from tunnel.wire import ping_address
+from gt_remote.base.addresses import parse_address
+from gt_remote.base.errors import PingFailed
+from gt_remote.tunnel.wire import ping_address
 
 STANDIN_PATTERN = "--listen-tcp 127.0.0.1:"
 

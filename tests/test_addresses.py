@@ -7,9 +7,10 @@ import shlex
 import subprocess
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gt_remote.addresses import (
+from gt_remote.base.addresses import (
     TcpAddress,
     UnixAddress,
     address_from_env,
@@ -18,7 +19,7 @@ from gt_remote.addresses import (
     parse_address,
     require_loopback,
 )
-from gt_remote.errors import AddressError
+from gt_remote.base.errors import AddressError
 
 hostnames = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,2}", fullmatch=True)
 ipv4 = st.ip_addresses(v=4).map(str)

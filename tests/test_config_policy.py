@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gt_remote.config import HostSettings, load_config, resolve
-from gt_remote.errors import ConfigError, ConnectFailed, GtRemoteError, UsageError, AuthRefused
-from tunnel.policy import MAX_WAIT, reconnect_policy
+from gt_remote.base.config import HostSettings, load_config, resolve
+from gt_remote.base.errors import AuthRefused, ConfigError, ConnectFailed, GtRemoteError, UsageError
+from gt_remote.tunnel.policy import MAX_WAIT, reconnect_policy
 
 
 def test_defaults() -> None:

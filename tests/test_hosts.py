@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from docker import from_env
-
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN, answers, exports, ping
 from tests.testbed import STANDIN, combined_ssh_config, free_loopback_port, start_host, wait_for

@@ -9,10 +9,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from gt_remote.tunnel import wire
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN
 from tests.testbed import SshHost, wait_for
-from tunnel import wire
 
 CLIENTS = 50
 SOAK_SECONDS = 120.0
@@ -32,7 +32,7 @@ async def client(stop: asyncio.Event, tally: Tally) -> None:
     while not stop.is_set():
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 9999), PING_DEADLINE)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             tally.errors.append(f"connect: {exc!r}")  # the listener must stay open throughout
             await asyncio.sleep(0.1)
             continue

@@ -12,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gt_remote.tunnel import wire
 from tests.conftest import Gt
 from tests.helpers import answers, ping, supervisor_processes
 from tests.testbed import SshHost, wait_for
-from tunnel import wire
 
 LOCAL = "tcp://127.0.0.1:9999"
 
@@ -161,7 +161,7 @@ def test_logs_command_and_rotation(gt: Gt, ssh_host: SshHost) -> None:
 
 def test_log_file_is_capped_and_rotated(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from gt_remote import supervisor
-    from gt_remote.paths import HostFiles
+    from gt_remote.base.paths import HostFiles
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     files = HostFiles("chatty")

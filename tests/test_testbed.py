@@ -7,8 +7,8 @@ import asyncio
 import asyncssh
 import pytest
 
+from gt_remote.tunnel import wire
 from tests.testbed import SshHost, wait_for
-from tunnel import wire
 
 STANDIN = "/usr/local/bin/ccmux-server"
 

@@ -12,7 +12,6 @@ import pytest
 from tests.conftest import Gt
 from tests.testbed import SshHost
 
-
 # --- doctor -----------------------------------------------------------------------------
 
 

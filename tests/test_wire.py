@@ -8,15 +8,15 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from gt_remote.addresses import UnixAddress
-from gt_remote.errors import PingFailed
+from gt_remote.base.addresses import UnixAddress
+from gt_remote.base.errors import PingFailed
+from gt_remote.tunnel import wire
 from tests.testbed import STANDIN, free_loopback_port, wait_for
-from tunnel import wire
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import asyncssh
 from testcontainers.core.container import DockerContainer
@@ -66,7 +67,7 @@ class ClientKey:
     public: str
 
     @classmethod
-    def create(cls, directory: Path) -> "ClientKey":
+    def create(cls, directory: Path) -> ClientKey:
         key = asyncssh.generate_private_key("ssh-ed25519", comment="gt-remote-tests")
         path = directory / "id_ed25519"
         key.write_private_key(str(path))

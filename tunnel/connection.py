@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from gt_remote.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost
+from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost
 
 KEEPALIVE_COUNT_MAX = 3
 

@@ -20,9 +20,9 @@ from typing import cast
 
 import asyncssh
 
-from gt_remote.addresses import Address, TcpAddress, UnixAddress
-from gt_remote.errors import GtRemoteError, LocalPortInUse
-from tunnel.link import Link
+from gt_remote.base.addresses import Address, TcpAddress, UnixAddress
+from gt_remote.base.errors import GtRemoteError, LocalPortInUse
+from gt_remote.tunnel.link import Link
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Forwarder:
         os.chmod(local.path, 0o600)
         return server
 
-    def _new_client(self) -> "_ClientSide":
+    def _new_client(self) -> _ClientSide:
         return _ClientSide(self)
 
     async def close(self) -> None:
@@ -85,7 +85,7 @@ class Forwarder:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def open_channel(self, client: "_ClientSide") -> asyncssh.SSHTCPChannel[bytes]:
+    async def open_channel(self, client: _ClientSide) -> asyncssh.SSHTCPChannel[bytes]:
         """A direct-tcpip channel to the server for one client, on the current connection."""
         conn = await self.link.wait_connected(self.client_wait)
         try:

@@ -11,13 +11,13 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncssh
 
-from gt_remote.errors import ConnectFailed, GtRemoteError
-from tunnel.connection import SshTarget, classify, connect, lost_reason
-from tunnel.policy import reconnect_policy
+from gt_remote.base.errors import ConnectFailed, GtRemoteError
+from gt_remote.tunnel.connection import SshTarget, classify, connect, lost_reason
+from gt_remote.tunnel.policy import reconnect_policy
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Link:
         """The live connection; waits up to `timeout` through an outage, then raises."""
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ConnectFailed(f"the tunnel stayed down for {timeout:g} s", "see `gt-remote status`") from None
         assert self._conn is not None
         return self._conn
@@ -115,7 +115,7 @@ class Link:
         try:
             if self.after_reconnect:
                 await self.after_reconnect(conn)
-        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, asyncssh.Error, OSError) as exc:
             conn.close()
             raise classify(exc, self.target.destination) from exc  # typed, so the policy can judge it
         except BaseException:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from gt_remote.errors import GtRemoteError
+from gt_remote.base.errors import GtRemoteError
 
 INITIAL_WAIT = 0.2
 MAX_WAIT = 30.0

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from gt_remote.addresses import Address, TcpAddress
-from gt_remote.errors import PingFailed
+from gt_remote.base.addresses import Address, TcpAddress
+from gt_remote.base.errors import PingFailed
 
 MAX_PAYLOAD = 16 * 1024 * 1024
 PING = struct.pack(">I", 4) + struct.pack("<I", 17)
@@ -70,7 +70,7 @@ async def ping(reader: FrameReader, writer: FrameWriter, timeout: float) -> floa
     writer.write(PING)
     try:
         await asyncio.wait_for(_await_variant(reader, PONG_VARIANT), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise PingFailed(f"no Pong within {timeout:g} s", "the server is busy or not a ccmux server") from None
     except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
         raise PingFailed(f"connection closed before a Pong ({exc.__class__.__name__})", "the server is not answering") from None
@@ -100,7 +100,7 @@ async def ping_address(address: Address, timeout: float = 5.0) -> float:
     """Ping a ccmux server at a local address, end to end; return the round trip in seconds."""
     try:
         reader, writer = await asyncio.wait_for(open_address(address), timeout)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         raise PingFailed(f"cannot connect to {address.url}: {exc or 'timed out'}", "is the tunnel up? see `gt-remote status`") from None
     try:
         return await ping(reader, writer, timeout)

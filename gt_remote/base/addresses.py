@@ -9,10 +9,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from gt_remote.errors import AddressError
+from gt_remote.base.errors import AddressError
 
 ENV_VARS = ("GASTOWN_CCMUX_ADDR", "CCMUX_ADDR", "FUGUE_ADDR")
 TCP_EXAMPLE = "tcp://127.0.0.1:9999"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from gt_remote.addresses import Address, normalize_local, parse_address, require_loopback
-from gt_remote.errors import ConfigError, UsageError
+from gt_remote.base.addresses import Address, normalize_local, parse_address, require_loopback
+from gt_remote.base.errors import ConfigError, UsageError
 
 DEFAULT_REMOTE_PORT = 9999
 DEFAULT_SERVER = "ccmux-server"
@@ -43,7 +44,7 @@ class HostSettings:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "HostSettings":
+    def from_json(cls, text: str) -> HostSettings:
         data = json.loads(text)
         data["sync"] = tuple(data.get("sync", ()))
         return cls(**data)
