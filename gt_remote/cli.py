@@ -79,12 +79,16 @@ def _ssh_config(globals_: Globals) -> str | None:
 @click.option("--install-command", help="A remote shell command that installs the server when it is missing.")
 @click.option("--keepalive", type=float, help="Seconds between SSH keepalives; a silent link is dropped after 3 misses (default 5).")
 @click.option("--restart-server", is_flag=True, help="Restart a server that runs without TCP (ends its panes).")
+@click.option("--resume-window", type=float, metavar="SECONDS", help="How long a client's connection waits for the tunnel to come back (default 900).")
+@click.option("--no-resume", is_flag=True, help="Plain forwarding: connections end when the SSH connection does.")
 @click.option("--foreground", is_flag=True, help="Stay in the foreground as the supervisor (for systemd and launchd).")
 @click.pass_obj
 @user_errors
-def up(g: Globals, host: str, foreground: bool, **options: Any) -> None:
+def up(g: Globals, host: str, foreground: bool, no_resume: bool, **options: Any) -> None:
     """Bring HOST's tunnel up and print the export lines: eval "$(gt-remote up HOST)"."""
     overrides = {key: value for key, value in options.items() if value not in (None, False)}
+    if no_resume:
+        overrides["resume"] = False
     settings = _settings(g, host, overrides)
 
     def print_exports(lines: list[str]) -> None:
@@ -141,11 +145,18 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         described = " ".join(str(part) for part in (server.get("name"), server.get("version")) if part)
         lines.append(f"  server      {described} pid {server.get('pid') or '-'}")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
+        lines.append(f"  streams     {_streams_line(row)}")
         if row.get("next_attempt_at") and row["state"] == "reconnecting":
             lines.append(f"  next attempt at {row['next_attempt_at']}")
         if row.get("last_error"):
             lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
     return "\n".join(lines)
+
+
+def _streams_line(row: dict[str, Any]) -> str:
+    if not row.get("resumable"):
+        return f"not resumable: {row.get('resumable_reason') or 'unknown'}"
+    return f"resumable, {row.get('streams_open', 0)} open, {row.get('streams_resumed', 0)} resumed, {row.get('bytes_replayed', 0)} bytes replayed"
 
 
 def _duration(seconds: float) -> str:

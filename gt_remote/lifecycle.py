@@ -243,6 +243,12 @@ def host_status(name: str) -> dict[str, Any]:
         "since": last.get("since"),
         "next_attempt_at": None,
         "clients": 0,
+        "resumable": False,
+        "resumable_reason": "the tunnel is down",
+        "resume_window_s": None,
+        "streams_open": 0,
+        "streams_resumed": last.get("streams_resumed", 0),
+        "bytes_replayed": last.get("bytes_replayed", 0),
         "exports": [],
     }
 

@@ -31,12 +31,14 @@ from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, PingFailed
 from gt_remote.base.paths import HostFiles, write_private
+from gt_remote.bootstrap import relay as remote_relay
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.ensure import ServerInfo, ensure_server, revive_server
 from gt_remote.bootstrap.probe import ping_remote
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import Link
+from gt_remote.tunnel.resumable import RelayPath
 from gt_remote.tunnel.wire import ping_address
 
 log = logging.getLogger("gt_remote.supervisor")
@@ -65,6 +67,8 @@ class Supervisor:
         target = SshTarget(settings.destination, settings.ssh_config, settings.keepalive)
         self.link = Link(target, after_reconnect=self._after_reconnect)
         self.forwarder = Forwarder(settings.local, settings.remote_port, self.link)
+        self.relay = RelayPath(self.link, "", settings.resume_window)  # counters live across relay restarts
+        self.resume_reason: str | None = None if settings.resume else "turned off (--no-resume or resume = false in the config)"
         self.server: ServerInfo | None = None
         self.server_restarts = 0
         self.server_error: GtRemoteError | None = None
@@ -83,6 +87,7 @@ class Supervisor:
             self.say(f"connecting to {self.settings.destination}")
             conn = await self.link.open()
             self.server = await ensure_server(conn, self.settings, self.say)
+            await self._ensure_relay(conn)
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
             self.rtt_ms = await ping_address(self.settings.local, timeout=10.0) * 1000
             self._control = await control.serve(self.files.control, self._on_request)
@@ -119,6 +124,8 @@ class Supervisor:
         while True:
             await asyncio.sleep(self.settings.keepalive)
             conn = self.link.connection
+            if conn is not None and self.relay.missing:
+                await self._guarded_relay_check(conn)
             if conn is not None:
                 try:
                     self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
@@ -140,6 +147,30 @@ class Supervisor:
     async def _after_reconnect(self, conn: asyncssh.SSHClientConnection) -> None:
         """Runs on every new connection before it is used; errors count as a failed attempt."""
         await self._revive(conn)
+        await self._ensure_relay(conn)
+
+    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Resumable streams where the relay runs; plain forwarding, with the reason, where not."""
+        if not self.settings.resume:
+            return
+        self.relay.missing = False
+        state = await remote_relay.ensure_relay(conn, self.settings.remote_port)
+        if state.socket is None:
+            if self.resume_reason != state.reason:
+                log.warning("connections are not resumable: %s", state.reason)
+            self.resume_reason = state.reason
+            self.forwarder.relay = None
+            return
+        self.relay.socket_path = state.socket
+        self.resume_reason = None
+        self.forwarder.relay = self.relay
+
+    async def _guarded_relay_check(self, conn: asyncssh.SSHClientConnection) -> None:
+        """A stream found no relay while the link stayed up (it was killed): start it again."""
+        try:
+            await self._ensure_relay(conn)
+        except (GtRemoteError, asyncssh.Error, OSError) as exc:
+            log.warning("relay check failed: %s", exc)
 
     async def _revive(self, conn: asyncssh.SSHClientConnection) -> None:
         assert self.server is not None
@@ -162,6 +193,11 @@ class Supervisor:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     async def _stop_remote_server(self) -> dict[str, Any]:
+        try:
+            conn = await self.link.wait_connected(5.0)
+            await remote_relay.stop_relay(conn, self.settings.remote_port)
+        except GtRemoteError as error:
+            log.warning("could not stop the relay: %s", error)
         server = self.server
         if server is None or not server.started_by_gt_remote:
             return {"server_stopped": None, "server_note": "the remote server was not started by gt-remote; left running"}
@@ -196,8 +232,24 @@ class Supervisor:
             "since": iso(link.since),
             "next_attempt_at": iso(link.next_attempt_at),
             "clients": len(self.forwarder.clients),
+            **self.resume_status(),
             "exports": export_lines(self.settings.local_url, self.settings.server),
-            "internals": {"asyncio_tasks": len(asyncio.all_tasks()), "open_fds": _open_fds()},
+            "internals": {
+                "asyncio_tasks": len(asyncio.all_tasks()),
+                "open_fds": _open_fds(),
+                "resume_buffered_bytes": self.relay.buffered(),
+                "resume_peak_unacked_bytes": self.relay.peak_unacked,
+            },
+        }
+
+    def resume_status(self) -> dict[str, Any]:
+        return {
+            "resumable": self.forwarder.relay is not None,
+            "resumable_reason": self.resume_reason,
+            "resume_window_s": self.settings.resume_window,
+            "streams_open": len(self.relay.streams),
+            "streams_resumed": self.relay.streams_resumed,
+            "bytes_replayed": self.relay.bytes_replayed,
         }
 
     def _save_record(self) -> None:

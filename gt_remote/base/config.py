@@ -16,7 +16,8 @@ from gt_remote.base.errors import ConfigError, UsageError
 DEFAULT_REMOTE_PORT = 9999
 DEFAULT_SERVER = "ccmux-server"
 DEFAULT_KEEPALIVE = 5.0
-HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync"}
+DEFAULT_RESUME_WINDOW = 900.0
+HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync", "resume", "resume_window"}
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -35,6 +36,8 @@ class HostSettings:
     ssh_config: str | None = None
     restart_server: bool = False
     sync: tuple[str, ...] = field(default_factory=tuple)
+    resume: bool = True  # resumable streams through the remote relay, where it can run
+    resume_window: float = DEFAULT_RESUME_WINDOW
 
     @property
     def local(self) -> Address:
@@ -96,6 +99,8 @@ def resolve(host: str, config: Mapping[str, Mapping[str, Any]], overrides: Mappi
         ssh_config=ssh_config,
         restart_server=bool(merged.get("restart_server", False)),
         sync=tuple(_text(item, "sync") for item in merged.get("sync", ())),
+        resume=_flag(merged.get("resume", True), "resume"),
+        resume_window=_resume_window(merged.get("resume_window", DEFAULT_RESUME_WINDOW)),
     )
 
 
@@ -131,6 +136,18 @@ def _keepalive(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise UsageError(f"keepalive {value!r} is not a positive number of seconds", "use e.g. --keepalive 5")
     return float(value)
+
+
+def _resume_window(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"resume window {value!r} is not a positive number of seconds", "use e.g. --resume-window 900 (15 minutes)")
+    return float(value)
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, not {value!r}", f"write {key} = true or {key} = false")
+    return value
 
 
 def _text(value: Any, key: str) -> str:
