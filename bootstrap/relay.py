@@ -82,10 +82,11 @@ echo "error=$(tail -n 3 "$log" 2>/dev/null | tr '\n' ' ')"
 """
 
 STOP_SCRIPT = r"""
-port=$1
+port=$1 only_pid=$2
 pidfile="$state_dir/relay-$port.pid"
 [ -f "$pidfile" ] || { echo "stopped=none"; exit 0; }
 pid=$(cat "$pidfile")
+if [ -n "$only_pid" ] && [ "$pid" != "$only_pid" ]; then echo "stopped=none"; exit 0; fi
 case " $(cmdline_of "$pid") " in
     *"relay_agent.py --socket "*)
         kill -TERM "$pid"
@@ -105,6 +106,7 @@ class RelayState:
     socket: str | None
     pid: int | None = None
     reason: str | None = None
+    started: bool = False  # by this call, not reused
 
     @property
     def usable(self) -> bool:
@@ -142,7 +144,7 @@ async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int) -> RelaySt
     if not started.get("pid", "").isdigit():
         return RelayState(None, reason=f"the relay did not start on the remote: {started.get('error', '').strip() or 'no output'}")
     log.info("relay started on the remote (pid %s)", started["pid"])
-    return RelayState(started.get("socket", socket), pid=int(started["pid"]))
+    return RelayState(started.get("socket", socket), pid=int(started["pid"]), started=True)
 
 
 async def _upload(conn: asyncssh.SSHClientConnection, path: str) -> str | None:
@@ -160,7 +162,8 @@ async def _upload(conn: asyncssh.SSHClientConnection, path: str) -> str | None:
     return None
 
 
-async def stop_relay(conn: asyncssh.SSHClientConnection, port: int) -> int | None:
-    fields = (await run_script(conn, STOP_SCRIPT, str(port))).fields
+async def stop_relay(conn: asyncssh.SSHClientConnection, port: int, only_pid: int | None = None) -> int | None:
+    """Stop the relay for `port` (only if it is `only_pid`, when given); its streams end."""
+    fields = (await run_script(conn, STOP_SCRIPT, str(port), str(only_pid or ""))).fields
     stopped = fields.get("stopped", "none")
     return int(stopped) if stopped.isdigit() else None

@@ -69,6 +69,7 @@ class Supervisor:
         self.forwarder = Forwarder(settings.local, settings.remote_port, self.link)
         self.relay = RelayPath(self.link, "", settings.resume_window)  # counters live across relay restarts
         self.resume_reason: str | None = None if settings.resume else "turned off (--no-resume or resume = false in the config)"
+        self.relay_started_pid: int | None = None  # started by this bring-up: stopped if it fails
         self.server: ServerInfo | None = None
         self.server_restarts = 0
         self.server_error: GtRemoteError | None = None
@@ -87,7 +88,7 @@ class Supervisor:
             self.say(f"connecting to {self.settings.destination}")
             conn = await self.link.open()
             self.server = await ensure_server(conn, self.settings, self.say)
-            await self._ensure_relay(conn)
+            await self._ensure_relay(conn, at_bring_up=True)
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
             self.rtt_ms = await ping_address(self.settings.local, timeout=10.0) * 1000
             self._control = await control.serve(self.files.control, self._on_request)
@@ -103,6 +104,8 @@ class Supervisor:
         conn = self.link.connection
         if server and server.started_by_gt_remote and not server.reused and conn is not None:
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port, only_pid=server.pid)
+        if self.relay_started_pid is not None and conn is not None:
+            await remote_relay.stop_relay(conn, self.settings.remote_port, only_pid=self.relay_started_pid)
         await self.forwarder.close()
         await self.link.close()
 
@@ -149,18 +152,22 @@ class Supervisor:
         await self._revive(conn)
         await self._ensure_relay(conn)
 
-    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection) -> None:
+    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False) -> None:
         """Resumable streams where the relay runs; plain forwarding, with the reason, where not."""
         if not self.settings.resume:
             return
         self.relay.missing = False
         state = await remote_relay.ensure_relay(conn, self.settings.remote_port)
+        if at_bring_up:
+            self.say(f"connections are resumable (relay pid {state.pid})" if state.socket else f"connections are not resumable: {state.reason}")
         if state.socket is None:
             if self.resume_reason != state.reason:
                 log.warning("connections are not resumable: %s", state.reason)
             self.resume_reason = state.reason
             self.forwarder.relay = None
             return
+        if at_bring_up and state.started:
+            self.relay_started_pid = state.pid
         self.relay.socket_path = state.socket
         self.resume_reason = None
         self.forwarder.relay = self.relay

@@ -8,6 +8,7 @@ was made behind its back. Faults are injected into the test containers only.
 from __future__ import annotations
 
 import json
+import select
 import shlex
 import socket
 import struct
@@ -192,6 +193,31 @@ def test_sshd_restart_keeps_the_client_connected(gt: Gt, ssh_host: SshHost) -> N
     run_faults(gt, ssh_host, restart_sshd)
 
 
+def relay_pids(host: SshHost) -> list[int]:
+    return host.pids("relay_agent.py --socket")
+
+
+def test_relay_is_private_reused_and_stopped_with_the_server(gt: Gt, ssh_host: SshHost) -> None:
+    status = bring_up(gt, ssh_host)
+    assert status["resumable"] is True and status["resumable_reason"] is None
+    [pid] = relay_pids(ssh_host)
+    relay_dir = f"/home/gamer/.local/state/gt-remote/relay-{PORT}"
+    assert ssh_host.sh(f"stat -c '%a %U' {relay_dir} {relay_dir}/sock").split() == ["700", "gamer", "600", "gamer"]
+    assert "127.0.0.1:9999" in ssh_host.sh("cat /home/gamer/.local/state/gt-remote/relay-9999.log")
+    assert gt("down", "gaming-pc").returncode == 0
+    bring_up(gt, ssh_host)
+    assert relay_pids(ssh_host) == [pid], "a live relay must be reused"
+    ssh_host.kill(pid)
+    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)  # finds no relay: closed cleanly
+    expect_clean_close(client)
+    client.close()
+    wait_for(lambda: len(relay_pids(ssh_host)) == 1, 30, "the dead relay to be started again")
+    wait_for(answers, 15, "a new resumable connection to work")
+    down = gt("down", "gaming-pc", "--stop-server")
+    assert down.returncode == 0, down.stderr
+    assert relay_pids(ssh_host) == []
+
+
 def standin_pid(host: SshHost) -> int:
     [pid] = host.pids(f"{STANDIN_PATTERN}{PORT}")
     return pid
@@ -232,13 +258,20 @@ def test_container_restart_closes_the_client_cleanly(gt: Gt, ssh_host: SshHost) 
 
 
 def test_resume_window_closes_both_ends(gt: Gt, ssh_host: SshHost) -> None:
-    bring_up(gt, ssh_host, "--resume-window", "3")
+    bring_up(gt, ssh_host, "--resume-window", "6")
     client = socket.create_connection(("127.0.0.1", PORT), timeout=5)
     client.sendall(PING)
     assert recv_frame(client) == PONG
     assert server_clients() == 1
     ssh_host.pause()
     try:
+        wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "the silent link to be noticed")
+        client.setblocking(False)
+        try:
+            client.recv(1)
+            raise AssertionError("the client was closed as soon as the link was lost, not after the window")
+        except BlockingIOError:
+            pass  # still open, waiting for the tunnel
         expect_clean_close(client)  # the local end: EOF once the window has passed
     finally:
         ssh_host.unpause()
@@ -246,6 +279,22 @@ def test_resume_window_closes_both_ends(gt: Gt, ssh_host: SshHost) -> None:
     wait_recovered(gt, 1)
     wait_for(lambda: server_clients() == 0, 30, "the server to see the client leave")
     assert row(gt)["streams_open"] == 0
+
+
+def offer_until_full(sock: socket.socket, block: bytes, full: Any, what: str) -> None:
+    """Send as fast as the socket takes it until `full()` holds; backpressure, not the test, stops it."""
+
+    def step() -> bool:
+        try:
+            sock.send(block)
+            return False
+        except BlockingIOError:
+            if full():
+                return True
+            select.select([], [sock], [], 0.5)
+            return False
+
+    wait_for(step, 60, what, interval=0)
 
 
 def test_buffers_stay_within_caps_while_the_far_side_is_silent(gt: Gt, ssh_host: SshHost) -> None:
@@ -257,16 +306,7 @@ def test_buffers_stay_within_caps_while_the_far_side_is_silent(gt: Gt, ssh_host:
     ssh_host.pause()
     try:
         writer.setblocking(False)
-        written = 0
-        block = echo_frame(1, filler=64 * 1024)
-        stalled = 0
-        while stalled < 3:
-            try:
-                written += writer.send(block)
-                stalled = 0
-            except BlockingIOError:
-                stalled += 1  # the kernel buffers are full: wait for the supervisor to drain them
-                wait_for(lambda: row(gt)["internals"]["resume_buffered_bytes"] >= CAP or row(gt)["state"] != "up", 30, "the local buffer to fill")
+        offer_until_full(writer, echo_frame(1, filler=64 * 1024), lambda: row(gt)["internals"]["resume_buffered_bytes"] >= CAP, "the local buffer toward the paused remote to fill")
         internals = row(gt)["internals"]
         assert CAP <= internals["resume_buffered_bytes"] <= CAP + READ_CHUNK, internals
         assert internals["resume_peak_unacked_bytes"] <= CAP + READ_CHUNK
@@ -277,14 +317,7 @@ def test_buffers_stay_within_caps_while_the_far_side_is_silent(gt: Gt, ssh_host:
     wait_for(answers, 45, "the tunnel to answer again")
     reader = socket.create_connection(("127.0.0.1", PORT), timeout=5)
     reader.setblocking(False)
-    block = echo_frame(2, filler=64 * 1024)
-    sent = 0
-    for _ in range(400):  # 26 MiB offered; backpressure stops it well before
-        try:
-            sent += reader.send(block)
-        except BlockingIOError:
-            wait_for(lambda: relay_stats(ssh_host)["peak_unacked"] >= CAP, 30, "the relay's buffer to fill")
-            break
+    offer_until_full(reader, echo_frame(2, filler=64 * 1024), lambda: relay_stats(ssh_host)["peak_unacked"] >= CAP, "the relay's buffer toward the silent client to fill")
     stats = relay_stats(ssh_host)
     assert CAP <= stats["peak_unacked"] <= CAP + READ_CHUNK, stats
     assert answers(), "another stream stalled behind the full one"
