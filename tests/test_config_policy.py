@@ -101,3 +101,23 @@ def test_a_fresh_policy_after_success_starts_from_zero() -> None:
 def test_final_errors_are_not_retried() -> None:
     sleeps, attempts, error = run_policy([AuthRefused("refused", "add key"), None])
     assert attempts == 1 and sleeps == [] and isinstance(error, AuthRefused)
+
+
+def test_resume_settings_from_config_and_command_line(tmp_path: Path) -> None:
+    assert (resolve("pc", {}, {}, None).resume, resolve("pc", {}, {}, None).resume_window) == (True, 900.0)
+    config = tmp_path / "c.toml"
+    config.write_text("[hosts.pc]\nresume = false\nresume_window = 60\n")
+    settings = resolve("pc", load_config(config), {}, None)
+    assert (settings.resume, settings.resume_window) == (False, 60.0)
+    assert resolve("pc", load_config(config), {"resume_window": 5}, None).resume_window == 5.0
+    assert HostSettings.from_json(settings.to_json()) == settings
+
+
+@pytest.mark.parametrize(("overrides", "error", "message"), [
+    ({"resume_window": 0}, UsageError, "resume window 0 is not a positive number"),
+    ({"resume_window": True}, UsageError, "resume window True"),
+    ({"resume": "no"}, ConfigError, "resume must be true or false"),
+])
+def test_bad_resume_settings(overrides: dict[str, object], error: type[GtRemoteError], message: str) -> None:
+    with pytest.raises(error, match=message):
+        resolve("pc", {}, overrides, None)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, answers
+from tests.helpers import STANDIN_PATTERN, answers, one_error_line
 from tests.testbed import STANDIN, SshHost, wait_for
 
 PORT = 9999
@@ -344,3 +344,9 @@ def test_no_python3_falls_back_to_plain_forwarding(gt: Gt, ssh_host: SshHost, tm
     doctor = gt("doctor", "gaming-pc", "--json", ssh_config=ssh_host.ssh_config)
     [check] = [c for c in json.loads(doctor.stdout) if c["name"] == "connections are resumable"]
     assert check["status"] == "warn" and "no python3" in check["detail"]
+
+
+def test_bad_resume_window_is_one_line_error(gt: Gt) -> None:
+    result = gt("up", "gaming-pc", "--resume-window", "0")
+    assert result.returncode == 2
+    assert "resume window 0.0 is not a positive number of seconds" in one_error_line(result.stderr)
