@@ -86,7 +86,7 @@ def _ssh_config(globals_: Globals) -> str | None:
 @user_errors
 def up(g: Globals, host: str, foreground: bool, no_resume: bool, **options: Any) -> None:
     """Bring HOST's tunnel up and print the export lines: eval "$(gt-remote up HOST)"."""
-    overrides = {key: value for key, value in options.items() if value not in (None, False)}
+    overrides = {key: value for key, value in options.items() if value is not None and value is not False}  # 0 is a value, and wrong
     if no_resume:
         overrides["resume"] = False
     settings = _settings(g, host, overrides)

@@ -282,11 +282,14 @@ def test_resume_window_closes_both_ends(gt: Gt, ssh_host: SshHost) -> None:
 
 
 def offer_until_full(sock: socket.socket, block: bytes, full: Any, what: str) -> None:
-    """Send as fast as the socket takes it until `full()` holds; backpressure, not the test, stops it."""
+    """Send whole frames as fast as the socket takes them until `full()` holds; backpressure,
+    not the test, stops it."""
+    pending = memoryview(block)
 
     def step() -> bool:
+        nonlocal pending
         try:
-            sock.send(block)
+            pending = pending[sock.send(pending) :] or memoryview(block)
             return False
         except BlockingIOError:
             if full():
