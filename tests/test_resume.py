@@ -131,6 +131,19 @@ def relay_stats(host: SshHost) -> dict[str, Any]:
     return dict(json.loads(host.sh(f"python3 -c {shlex.quote(asker)}", user="gamer")))
 
 
+def server_clients_inside(host: SshHost) -> int:
+    """The stand-in's client count asked from inside the container, minus the asker."""
+    asker = (
+        "import socket, struct\n"
+        f"s = socket.create_connection(('127.0.0.1', {PORT}))\n"
+        f"s.sendall({GET_SERVER_STATUS!r})\n"
+        "data = b''\n"
+        "while len(data) < 51: data += s.recv(100)\n"
+        "print(struct.unpack_from('<Q', data, 16)[0])\n"
+    )
+    return int(host.sh(f"python3 -c {shlex.quote(asker)}", user="gamer")) - 1
+
+
 def kill_ssh_sessions(host: SshHost) -> None:
     serving = host.pids("sshd: gamer")
     assert serving, "no sshd process serves our connection"
@@ -204,7 +217,12 @@ def test_relay_is_private_reused_and_stopped_with_the_server(gt: Gt, ssh_host: S
     relay_dir = f"/home/gamer/.local/state/gt-remote/relay-{PORT}"
     assert ssh_host.sh(f"stat -c '%a %U' {relay_dir} {relay_dir}/sock").split() == ["700", "gamer", "600", "gamer"]
     assert "127.0.0.1:9999" in ssh_host.sh("cat /home/gamer/.local/state/gt-remote/relay-9999.log")
+    attached = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    attached.sendall(PING)
+    assert recv_frame(attached) == PONG
     assert gt("down", "gaming-pc").returncode == 0
+    wait_for(lambda: server_clients_inside(ssh_host) == 0, 10, "the server to see the client leave at down (not after the window)")
+    attached.close()
     bring_up(gt, ssh_host)
     assert relay_pids(ssh_host) == [pid], "a live relay must be reused"
     ssh_host.kill(pid)

@@ -84,8 +84,11 @@ class Forwarder:
                     os.unlink(self.local.path)
                 except FileNotFoundError:
                     pass
+        channels = [client.channel for client in self.clients if isinstance(client, ResumableClient) and client.channel is not None]
         for client in list(self.clients):
-            client.abort()
+            client.abort()  # a resumable stream tells the relay to close the server side
+        if channels:  # let those close frames out before the connection goes
+            await asyncio.wait([asyncio.ensure_future(channel.wait_closed()) for channel in channels], timeout=2.0)
         if self._server is not None:
             await self._server.wait_closed()
 
