@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from gt_remote.tunnel.wake import (
     IFINFOMSG,
     NLMSG_HEADER,
     RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTMSG,
     SleepDetector,
     WakeEvent,
     WakeWatcher,
@@ -108,12 +111,25 @@ def _link_message(change: int, flags: int = IFF_UP) -> bytes:
     return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), RTM_NEWLINK, 0, 0, 0) + body
 
 
-def test_link_statistics_noise_is_ignored_but_carrier_changes_count() -> None:
-    assert describe_netlink(_link_message(change=0)) == []
-    assert describe_netlink(_link_message(change=IFF_UP, flags=0)) == ["interface lo down"]
+def _route_message(table: int = 254, protocol: int = 16, dst_len: int = 0) -> bytes:
+    body = RTMSG.pack(socket.AF_INET, dst_len, 0, 0, table, protocol, 0, 1, 0)
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), RTM_NEWROUTE, 0, 0, 0) + body
+
+
+def test_link_statistics_and_virtual_interfaces_are_ignored_but_carrier_changes_count() -> None:
+    physical = lambda index: True  # noqa: E731
+    assert describe_netlink(_link_message(change=0), physical) == []
+    assert describe_netlink(_link_message(change=IFF_UP, flags=0), physical) == ["interface lo down"]
     both = _link_message(change=0) + _link_message(change=IFF_UP, flags=IFF_UP | 0x10000)
-    assert describe_netlink(both) == ["interface lo up"]
+    assert describe_netlink(both, physical) == ["interface lo up"]
+    assert describe_netlink(both, lambda index: False) == []  # a veth of a container starting
     assert describe_netlink(b"\x00" * 5) == [] and describe_netlink(struct.pack("=IHHII", 0, 20, 0, 0, 0)) == []
+
+
+def test_only_routes_that_can_move_the_path_count() -> None:
+    assert describe_netlink(_route_message()) == ["route added (IPv4, default)"]  # from DHCP
+    assert describe_netlink(_route_message(protocol=2, dst_len=24)) == []  # the kernel's, for an address
+    assert describe_netlink(_route_message(table=255, protocol=3)) == []  # the local table
 
 
 NAMESPACE_SCRIPT = textwrap.dedent(
@@ -130,6 +146,8 @@ NAMESPACE_SCRIPT = textwrap.dedent(
         assert watcher.start(), "netlink did not open"
         ip("link", "set", "lo", "up")
         ip("addr", "add", "10.9.9.1/24", "dev", "lo")
+        ip("addr", "add", "fd00::1/64", "dev", "lo")
+        ip("route", "add", "default", "via", "10.9.9.254", "dev", "lo")
         print("burst:", await asyncio.wait_for(seen.get(), 10), flush=True)
         ip("route", "add", "10.8.0.0/16", "dev", "lo")
         print("route:", await asyncio.wait_for(seen.get(), 10), flush=True)
@@ -151,6 +169,6 @@ def test_network_changes_arrive_over_netlink_in_a_private_namespace() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
-    assert lines["burst"].startswith("interface lo up") and "more" in lines["burst"], lines  # link, address, routes: one report
+    assert lines["burst"] == "address added on lo (IPv4/24) and 2 more", lines  # three changes, one report
     assert lines["route"] == "route added (IPv4, /16)", lines
-    assert lines["removed"].startswith("address removed on lo (IPv4/24)"), lines
+    assert lines["removed"] == "address removed on lo (IPv4/24)", lines  # lo itself, 127.0.0.1, ::1: not counted

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 import time
@@ -42,6 +43,10 @@ RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
+RT_SCOPE_LINK = 253  # and RT_SCOPE_HOST 254: link-local and loopback addresses never carry the link
+RT_TABLE_LOCAL = 255
+RTPROT_KERNEL = 2  # routes the kernel derives from an address: the address change already counts
+RTN_UNICAST = 1
 NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, seq, pid
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
@@ -104,8 +109,14 @@ class SleepDetector:
 # --- network (Linux rtnetlink) -------------------------------------------------------------
 
 
-def describe_netlink(data: bytes) -> list[str]:
-    """What changed, one line per netlink message in a datagram; link noise is left out."""
+def describe_netlink(data: bytes, physical: Callable[[int], bool] | None = None) -> list[str]:
+    """What changed that can move the path to the remote, one line per netlink message.
+
+    Left out, so a container starting on the laptop does not count as a network change:
+    link-local and host addresses, kernel-derived and local-table routes, and link state
+    of virtual interfaces (veth, bridges, tunnels: no device behind them).
+    """
+    physical = physical or is_physical
     changes = []
     offset = 0
     while offset + NLMSG_HEADER.size <= len(data):
@@ -113,29 +124,43 @@ def describe_netlink(data: bytes) -> list[str]:
         if length < NLMSG_HEADER.size:
             break
         body = data[offset + NLMSG_HEADER.size : offset + length]
-        change = _describe_one(kind, body)
+        change = _describe_one(kind, body, physical)
         if change:
             changes.append(change)
         offset += (length + 3) & ~3  # NLMSG_ALIGN
     return changes
 
 
-def _describe_one(kind: int, body: bytes) -> str | None:
+def _describe_one(kind: int, body: bytes, physical: Callable[[int], bool]) -> str | None:
     if kind in (RTM_NEWADDR, RTM_DELADDR) and len(body) >= IFADDRMSG.size:
-        family, prefix, _, _, index = IFADDRMSG.unpack_from(body)
+        family, prefix, _, scope, index = IFADDRMSG.unpack_from(body)
+        if scope >= RT_SCOPE_LINK:
+            return None
         what = "address added" if kind == RTM_NEWADDR else "address removed"
         return f"{what} on {_interface(index)} ({_family(family)}/{prefix})"
     if kind in (RTM_NEWROUTE, RTM_DELROUTE) and len(body) >= RTMSG.size:
-        family, dst_len, *_ = RTMSG.unpack_from(body)
+        family, dst_len, _, _, table, protocol, _, route_type, _ = RTMSG.unpack_from(body)
+        if table == RT_TABLE_LOCAL or protocol == RTPROT_KERNEL or route_type != RTN_UNICAST:
+            return None
         what = "route added" if kind == RTM_NEWROUTE else "route removed"
         return f"{what} ({_family(family)}, {'default' if dst_len == 0 else f'/{dst_len}'})"
     if kind in (RTM_NEWLINK, RTM_DELLINK) and len(body) >= IFINFOMSG.size:
         _, _, index, flags, changed = IFINFOMSG.unpack_from(body)
+        if not physical(index):
+            return None
         if kind == RTM_DELLINK:
             return f"interface {_interface(index)} removed"
         if changed & (IFF_UP | IFF_RUNNING | IFF_LOWER_UP):  # carrier or admin state, not statistics
             return f"interface {_interface(index)} {'up' if flags & IFF_LOWER_UP else 'down'}"
     return None
+
+
+def is_physical(index: int) -> bool:
+    """An interface with a device behind it (Ethernet, Wi-Fi, USB tethering), per sysfs."""
+    try:
+        return os.path.exists(f"/sys/class/net/{socket.if_indextoname(index)}/device")
+    except OSError:
+        return False  # already gone: its addresses and routes tell the rest
 
 
 def _family(family: int) -> str:
@@ -209,7 +234,7 @@ class NetworkWatcher:
             self._timer = asyncio.get_running_loop().call_later(self.settle, self._report)
 
     def _report(self) -> None:
-        changes, self._pending, self._timer = self._pending, [], None
+        changes, self._pending, self._timer = list(dict.fromkeys(self._pending)), [], None  # an IPv6 address comes twice
         more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
         self.on_change(f"{changes[0]}{more}")
 
