@@ -238,7 +238,7 @@ def _describe_reconnect(reply: dict[str, Any]) -> str:
     }.get(str(outcome), f"checked the link ({outcome})")
     if reconnected:
         return f"{first}; reconnected"
-    return f"{first}; still reconnecting ({reply.get('last_error') or 'no answer yet'}); 'gt-remote status' shows progress"
+    return f"{first}; still reconnecting ({reply.get('last_error') or 'no answer yet'}); it keeps trying, see gt-remote status"
 
 
 # --- status -----------------------------------------------------------------------------
