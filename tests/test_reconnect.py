@@ -115,3 +115,12 @@ def test_reconnect_of_a_host_that_is_not_up_fails_in_one_line(gt: Gt) -> None:
     result = gt("reconnect", "gaming-pc")
     assert result.returncode == 1
     assert result.stderr.strip() == "gt-remote: error: gaming-pc is not up; run 'eval \"$(gt-remote up gaming-pc)\"' first"
+
+
+def test_recovery_time_is_reported_after_a_fault_without_a_wake(gt: Gt, ssh_host: SshHost) -> None:
+    server = bring_up(gt, ssh_host)
+    assert row(gt)["last_recovery_s"] is None and row(gt)["last_wake"] is None  # nothing to recover from yet
+    for sshd_pid in ssh_host.pids("sshd: gamer"):
+        ssh_host.kill(sshd_pid)  # the SSH session dies: a loss the link notices by itself
+    status = wait_recovered(gt, ssh_host, reconnects=1, server=server)
+    assert status["last_wake"] is None
