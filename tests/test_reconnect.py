@@ -124,3 +124,17 @@ def test_recovery_time_is_reported_after_a_fault_without_a_wake(gt: Gt, ssh_host
         ssh_host.kill(sshd_pid)  # the SSH session dies: a loss the link notices by itself
     status = wait_recovered(gt, ssh_host, reconnects=1, server=server)
     assert status["last_wake"] is None
+
+
+def test_reconnect_retries_a_failed_link_now_instead_of_in_a_minute(gt: Gt, ssh_host: SshHost) -> None:
+    """A final error (the key refused) waits 60 s between attempts; `reconnect` cuts that short."""
+    server = bring_up(gt, ssh_host)
+    ssh_host.sh("rm /home/gamer/.ssh/authorized_keys")
+    for sshd_pid in ssh_host.pids("sshd: gamer"):
+        ssh_host.kill(sshd_pid)
+    wait_for(lambda: row(gt)["state"] == "failed", 30, "the refused key to fail the link for now")
+    ssh_host.authorize()  # the user fixes the key; the next scheduled attempt is a minute away
+    result = gt("reconnect", "gaming-pc", timeout=60)
+    assert result.returncode == 0, result.stderr  # back within reconnect's 15 s wait, not after 60 s
+    assert result.stderr.strip() == "gt-remote: gaming-pc: the link was already down; trying again now; reconnected"
+    wait_recovered(gt, ssh_host, reconnects=1, server=server)

@@ -124,10 +124,13 @@ class Link:
             self._incident_at = None
 
     async def _backoff_sleep(self, delay: float) -> None:
-        """Wait before the next attempt, unless a wake or a request says try now."""
-        self._retry_now.clear()
+        """Wait before the next attempt, unless a wake or a request says try now.
+
+        A wake seen during an attempt still counts: the event is cleared only once used.
+        """
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._retry_now.wait(), delay)
+        self._retry_now.clear()
 
     # --- lifecycle ------------------------------------------------------------------
 
