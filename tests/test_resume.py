@@ -371,3 +371,16 @@ def test_bad_resume_window_is_one_line_error(gt: Gt) -> None:
     result = gt("up", "gaming-pc", "--resume-window", "0")
     assert result.returncode == 2
     assert "resume window 0.0 is not a positive number of seconds" in one_error_line(result.stderr)
+
+
+def test_relay_agent_is_python_3_8_syntax_and_stdlib_only() -> None:
+    """It runs on the remote's own python3, which may be as old as 3.8."""
+    import ast
+    import sys
+
+    from gt_remote.bootstrap.relay import AGENT
+
+    tree = ast.parse(AGENT.read_text(), feature_version=(3, 8))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {str(node.module).split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
