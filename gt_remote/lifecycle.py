@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gt_remote import control
+from gt_remote import control, notify
 from gt_remote.base import errors
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
@@ -79,6 +79,11 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
     files = HostFiles(settings.name)
     with HostLock(files) as lock:
         status = live_status(files)
+        if status is not None and foreground:
+            raise GtRemoteError(
+                f"{settings.name} is already up under another supervisor (pid {status['supervisor_pid']}), so --foreground has nothing to supervise",
+                f"stop that one with 'gt-remote down {settings.name}', then start this again",
+            )
         if status is not None:
             _check_same(settings, status)
             say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
@@ -158,13 +163,19 @@ def _run_foreground(settings: HostSettings, say: Say, lock: HostLock, on_ready: 
     supervisor.setup_logging(files, also_stderr=True)
     exports: list[str] = []
 
+    def progress(message: str) -> None:
+        say(message)
+        notify.status(message)
+
     def ready(status: dict[str, Any]) -> None:
         exports.extend(status["exports"])
         lock.release()
         if on_ready:
             on_ready(exports)
+        # Only now, after the end-to-end Ping: a Type=notify unit counts as started.
+        notify.notify(notify.READY, f"STATUS=up: {status['local']} -> {settings.destination}:{settings.remote_port}")
 
-    asyncio.run(supervisor.run(settings, say, ready))
+    asyncio.run(supervisor.run(settings, progress, ready))
     return exports
 
 
