@@ -99,7 +99,7 @@ def test_documented_command_parses(doc: str, command: str) -> None:
 def test_documented_unix_socket_has_a_fallback() -> None:
     """usage.md's unix:// example works with and without XDG_RUNTIME_DIR, as a private socket."""
     (command,) = [c for d, c in COMMANDS if d == "usage.md" and "--local" in c and "unix://" in c]
-    for runtime, directory in ((None, f"/tmp/gt-remote-{os.getuid()}"), ("/run/user/1000", "/run/user/1000")):
+    for runtime, directory in ((None, "/home/you/.cache"), ("/run/user/1000", "/run/user/1000")):
         env = {**PASTE_ENV, **({"XDG_RUNTIME_DIR": runtime} if runtime else {})}
         words = shell_words(command, env)
         address = require_loopback(parse_address(words[words.index("--local") + 1]))
@@ -223,3 +223,26 @@ def test_state_sync_dry_run_example_matches_sync(gt: Gt, ssh_host: SshHost) -> N
     changes = re.compile(r"^([<>]f|\*deleting) ")  # files; a directory's own line depends on the clock
     assert [line for line in result.stdout.splitlines() if changes.match(line)] == [line for line in sample[2:] if changes.match(line)]
     assert result.stdout.rstrip().endswith("(DRY RUN)") and sample[-1].endswith("(DRY RUN)")
+
+
+def test_documented_unix_socket_line_in_a_shell_without_xdg_runtime_dir(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """usage.md's unix:// line, pasted into sh with XDG_RUNTIME_DIR unset: up, then a Ping through it."""
+    (command,) = [c for d, c in COMMANDS if d == "usage.md" and "--local" in c and "unix://" in c]
+    env = {**gt.env, "TMPDIR": str(tmp_path)}  # gt-remote's own runtime dir, private to this test
+    env.pop("XDG_RUNTIME_DIR")
+    gt_remote = f"{sys.executable} -m gt_remote -F {ssh_host.ssh_config}"
+    script = f"""
+        set -e
+        gt_remote() {{ {gt_remote} "$@"; }}
+        eval "$(gt_remote {command} --server-binary {STANDIN})"
+        gt_remote ping
+        echo "GASTOWN_CCMUX_ADDR=$GASTOWN_CCMUX_ADDR"
+    """
+    try:
+        result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        down = subprocess.run([sys.executable, "-m", "gt_remote", "down", "gaming-pc"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    url = f"unix://{gt.home}/.cache/gaming-pc.sock"
+    assert f"Pong from {url}" in result.stdout and result.stdout.strip().endswith(f"GASTOWN_CCMUX_ADDR={url}")
+    assert down.returncode == 0 and "gaming-pc: down" in down.stderr
