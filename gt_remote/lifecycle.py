@@ -164,7 +164,7 @@ def _run_foreground(settings: HostSettings, say: Say, lock: HostLock, on_ready: 
     exports: list[str] = []
 
     def progress(message: str) -> None:
-        say(message)
+        supervisor.log.info("%s", message)  # to the log file and stderr, as a detached supervisor does
         notify.status(message)
 
     def ready(status: dict[str, Any]) -> None:
@@ -175,7 +175,11 @@ def _run_foreground(settings: HostSettings, say: Say, lock: HostLock, on_ready: 
         # Only now, after the end-to-end Ping: a Type=notify unit counts as started.
         notify.notify(notify.READY, f"STATUS=up: {status['local']} -> {settings.destination}:{settings.remote_port}")
 
-    asyncio.run(supervisor.run(settings, progress, ready))
+    try:
+        asyncio.run(supervisor.run(settings, progress, ready))
+    except GtRemoteError as error:
+        supervisor.log.error("%s", error, extra={"file_only": True})  # stderr gets it from the CLI edge
+        raise
     return exports
 
 

@@ -117,6 +117,9 @@ def test_a_failed_foreground_up_never_reports_ready(gt: Gt, ssh_host: SshHost, r
     assert no_server.returncode == 1 and "ccmux-server is not installed on gaming-pc" in one_error_line(err)
     first = received(sock)
     assert first and not any("READY=1" in m for m in first), first  # progress, but never READY
+    assert err.count("ccmux-server is not installed") == 1 and err.count("gt-remote: connecting to gaming-pc") == 1
+    logged = gt("logs", "gaming-pc").stdout  # what a service's user reads: the steps and the error
+    assert "connecting to gaming-pc" in logged and "ERROR gt_remote.supervisor: ccmux-server is not installed on gaming-pc" in logged
 
     ssh_host.sh(": > /home/gamer/.ssh/authorized_keys")
     refused = foreground_up(gt, ssh_host, path, "--server-binary", str(STANDIN))
