@@ -246,3 +246,15 @@ def test_documented_unix_socket_line_in_a_shell_without_xdg_runtime_dir(gt: Gt, 
     url = f"unix://{gt.home}/.cache/gaming-pc.sock"
     assert f"Pong from {url}" in result.stdout and result.stdout.strip().endswith(f"GASTOWN_CCMUX_ADDR={url}")
     assert down.returncode == 0 and "gaming-pc: down" in down.stderr
+
+
+def test_setup_ssh_copy_id_line_adds_the_new_key(gt: Gt, ssh_host: SshHost) -> None:
+    """setup.md's ssh-copy-id form, while another key already logs in (ssh_config's IdentityFile)."""
+    (line,) = re.findall(r"`(ssh-copy-id [^`]+)`", (REPO / "docs" / "setup.md").read_text())
+    (gt.home / ".ssh").mkdir(mode=0o700)  # where ssh-keygen put the new key
+    new_key = ClientKey.create(gt.home / ".ssh")
+    (gt.home / ".ssh" / "id_ed25519.pub").write_text(new_key.public + "\n")
+    words = shell_words(line.replace("you@gaming-pc.lan", "gaming-pc"), {**PASTE_ENV, "HOME": str(gt.home)})
+    result = subprocess.run([*words[:-1], "-F", str(ssh_host.ssh_config), words[-1]], capture_output=True, text=True, timeout=60, env=gt.env)
+    assert result.returncode == 0, result.stderr
+    assert new_key.public in ssh_host.sh("cat /home/gamer/.ssh/authorized_keys")
