@@ -117,6 +117,27 @@ def down(host: str | None, all_hosts: bool, stop_server: bool) -> None:
 
 @main.command()
 @click.argument("host", required=False, shell_complete=complete_host)
+@click.option("--all", "all_hosts", is_flag=True, help="Every host that is up.")
+@click.option("--force", is_flag=True, help="Reconnect even a link that answers (say, to leave a network that is going away).")
+@user_errors
+def reconnect(host: str | None, all_hosts: bool, force: bool) -> None:
+    """Check HOST's link now and reconnect it if dead: for sleep and network hooks."""
+    if bool(host) == all_hosts:
+        raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote reconnect gaming-pc'")
+    names = [name for name in known_host_names() if lifecycle.live_status(HostFiles(name)) is not None] if all_hosts else [host]
+    if not names:
+        say("no hosts are up")
+    healthy = True
+    for name in names:
+        assert name is not None
+        up_again, message = lifecycle.reconnect(name, force)
+        say(message)
+        healthy = healthy and up_again
+    sys.exit(0 if healthy else 1)
+
+
+@main.command()
+@click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @user_errors
 def status(host: str | None, as_json: bool) -> None:
@@ -144,9 +165,21 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         if row.get("next_attempt_at") and row["state"] == "reconnecting":
             lines.append(f"  next attempt at {row['next_attempt_at']}")
+        if row.get("last_wake") or row.get("last_recovery_s") is not None:
+            lines.append(f"  last wake   {_wake_line(row.get('last_wake'))}; last recovery {_seconds(row.get('last_recovery_s'))}")
         if row.get("last_error"):
             lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
     return "\n".join(lines)
+
+
+def _wake_line(wake: dict[str, Any] | None) -> str:
+    if not wake:
+        return "-"
+    return f"{wake['kind']} at {wake['at']} ({wake['detail']}): {wake['outcome']}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
 
 
 def _duration(seconds: float) -> str:
