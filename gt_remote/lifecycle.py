@@ -96,7 +96,7 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
             )
         _clean_stale(files)
         if foreground:
-            return _run_foreground(settings, say, lock, on_ready)
+            return _run_foreground(settings, lock, on_ready)
         return _spawn(settings, files, say)
 
 
@@ -154,7 +154,7 @@ def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say
     raise GtRemoteError(f"the supervisor exited (code {code}) before the tunnel was up", f"see its log: gt-remote logs {files.name}")
 
 
-def _run_foreground(settings: HostSettings, say: Say, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
+def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
     from gt_remote import supervisor
 
     files = HostFiles(settings.name)

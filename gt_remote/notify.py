@@ -11,6 +11,7 @@ import os
 import socket
 
 READY = "READY=1"
+SEND_TIMEOUT = 2.0
 
 
 def socket_address(value: str) -> str | bytes:
@@ -30,6 +31,7 @@ def notify(*assignments: str) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(SEND_TIMEOUT)  # a full queue must not hang the supervisor
             sock.connect(socket_address(target))
             sock.sendall("\n".join(assignments).encode())
         return True
