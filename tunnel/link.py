@@ -44,6 +44,7 @@ class Link:
         self.last_error: GtRemoteError | None = None
         self.reconnects = 0
         self.next_attempt_at: float | None = None
+        self.up_since: float | None = None  # when the current connection came up
         self._conn: asyncssh.SSHClientConnection | None = None
         self._ready = asyncio.Event()
         self._stopping = False
@@ -85,9 +86,10 @@ class Link:
             if self._stopping:
                 break
             self._ready.clear()
-            reason = lost_reason(self._conn)
-            log.warning("connection lost: %s", reason)
-            self._set_state(LinkState.RECONNECTING, ConnectFailed(f"connection lost: {reason}", "reconnecting"))
+            cause = lost_reason(self._conn)
+            log.warning("%s", cause)
+            self._set_state(LinkState.RECONNECTING, ConnectFailed(cause, "reconnecting"))
+            self.next_attempt_at = time.time()  # the first attempt is made at once
             await self._reconnect()
 
     async def _reconnect(self) -> None:
@@ -131,6 +133,7 @@ class Link:
 
     def _publish(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
+        self.up_since = time.time()
         self.next_attempt_at = None
         self._set_state(LinkState.UP, None)
         self._ready.set()
