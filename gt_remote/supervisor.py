@@ -71,7 +71,6 @@ class Supervisor:
         self.server_restarts = 0
         self.server_error: GtRemoteError | None = None
         self.rtt_ms: float | None = None
-        self.started_at = time.time()
         self._stop = asyncio.Event()
         self._control: asyncio.AbstractServer | None = None
         self._saved: tuple[object, ...] = ()
@@ -96,7 +95,6 @@ class Supervisor:
         except BaseException:
             await self._abandon()
             raise
-        self.started_at = time.time()
         self._save_record()
         log.info("up: %s -> %s:127.0.0.1:%d", self.settings.local_url, self.settings.destination, self.settings.remote_port)
 
