@@ -6,6 +6,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shlex
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -200,3 +204,29 @@ def test_upload_progress_on_a_terminal_only_once_it_takes_time() -> None:
     not_a_terminal.update(4 << 20, 8 << 20, 2.0)
     not_a_terminal.finish()
     assert piped.getvalue() == ""
+
+
+def big_standin(path: Path, padding_mib: int) -> Path:
+    """The stand-in as a zipapp with incompressible padding: a large build that still runs."""
+    import zipfile
+
+    path.write_bytes(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
+        archive.writestr("__main__.py", STANDIN.read_text())
+        with archive.open("padding.bin", "w") as padding:
+            for _ in range(padding_mib):
+                padding.write(os.urandom(1 << 20))
+    path.chmod(0o755)
+    return path
+
+
+def test_a_large_upload_shows_progress_on_a_terminal(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    binary = big_standin(tmp_path / "ccmux-server", 384)
+    command = [sys.executable, "-m", "gt_remote", "-F", str(ssh_host.ssh_config), "up", "gaming-pc", "--server-binary", str(binary)]
+    ran = subprocess.run(["script", "-qec", shlex.join(command), "/dev/null"], env=gt.env, capture_output=True, timeout=300)
+    shown = ran.stdout.decode().replace("\r\n", "\n")  # bytes: text mode would turn each \r into a newline
+    assert "GASTOWN_CCMUX_ADDR" in shown, shown
+    progress_lines = [part for part in shown.split("\r") if part.startswith("gt-remote: uploading ")]
+    assert progress_lines, shown
+    assert all(re.search(r"uploading +\d+% +[\d.]+ MiB/s \d+:\d\d left", line) for line in progress_lines)
+    assert gt("down", "gaming-pc").returncode == 0
