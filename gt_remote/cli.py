@@ -132,14 +132,18 @@ def _global_error(error: GtRemoteError) -> None:
 
 
 def eval_output(func: F) -> F:
-    """For commands whose stdout is eval'd: any failure also prints a failing line there."""
+    """For commands whose stdout is eval'd: any failure also prints a failing line there.
+
+    Not for `up --foreground`, whose stdout a service manager reads, never a shell.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except (GtRemoteError, KeyboardInterrupt):
-            fail_the_eval()
+            if not kwargs.get("foreground"):
+                fail_the_eval()
             raise
 
     return wrapper  # type: ignore[return-value]
