@@ -13,6 +13,7 @@ import struct
 
 import asyncssh
 
+from gt_remote import progress
 from gt_remote.base.errors import BinaryIncompatible, InstallFailed
 from gt_remote.bootstrap.remote import REMOTE_INSTALL_ROOT, run_script
 
@@ -69,7 +70,7 @@ async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, ser
     async with conn.start_sftp_client() as sftp:
         await sftp.makedirs(directory, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
         try:
-            await sftp.put(local_path, part)
+            await sftp.put(local_path, part, progress_handler=progress.upload_reporter())
         except (asyncssh.SFTPError, OSError) as exc:
             await _remove_quietly(sftp, part)
             free = await _free_kib(conn, directory)

@@ -101,7 +101,7 @@ ensure_test_image() {
 # the OpenSSH client, and autossh (the benchmark's reference).
 ensure_host_tools() {
     local missing=() pair
-    for pair in rsync:rsync systemd-analyze:systemd ssh:openssh-client autossh:autossh; do
+    for pair in rsync:rsync systemd-analyze:systemd ssh:openssh-client autossh:autossh fish:fish zsh:zsh script:bsdutils; do
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
     [ ${#missing[@]} -eq 0 ] && return

@@ -14,18 +14,25 @@ from typing import Any, TypeVar
 
 import click
 
-from gt_remote import __version__, lifecycle
-from gt_remote.base.addresses import address_from_env, export_lines, export_vars, parse_address
+from gt_remote import __version__, lifecycle, progress
+from gt_remote import shell as shells
+from gt_remote.base.addresses import export_vars
 from gt_remote.base.config import load_config, resolve
-from gt_remote.base.errors import GtRemoteError, UsageError
+from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, UsageError
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
 from gt_remote.completion import SHELLS, complete_host, script
-from gt_remote.tunnel.wire import ping_address
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def say(message: str) -> None:
+    """Progress on stderr; -q silences it (errors are never silenced)."""
+    if not progress.quiet():
+        click.echo(f"gt-remote: {message}", err=True)
+
+
+def tell(message: str) -> None:
+    """A result the user asked for, on stderr even with -q."""
     click.echo(f"gt-remote: {message}", err=True)
 
 
@@ -46,20 +53,105 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+EVAL_COMMANDS = ("up", "env")  # their stdout is run by a shell: a failure must fail there too
+
+
+def fail_the_eval() -> None:
+    """Give `eval "$(gt-remote up HOST)"` a failing line, unless a person reads stdout."""
+    if not sys.stdout.isatty():
+        click.echo(shells.FAILURE_LINE)
+
+
+def one_line_usage_error(error: click.ClickException) -> str:
+    """click's three-line Usage/Try/Error block, as one `cause; fix` line."""
+    message = " ".join(error.format_message().split())
+    cause, _, suggestion = message.partition(". ")
+    cause = cause.rstrip(".")
+    cause = cause[:1].lower() + cause[1:]
+    ctx = getattr(error, "ctx", None)
+    path = ctx.command_path if ctx is not None else "gt-remote"
+    suggestion = suggestion.strip("()")
+    fix = f"{suggestion[:1].lower()}{suggestion[1:]} " if suggestion else ""
+    return f"gt-remote: error: {cause}; {fix}see '{path} --help'"
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors read like every other error: one line, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        kwargs.setdefault("prog_name", "gt-remote")
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exit_:
+            sys.exit(exit_.exit_code)
+        except click.ClickException as error:
+            ctx = getattr(error, "ctx", None)
+            if ctx is not None and ctx.info_name in EVAL_COMMANDS:
+                fail_the_eval()
+            click.echo(one_line_usage_error(error), err=True)
+            sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
+        except click.Abort:
+            click.echo("gt-remote: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 class Globals:
     def __init__(self, ssh_config: str | None, config_path: str | None) -> None:
         self.ssh_config = ssh_config
-        self.config_path = Path(config_path) if config_path else config_file()
+        self.config_path = Path(config_path).expanduser() if config_path else config_file()
+        if config_path and not self.config_path.is_file():
+            raise UsageError(f"config file {self.config_path} does not exist", "pass an existing file with --config, or leave --config out for the default")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-F", "ssh_config", metavar="SSH_CONFIG", help="ssh_config file to use, like ssh -F (default ~/.ssh/config).")
 @click.option("--config", "config_path", metavar="FILE", help="gt-remote config (default $XDG_CONFIG_HOME/gt-remote/config.toml).")
+@click.option("-v", "--verbose", count=True, help="Show the ssh_config, known_hosts and keys used, and each SSH step (-vv: asyncssh too).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages; errors still show.")
 @click.version_option(__version__, "-V", "--version", prog_name="gt-remote")
 @click.pass_context
-def main(ctx: click.Context, ssh_config: str | None, config_path: str | None) -> None:
+def main(ctx: click.Context, ssh_config: str | None, config_path: str | None, verbose: int, quiet: bool) -> None:
     """Run gastown's polecats on a remote ccmux-server through a supervised SSH tunnel."""
-    ctx.obj = Globals(ssh_config, config_path)
+    if verbose and quiet:
+        _global_error(UsageError("-v and -q contradict each other", "pass one of them"))
+    progress.configure(verbose=verbose, quiet=quiet)
+    progress.show_steps(tell, propagate=False)
+    try:
+        ctx.obj = Globals(ssh_config, config_path)
+    except GtRemoteError as error:
+        _global_error(error)
+
+
+def _global_error(error: GtRemoteError) -> None:
+    if click.get_current_context().invoked_subcommand in EVAL_COMMANDS:
+        fail_the_eval()
+    click.echo(f"gt-remote: error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+def eval_output(func: F) -> F:
+    """For commands whose stdout is eval'd: any failure also prints a failing line there.
+
+    Not for `up --foreground`, whose stdout a service manager reads, never a shell.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (GtRemoteError, KeyboardInterrupt):
+            if not kwargs.get("foreground"):
+                fail_the_eval()
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+SHELL_OPTION = click.option(
+    "--shell", type=click.Choice(shells.SHELLS), default=shells.default_shell, show_default="fish if $SHELL is fish, else sh", help="Syntax of the printed lines."
+)
 
 
 def _ssh_config(globals_: Globals) -> str | None:
@@ -83,9 +175,11 @@ def _ssh_config(globals_: Globals) -> str | None:
 @click.option("--resume-window", type=float, metavar="SECONDS", help="How long a client's connection waits for the tunnel to come back (default 900).")
 @click.option("--no-resume", is_flag=True, help="Plain forwarding: connections end when the SSH connection does.")
 @click.option("--foreground", is_flag=True, help="Stay in the foreground as the supervisor (for systemd and launchd).")
+@SHELL_OPTION
 @click.pass_obj
 @user_errors
-def up(g: Globals, host: str, foreground: bool, no_resume: bool, **options: Any) -> None:
+@eval_output
+def up(g: Globals, host: str, foreground: bool, shell: str, no_resume: bool, **options: Any) -> None:
     """Bring HOST's tunnel up and print the export lines: eval "$(gt-remote up HOST)"."""
     overrides = {key: value for key, value in options.items() if value is not None and value is not False}  # 0 is a value, and wrong
     if no_resume:
@@ -93,13 +187,24 @@ def up(g: Globals, host: str, foreground: bool, no_resume: bool, **options: Any)
     settings = _settings(g, host, overrides)
 
     def print_exports(lines: list[str]) -> None:
-        click.echo("\n".join(lines))
-        sys.stdout.flush()
+        _print_for_shell(shell_lines(lines, shell), f"gt-remote up {host}", shell)
 
     lines = lifecycle.up(settings, say, foreground=foreground, on_ready=print_exports)
     if not foreground:
         print_exports(lines)
         say(f"{host} is up; 'gt-remote status' shows it, 'gt-remote down {host}' stops it")
+
+
+def shell_lines(exports: list[str], syntax: str) -> list[str]:
+    return shells.export_lines(shells.pairs_from_exports(exports), syntax)
+
+
+def _print_for_shell(lines: list[str], command: str, syntax: str) -> None:
+    """The lines to eval, and on a terminal a comment saying how (as docker-machine does)."""
+    if sys.stdout.isatty():
+        lines = [*lines, shells.usage_hint(command, syntax)]
+    click.echo("\n".join(lines))
+    sys.stdout.flush()
 
 
 @main.command()
@@ -109,14 +214,16 @@ def up(g: Globals, host: str, foreground: bool, no_resume: bool, **options: Any)
 @user_errors
 def down(host: str | None, all_hosts: bool, stop_server: bool) -> None:
     """Stop HOST's supervisor; the remote server keeps running unless --stop-server."""
-    if bool(host) == all_hosts:
+    if host and all_hosts:
+        raise UsageError(f"--all stops every host, so it takes no HOST (got {host!r})", f"run 'gt-remote down {host}' for that host, or 'gt-remote down --all' for all")
+    if not host and not all_hosts:
         raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote down gaming-pc'")
     names = known_host_names() if all_hosts else [host]
     if not names:
-        say("no hosts are up")
+        tell("no hosts are up")
     for name in names:
         assert name is not None
-        say(lifecycle.down(name, stop_server))
+        tell(lifecycle.down(name, stop_server))
 
 
 @main.command()
@@ -146,6 +253,10 @@ def reconnect(host: str | None, all_hosts: bool, force: bool) -> None:
 @user_errors
 def status(host: str | None, as_json: bool) -> None:
     """Show each host's tunnel; exit 0 only when every listed host is up."""
+    if host and not lifecycle.is_known(host):
+        if as_json:
+            click.echo("[]")
+        raise GtRemoteError(f"gt-remote has never brought up a host named {host!r}", f"check the name (gt-remote status lists them), or bring it up: eval \"$(gt-remote up {host})\"")
     rows = lifecycle.all_statuses(host)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -168,7 +279,7 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"  server      {described} pid {server.get('pid') or '-'}")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         lines.append(f"  streams     {_streams_line(row)}")
-        if row.get("next_attempt_at") and row["state"] == "reconnecting":
+        if row.get("next_attempt_at") and row["state"] in ("reconnecting", "failed"):
             lines.append(f"  next attempt at {row['next_attempt_at']}")
         if row.get("last_wake") or row.get("last_recovery_s") is not None:
             lines.append(f"  last wake   {_wake_line(row.get('last_wake'))}; last recovery {_seconds(row.get('last_recovery_s'))}")
@@ -204,12 +315,18 @@ def _duration(seconds: float) -> str:
 
 @main.command()
 @click.argument("host", shell_complete=complete_host)
-@click.option("--shell", type=click.Choice(["sh", "fish"]), default="sh", show_default=True)
+@SHELL_OPTION
+@click.option("--unset", "-u", is_flag=True, help="Print the lines that remove the variables instead (HOST need not be up).")
 @user_errors
-def env(host: str, shell: str) -> None:
-    """Print the export lines of HOST, which must be up."""
+@eval_output
+def env(host: str, shell: str, unset: bool) -> None:
+    """Print the export lines of HOST, which must be up: eval "$(gt-remote env HOST)"."""
+    if unset:
+        _print_for_shell(shells.unset_lines(shell), f"gt-remote env {host} --unset", shell)
+        return
     status_ = lifecycle.require_up(host)
-    click.echo("\n".join(export_lines(status_["local"], status_["server"]["name"], shell)))
+    lines = shells.export_lines(export_vars(status_["local"], status_["server"]["name"]), shell)
+    _print_for_shell(lines, f"gt-remote env {host}", shell)
 
 
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -223,18 +340,26 @@ def exec_(host: str, command: tuple[str, ...]) -> None:
     try:
         os.execvpe(command[0], list(command), environment)
     except FileNotFoundError:
-        raise GtRemoteError(f"command not found: {command[0]}", "check its name and your PATH") from None
+        raise CommandNotFound(f"command not found: {command[0]}", "check its name and your PATH") from None
+    except (PermissionError, IsADirectoryError):
+        raise CommandNotExecutable(f"{command[0]} is not executable", f"make it executable (chmod +x {command[0]}) or run it through its interpreter") from None
+    except OSError as exc:
+        raise CommandNotExecutable(f"cannot run {command[0]}: {exc.strerror}", "check that it is a program for this machine") from None
 
 
 @main.command()
-@click.option("--addr", help="Address to Ping (default: $GASTOWN_CCMUX_ADDR, else the local ccmux socket).")
+@click.argument("host", required=False, shell_complete=complete_host)
+@click.option("--addr", help="Address to Ping (default: HOST's local address, else $GASTOWN_CCMUX_ADDR, else the local ccmux socket).")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the Pong.")
 @user_errors
-def ping(addr: str | None, timeout: float) -> None:
-    """Send a ccmux Ping to the address gastown would use, and time the Pong."""
-    address = parse_address(addr) if addr else address_from_env()
-    rtt = asyncio.run(ping_address(address, timeout))
-    click.echo(f"Pong from {address.url} in {rtt * 1000:.2f} ms")
+def ping(host: str | None, addr: str | None, timeout: float) -> None:
+    """Send a ccmux Ping to HOST's tunnel, or to the address gastown would use, and time the Pong."""
+    from gt_remote import ping as pinging
+
+    if host and addr:
+        raise UsageError("name a HOST or pass --addr, not both", f"e.g. 'gt-remote ping {host}'")
+    url, rtt = asyncio.run(pinging.ping(host, addr, timeout))
+    click.echo(f"Pong from {url} in {rtt * 1000:.2f} ms")
 
 
 @main.command()
@@ -290,17 +415,19 @@ def doctor(g: Globals, host: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("host", shell_complete=complete_host)
 @click.argument("paths", nargs=-1)
-@click.option("--push", "direction", flag_value="push", default=True, help="Local to remote (default).")
-@click.option("--pull", "direction", flag_value="pull", help="Remote to local.")
+@click.option("--push", is_flag=True, help="Local to remote (the default).")
+@click.option("--pull", is_flag=True, help="Remote to local.")
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
 @click.option("--delete", is_flag=True, help="Delete files on the receiving side that the sender lacks.")
 @click.pass_obj
 @user_errors
-def sync(g: Globals, host: str, paths: tuple[str, ...], direction: str, dry_run: bool, delete: bool) -> None:
+def sync(g: Globals, host: str, paths: tuple[str, ...], push: bool, pull: bool, dry_run: bool, delete: bool) -> None:
     """rsync PATHS (default: [hosts.HOST] sync) with HOST over the same SSH settings."""
     from gt_remote import sync as syncing
 
-    syncing.run(_settings(g, host), list(paths), direction == "push", dry_run, delete, say)
+    if push and pull:
+        raise UsageError("--push and --pull go opposite ways", f"run 'gt-remote sync {host} --push' and then 'gt-remote sync {host} --pull'")
+    syncing.run(_settings(g, host), list(paths), not pull, dry_run, delete, say)
 
 
 @main.group()

@@ -13,10 +13,15 @@ from gt_remote.base.addresses import ENV_VARS, address_from_env, default_ccmux_s
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, UnknownHost
 from gt_remote.bootstrap.probe import probe
-from gt_remote.tunnel.connection import SshTarget, connect
+from gt_remote.tunnel.connection import SshTarget, connect, resolve
 from gt_remote.tunnel.wire import ping_address
 
-CLIENTS = ("ccmux", "ccmux-compat", "gt")
+# No release binaries exist: each client is built from its source (docs/setup.md).
+CLIENTS = {
+    "ccmux": "build it from source: cargo install --git https://github.com/brendanbecker/ccmux ccmux (see docs/setup.md)",
+    "ccmux-compat": "build it from source: cargo install --git https://github.com/brendanbecker/ccmux ccmux-compat (see docs/gastown.md)",
+    "gt": "build gastown from source: https://github.com/steveyegge/gastown (see docs/gastown.md)",
+}
 
 
 @dataclass
@@ -48,34 +53,43 @@ def check_environment() -> list[Check]:
 async def check_host(settings: HostSettings) -> list[Check]:
     """Resolve, authenticate, find the server: one connection, stopping at the first failure."""
     target = SshTarget(settings.destination, settings.ssh_config, settings.keepalive)
+    resolved = resolve(target)
+    described = resolved.describe() if resolved else settings.destination
     try:
         conn = await connect(target)
     except UnknownHost as error:
-        return [Check(f"{settings.name} resolves through ssh_config", "fail", error.cause, error.fix)]
+        return [Check(f"{settings.name} resolves through ssh_config", "fail", f"{error.cause}; ssh_config gave {described}", error.fix)]
     except GtRemoteError as error:
         return [
-            Check(f"{settings.name} resolves through ssh_config", "ok", settings.destination),
+            Check(f"{settings.name} resolves through ssh_config", "ok", described),
             Check("SSH connection and authentication", "fail", error.cause, error.fix),
         ]
     checks = [
-        Check(f"{settings.name} resolves through ssh_config", "ok", settings.destination),
+        Check(f"{settings.name} resolves through ssh_config", "ok", described),
         Check("SSH connection and authentication", "ok", f"logged in as {conn.get_extra_info('username')}"),
     ]
     async with conn:
         facts = await probe(conn, settings.server, settings.remote_port)
     if facts.path:
         checks.append(Check(f"{settings.server} on the remote", "ok", f"{facts.path}, version {facts.version or 'unknown'} ({facts.os} {facts.arch})"))
+    elif settings.server_binary or settings.install_command:
+        how = f"uploads {settings.server_binary}" if settings.server_binary else "runs the install command"
+        checks.append(Check(f"{settings.server} on the remote", "warn", f"not installed on {settings.name} yet ({facts.os} {facts.arch}); 'up' {how}"))
     else:
         checks.append(Check(f"{settings.server} on the remote", "fail", f"not found on {settings.name} ({facts.os} {facts.arch})", "pass --server-binary or --install-command to 'gt-remote up'"))
     return checks
 
 
-def check_tunnel(name: str) -> list[Check]:
+def check_tunnel(name: str, host_checks: list[Check] | None = None) -> Check:
+    """Suggest `up` only when it can work: not while SSH or the server check fails."""
     status = lifecycle.host_status(name)
     if status["state"] == "up":
-        return [Check("tunnel is up", "ok", f"{status['local']} (supervisor pid {status['supervisor_pid']})"), check_resumable(status)]
+        return Check("tunnel is up", "ok", f"{status['local']} (supervisor pid {status['supervisor_pid']})")
     detail = f"state {status['state']}" + (f": {status['last_error']}" if status.get("last_error") else "")
-    return [Check("tunnel is up", "fail", detail, f"eval \"$(gt-remote up {name})\"")]
+    blocking = [check for check in host_checks or [] if check.status == "fail"]
+    if blocking:
+        return Check("tunnel is up", "fail", detail, f"fix '{blocking[0].name}' above first; then: eval \"$(gt-remote up {name})\"")
+    return Check("tunnel is up", "fail", detail, f"eval \"$(gt-remote up {name})\"")
 
 
 def check_resumable(status: dict[str, Any]) -> Check:
@@ -108,17 +122,21 @@ async def check_ping(name: str | None) -> Check:
 
 def check_clients() -> list[Check]:
     checks = []
-    for program in CLIENTS:
+    for program, where in CLIENTS.items():
         path = shutil.which(program)
-        checks.append(Check(f"{program} on PATH", "ok" if path else "warn", path or "not found", "" if path else f"install {program} to use it with the tunnel"))
+        checks.append(Check(f"{program} on PATH", "ok" if path else "warn", path or "not found", "" if path else where))
     return checks
 
 
 def run(settings: HostSettings | None) -> list[Check]:
     checks = check_environment()
     if settings is not None:
-        checks += asyncio.run(check_host(settings))
-        checks += check_tunnel(settings.name)
+        host_checks = asyncio.run(check_host(settings))
+        checks += host_checks
+        checks.append(check_tunnel(settings.name, host_checks))
+        status = lifecycle.host_status(settings.name)
+        if status["state"] == "up":
+            checks.append(check_resumable(status))
     checks.append(asyncio.run(check_ping(settings.name if settings else None)))
     checks += check_clients()
     return checks

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gt_remote import control, notify
+from gt_remote import control, notify, progress
 from gt_remote.base import errors
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
@@ -141,8 +141,13 @@ def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
 
 def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say) -> list[str]:
     assert proc.stdout is not None
+    display = progress.TransferDisplay()
     for raw in proc.stdout:
         event = json.loads(raw)
+        if event["event"] == "transfer":
+            display.update(event["done"], event["total"], event["elapsed"])
+            continue
+        display.finish()
         if event["event"] == "progress":
             say(event["message"])
         elif event["event"] == "ready":
@@ -323,3 +328,9 @@ def require_up(name: str) -> dict[str, Any]:
     if status["state"] == "failed":
         raise NotUp(f"{name} has failed: {status['last_error']}", f"fix that, then run 'gt-remote down {name}' and 'gt-remote up {name}'")
     return status
+
+
+def is_known(name: str) -> bool:
+    """Whether gt-remote has any trace of this host: a live supervisor, a record or a log."""
+    files = HostFiles(name)
+    return files.record.exists() or files.log.exists() or control.supervisor_alive(files.pid) is not None or files.control.exists()

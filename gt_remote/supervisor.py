@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncssh
 
-from gt_remote import control
+from gt_remote import control, progress
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, PingFailed
@@ -37,7 +37,7 @@ from gt_remote.bootstrap.ensure import ServerInfo, ensure_server, revive_server
 from gt_remote.bootstrap.probe import ping_remote
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
-from gt_remote.tunnel.link import CheckOutcome, Link
+from gt_remote.tunnel.link import CheckOutcome, Link, LinkState
 from gt_remote.tunnel.resumable import RelayPath
 from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
 from gt_remote.tunnel.wire import ping_address
@@ -76,7 +76,6 @@ class Supervisor:
         self.server_restarts = 0
         self.server_error: GtRemoteError | None = None
         self.rtt_ms: float | None = None
-        self.started_at = time.time()
         self._stop = asyncio.Event()
         self._control: asyncio.AbstractServer | None = None
         self._saved: tuple[object, ...] = ()
@@ -90,6 +89,7 @@ class Supervisor:
     async def bring_up(self) -> None:
         """Everything `up` promises, or nothing left behind."""
         await self.forwarder.start()
+        progress.steps.debug("forward: listening on %s for 127.0.0.1:%d on the remote", self.settings.local_url, self.settings.remote_port)
         try:
             self.say(f"connecting to {self.settings.destination}")
             conn = await self.link.open()
@@ -101,7 +101,6 @@ class Supervisor:
         except BaseException:
             await self._abandon()
             raise
-        self.started_at = time.time()
         self._save_record()
         log.info("up: %s -> %s:127.0.0.1:%d", self.settings.local_url, self.settings.destination, self.settings.remote_port)
 
@@ -268,7 +267,7 @@ class Supervisor:
             "local": self.settings.local_url,
             "remote_port": self.settings.remote_port,
             "supervisor_pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started_at, 1),
+            "uptime_s": None if link.state != LinkState.UP or link.up_since is None else round(time.time() - link.up_since, 1),
             "reconnects": link.reconnects,
             "server_restarts": self.server_restarts,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
@@ -393,6 +392,8 @@ def main(argv: list[str]) -> int:
         events.emit("error", error={"kind": "GtRemoteError", "cause": f"a supervisor for {settings.name} is already running", "fix": "use it, or run 'gt-remote down' first"})
         return 1
     setup_logging(files)
+    progress.show_steps(lambda message: events.emit("progress", message=message))
+    progress.relay_transfers(lambda done, total, elapsed: events.emit("transfer", done=done, total=total, elapsed=elapsed))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         asyncio.run(run(settings, events.progress, events.ready))

@@ -7,15 +7,23 @@ absolute path maps to itself. Nothing on the receiving side is deleted without -
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from gt_remote import progress
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, UsageError
+
+PROGRESS_DELAY = 1.0  # a transfer shows progress only once it has run this long
 
 
 class RsyncMissing(GtRemoteError):
@@ -45,7 +53,8 @@ def plan(paths: list[str], home: Path | None = None) -> list[Transfer]:
 def rsync_command(settings: HostSettings, transfer: Transfer, push: bool, dry_run: bool, delete: bool) -> list[str]:
     # Strict, like the tunnel: an unknown or changed host key stops the transfer, never a prompt.
     ssh = "ssh -o StrictHostKeyChecking=yes" + (f" -F {shlex.quote(settings.ssh_config)}" if settings.ssh_config else "")
-    args = ["rsync", "--archive", "--partial", "--mkpath", "--protect-args", "--info=progress2,stats1", "-e", ssh]
+    info = "--info=progress2,stats1" if progress_wanted() else "--info=stats1"  # no \r soup in a pipe or file
+    args = ["rsync", "--archive", "--partial", "--mkpath", "--protect-args", info, "-e", ssh]
     if dry_run:
         args += ["--dry-run", "--itemize-changes"]
     if delete:
@@ -74,12 +83,77 @@ def run(settings: HostSettings, paths: list[str], push: bool, dry_run: bool, del
         _rsync(command, settings.name)
 
 
+def progress_wanted() -> bool:
+    return progress.is_terminal(sys.stdout) and not progress.quiet()
+
+
 def _rsync(command: list[str], host: str) -> None:
-    result = subprocess.run(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "LC_ALL": "C"})
-    if result.returncode == 0:
+    """Run rsync with its own and ssh's messages shown as they come, and kept for the error."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
+    assert proc.stdout is not None and proc.stderr is not None
+    errors: list[str] = []
+    tee = threading.Thread(target=_tee_stderr, args=(proc.stderr, errors), daemon=True)
+    tee.start()
+    _relay_stdout(proc.stdout, sys.stdout)
+    code = proc.wait()
+    tee.join()
+    if code == 0:
         return
-    stderr = result.stderr.strip()
-    if "command not found" in stderr or "rsync: not found" in stderr or result.returncode == 127:
+    text = "\n".join(errors)
+    if "command not found" in text or "rsync: not found" in text or code == 127:
         raise RsyncMissing(f"rsync is not installed on {host}", f"install it there (e.g. 'sudo apt install rsync' on {host})")
-    last = stderr.splitlines()[-1] if stderr else f"exit {result.returncode}"
-    raise GtRemoteError(f"rsync with {host} failed: {last}", "read the rsync message above; check the path and permissions")
+    cause = _main_error(errors) or f"exit {code}"
+    raise GtRemoteError(f"rsync with {host} failed: {cause}", "its messages are above; check the path, permissions and 'ssh " + host + "'")
+
+
+def _tee_stderr(stream: IO[bytes], kept: list[str]) -> None:
+    for raw in stream:
+        line = raw.decode(errors="replace").rstrip("\n")
+        kept.append(line)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+RSYNC_EPILOGUE = re.compile(r"^rsync( error)?: .*\(code \d+\) at |^rsync: connection unexpectedly closed")
+
+
+def _main_error(lines: list[str]) -> str:
+    """The first line that says what went wrong, not rsync's closing `(code N) at main.c`."""
+    meaningful = [line.strip() for line in lines if line.strip()]
+    for line in meaningful:
+        if not RSYNC_EPILOGUE.search(line):
+            return line.removeprefix("rsync: ")
+    return meaningful[-1] if meaningful else ""
+
+
+def _relay_stdout(stream: IO[bytes], out: IO[str]) -> None:
+    """Pass rsync's output on; its `\r` progress only once the transfer has taken a while."""
+    started = time.monotonic()
+    shown = False  # a progress line is on screen and needs its newline
+    previous_end = b"\n"
+    pending = b""
+    while chunk := os.read(stream.fileno(), 65536):
+        pending += chunk
+        parts = re.split(rb"(\r|\n)", pending)
+        pending = parts.pop()  # an unfinished piece waits for its end
+        for text, end in zip(parts[0::2], parts[1::2], strict=True):
+            piece = text.decode(errors="replace")
+            if previous_end == b"\r":  # rsync redraws its progress line after a \r
+                if piece.strip() and time.monotonic() - started >= PROGRESS_DELAY:
+                    out.write("\r" + piece)
+                    shown = True
+                if end == b"\n" and shown:
+                    out.write("\n")
+                    shown = False
+            elif piece or end == b"\n":
+                if shown:
+                    out.write("\n")
+                    shown = False
+                out.write(piece + ("\n" if end == b"\n" else ""))
+            previous_end = end
+            out.flush()
+    if pending:
+        out.write(pending.decode(errors="replace") + "\n")
+    elif shown:
+        out.write("\n")
+    out.flush()

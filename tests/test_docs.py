@@ -43,7 +43,7 @@ def documented_commands() -> list[tuple[str, str]]:
             rest = code[start + len("gt-remote "):]
             if code[:start].endswith("$("):  # eval "$(gt-remote up HOST)"
                 rest = rest.rsplit(")", 1)[0]
-            rest = re.split(r" (?:>|>>|\||&&|\|\||;) ", rest)[0]  # the command, not the shell's redirection or chain
+            rest = re.split(r" (?:>|>>|\||&&|\|\||;) |; | 2>", rest)[0]  # the command, not the shell's redirection or chain
             if rest.strip() and "COMMAND ..." not in rest:  # the synopsis is not a command
                 found.append((path.name, rest.strip()))
     return found

@@ -7,15 +7,20 @@ host key is final; refused, reset, timed-out or lost connections are transient.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncssh
 
 from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost
 
 KEEPALIVE_COUNT_MAX = 3
+DEFAULT_SSH_CONFIG = "~/.ssh/config"
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+steps = logging.getLogger("gt_remote.steps")  # shown with -v (gt_remote.progress)
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,42 @@ class _LossRecorder(asyncssh.SSHClient):
         self.lost_reason = str(exc) if exc else "connection closed by the server"
 
 
-async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
-    """Connect and authenticate; raise a typed error naming the cause and the fix."""
+@dataclass(frozen=True)
+class Resolved:
+    """What ssh_config made of a destination: shown by `doctor` and by -v."""
+
+    ssh_config: str | None
+    user: str | None
+    hostname: str
+    port: int
+    identity_files: list[str] = field(default_factory=list)
+    known_hosts: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (
+            f"{self.user or '?'}@{self.hostname}:{self.port} (ssh_config {self.ssh_config or 'none'}; "
+            f"keys {', '.join(self.identity_files) or 'none found'}; known_hosts {', '.join(self.known_hosts) or 'none'})"
+        )
+
+
+def resolve(target: SshTarget) -> Resolved | None:
+    """The user, HostName, port, keys and known_hosts asyncssh will use; None if unreadable."""
     user, host, port = target.parts()
+    options = _resolved_options(host, _options(target, user, port))
+    if options is None:
+        return None
+    config = options.config
+    config_file = target.ssh_config or (DEFAULT_SSH_CONFIG if os.path.exists(os.path.expanduser(DEFAULT_SSH_CONFIG)) else None)
+    configured: list[object] = list(config.get("IdentityFile", None) or [])  # type: ignore[call-overload]
+    keys = [str(path) for path in configured]
+    if not keys:
+        keys = [str(getattr(key, "_filename", None) or key.get_comment() or "?") for key in options.client_keys or []]
+        keys = [key.decode() if isinstance(key, bytes) else key for key in keys]
+    known = options.known_hosts if isinstance(options.known_hosts, list) and options.known_hosts else [DEFAULT_KNOWN_HOSTS]
+    return Resolved(config_file, options.username, str(options.host), int(options.port), keys, [str(path) for path in known])
+
+
+def _options(target: SshTarget, user: str | None, port: int | None) -> dict[str, object]:
     options: dict[str, object] = {
         "keepalive_interval": target.keepalive,
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
@@ -68,14 +106,26 @@ async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
         options["username"] = user
     if port:
         options["port"] = port
+    return options
+
+
+async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
+    """Connect and authenticate; raise a typed error naming the cause and the fix."""
+    user, host, port = target.parts()
+    options = _options(target, user, port)
     resolved = _resolved_options(host, options)
     if resolved is not None and resolved.known_hosts is None:
         raise HostKeyRejected(
             f"the ssh_config for {target.destination} turns host key checking off (UserKnownHostsFile none)",
             "gt-remote always verifies host keys: remove that line, or point UserKnownHostsFile at a known_hosts file",
         )
+    if steps.isEnabledFor(logging.DEBUG):
+        described = resolve(target)
+        steps.debug("ssh: connecting to %s as %s", target.destination, described.describe() if described else "(ssh_config unreadable)")
     try:
-        return await asyncssh.connect(host, **options)  # type: ignore[arg-type]
+        conn = await asyncssh.connect(host, **options)  # type: ignore[arg-type]
+        steps.debug("ssh: host key verified; authenticated as %s", conn.get_extra_info("username"))
+        return conn
     except asyncssh.HostKeyNotVerifiable as exc:
         raise _host_key_error(target.destination, resolved) from exc
     except Exception as exc:  # every failure leaves here typed
@@ -118,9 +168,14 @@ def _has_pinned_key(options: asyncssh.SSHClientConnectionOptions) -> bool:
 
 
 def lost_reason(conn: asyncssh.SSHClientConnection) -> str:
+    """`connection lost: <why>`, naming the loss once whatever words the cause uses."""
     client = conn.get_owner()
-    reason = getattr(client, "lost_reason", None)
-    return reason or "connection lost"
+    reason = str(getattr(client, "lost_reason", None) or "").strip().rstrip(".")
+    if not reason or reason.lower() == "connection lost":
+        return "connection lost"
+    if reason.lower().startswith("connection "):
+        return reason[:1].lower() + reason[1:]
+    return f"connection lost: {reason}"
 
 
 def classify(exc: BaseException, destination: str) -> GtRemoteError:

@@ -55,6 +55,7 @@ class Link:
         self.last_error: GtRemoteError | None = None
         self.reconnects = 0
         self.next_attempt_at: float | None = None
+        self.up_since: float | None = None  # when the current connection came up
         self._conn: asyncssh.SSHClientConnection | None = None
         self._ready = asyncio.Event()
         self._stopping = False
@@ -149,9 +150,11 @@ class Link:
                 break
             self._ready.clear()
             self.incident()
-            reason, self._drop_reason = self._drop_reason or lost_reason(self._conn), None
-            log.warning("connection lost: %s", reason)
-            self._set_state(LinkState.RECONNECTING, ConnectFailed(f"connection lost: {reason}", "reconnecting"))
+            dropped, self._drop_reason = self._drop_reason, None
+            cause = f"connection lost: {dropped}" if dropped else lost_reason(self._conn)
+            log.warning("%s", cause)
+            self._set_state(LinkState.RECONNECTING, ConnectFailed(cause, "reconnecting"))
+            self.next_attempt_at = time.time()  # the first attempt is made at once
             await self._reconnect()
 
     async def _reconnect(self) -> None:
@@ -195,6 +198,7 @@ class Link:
 
     def _publish(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
+        self.up_since = time.time()
         self.next_attempt_at = None
         self._recovered()
         self._set_state(LinkState.UP, None)

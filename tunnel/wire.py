@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gt_remote.base.addresses import Address, TcpAddress
-from gt_remote.base.errors import PingFailed
+from gt_remote.base.errors import NothingListens, PingFailed
 
 MAX_PAYLOAD = 16 * 1024 * 1024
 PING = struct.pack(">I", 4) + struct.pack("<I", 17)
@@ -100,6 +100,8 @@ async def ping_address(address: Address, timeout: float = 5.0) -> float:
     """Ping a ccmux server at a local address, end to end; return the round trip in seconds."""
     try:
         reader, writer = await asyncio.wait_for(open_address(address), timeout)
+    except (ConnectionRefusedError, FileNotFoundError):
+        raise NothingListens(f"nothing listens at {address.url}", "is the tunnel up? see `gt-remote status`") from None
     except (TimeoutError, OSError) as exc:
         raise PingFailed(f"cannot connect to {address.url}: {exc or 'timed out'}", "is the tunnel up? see `gt-remote status`") from None
     try:

@@ -102,3 +102,19 @@ class PingFailed(GtRemoteError):
     """A ccmux Ping got no Pong."""
 
     transient = True
+
+
+class NothingListens(PingFailed):
+    """Nothing accepts connections at the address: no tunnel (or server) is up there."""
+
+
+class CommandNotFound(GtRemoteError):
+    """`exec` was given a program that is not on PATH: exit 127, as env and ssh do."""
+
+    exit_code = 127
+
+
+class CommandNotExecutable(GtRemoteError):
+    """`exec` found the program but cannot run it: exit 126, as env and ssh do."""
+
+    exit_code = 126

@@ -1,0 +1,140 @@
+"""How much gt-remote says while it works: -q (nothing but errors) to -vv (asyncssh too).
+
+The level travels to the detached supervisor in the environment, so its SSH steps reach
+the waiting `up` as progress events. Steps are logged on the `gt_remote.steps` logger
+at DEBUG; they are shown only with -v.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+VERBOSE_ENV = "GT_REMOTE_VERBOSE"
+QUIET_ENV = "GT_REMOTE_QUIET"
+
+steps = logging.getLogger("gt_remote.steps")
+transfers = logging.getLogger("gt_remote.transfer")  # bytes done of an upload, for a terminal
+REPORT_INTERVAL = 0.25
+
+
+def configure(verbose: int = 0, quiet: bool = False) -> None:
+    """Set the level for this process and the supervisors it starts."""
+    os.environ[VERBOSE_ENV] = str(verbose)
+    os.environ[QUIET_ENV] = "1" if quiet else ""
+
+
+def verbosity() -> int:
+    text = os.environ.get(VERBOSE_ENV, "")
+    return int(text) if text.isdigit() else 0
+
+
+def quiet() -> bool:
+    return bool(os.environ.get(QUIET_ENV))
+
+
+class _Relay(logging.Handler):
+    def __init__(self, show: Callable[[str], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self.show = show
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            prefix = "asyncssh: " if record.name.startswith("asyncssh") else ""
+            self.show(prefix + record.getMessage())
+        except Exception:  # never let a display problem break the work
+            self.handleError(record)
+
+
+def show_steps(show: Callable[[str], None], propagate: bool = True) -> None:
+    """With -v, pass each SSH step to `show`; with -vv, asyncssh's own debug lines too."""
+    level = verbosity()
+    if level < 1:
+        return
+    relay = _Relay(show)
+    loggers = [steps]
+    if level >= 2:
+        import asyncssh
+
+        asyncssh.set_debug_level(1)
+        loggers.append(logging.getLogger("asyncssh"))
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(relay)
+        logger.propagate = propagate
+
+
+def is_terminal(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def transfer_line(done: int, total: int, elapsed: float) -> str:
+    """`42% 12.3 MiB/s 0:07 left` for a transfer that has run `elapsed` seconds."""
+    percent = 100 * done // total if total else 100
+    rate = done / elapsed if elapsed > 0 else 0.0
+    left = (total - done) / rate if rate > 0 else 0.0
+    minutes, seconds = divmod(int(left), 60)
+    return f"{percent:3d}% {rate / 1048576:6.1f} MiB/s {minutes}:{seconds:02d} left"
+
+
+Transfer = Callable[[int, int, float], None]
+
+
+def upload_reporter() -> Callable[[bytes, bytes, int, int], None]:
+    """An sftp progress_handler that reports at most four times a second, and at the end."""
+    started = time.monotonic()
+    last = 0.0
+
+    def report(_src: bytes, _dst: bytes, done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= REPORT_INTERVAL or done >= total:
+            last = now
+            transfers.debug("upload", extra={"done": done, "total": total, "elapsed": now - started})
+
+    return report
+
+
+class _TransferRelay(logging.Handler):
+    def __init__(self, show: Transfer) -> None:
+        super().__init__(logging.DEBUG)
+        self.show = show
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: Any = record.__dict__
+        self.show(int(fields.get("done", 0)), int(fields.get("total", 0)), float(fields.get("elapsed", 0.0)))
+
+
+def relay_transfers(show: Transfer) -> None:
+    """Pass upload progress to `show` (the supervisor sends it to the waiting `up`)."""
+    transfers.setLevel(logging.DEBUG)
+    transfers.propagate = False  # the log needs no byte counts
+    transfers.addHandler(_TransferRelay(show))
+
+
+class TransferDisplay:
+    """`uploading  42%  12.3 MiB/s 0:07 left` redrawn in place: only on a terminal, not with -q,
+    and only once the transfer has taken a while (a quick one shows nothing)."""
+
+    def __init__(self, stream: TextIO | None = None, delay: float = 1.0) -> None:
+        self.stream = stream or sys.stderr
+        self.delay = delay
+        self.shown = False
+
+    def update(self, done: int, total: int, elapsed: float) -> None:
+        if elapsed < self.delay or quiet() or not is_terminal(self.stream):
+            return
+        self.stream.write(f"\rgt-remote: uploading {transfer_line(done, total, elapsed)}\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
