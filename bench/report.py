@@ -246,6 +246,17 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _status_lines(by_tool: dict[str, Any]) -> list[str]:
+    """What gt-remote's own `status --json` counted over the rounds, where it counts streams."""
+    lines = []
+    for tool in (RESUMABLE, PLAIN):
+        status = by_tool.get(tool, {}).get("status") or {}
+        if "streams_resumed" in status:
+            lines.append(f"{tool}, by its `status --json` afterwards: {status.get('reconnects', 0)} reconnects, "
+                         f"{status['streams_resumed']} streams resumed, {status.get('bytes_replayed', 0)} bytes replayed.")
+    return [" ".join(lines), ""] if lines else []
+
+
 def attached_markdown(attached: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     cap, resumable = plan["stall_cap_s"], attached["resumable"]
     out = [
@@ -278,7 +289,7 @@ def attached_markdown(attached: dict[str, Any], plan: dict[str, Any]) -> list[st
             resets = sum(r["resets"]) + r["resets_before_faults"]
             out.append(f"| {tool} | {resets} | {sum(n > 0 for n in r['resets'])} of {len(r['resets'])} | {worst} | "
                        f"{' '.join(seconds(v) for v in stalls)} | {r['wrong_answers']} |")
-        out.append("")
+        out += ["", *_status_lines(by_tool)]
     rtt, tput = attached["cost"]["rtt_us"], attached["cost"]["throughput_mib_s"]
     plain_rtt, plain_tput = median(rtt[PLAIN]), median(tput[PLAIN])
     out += [

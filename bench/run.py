@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import probes, report
+from bench.report import PLAIN, RESUMABLE
 from bench.tunnels import NO_RESUME, Tunnel, resumable_mode, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, wait_ready
 from tests.testbed import REPO, RESTARTABLE_SSHD, STANDIN, ClientKey, Gt, SshHost, free_loopback_port, start_host
 
@@ -336,11 +337,32 @@ def attached_tunnels(bed: Bed, plan: Plan, host: SshHost, resumable: bool) -> li
     config.write_text(host.config_block() + host.config_block().replace(f"Host {host.alias}", f"Host {plain_alias}"))
     tunnels = []
     if resumable:
-        tunnels.append(start_gt_remote(bed.gt, host, plan.keepalive, name="gt-remote resumable", ssh_config=config))
+        tunnels.append(start_gt_remote(bed.gt, host, plan.keepalive, name=RESUMABLE, ssh_config=config))
     plain_options = (NO_RESUME,) if resumable else ()  # before resumable streams, `up` was plain
-    tunnels.append(start_gt_remote(bed.gt, host, plan.keepalive, plain_alias, name="gt-remote plain", options=plain_options, ssh_config=config))
+    tunnels.append(start_gt_remote(bed.gt, host, plan.keepalive, plain_alias, name=PLAIN, options=plain_options, ssh_config=config))
     tunnels += [start_autossh(host, plan.keepalive), start_plain_ssh(host, plan.keepalive)]
     return [bed.keep(tunnel) for tunnel in tunnels]
+
+
+STREAM_KEYS = ("resumable", "resumable_reason", "streams_open", "streams_resumed", "bytes_replayed", "reconnects")
+
+
+def stream_status(tunnel: Tunnel) -> dict[str, Any]:
+    """What `gt-remote status --json` says about a gt-remote tunnel's streams."""
+    if tunnel.gt is None:
+        return {}
+    [row] = tunnel.gt.status(tunnel.host)
+    return {key: row[key] for key in STREAM_KEYS if key in row}
+
+
+def not_resumable(tunnels: list[Tunnel]) -> str:
+    """Why the tunnel started as resumable says it is not (empty when it is)."""
+    for tunnel in tunnels:
+        if tunnel.name == RESUMABLE:
+            status = stream_status(tunnel)
+            if status.get("resumable") is False:
+                return f"`gt-remote status` says: not resumable: {status.get('resumable_reason') or 'no reason given'}"
+    return ""
 
 
 class ClientLoop:
@@ -402,7 +424,7 @@ def fault_rounds(plan: Plan, fault: Fault, host: SshHost, pairs: list[tuple[Tunn
     for tunnel, client in pairs:
         out[tunnel.name].update(
             resets_before_faults=client.resets_between(0.0, first), hangs=len(client.hangs), wrong_answers=len(client.wrong),
-            answered=len(client.answered), connections=client.connections)
+            answered=len(client.answered), connections=client.connections, status=stream_status(tunnel))
     return out
 
 
@@ -410,9 +432,19 @@ def attached(bed: Bed, plan: Plan) -> dict[str, Any]:
     """Long-lived clients through each tunnel across each fault, the four faults at once on four
     containers; and, before the faults, what resumable mode costs on an idle tunnel."""
     resumable, why = resumable_mode(bed.gt)
+    hosts: dict[str, SshHost] = {}
+    tunnels: dict[str, list[Tunnel]] = {}
+    for fault in FAULTS:
+        hosts[fault.name] = bed.host(fault.alias, **dict(fault.host_options))
+        tunnels[fault.name] = attached_tunnels(bed, plan, hosts[fault.name], resumable)
+        why = why or (not_resumable(tunnels[fault.name]) if resumable else "")
+    if resumable and why:  # asked for, but plain underneath: measured as not available, not as resumable
+        resumable = False
+        for group in tunnels.values():
+            for tunnel in [t for t in group if t.name == RESUMABLE]:
+                tunnel.stop()
+                group.remove(tunnel)
     say("attached client: " + ("gt-remote resumable and plain" if resumable else f"gt-remote plain only ({why})"))
-    hosts = {fault.name: bed.host(fault.alias, **dict(fault.host_options)) for fault in FAULTS}
-    tunnels = {fault.name: attached_tunnels(bed, plan, hosts[fault.name], resumable) for fault in FAULTS}
     cost = measure_paths({t.name: t.port for t in tunnels["kill"] if t.name != "autossh"}, plan)
     say("attached cost: " + ", ".join(f"{k} p50 {probes.median(v):.0f} µs" for k, v in cost["rtt_us"].items()))
     pairs = {name: [(t, probes.AttachedClient(t.name, t.port, plan.request_gap_s, plan.request_deadline_s)) for t in group]
