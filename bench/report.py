@@ -289,6 +289,10 @@ def attached_markdown(attached: dict[str, Any], plan: dict[str, Any]) -> list[st
             resets = sum(r["resets"]) + r["resets_before_faults"]
             out.append(f"| {tool} | {resets} | {sum(n > 0 for n in r['resets'])} of {len(r['resets'])} | {worst} | "
                        f"{' '.join(seconds(v) for v in stalls)} | {r['wrong_answers']} |")
+        floor = by_tool.get("sshd answers", {}).get("stall_s", [])
+        if floor:
+            out.append(f"| (sshd's banner back on its port) | | | {seconds(None if None in floor else max(floor))} | "
+                       f"{' '.join(seconds(v) for v in floor)} | |")
         out += ["", *_status_lines(by_tool)]
     rtt, tput = attached["cost"]["rtt_us"], attached["cost"]["throughput_mib_s"]
     plain_rtt, plain_tput = median(rtt[PLAIN]), median(tput[PLAIN])

@@ -402,15 +402,26 @@ def wait_answered(clients: list[probes.AttachedClient], since: float, deadline: 
         time.sleep(0.02)
 
 
+def time_to_banner(host: SshHost, since: float, cap: float) -> float | None:
+    """Seconds from `since` until sshd's banner comes back through the published port."""
+    while time.monotonic() - since < cap:
+        if host.answers_ssh():
+            return time.monotonic() - since
+        time.sleep(0.02)
+    return None
+
+
 def fault_rounds(plan: Plan, fault: Fault, host: SshHost, pairs: list[tuple[Tunnel, probes.AttachedClient]]) -> dict[str, Any]:
     """Each round: inject the fault, lift it, then the stall to each client's next answer and
     the resets each client saw, up to the next round."""
     out: dict[str, Any] = {tunnel.name: {"resets": [], "stall_s": []} for tunnel, _ in pairs}
+    out["sshd answers"] = {"stall_s": []}  # the floor: no tunnel can be back before sshd answers
     first = time.monotonic()
     for rep in range(plan.attached_reps):
         started = time.monotonic()
         fault.inject(host, plan)
         lifted = time.monotonic()
+        out["sshd answers"]["stall_s"].append(time_to_banner(host, lifted, plan.stall_cap_s))
         waiting = [client for tunnel, client in pairs if tunnel.proc is None or tunnel.proc.poll() is None]
         wait_answered(waiting, lifted, lifted + plan.stall_cap_s)
         for tunnel, client in pairs:
@@ -420,7 +431,7 @@ def fault_rounds(plan: Plan, fault: Fault, host: SshHost, pairs: list[tuple[Tunn
         for tunnel, client in pairs:
             out[tunnel.name]["resets"].append(client.resets_between(started, time.monotonic()))
         say(f"attached {fault.name} {rep + 1}/{plan.attached_reps}: " + ", ".join(
-            f"{name} {sum(r['resets'])} resets, stall {report.seconds(r['stall_s'][-1])}" for name, r in out.items()))
+            f"{name} {sum(r.get('resets', []))} resets, stall {report.seconds(r['stall_s'][-1])}" for name, r in out.items()))
     for tunnel, client in pairs:
         out[tunnel.name].update(
             resets_before_faults=client.resets_between(0.0, first), hangs=len(client.hangs), wrong_answers=len(client.wrong),
