@@ -124,6 +124,15 @@ def _recovery_table(name: str, data: dict[str, list[float | None]], cap: float) 
     return lines
 
 
+def _default_mode(results: dict[str, Any]) -> str:
+    """Which mode `gt-remote up` ran in for sections 1 to 4, where the run knows."""
+    if "attached" not in results:
+        return ""
+    if results["attached"]["resumable"]["available"]:
+        return " gt-remote ran in its default mode, resumable; section 5 compares it with plain mode."
+    return " gt-remote ran in plain mode, the only one it had."
+
+
 def markdown(results: dict[str, Any]) -> str:
     plan, v = results["plan"], results["versions"]
     rows = summary(results)
@@ -195,7 +204,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{plan['pings']} sequential Pings per path (interleaved in rounds), and echo throughput with {plan['frames']} frames of "
         f"1 MiB in flight (the stand-in's echo message), median of {plan['throughput_runs']} runs. The unforwarded baseline is a "
-        f"second stand-in published on a loopback port by Docker.",
+        f"second stand-in published on a loopback port by Docker.{_default_mode(results)}",
         "",
         "| path | RTT p50 | RTT p99 | throughput |",
         "| --- | --- | --- | --- |",
