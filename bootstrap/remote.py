@@ -15,6 +15,7 @@ import asyncssh
 from gt_remote.base.errors import ConnectFailed
 
 REMOTE_INSTALL_ROOT = ".local/share/gt-remote/servers"  # relative to the remote home
+REMOTE_RELAY_ROOT = ".local/share/gt-remote/relay"
 REMOTE_STATE_DIR = ".local/state/gt-remote"
 
 PRELUDE = f"""

@@ -19,6 +19,7 @@ from gt_remote.base.addresses import address_from_env, export_lines, export_vars
 from gt_remote.base.config import load_config, resolve
 from gt_remote.base.errors import GtRemoteError, UsageError
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
+from gt_remote.completion import SHELLS, complete_host, script
 from gt_remote.tunnel.wire import ping_address
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,7 +72,7 @@ def _ssh_config(globals_: Globals) -> str | None:
 
 
 @main.command()
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.option("--remote-port", type=int, help="Loopback port of the server on the remote (default 9999).")
 @click.option("--local", help="Local address to export: tcp://127.0.0.1:PORT or unix:///abs/path (default tcp://127.0.0.1:<remote port>).")
 @click.option("--server", help="Server program: ccmux-server (default) or fugue-server.")
@@ -79,12 +80,16 @@ def _ssh_config(globals_: Globals) -> str | None:
 @click.option("--install-command", help="A remote shell command that installs the server when it is missing.")
 @click.option("--keepalive", type=float, help="Seconds between SSH keepalives; a silent link is dropped after 3 misses (default 5).")
 @click.option("--restart-server", is_flag=True, help="Restart a server that runs without TCP (ends its panes).")
+@click.option("--resume-window", type=float, metavar="SECONDS", help="How long a client's connection waits for the tunnel to come back (default 900).")
+@click.option("--no-resume", is_flag=True, help="Plain forwarding: connections end when the SSH connection does.")
 @click.option("--foreground", is_flag=True, help="Stay in the foreground as the supervisor (for systemd and launchd).")
 @click.pass_obj
 @user_errors
-def up(g: Globals, host: str, foreground: bool, **options: Any) -> None:
+def up(g: Globals, host: str, foreground: bool, no_resume: bool, **options: Any) -> None:
     """Bring HOST's tunnel up and print the export lines: eval "$(gt-remote up HOST)"."""
-    overrides = {key: value for key, value in options.items() if value not in (None, False)}
+    overrides = {key: value for key, value in options.items() if value is not None and value is not False}  # 0 is a value, and wrong
+    if no_resume:
+        overrides["resume"] = False
     settings = _settings(g, host, overrides)
 
     def print_exports(lines: list[str]) -> None:
@@ -98,7 +103,7 @@ def up(g: Globals, host: str, foreground: bool, **options: Any) -> None:
 
 
 @main.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--all", "all_hosts", is_flag=True, help="Stop every host.")
 @click.option("--stop-server", is_flag=True, help="Also stop the remote server, if gt-remote started it.")
 @user_errors
@@ -115,7 +120,28 @@ def down(host: str | None, all_hosts: bool, stop_server: bool) -> None:
 
 
 @main.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
+@click.option("--all", "all_hosts", is_flag=True, help="Every host that is up.")
+@click.option("--force", is_flag=True, help="Reconnect even a link that answers (say, to leave a network that is going away).")
+@user_errors
+def reconnect(host: str | None, all_hosts: bool, force: bool) -> None:
+    """Check HOST's link now and reconnect it if dead: for sleep and network hooks."""
+    if bool(host) == all_hosts:
+        raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote reconnect gaming-pc'")
+    names = [name for name in known_host_names() if lifecycle.live_status(HostFiles(name)) is not None] if all_hosts else [host]
+    if not names:
+        say("no hosts are up")
+    healthy = True
+    for name in names:
+        assert name is not None
+        up_again, message = lifecycle.reconnect(name, force)
+        say(message)
+        healthy = healthy and up_again
+    sys.exit(0 if healthy else 1)
+
+
+@main.command()
+@click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @user_errors
 def status(host: str | None, as_json: bool) -> None:
@@ -141,11 +167,30 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         described = " ".join(str(part) for part in (server.get("name"), server.get("version")) if part)
         lines.append(f"  server      {described} pid {server.get('pid') or '-'}")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
+        lines.append(f"  streams     {_streams_line(row)}")
         if row.get("next_attempt_at") and row["state"] == "reconnecting":
             lines.append(f"  next attempt at {row['next_attempt_at']}")
+        if row.get("last_wake") or row.get("last_recovery_s") is not None:
+            lines.append(f"  last wake   {_wake_line(row.get('last_wake'))}; last recovery {_seconds(row.get('last_recovery_s'))}")
         if row.get("last_error"):
             lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
     return "\n".join(lines)
+
+
+def _streams_line(row: dict[str, Any]) -> str:
+    if not row.get("resumable"):
+        return f"not resumable: {row.get('resumable_reason') or 'unknown'}"
+    return f"resumable, {row.get('streams_open', 0)} open, {row.get('streams_resumed', 0)} resumed, {row.get('bytes_replayed', 0)} bytes replayed"
+
+
+def _wake_line(wake: dict[str, Any] | None) -> str:
+    if not wake:
+        return "-"
+    return f"{wake['kind']} at {wake['at']} ({wake['detail']}): {wake['outcome']}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
 
 
 def _duration(seconds: float) -> str:
@@ -158,7 +203,7 @@ def _duration(seconds: float) -> str:
 
 
 @main.command()
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.option("--shell", type=click.Choice(["sh", "fish"]), default="sh", show_default=True)
 @user_errors
 def env(host: str, shell: str) -> None:
@@ -168,7 +213,7 @@ def env(host: str, shell: str) -> None:
 
 
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @user_errors
 def exec_(host: str, command: tuple[str, ...]) -> None:
@@ -193,7 +238,7 @@ def ping(addr: str | None, timeout: float) -> None:
 
 
 @main.command()
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--lines", default=50, show_default=True, help="How many lines from the end.")
 @user_errors
@@ -213,12 +258,20 @@ def logs(host: str, follow: bool, lines: int) -> None:
                 time.sleep(0.2)
 
 
+@main.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+@user_errors
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL (bash, zsh or fish); docs/usage.md says where it goes."""
+    click.echo(script(main, shell))
+
+
 def _settings(g: Globals, host: str, overrides: dict[str, Any] | None = None) -> Any:
     return resolve(host, load_config(g.config_path), overrides or {}, _ssh_config(g))
 
 
 @main.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 @user_errors
@@ -235,7 +288,7 @@ def doctor(g: Globals, host: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.argument("paths", nargs=-1)
 @click.option("--push", "direction", flag_value="push", default=True, help="Local to remote (default).")
 @click.option("--pull", "direction", flag_value="pull", help="Remote to local.")
@@ -266,7 +319,7 @@ PLATFORM = click.option("--platform", type=click.Choice(["systemd", "launchd"]),
 
 
 @service.command("install")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @PLATFORM
 @click.option("--no-start", is_flag=True, help="Only write the file.")
 @click.pass_obj
@@ -281,7 +334,7 @@ def service_install(g: Globals, host: str, platform: str | None, no_start: bool)
 
 
 @service.command("uninstall")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @PLATFORM
 @click.pass_obj
 @user_errors
@@ -294,14 +347,14 @@ def service_uninstall(g: Globals, host: str, platform: str | None) -> None:
 
 
 @service.command("status")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @PLATFORM
 @click.pass_obj
 @user_errors
 def service_status(g: Globals, host: str, platform: str | None) -> None:
-    """Whether HOST's service is installed and active."""
+    """Whether HOST's service is installed and active: exit 0 if active, 3 if not, 1 if not installed."""
     from gt_remote import service as services
 
-    installed, text = services.status(_service_file(g, host, platform))
+    code, text = services.status(_service_file(g, host, platform))
     click.echo(f"{host}: {text}")
-    sys.exit(0 if installed else 1)
+    sys.exit(code)

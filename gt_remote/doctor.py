@@ -70,12 +70,24 @@ async def check_host(settings: HostSettings) -> list[Check]:
     return checks
 
 
-def check_tunnel(name: str) -> Check:
+def check_tunnel(name: str) -> list[Check]:
     status = lifecycle.host_status(name)
     if status["state"] == "up":
-        return Check("tunnel is up", "ok", f"{status['local']} (supervisor pid {status['supervisor_pid']})")
+        return [Check("tunnel is up", "ok", f"{status['local']} (supervisor pid {status['supervisor_pid']})"), check_resumable(status)]
     detail = f"state {status['state']}" + (f": {status['last_error']}" if status.get("last_error") else "")
-    return Check("tunnel is up", "fail", detail, f"eval \"$(gt-remote up {name})\"")
+    return [Check("tunnel is up", "fail", detail, f"eval \"$(gt-remote up {name})\"")]
+
+
+def check_resumable(status: dict[str, Any]) -> Check:
+    """A warning, not a failure: plain forwarding works, connections just end with the SSH link."""
+    if status.get("resumable"):
+        return Check("connections are resumable", "ok", f"a client's connection waits up to {status.get('resume_window_s'):g} s for the tunnel to come back")
+    return Check(
+        "connections are resumable",
+        "warn",
+        f"no: {status.get('resumable_reason') or 'unknown'}; connections end when the SSH connection drops",
+        f"install python3 (3.8 or newer) on the remote, then 'gt-remote down {status['host']}' and 'gt-remote up {status['host']}' (see docs/resume.md)",
+    )
 
 
 async def check_ping(name: str | None) -> Check:
@@ -106,7 +118,7 @@ def run(settings: HostSettings | None) -> list[Check]:
     checks = check_environment()
     if settings is not None:
         checks += asyncio.run(check_host(settings))
-        checks.append(check_tunnel(settings.name))
+        checks += check_tunnel(settings.name)
     checks.append(asyncio.run(check_ping(settings.name if settings else None)))
     checks += check_clients()
     return checks

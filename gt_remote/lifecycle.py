@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gt_remote import control
+from gt_remote import control, notify
 from gt_remote.base import errors
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
@@ -79,6 +79,11 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
     files = HostFiles(settings.name)
     with HostLock(files) as lock:
         status = live_status(files)
+        if status is not None and foreground:
+            raise GtRemoteError(
+                f"{settings.name} is already up under another supervisor (pid {status['supervisor_pid']}), so --foreground has nothing to supervise",
+                f"stop that one with 'gt-remote down {settings.name}', then start this again",
+            )
         if status is not None:
             _check_same(settings, status)
             say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
@@ -91,7 +96,7 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
             )
         _clean_stale(files)
         if foreground:
-            return _run_foreground(settings, say, lock, on_ready)
+            return _run_foreground(settings, lock, on_ready)
         return _spawn(settings, files, say)
 
 
@@ -149,7 +154,7 @@ def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say
     raise GtRemoteError(f"the supervisor exited (code {code}) before the tunnel was up", f"see its log: gt-remote logs {files.name}")
 
 
-def _run_foreground(settings: HostSettings, say: Say, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
+def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
     from gt_remote import supervisor
 
     files = HostFiles(settings.name)
@@ -158,13 +163,23 @@ def _run_foreground(settings: HostSettings, say: Say, lock: HostLock, on_ready: 
     supervisor.setup_logging(files, also_stderr=True)
     exports: list[str] = []
 
+    def progress(message: str) -> None:
+        supervisor.log.info("%s", message)  # to the log file and stderr, as a detached supervisor does
+        notify.status(message)
+
     def ready(status: dict[str, Any]) -> None:
         exports.extend(status["exports"])
         lock.release()
         if on_ready:
             on_ready(exports)
+        # Only now, after the end-to-end Ping: a Type=notify unit counts as started.
+        notify.notify(notify.READY, f"STATUS=up: {status['local']} -> {settings.destination}:{settings.remote_port}")
 
-    asyncio.run(supervisor.run(settings, say, ready))
+    try:
+        asyncio.run(supervisor.run(settings, progress, ready))
+    except GtRemoteError as error:
+        supervisor.log.error("%s", error, extra={"file_only": True})  # stderr gets it from the CLI edge
+        raise
     return exports
 
 
@@ -209,6 +224,38 @@ def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+# --- reconnect --------------------------------------------------------------------------
+
+RECONNECT_REPLY_TIMEOUT = 30.0  # the supervisor checks (2 s) and waits up to 15 s for the link
+
+
+def reconnect(name: str, force: bool = False) -> tuple[bool, str]:
+    """Ask HOST's supervisor to check its link now (after a wake); (link up again, what happened)."""
+    files = HostFiles(name)
+    reply = control.request(files.control, {"op": "reconnect", "force": force}, timeout=RECONNECT_REPLY_TIMEOUT)
+    if reply is None:
+        if control.supervisor_alive(files.pid) is not None:
+            raise NotUp(f"the supervisor of {name} does not answer", f"see 'gt-remote status {name}'")
+        raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {name})\"' first")
+    if not reply.get("ok"):
+        raise GtRemoteError(f"the supervisor of {name} refused: {reply.get('error')}", "upgrade gt-remote and restart the tunnel: 'gt-remote down' then 'gt-remote up'")
+    return bool(reply["reconnected"]), f"{name}: {_describe_reconnect(reply)}"
+
+
+def _describe_reconnect(reply: dict[str, Any]) -> str:
+    outcome, reconnected = reply.get("outcome"), reply.get("reconnected")
+    if outcome == "healthy":
+        return "the link was healthy; left it alone"
+    first = {
+        "dropped": "dropped a dead link (no answer within 2 s)",
+        "forced": "dropped the link on request",
+        "reconnecting": "the link was already down; trying again now",
+    }.get(str(outcome), f"checked the link ({outcome})")
+    if reconnected:
+        return f"{first}; reconnected"
+    return f"{first}; still reconnecting ({reply.get('last_error') or 'no answer yet'}); it keeps trying, see gt-remote status"
+
+
 # --- status -----------------------------------------------------------------------------
 
 
@@ -243,6 +290,14 @@ def host_status(name: str) -> dict[str, Any]:
         "since": last.get("since"),
         "next_attempt_at": None,
         "clients": 0,
+        "resumable": False,
+        "resumable_reason": "the tunnel is down",
+        "resume_window_s": None,
+        "streams_open": 0,
+        "streams_resumed": last.get("streams_resumed", 0),
+        "bytes_replayed": last.get("bytes_replayed", 0),
+        "last_wake": last.get("last_wake"),
+        "last_recovery_s": last.get("last_recovery_s"),
         "exports": [],
     }
 

@@ -31,12 +31,15 @@ from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, PingFailed
 from gt_remote.base.paths import HostFiles, write_private
+from gt_remote.bootstrap import relay as remote_relay
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.ensure import ServerInfo, ensure_server, revive_server
 from gt_remote.bootstrap.probe import ping_remote
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
-from gt_remote.tunnel.link import Link
+from gt_remote.tunnel.link import CheckOutcome, Link
+from gt_remote.tunnel.resumable import RelayPath
+from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
 from gt_remote.tunnel.wire import ping_address
 
 log = logging.getLogger("gt_remote.supervisor")
@@ -44,6 +47,7 @@ log = logging.getLogger("gt_remote.supervisor")
 Say = Callable[[str], None]
 LOG_MAX_BYTES = 1024 * 1024
 LOG_BACKUPS = 3
+RECONNECT_WAIT = 15.0  # how long `gt-remote reconnect` waits for a dropped link to come back
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -65,6 +69,9 @@ class Supervisor:
         target = SshTarget(settings.destination, settings.ssh_config, settings.keepalive)
         self.link = Link(target, after_reconnect=self._after_reconnect)
         self.forwarder = Forwarder(settings.local, settings.remote_port, self.link)
+        self.relay = RelayPath(self.link, "", settings.resume_window)  # counters live across relay restarts
+        self.resume_reason: str | None = None if settings.resume else "turned off (--no-resume or resume = false in the config)"
+        self.relay_started_pid: int | None = None  # started by this bring-up: stopped if it fails
         self.server: ServerInfo | None = None
         self.server_restarts = 0
         self.server_error: GtRemoteError | None = None
@@ -73,6 +80,10 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._control: asyncio.AbstractServer | None = None
         self._saved: tuple[object, ...] = ()
+        self.last_wake: WakeEvent | None = None
+        self.last_wake_outcome: CheckOutcome | None = None
+        self._checking = asyncio.Lock()
+        self._wake_checks: set[asyncio.Task[CheckOutcome]] = set()  # held, so they are not collected mid-run
 
     # --- bring-up -------------------------------------------------------------------
 
@@ -83,6 +94,7 @@ class Supervisor:
             self.say(f"connecting to {self.settings.destination}")
             conn = await self.link.open()
             self.server = await ensure_server(conn, self.settings, self.say)
+            await self._ensure_relay(conn, at_bring_up=True)
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
             self.rtt_ms = await ping_address(self.settings.local, timeout=10.0) * 1000
             self._control = await control.serve(self.files.control, self._on_request)
@@ -98,13 +110,16 @@ class Supervisor:
         conn = self.link.connection
         if server and server.started_by_gt_remote and not server.reused and conn is not None:
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port, only_pid=server.pid)
+        if self.relay_started_pid is not None and conn is not None:
+            await remote_relay.stop_relay(conn, self.settings.remote_port, only_pid=self.relay_started_pid)
         await self.forwarder.close()
         await self.link.close()
 
     # --- running --------------------------------------------------------------------
 
     async def serve_forever(self) -> None:
-        tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self._health_loop())]
+        watcher = WakeWatcher(self.on_wake)
+        tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self._health_loop()), asyncio.create_task(watcher.run())]
         await self._stop.wait()
         for task in tasks:
             task.cancel()
@@ -119,6 +134,8 @@ class Supervisor:
         while True:
             await asyncio.sleep(self.settings.keepalive)
             conn = self.link.connection
+            if conn is not None and self.relay.missing:
+                await self._guarded_relay_check(conn)
             if conn is not None:
                 try:
                     self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
@@ -127,6 +144,40 @@ class Supervisor:
                     log.warning("health Ping failed: %s", exc)
                     await self._check_server(conn)
             self._save_record_if_changed()
+
+    # --- waking up ------------------------------------------------------------------
+
+    def on_wake(self, event: WakeEvent) -> None:
+        """A sleep, a network change or SIGUSR1: check the link now, not after keepalive x 3."""
+        log.info("%s: %s; checking the link", event.kind, event.detail)
+        self._wake_checks.add(task := asyncio.create_task(self.check_link(event)))
+        task.add_done_callback(self._wake_check_done)
+
+    def _wake_check_done(self, task: asyncio.Task[CheckOutcome]) -> None:
+        self._wake_checks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("link check failed: %r", task.exception())
+
+    async def check_link(self, event: WakeEvent, force: bool = False) -> CheckOutcome:
+        """Checks run one at a time: a burst of events on waking costs one round trip, not many."""
+        self.last_wake = event
+        self.link.incident()
+        async with self._checking:
+            outcome = await self.link.check(force=force)
+        self.last_wake_outcome = outcome
+        log.info("link check after %s: %s", event.kind, outcome.value)
+        return outcome
+
+    async def _reconnect_request(self, force: bool, wait: float) -> dict[str, Any]:
+        """`gt-remote reconnect`: check (or drop) now, then wait a little for the link to return."""
+        outcome = await self.check_link(WakeEvent("request", "gt-remote reconnect" + (" --force" if force else ""), time.time()), force)
+        reconnected = True
+        if outcome is not CheckOutcome.HEALTHY:
+            try:
+                await self.link.wait_connected(wait)
+            except GtRemoteError:
+                reconnected = False
+        return {"ok": True, "outcome": outcome.value, "reconnected": reconnected, "state": self.link.state.value, "last_error": str(self.link.last_error) if self.link.last_error else None}
 
     async def _check_server(self, conn: asyncssh.SSHClientConnection) -> None:
         try:
@@ -140,6 +191,34 @@ class Supervisor:
     async def _after_reconnect(self, conn: asyncssh.SSHClientConnection) -> None:
         """Runs on every new connection before it is used; errors count as a failed attempt."""
         await self._revive(conn)
+        await self._ensure_relay(conn)
+
+    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False) -> None:
+        """Resumable streams where the relay runs; plain forwarding, with the reason, where not."""
+        if not self.settings.resume:
+            return
+        self.relay.missing = False
+        state = await remote_relay.ensure_relay(conn, self.settings.remote_port)
+        if at_bring_up:
+            self.say(f"connections are resumable (relay pid {state.pid})" if state.socket else f"connections are not resumable: {state.reason}")
+        if state.socket is None:
+            if self.resume_reason != state.reason:
+                log.warning("connections are not resumable: %s", state.reason)
+            self.resume_reason = state.reason
+            self.forwarder.relay = None
+            return
+        if at_bring_up and state.started:
+            self.relay_started_pid = state.pid
+        self.relay.socket_path = state.socket
+        self.resume_reason = None
+        self.forwarder.relay = self.relay
+
+    async def _guarded_relay_check(self, conn: asyncssh.SSHClientConnection) -> None:
+        """A stream found no relay while the link stayed up (it was killed): start it again."""
+        try:
+            await self._ensure_relay(conn)
+        except (GtRemoteError, asyncssh.Error, OSError) as exc:
+            log.warning("relay check failed: %s", exc)
 
     async def _revive(self, conn: asyncssh.SSHClientConnection) -> None:
         assert self.server is not None
@@ -155,6 +234,8 @@ class Supervisor:
         op = request.get("op")
         if op == "status":
             return {"ok": True, "status": self.status()}
+        if op == "reconnect":
+            return await self._reconnect_request(bool(request.get("force")), float(request.get("wait", RECONNECT_WAIT)))
         if op == "stop":
             stopped = await self._stop_remote_server() if request.get("stop_server") else None
             self._stop.set()
@@ -162,6 +243,11 @@ class Supervisor:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     async def _stop_remote_server(self) -> dict[str, Any]:
+        try:
+            conn = await self.link.wait_connected(5.0)
+            await remote_relay.stop_relay(conn, self.settings.remote_port)
+        except GtRemoteError as error:
+            log.warning("could not stop the relay: %s", error)
         server = self.server
         if server is None or not server.started_by_gt_remote:
             return {"server_stopped": None, "server_note": "the remote server was not started by gt-remote; left running"}
@@ -196,9 +282,34 @@ class Supervisor:
             "since": iso(link.since),
             "next_attempt_at": iso(link.next_attempt_at),
             "clients": len(self.forwarder.clients),
+            **self.resume_status(),
+            "last_wake": self._last_wake_status(),
+            "last_recovery_s": None if link.last_recovery_s is None else round(link.last_recovery_s, 3),
             "exports": export_lines(self.settings.local_url, self.settings.server),
-            "internals": {"asyncio_tasks": len(asyncio.all_tasks()), "open_fds": _open_fds()},
+            "internals": {
+                "asyncio_tasks": len(asyncio.all_tasks()),
+                "open_fds": _open_fds(),
+                "resume_buffered_bytes": self.relay.buffered(),
+                "resume_peak_unacked_bytes": self.relay.peak_unacked,
+            },
         }
+
+    def resume_status(self) -> dict[str, Any]:
+        return {
+            "resumable": self.forwarder.relay is not None,
+            "resumable_reason": self.resume_reason,
+            "resume_window_s": self.settings.resume_window,
+            "streams_open": len(self.relay.streams),
+            "streams_resumed": self.relay.streams_resumed,
+            "bytes_replayed": self.relay.bytes_replayed,
+        }
+
+    def _last_wake_status(self) -> dict[str, Any] | None:
+        event = self.last_wake
+        if event is None:
+            return None
+        outcome = self.last_wake_outcome
+        return {"at": iso(event.at), "kind": event.kind, "detail": event.detail, "outcome": outcome.value if outcome else "checking"}
 
     def _save_record(self) -> None:
         """What `status` shows if this process dies without a word."""
@@ -229,6 +340,7 @@ async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, An
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, supervisor.request_stop)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: supervisor.on_wake(WakeEvent("signal", "SIGUSR1", time.time())))
     await supervisor.bring_up()
     on_ready(supervisor.status())
     await supervisor.serve_forever()
@@ -243,8 +355,11 @@ def setup_logging(files: HostFiles, also_stderr: bool = False) -> None:
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handlers: list[logging.Handler] = [handler]
-    if also_stderr:
-        handlers.append(logging.StreamHandler(sys.stderr))
+    if also_stderr:  # `up --foreground`: the service manager's journal gets the same lines
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter("gt-remote: %(message)s"))
+        stderr.addFilter(lambda record: not getattr(record, "file_only", False))
+        handlers.append(stderr)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 

@@ -27,6 +27,15 @@ def test_command_line_overrides_config(tmp_path: Path) -> None:
     assert HostSettings.from_json(settings.to_json()) == settings
 
 
+def test_local_socket_inside_the_runtime_dir_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """There it would be replaced by a host's control socket (HOST.sock): refused, not clobbered."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    for path in (tmp_path / "gt-remote" / "gaming-pc.sock", tmp_path / "gt-remote" / "sub" / "x.sock"):
+        with pytest.raises(UsageError, match="where gt-remote keeps its own control sockets"):
+            resolve("gaming-pc", {}, {"local": f"unix://{path}"}, None)
+    assert resolve("gaming-pc", {}, {"local": f"unix://{tmp_path}/gaming-pc.sock"}, None).local_url == f"unix://{tmp_path}/gaming-pc.sock"
+
+
 def test_localhost_is_bound_and_exported_as_127_0_0_1() -> None:
     assert resolve("h", {}, {"local": "tcp://localhost:5000"}, None).local_url == "tcp://127.0.0.1:5000"
 
@@ -101,3 +110,23 @@ def test_a_fresh_policy_after_success_starts_from_zero() -> None:
 def test_final_errors_are_not_retried() -> None:
     sleeps, attempts, error = run_policy([AuthRefused("refused", "add key"), None])
     assert attempts == 1 and sleeps == [] and isinstance(error, AuthRefused)
+
+
+def test_resume_settings_from_config_and_command_line(tmp_path: Path) -> None:
+    assert (resolve("pc", {}, {}, None).resume, resolve("pc", {}, {}, None).resume_window) == (True, 900.0)
+    config = tmp_path / "c.toml"
+    config.write_text("[hosts.pc]\nresume = false\nresume_window = 60\n")
+    settings = resolve("pc", load_config(config), {}, None)
+    assert (settings.resume, settings.resume_window) == (False, 60.0)
+    assert resolve("pc", load_config(config), {"resume_window": 5}, None).resume_window == 5.0
+    assert HostSettings.from_json(settings.to_json()) == settings
+
+
+@pytest.mark.parametrize(("overrides", "error", "message"), [
+    ({"resume_window": 0}, UsageError, "resume window 0 is not a positive number"),
+    ({"resume_window": True}, UsageError, "resume window True"),
+    ({"resume": "no"}, ConfigError, "resume must be true or false"),
+])
+def test_bad_resume_settings(overrides: dict[str, object], error: type[GtRemoteError], message: str) -> None:
+    with pytest.raises(error, match=message):
+        resolve("pc", {}, overrides, None)

@@ -23,6 +23,7 @@ import asyncssh
 from gt_remote.base.addresses import Address, TcpAddress, UnixAddress
 from gt_remote.base.errors import GtRemoteError, LocalPortInUse
 from gt_remote.tunnel.link import Link
+from gt_remote.tunnel.resumable import RelayPath, ResumableClient
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ class Forwarder:
         self.remote_port = remote_port
         self.link = link
         self.client_wait = client_wait
-        self.clients: set[_ClientSide] = set()
+        self.clients: set[_ClientSide | ResumableClient] = set()
+        self.relay: RelayPath | None = None  # set while the remote relay runs: new clients get resumable streams
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -69,7 +71,9 @@ class Forwarder:
         os.chmod(local.path, 0o600)
         return server
 
-    def _new_client(self) -> _ClientSide:
+    def _new_client(self) -> asyncio.Protocol:
+        if self.relay is not None:
+            return ResumableClient(self.relay, self.clients)
         return _ClientSide(self)
 
     async def close(self) -> None:
@@ -80,8 +84,11 @@ class Forwarder:
                     os.unlink(self.local.path)
                 except FileNotFoundError:
                     pass
+        channels = [client.channel for client in self.clients if isinstance(client, ResumableClient) and client.channel is not None]
         for client in list(self.clients):
-            client.abort()
+            client.abort()  # a resumable stream tells the relay to close the server side
+        if channels:  # let those close frames out before the connection goes
+            await asyncio.wait([asyncio.ensure_future(channel.wait_closed()) for channel in channels], timeout=2.0)
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -10,13 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gt_remote.base.addresses import Address, normalize_local, parse_address, require_loopback
+from gt_remote.base.addresses import Address, UnixAddress, normalize_local, parse_address, require_loopback
 from gt_remote.base.errors import ConfigError, UsageError
+from gt_remote.base.paths import runtime_path
 
 DEFAULT_REMOTE_PORT = 9999
 DEFAULT_SERVER = "ccmux-server"
 DEFAULT_KEEPALIVE = 5.0
-HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync"}
+DEFAULT_RESUME_WINDOW = 900.0
+HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync", "resume", "resume_window"}
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -35,6 +38,8 @@ class HostSettings:
     ssh_config: str | None = None
     restart_server: bool = False
     sync: tuple[str, ...] = field(default_factory=tuple)
+    resume: bool = True  # resumable streams through the remote relay, where it can run
+    resume_window: float = DEFAULT_RESUME_WINDOW
 
     @property
     def local(self) -> Address:
@@ -96,6 +101,8 @@ def resolve(host: str, config: Mapping[str, Mapping[str, Any]], overrides: Mappi
         ssh_config=ssh_config,
         restart_server=bool(merged.get("restart_server", False)),
         sync=tuple(_text(item, "sync") for item in merged.get("sync", ())),
+        resume=_flag(merged.get("resume", True), "resume"),
+        resume_window=_resume_window(merged.get("resume_window", DEFAULT_RESUME_WINDOW)),
     )
 
 
@@ -108,7 +115,21 @@ def _port(value: Any) -> int:
 def _local(value: Any, remote_port: int) -> Address:
     if value is None:
         return parse_address(f"tcp://127.0.0.1:{remote_port}")
-    return normalize_local(require_loopback(parse_address(_text(value, "local"))))
+    address = normalize_local(require_loopback(parse_address(_text(value, "local"))))
+    if isinstance(address, UnixAddress):
+        _outside_own_files(address)
+    return address
+
+
+def _outside_own_files(address: UnixAddress) -> None:
+    """gt-remote's runtime directory holds each host's control socket (HOST.sock), which
+    would silently replace a listener of the same name: keep users' sockets out of it."""
+    own = Path(os.path.realpath(runtime_path()))
+    if Path(os.path.realpath(os.path.dirname(address.path))).is_relative_to(own):
+        raise UsageError(
+            f"local socket {address.url} is inside {own}, where gt-remote keeps its own control sockets",
+            f"pick a path outside it, e.g. unix://{own.parent}/{os.path.basename(address.path)}",
+        )
 
 
 def _server(value: Any) -> str:
@@ -131,6 +152,18 @@ def _keepalive(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise UsageError(f"keepalive {value!r} is not a positive number of seconds", "use e.g. --keepalive 5")
     return float(value)
+
+
+def _resume_window(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"resume window {value!r} is not a positive number of seconds", "use e.g. --resume-window 900 (15 minutes)")
+    return float(value)
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, not {value!r}", f"write {key} = true or {key} = false")
+    return value
 
 
 def _text(value: Any, key: str) -> str:

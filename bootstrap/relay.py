@@ -1,0 +1,169 @@
+"""The remote relay that makes streams resumable: upload by content hash, start, reuse, stop.
+
+Like the server, it runs detached (setsid nohup) with its pid file and log under the remote
+state dir, so it outlives the SSH connection. It needs python3 3.8 or newer on the remote;
+where that is missing or the relay will not start, forwarding stays plain and the reason
+is kept for `status` and `doctor`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from gt_remote.bootstrap.remote import REMOTE_RELAY_ROOT, run_script
+
+log = logging.getLogger(__name__)
+
+AGENT = Path(__file__).with_name("relay_agent.py")
+SOCKET_PATH_LIMIT = 100  # sun_path is 104 to 108 bytes
+
+CHECK_SCRIPT = r"""
+path=$1 port=$2
+py=$(command -v python3 2>/dev/null) || py=""
+case "$py" in /*) ;; *) echo "python=none"; exit 0 ;; esac
+if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' >/dev/null 2>&1; then
+    echo "python=old"; echo "pyversion=$("$py" -V 2>&1 | head -n 1)"; exit 0
+fi
+echo "python=$py"
+echo "home=$HOME"
+[ -f "$HOME/$path" ] && echo "installed=1"
+sock="$state_dir/relay-$port/sock"
+pidfile="$state_dir/relay-$port.pid"
+if [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile")
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        case " $(cmdline_of "$pid") " in
+            *" $HOME/$path --socket $sock "*) [ -S "$sock" ] && echo "running=$pid" || echo "stale=$pid" ;;
+            *"relay_agent.py --socket $sock "*) echo "stale=$pid" ;;
+        esac
+    fi
+fi
+"""
+
+PLACE_SCRIPT = r"""
+part=$1 path=$2
+chmod 600 "$HOME/$part" && mv -f "$HOME/$part" "$HOME/$path" && echo "placed=1"
+"""
+
+START_SCRIPT = r"""
+py=$1 path=$2 port=$3 stale=$4
+umask 077
+mkdir -p "$state_dir/relay-$port" && chmod 700 "$state_dir" "$state_dir/relay-$port"
+if [ -n "$stale" ]; then
+    kill -TERM "$stale" 2>/dev/null
+    i=0; while kill -0 "$stale" 2>/dev/null && [ "$i" -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+fi
+sock="$state_dir/relay-$port/sock"
+log="$state_dir/relay-$port.log"
+pidfile="$state_dir/relay-$port.pid"
+if [ -f "$log" ] && [ "$(wc -c < "$log")" -gt 1048576 ]; then mv -f "$log" "$log.1"; fi
+rm -f "$sock"
+if command -v setsid >/dev/null 2>&1; then
+    setsid nohup "$py" "$HOME/$path" --socket "$sock" --port "$port" </dev/null >>"$log" 2>&1 &
+else
+    nohup "$py" "$HOME/$path" --socket "$sock" --port "$port" </dev/null >>"$log" 2>&1 &
+fi
+pid=$!
+echo "$pid" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"
+i=0
+while [ "$i" -lt 50 ]; do
+    if [ -S "$sock" ]; then echo "pid=$pid"; echo "socket=$sock"; exit 0; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1; i=$((i + 1))
+done
+kill "$pid" 2>/dev/null
+echo "error=$(tail -n 3 "$log" 2>/dev/null | tr '\n' ' ')"
+"""
+
+STOP_SCRIPT = r"""
+port=$1 only_pid=$2
+pidfile="$state_dir/relay-$port.pid"
+[ -f "$pidfile" ] || { echo "stopped=none"; exit 0; }
+pid=$(cat "$pidfile")
+if [ -n "$only_pid" ] && [ "$pid" != "$only_pid" ]; then echo "stopped=none"; exit 0; fi
+case " $(cmdline_of "$pid") " in
+    *"relay_agent.py --socket "*)
+        kill -TERM "$pid"
+        i=0; while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        echo "stopped=$pid" ;;
+    *) echo "stopped=none" ;;
+esac
+rm -f "$pidfile" "$state_dir/relay-$port/sock"
+"""
+
+
+@dataclass(frozen=True)
+class RelayState:
+    """The relay as the supervisor knows it: a socket to reach, or why there is none."""
+
+    socket: str | None
+    pid: int | None = None
+    reason: str | None = None
+    started: bool = False  # by this call, not reused
+
+    @property
+    def usable(self) -> bool:
+        return self.socket is not None
+
+
+def agent_digest() -> str:
+    return hashlib.sha256(AGENT.read_bytes()).hexdigest()[:16]
+
+
+def remote_agent_path() -> str:
+    return f"{REMOTE_RELAY_ROOT}/{agent_digest()}/relay_agent.py"
+
+
+async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int) -> RelayState:
+    """The running relay for `port`, started (and uploaded) if needed; never raises for a remote
+    that cannot run it, only for a broken connection (asyncssh errors, ConnectFailed)."""
+    path = remote_agent_path()
+    facts = (await run_script(conn, CHECK_SCRIPT, path, str(port))).fields
+    python = facts.get("python", "none")
+    if python == "none":
+        return RelayState(None, reason="the remote has no python3 (3.8 or newer) to run the relay")
+    if python == "old":
+        return RelayState(None, reason=f"the remote python3 is too old for the relay ({facts.get('pyversion', '?')}; 3.8 or newer needed)")
+    socket = f"{facts.get('home', '')}/.local/state/gt-remote/relay-{port}/sock"
+    if len(socket.encode()) > SOCKET_PATH_LIMIT:
+        return RelayState(None, reason=f"the relay socket path {socket} is too long for a Unix socket")
+    if facts.get("running", "").isdigit():
+        return RelayState(socket, pid=int(facts["running"]))
+    if facts.get("installed") != "1":
+        reason = await _upload(conn, path)
+        if reason:
+            return RelayState(None, reason=reason)
+    started = (await run_script(conn, START_SCRIPT, python, path, str(port), facts.get("stale", ""))).fields
+    if not started.get("pid", "").isdigit():
+        return RelayState(None, reason=f"the relay did not start on the remote: {started.get('error', '').strip() or 'no output'}")
+    log.info("relay started on the remote (pid %s)", started["pid"])
+    return RelayState(started.get("socket", socket), pid=int(started["pid"]), started=True)
+
+
+async def _upload(conn: asyncssh.SSHClientConnection, path: str) -> str | None:
+    """Write under a temporary name, then rename: never a half-written agent in place."""
+    directory = path.rsplit("/", 1)[0]
+    part = f"{directory}/.relay_agent.part-{secrets.token_hex(4)}"
+    try:
+        async with conn.start_sftp_client() as sftp:
+            await sftp.makedirs(directory, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
+            await sftp.put(str(AGENT), part)
+    except (asyncssh.SFTPError, OSError) as exc:
+        return f"uploading the relay failed: {exc}"
+    if (await run_script(conn, PLACE_SCRIPT, part, path)).fields.get("placed") != "1":
+        return "placing the relay on the remote failed"
+    return None
+
+
+async def stop_relay(conn: asyncssh.SSHClientConnection, port: int, only_pid: int | None = None) -> int | None:
+    """Stop the relay for `port` (only if it is `only_pid`, when given); its streams end."""
+    fields = (await run_script(conn, STOP_SCRIPT, str(port), str(only_pid or ""))).fields
+    stopped = fields.get("stopped", "none")
+    return int(stopped) if stopped.isdigit() else None

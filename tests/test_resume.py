@@ -1,0 +1,386 @@
+"""Resumable streams: a long-lived client keeps its connection through real faults.
+
+The client sends an echo frame and a Ping every round and checks that the replies come
+back whole and in order; the stand-in's client count shows that no new server connection
+was made behind its back. Faults are injected into the test containers only.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import shlex
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Gt
+from tests.helpers import STANDIN_PATTERN, answers, one_error_line
+from tests.testbed import STANDIN, SshHost, wait_for
+
+PORT = 9999
+ROUNDS = 3
+PING = b"\x00\x00\x00\x04\x11\x00\x00\x00"
+PONG = PING
+GET_SERVER_STATUS = b"\x00\x00\x00\x04\x0f\x00\x00\x00"
+STANDIN_ECHO = 0x7FFF0001
+CAP = 4 * 1024 * 1024  # tunnel/resumable.py and relay_agent.py
+READ_CHUNK = 256 * 1024  # what one socket read may add beyond the cap
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError(f"EOF after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    (length,) = struct.unpack(">I", recv_exactly(sock, 4))
+    return struct.pack(">I", length) + recv_exactly(sock, length)
+
+
+def echo_frame(seq: int, filler: int = 200) -> bytes:
+    payload = struct.pack("<IQ", STANDIN_ECHO, seq) + bytes((seq + i) % 251 for i in range(filler))
+    return struct.pack(">I", len(payload)) + payload
+
+
+class LongClient:
+    """One connection through the tunnel, busy all the time: an echo frame and a Ping per round."""
+
+    def __init__(self, port: int = PORT) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.settimeout(120)  # a fault stalls it; only a reset or EOF is a failure
+        self.rounds = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        try:
+            while not self._stop.is_set():
+                seq += 1
+                frame = echo_frame(seq)
+                self.sock.sendall(frame + PING)
+                assert recv_frame(self.sock) == frame, f"echo {seq} came back wrong or out of order"
+                assert recv_frame(self.sock) == PONG, f"the Ping after echo {seq} was not answered next"
+                self.rounds += 1
+                self._stop.wait(0.02)  # pacing, about 50 rounds a second
+        except BaseException as exc:  # reset, EOF, timeout or a wrong reply: all failures
+            if not self._stop.is_set():
+                self.error = exc
+
+    def wait_rounds(self, more: int, timeout: float = 60) -> None:
+        target = self.rounds + more
+        wait_for(lambda: self.rounds >= target or self.error is not None, timeout, f"{more} more answered rounds")
+        assert self.error is None, f"the client saw {self.error!r}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(10)
+
+
+def server_clients(port: int = PORT) -> int:
+    """The stand-in's client count, minus the connection that asks."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(10)
+        sock.sendall(GET_SERVER_STATUS)
+        reply = recv_frame(sock)
+    (_commit_seq, client_count) = struct.unpack_from("<QQ", reply, 8)
+    return int(client_count) - 1
+
+
+def row(gt: Gt) -> dict[str, Any]:
+    [status] = gt.status("gaming-pc")
+    return status
+
+
+def bring_up(gt: Gt, host: SshHost, *args: str) -> dict[str, Any]:
+    result = gt.up(host, "--keepalive", "1", *args)
+    assert result.returncode == 0, result.stderr
+    return row(gt)
+
+
+def wait_recovered(gt: Gt, reconnects: int, timeout: float = 45) -> None:
+    wait_for(lambda: (s := row(gt))["state"] == "up" and s["reconnects"] >= reconnects, timeout, f"reconnect #{reconnects}")
+
+
+def relay_stats(host: SshHost) -> dict[str, Any]:
+    """What the relay itself reports, asked on its socket inside the container."""
+    asker = (
+        "import json, socket, struct, os\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect(os.path.expanduser('~/.local/state/gt-remote/relay-{PORT}/sock'))\n"
+        "body = json.dumps({'op': 'stats'}).encode()\n"
+        "s.sendall(b'H' + struct.pack('>I', len(body)) + body)\n"
+        "data = b''\n"
+        "while True:\n"
+        "    chunk = s.recv(65536)\n"
+        "    if not chunk: break\n"
+        "    data += chunk\n"
+        "print(data[5:].decode())\n"
+    )
+    return dict(json.loads(host.sh(f"python3 -c {shlex.quote(asker)}", user="gamer")))
+
+
+def server_clients_inside(host: SshHost) -> int:
+    """The stand-in's client count asked from inside the container, minus the asker."""
+    asker = (
+        "import socket, struct\n"
+        f"s = socket.create_connection(('127.0.0.1', {PORT}))\n"
+        f"s.sendall({GET_SERVER_STATUS!r})\n"
+        "data = b''\n"
+        "while len(data) < 51: data += s.recv(100)\n"
+        "print(struct.unpack_from('<Q', data, 16)[0])\n"
+    )
+    return int(host.sh(f"python3 -c {shlex.quote(asker)}", user="gamer")) - 1
+
+
+def kill_ssh_sessions(host: SshHost) -> None:
+    serving = host.pids("sshd: gamer")
+    assert serving, "no sshd process serves our connection"
+    for pid in serving:
+        host.kill(pid)
+
+
+def restart_sshd(host: SshHost) -> None:
+    """sshd's own restart (SIGHUP re-executes the listener, PID 1 here) while the sessions it
+    served are killed, as a restart that takes the user's sessions along does."""
+    host.sh("kill -HUP 1")
+    kill_ssh_sessions(host)
+    wait_for(host.answers_ssh, 15, "the restarted sshd to answer")
+
+
+def run_faults(gt: Gt, host: SshHost, inject: Any) -> None:
+    """The common bar: through every round the client is never reset, every reply comes back
+    in order, and the server never sees a new client."""
+    status = bring_up(gt, host, "--resume-window", "120")
+    assert status["resumable"] is True, status
+    client = LongClient()
+    try:
+        client.wait_rounds(5)
+        assert server_clients() == 1
+        for round_ in range(1, ROUNDS + 1):
+            inject(host)
+            wait_recovered(gt, round_)
+            client.wait_rounds(10)
+            assert server_clients() == 1, "the stand-in saw a new client connection"
+        status = row(gt)
+        assert status["streams_resumed"] >= ROUNDS
+        assert client.error is None
+    finally:
+        client.close()
+
+
+def test_killed_ssh_session_keeps_the_client_connected(gt: Gt, ssh_host: SshHost) -> None:
+    run_faults(gt, ssh_host, kill_ssh_sessions)
+
+
+def test_pause_beyond_keepalive_keeps_the_client_connected(gt: Gt, ssh_host: SshHost) -> None:
+    def pause(host: SshHost) -> None:
+        host.pause()
+        wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "the silent link to be noticed")
+        host.unpause()
+
+    run_faults(gt, ssh_host, pause)
+
+
+def test_network_partition_keeps_the_client_connected(gt: Gt, host_factory) -> None:  # type: ignore[no-untyped-def]
+    def partition(host: SshHost) -> None:
+        host.disconnect()
+        wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "the partition to be noticed")
+        host.connect()
+
+    run_faults(gt, host_factory(own_network=True), partition)
+
+
+def test_sshd_restart_keeps_the_client_connected(gt: Gt, ssh_host: SshHost) -> None:
+    run_faults(gt, ssh_host, restart_sshd)
+
+
+def relay_pids(host: SshHost) -> list[int]:
+    return host.pids("relay_agent.py --socket")
+
+
+def test_relay_is_private_reused_and_stopped_with_the_server(gt: Gt, ssh_host: SshHost) -> None:
+    status = bring_up(gt, ssh_host)
+    assert status["resumable"] is True and status["resumable_reason"] is None
+    [pid] = relay_pids(ssh_host)
+    relay_dir = f"/home/gamer/.local/state/gt-remote/relay-{PORT}"
+    assert ssh_host.sh(f"stat -c '%a %U' {relay_dir} {relay_dir}/sock").split() == ["700", "gamer", "600", "gamer"]
+    assert "127.0.0.1:9999" in ssh_host.sh("cat /home/gamer/.local/state/gt-remote/relay-9999.log")
+    attached = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    attached.sendall(PING)
+    assert recv_frame(attached) == PONG
+    assert gt("down", "gaming-pc").returncode == 0
+    wait_for(lambda: server_clients_inside(ssh_host) == 0, 10, "the server to see the client leave at down (not after the window)")
+    attached.close()
+    bring_up(gt, ssh_host)
+    assert relay_pids(ssh_host) == [pid], "a live relay must be reused"
+    ssh_host.kill(pid)
+    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)  # finds no relay: closed cleanly
+    expect_clean_close(client)
+    client.close()
+    wait_for(lambda: len(relay_pids(ssh_host)) == 1, 30, "the dead relay to be started again")
+    wait_for(answers, 15, "a new resumable connection to work")
+    down = gt("down", "gaming-pc", "--stop-server")
+    assert down.returncode == 0, down.stderr
+    assert relay_pids(ssh_host) == []
+
+
+def standin_pid(host: SshHost) -> int:
+    [pid] = host.pids(f"{STANDIN_PATTERN}{PORT}")
+    return pid
+
+
+def expect_clean_close(sock: socket.socket) -> None:
+    """EOF, not a reset: drain what is left, then recv returns b''."""
+    sock.settimeout(60)
+    while True:
+        data = sock.recv(65536)  # a reset raises ConnectionResetError and fails the test
+        if not data:
+            return
+
+
+def test_killed_server_closes_the_client_cleanly(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    client.sendall(PING)
+    assert recv_frame(client) == PONG
+    ssh_host.kill(standin_pid(ssh_host))
+    expect_clean_close(client)
+    client.close()
+    wait_for(lambda: row(gt)["server_restarts"] == 1, 30, "the server to be restarted")
+    wait_for(answers, 15, "a new connection to work")
+
+
+def test_container_restart_closes_the_client_cleanly(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    client.sendall(PING)
+    assert recv_frame(client) == PONG
+    ssh_host.restart()
+    expect_clean_close(client)
+    client.close()
+    wait_recovered(gt, 1)
+    wait_for(answers, 15, "a new connection to work")
+    assert row(gt)["resumable"] is True  # the relay was started again with the server
+
+
+def test_resume_window_closes_both_ends(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host, "--resume-window", "6")
+    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    client.sendall(PING)
+    assert recv_frame(client) == PONG
+    assert server_clients() == 1
+    ssh_host.pause()
+    try:
+        wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "the silent link to be noticed")
+        client.setblocking(False)
+        try:
+            client.recv(1)
+            raise AssertionError("the client was closed as soon as the link was lost, not after the window")
+        except BlockingIOError:
+            pass  # still open, waiting for the tunnel
+        expect_clean_close(client)  # the local end: EOF once the window has passed
+    finally:
+        ssh_host.unpause()
+    client.close()
+    wait_recovered(gt, 1)
+    wait_for(lambda: server_clients() == 0, 30, "the server to see the client leave")
+    assert row(gt)["streams_open"] == 0
+
+
+def offer_until_full(sock: socket.socket, block: bytes, full: Any, what: str) -> None:
+    """Send whole frames as fast as the socket takes them until `full()` holds; backpressure,
+    not the test, stops it."""
+    pending = memoryview(block)
+
+    def step() -> bool:
+        nonlocal pending
+        try:
+            pending = pending[sock.send(pending) :] or memoryview(block)
+            return False
+        except BlockingIOError:
+            if full():
+                return True
+            select.select([], [sock], [], 0.5)
+            return False
+
+    wait_for(step, 60, what, interval=0)
+
+
+def test_buffers_stay_within_caps_while_the_far_side_is_silent(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    # Toward the server: the container is paused, so nothing is acknowledged.
+    writer = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    writer.sendall(PING)
+    assert recv_frame(writer) == PONG
+    ssh_host.pause()
+    try:
+        writer.setblocking(False)
+        offer_until_full(writer, echo_frame(1, filler=64 * 1024), lambda: row(gt)["internals"]["resume_buffered_bytes"] >= CAP, "the local buffer toward the paused remote to fill")
+        internals = row(gt)["internals"]
+        assert CAP <= internals["resume_buffered_bytes"] <= CAP + READ_CHUNK, internals
+        assert internals["resume_peak_unacked_bytes"] <= CAP + READ_CHUNK
+    finally:
+        ssh_host.unpause()
+    writer.close()
+    # Toward the client: it sends echo frames and never reads their replies.
+    wait_for(answers, 45, "the tunnel to answer again")
+    reader = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    reader.setblocking(False)
+    offer_until_full(reader, echo_frame(2, filler=64 * 1024), lambda: relay_stats(ssh_host)["peak_unacked"] >= CAP, "the relay's buffer toward the silent client to fill")
+    stats = relay_stats(ssh_host)
+    assert CAP <= stats["peak_unacked"] <= CAP + READ_CHUNK, stats
+    assert answers(), "another stream stalled behind the full one"
+    reader.close()
+
+
+def test_no_python3_falls_back_to_plain_forwarding(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    # The stand-in keeps a private interpreter; then python3 is removed from the host.
+    ssh_host.sh("cp /usr/bin/python3 /usr/libexec/gtr-python && chmod 755 /usr/libexec/gtr-python")
+    standin = tmp_path / "ccmux-server"
+    source = STANDIN.read_text()
+    standin.write_text("#!/usr/libexec/gtr-python\n" + source.split("\n", 1)[1])
+    standin.chmod(0o755)
+    ssh_host.sh("rm -f /usr/bin/python3*")
+    assert ssh_host.exec("command -v python3")[0] != 0
+    result = gt("up", ssh_host.alias, "--server-binary", str(standin), "--keepalive", "1", ssh_config=ssh_host.ssh_config)
+    assert result.returncode == 0, result.stderr
+    status = row(gt)
+    assert status["resumable"] is False
+    assert "no python3" in status["resumable_reason"]
+    assert answers(), "plain forwarding must still work"
+    table = gt("status", "gaming-pc").stdout
+    assert "not resumable: the remote has no python3" in table
+    doctor = gt("doctor", "gaming-pc", "--json", ssh_config=ssh_host.ssh_config)
+    [check] = [c for c in json.loads(doctor.stdout) if c["name"] == "connections are resumable"]
+    assert check["status"] == "warn" and "no python3" in check["detail"]
+
+
+def test_bad_resume_window_is_one_line_error(gt: Gt) -> None:
+    result = gt("up", "gaming-pc", "--resume-window", "0")
+    assert result.returncode == 2
+    assert "resume window 0.0 is not a positive number of seconds" in one_error_line(result.stderr)
+
+
+def test_relay_agent_is_python_3_8_syntax_and_stdlib_only() -> None:
+    """It runs on the remote's own python3, which may be as old as 3.8."""
+    import ast
+    import sys
+
+    from gt_remote.bootstrap.relay import AGENT
+
+    tree = ast.parse(AGENT.read_text(), feature_version=(3, 8))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {str(node.module).split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
