@@ -279,7 +279,9 @@ def attached_markdown(attached: dict[str, Any], plan: dict[str, Any]) -> list[st
         f"network reconnect, sshd started again) to the client's next answered request; never = none within {cap:g} s. "
         f"{plan['attached_reps']} rounds of each fault; the four faults ran at once on four containers, every tool against the same "
         f"container, keepalive {plan['keepalive']:g} s for all (autossh and `ssh -L` as in section 1). gt-remote resumable is "
-        "`gt-remote up`, plain is `gt-remote up --no-resume`.",
+        "`gt-remote up`, plain is `gt-remote up --no-resume`. The last row of each table is when sshd's banner came back on "
+        "its published port: a stall above it is the tunnel's own doing (noticing the loss, waiting to retry, the SSH "
+        "handshake, reattaching the streams).",
         "",
     ]
     if not resumable["available"]:
@@ -308,6 +310,10 @@ def attached_markdown(attached: dict[str, Any], plan: dict[str, Any]) -> list[st
     out += [
         "**What resumable mode costs**, on an idle tunnel before the faults: sequential Pings and echo throughput "
         f"({plan['pings']} Pings per path, {plan['frames']} frames of 1 MiB, as in section 3), through the same container.",
+        "",
+        "Resumable mode carries each stream through the relay on the remote (a Unix-socket channel to the relay, which "
+        "holds the server connection, with sequence numbers and acknowledgements) instead of a channel straight to the "
+        "server's TCP port.",
         "",
         "| path | RTT p50 | RTT p99 | throughput | RTT p50 / plain | throughput / plain |",
         "| --- | --- | --- | --- | --- | --- |",
