@@ -206,6 +206,21 @@ def test_sshd_restart_keeps_the_client_connected(gt: Gt, ssh_host: SshHost) -> N
     run_faults(gt, ssh_host, restart_sshd)
 
 
+def test_no_resume_is_plain_forwarding(gt: Gt, ssh_host: SshHost) -> None:
+    status = bring_up(gt, ssh_host, "--no-resume")
+    assert status["resumable"] is False and "turned off" in status["resumable_reason"]
+    assert relay_pids(ssh_host) == []
+    client = LongClient()
+    try:
+        client.wait_rounds(3)
+        kill_ssh_sessions(ssh_host)
+        wait_for(lambda: client.error is not None, 30, "the plain connection to end with the SSH session")
+    finally:
+        client.close()
+    wait_recovered(gt, 1)
+    wait_for(answers, 15, "a new plain connection to work")
+
+
 def relay_pids(host: SshHost) -> list[int]:
     return host.pids("relay_agent.py --socket")
 
