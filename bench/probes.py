@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import statistics
 import struct
 import time
+from dataclasses import dataclass, field
 
 from gt_remote.base.addresses import TcpAddress
 from gt_remote.base.errors import PingFailed
@@ -89,3 +91,98 @@ def percentile(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+class WrongAnswer(Exception):
+    """The tunnel answered something other than what was asked: data lost, doubled or reordered."""
+
+
+@dataclass
+class AttachedClient:
+    """A long-lived client, like the ccmux TUI or an MCP bridge: one connection through the
+    tunnel, a Ping and an echo frame in turn, one request in flight, each with a deadline.
+
+    A reset is the loss of a connection that had been answering (EOF, ECONNRESET, any
+    connection error, or a request past its deadline); the client then reconnects, as a
+    patient user would, so measuring goes on. Connections that fail before their first
+    answer are failed attempts, not further resets.
+    """
+
+    name: str
+    port: int
+    gap_s: float
+    deadline_s: float
+    echo_size: int = 4096
+    answered: list[float] = field(default_factory=list)  # monotonic times of answers
+    resets: list[float] = field(default_factory=list)
+    hangs: list[float] = field(default_factory=list)  # resets that were a deadline passing
+    wrong: list[float] = field(default_factory=list)  # resets that were a wrong answer
+    connections: int = 0
+    failed_attempts: int = 0
+    stopping: bool = False
+
+    def answered_since(self, since: float) -> float | None:
+        """Seconds from `since` to the first answer after it, if there was one yet."""
+        first = bisect.bisect_left(self.answered, since)  # appended in time order
+        return self.answered[first] - since if first < len(self.answered) else None
+
+    def resets_between(self, start: float, end: float) -> int:
+        return sum(start <= when < end for when in self.resets)
+
+    async def run(self) -> None:
+        seq = 0
+        while not self.stopping:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 2.0)
+            except (OSError, TimeoutError):
+                self.failed_attempts += 1
+                await asyncio.sleep(0.05)
+                continue
+            self.connections += 1
+            established = False
+            try:
+                while not self.stopping:
+                    seq += 1
+                    await asyncio.wait_for(self._request(reader, writer, seq), self.deadline_s)
+                    established = True
+                    self.answered.append(time.monotonic())
+                    await asyncio.sleep(self.gap_s)
+            except TimeoutError:
+                self._lost(established, self.hangs)
+            except (WrongAnswer, PingFailed):  # PingFailed: a frame over the size limit
+                self._lost(established, self.wrong)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                self._lost(established, None)
+            finally:
+                writer.close()
+            if not established:
+                await asyncio.sleep(0.05)
+
+    def _lost(self, established: bool, kind: list[float] | None) -> None:
+        if not established:
+            self.failed_attempts += 1
+            return
+        now = time.monotonic()
+        self.resets.append(now)
+        if kind is not None:
+            kind.append(now)
+
+    async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seq: int) -> None:
+        if seq % 2:
+            writer.write(wire.PING)
+            payload = await wire.read_frame(reader)
+            if len(payload) < 4 or wire.variant_of(payload) != wire.PONG_VARIANT:
+                raise WrongAnswer(f"expected a Pong, got variant {wire.variant_of(payload)}")
+            return
+        frame = numbered_echo_frame(seq, self.echo_size)
+        writer.write(frame)
+        await writer.drain()
+        if await reader.readexactly(len(frame)) != frame:
+            raise WrongAnswer(f"echo {seq} came back different")
+
+
+def numbered_echo_frame(seq: int, size: int) -> bytes:
+    """An echo frame whose payload says which request it is, so loss, doubling or reordering show."""
+    body = struct.pack("<IQ", STANDIN_ECHO, seq)
+    body += (seq.to_bytes(8, "little") * (size // 8 + 1))[: size - len(body)]
+    return struct.pack(">I", len(body)) + body

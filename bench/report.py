@@ -58,14 +58,55 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     rss = results["scale"]["rss_kib"]
     ours_mib, ref_mib = median(rss["gt-remote"]) / 1024, median(rss["autossh + ssh"]) / 1024
     rows.append(_row("Memory per host (RSS)", ours_mib, ref_mib, "autossh + ssh", "≤ 2 ×", _ratio(ours_mib, ref_mib) <= 2.0, "MiB"))
+    if "attached" in results:  # runs from before the attached-client section lack it
+        rows += attached_summary(results["attached"], plan)
     return rows
 
 
-def _row(figure: str, ours: float, reference: float, against: str, goal: str, met: bool, unit: str) -> dict[str, Any]:
-    return {"figure": figure, "ours": ours, "reference": reference, "against": against, "ratio": _ratio(ours, reference), "goal": goal, "met": met, "unit": unit}
+RESUMABLE, PLAIN = "gt-remote resumable", "gt-remote plain"
+ATTACHED_TOOLS = (RESUMABLE, PLAIN, "autossh", "ssh -L")
+FAULT_TITLES = {
+    "kill": "the SSH session killed (the sshd processes serving it)",
+    "pause": "the container paused for {outage_s:g} s, then resumed",
+    "network": "the container's network disconnected for {outage_s:g} s, then reconnected",
+    "sshd": "sshd restarted inside the container (every sshd killed, started again {sshd_down_s:g} s later)",
+}
 
 
-def _fmt(value: float, unit: str) -> str:
+def _resets(attached: dict[str, Any], tool: str) -> int:
+    return sum(sum(by_tool[tool]["resets"]) + by_tool[tool]["resets_before_faults"] for by_tool in attached["faults"].values())
+
+
+def _worst_stall(attached: dict[str, Any], tool: str, cap: float) -> float:
+    """The longest stall over every fault and round; a round with no answer counts as the cap."""
+    return max(cap if v is None else v for by_tool in attached["faults"].values() for v in by_tool[tool]["stall_s"])
+
+
+def attached_summary(attached: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The three goals of resumable streams, against plain mode; not met when resumable mode is missing."""
+    cap, available = plan["stall_cap_s"], attached["resumable"]["available"]
+    rtt = attached["cost"]["rtt_us"]
+    plain_resets, plain_stall, plain_rtt = _resets(attached, PLAIN), _worst_stall(attached, PLAIN, cap), median(rtt[PLAIN])
+    resets = _resets(attached, RESUMABLE) if available else None
+    stall = _worst_stall(attached, RESUMABLE, cap) if available else None
+    rtt_p50 = median(rtt[RESUMABLE]) if available else None
+    return [
+        _row("Attached client: resets over every fault and round", resets, plain_resets, PLAIN, "0", resets == 0, "resets"),
+        _row("Attached client: worst stall after a fault ends", stall, plain_stall, PLAIN, "≤ 1 s", stall is not None and stall <= 1.0, "s"),
+        _row("Resumable mode: Ping RTT p50", rtt_p50, plain_rtt, PLAIN, "≤ 1.3 × plain", rtt_p50 is not None and rtt_p50 <= 1.3 * plain_rtt, "µs"),
+    ]
+
+
+def _row(figure: str, ours: float | None, reference: float, against: str, goal: str, met: bool, unit: str) -> dict[str, Any]:
+    ratio = None if ours is None else _ratio(ours, reference)
+    return {"figure": figure, "ours": ours, "reference": reference, "against": against, "ratio": ratio, "goal": goal, "met": met, "unit": unit}
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "not available"
+    if unit == "resets":
+        return f"{value:.0f}"
     if unit == "s":
         return f"{value:.3f} s"
     if unit in ("µs",):
@@ -81,6 +122,15 @@ def _recovery_table(name: str, data: dict[str, list[float | None]], cap: float) 
         each = " ".join(seconds(v) for v in values)
         lines.append(f"| {tool} | {seconds(med) if _finite(values) else 'never'} | {seconds(p95) if _finite(values) else 'never'} | {misses} of {len(values)} | {each} |")
     return lines
+
+
+def _default_mode(results: dict[str, Any]) -> str:
+    """Which mode `gt-remote up` ran in for sections 1 to 4, where the run knows."""
+    if "attached" not in results:
+        return ""
+    if results["attached"]["resumable"]["available"]:
+        return " gt-remote ran in its default mode, resumable; section 5 compares it with plain mode."
+    return " gt-remote ran in plain mode, the only one it had."
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -102,7 +152,7 @@ def markdown(results: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        ratio = f"{row['ratio']:.2f}" if row["reference"] else "n/a"
+        ratio = f"{row['ratio']:.2f}" if row["reference"] and row["ratio"] is not None else "n/a"
         out.append(f"| {row['figure']} | {_fmt(row['ours'], row['unit'])} | {_fmt(row['reference'], row['unit'])} ({row['against']}) | {ratio} | {row['goal']} | {'yes' if row['met'] else '**no**'} |")
     kill, pause = results["recovery"]["kill"], results["recovery"]["pause"]
     out += [
@@ -154,7 +204,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{plan['pings']} sequential Pings per path (interleaved in rounds), and echo throughput with {plan['frames']} frames of "
         f"1 MiB in flight (the stand-in's echo message), median of {plan['throughput_runs']} runs. The unforwarded baseline is a "
-        f"second stand-in published on a loopback port by Docker.",
+        f"second stand-in published on a loopback port by Docker.{_default_mode(results)}",
         "",
         "| path | RTT p50 | RTT p99 | throughput |",
         "| --- | --- | --- | --- |",
@@ -200,7 +250,82 @@ def markdown(results: dict[str, Any]) -> str:
         "reaching the others.",
         "",
     ]
+    if "attached" in results:
+        out += attached_markdown(results["attached"], plan)
     return "\n".join(out)
+
+
+def _status_lines(by_tool: dict[str, Any]) -> list[str]:
+    """What gt-remote's own `status --json` counted over the rounds, where it counts streams."""
+    lines = []
+    for tool in (RESUMABLE, PLAIN):
+        status = by_tool.get(tool, {}).get("status") or {}
+        if "streams_resumed" in status:
+            lines.append(f"{tool}, by its `status --json` afterwards: {status.get('reconnects', 0)} reconnects, "
+                         f"{status['streams_resumed']} streams resumed, {status.get('bytes_replayed', 0)} bytes replayed.")
+    return [" ".join(lines), ""] if lines else []
+
+
+def attached_markdown(attached: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    cap, resumable = plan["stall_cap_s"], attached["resumable"]
+    out = [
+        "## 5. Attached client",
+        "",
+        "What a long-lived client such as the ccmux TUI or an MCP bridge sees. Through each tunnel, one client keeps one TCP "
+        f"connection open and sends a Ping and a numbered 4 KiB echo frame in turn, one request in flight, {plan['request_gap_s'] * 1000:g} ms "
+        f"apart, each with a {plan['request_deadline_s']:g} s deadline. A **reset** is the loss of a connection that had been answering "
+        "(EOF, ECONNRESET or any connection error, a request past its deadline, or a wrong answer); the client then reconnects, so "
+        "measuring goes on. The **stall** is the time from the moment the fault is lifted (right after the kill, the unpause, the "
+        f"network reconnect, sshd started again) to the client's next answered request; never = none within {cap:g} s. "
+        f"{plan['attached_reps']} rounds of each fault; the four faults ran at once on four containers, every tool against the same "
+        f"container, keepalive {plan['keepalive']:g} s for all (autossh and `ssh -L` as in section 1). gt-remote resumable is "
+        "`gt-remote up`, plain is `gt-remote up --no-resume`. The last row of each table is when sshd's banner came back on "
+        "its published port: a stall above it is the tunnel's own doing (noticing the loss, waiting to retry, the SSH "
+        "handshake, reattaching the streams).",
+        "",
+    ]
+    if not resumable["available"]:
+        out += [f"**gt-remote resumable: not available** in this run: {resumable['why']}. Plain mode is what `gt-remote up` did.", ""]
+    for fault, by_tool in attached["faults"].items():
+        out += [f"**({fault}) {FAULT_TITLES[fault].format(**plan)}:**", "",
+                "| tool | resets | rounds with a reset | worst stall | stall in each round | wrong answers |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for tool in ATTACHED_TOOLS:
+            if tool not in by_tool:
+                out.append(f"| {tool} | not available | | | | |")
+                continue
+            r = by_tool[tool]
+            stalls = r["stall_s"]
+            worst = "never" if None in stalls else seconds(max(stalls))
+            resets = sum(r["resets"]) + r["resets_before_faults"]
+            out.append(f"| {tool} | {resets} | {sum(n > 0 for n in r['resets'])} of {len(r['resets'])} | {worst} | "
+                       f"{' '.join(seconds(v) for v in stalls)} | {r['wrong_answers']} |")
+        floor = by_tool.get("sshd answers", {}).get("stall_s", [])
+        if floor:
+            out.append(f"| (sshd's banner back on its port) | | | {seconds(None if None in floor else max(floor))} | "
+                       f"{' '.join(seconds(v) for v in floor)} | |")
+        out += ["", *_status_lines(by_tool)]
+    rtt, tput = attached["cost"]["rtt_us"], attached["cost"]["throughput_mib_s"]
+    plain_rtt, plain_tput = median(rtt[PLAIN]), median(tput[PLAIN])
+    out += [
+        "**What resumable mode costs**, on an idle tunnel before the faults: sequential Pings and echo throughput "
+        f"({plan['pings']} Pings per path, {plan['frames']} frames of 1 MiB, as in section 3), through the same container.",
+        "",
+        "Resumable mode carries each stream through the relay on the remote (a Unix-socket channel to the relay, which "
+        "holds the server connection, with sequence numbers and acknowledgements) instead of a channel straight to the "
+        "server's TCP port.",
+        "",
+        "| path | RTT p50 | RTT p99 | throughput | RTT p50 / plain | throughput / plain |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in (RESUMABLE, PLAIN, "ssh -L"):
+        if name not in rtt:
+            out.append(f"| {name} | not available | | | | |")
+            continue
+        out.append(f"| {name} | {median(rtt[name]):.0f} µs | {percentile(rtt[name], 99):.0f} µs | {median(tput[name]):.1f} MiB/s | "
+                   f"{median(rtt[name]) / plain_rtt:.2f} | {median(tput[name]) / plain_tput:.2f} |")
+    out.append("")
+    return out
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import probes, report
-from bench.tunnels import Tunnel, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, wait_ready
-from tests.testbed import REPO, STANDIN, ClientKey, Gt, SshHost, free_loopback_port, start_host
+from bench.report import PLAIN, RESUMABLE
+from bench.tunnels import NO_RESUME, Tunnel, resumable_mode, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, wait_ready
+from tests.testbed import REPO, RESTARTABLE_SSHD, STANDIN, ClientKey, Gt, SshHost, free_loopback_port, start_host
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,16 @@ class Plan:
     idle_s: float = 60.0
     connections: tuple[int, ...] = (1, 10, 50)
     hosts: int = 5
+    attached_reps: int = 5  # rounds of each fault under the long-lived clients
+    outage_s: float = 6.0  # pause and network faults: beyond the keepalive budget (3 x keepalive)
+    sshd_down_s: float = 1.0  # how long sshd stays dead before it is started again
+    stall_cap_s: float = 15.0  # no answer this long after a fault ends counts as never
+    request_gap_s: float = 0.02  # the long-lived client's pause between requests
+    request_deadline_s: float = 25.0  # a request unanswered this long: the client gives up (a reset)
 
 
-SMOKE = Plan(reps=1, pause_s=4.0, pings=50, frames=4, throughput_runs=1, idle_s=3.0, connections=(1, 10), hosts=2)
+SMOKE = Plan(reps=1, pause_s=4.0, pings=50, frames=4, throughput_runs=1, idle_s=3.0, connections=(1, 10), hosts=2,
+             attached_reps=1, outage_s=5.0, stall_cap_s=10.0)
 
 
 @dataclass
@@ -55,6 +63,7 @@ class Bed:
     gt: Gt
     hosts: list[SshHost] = field(default_factory=list)
     tunnels: list[Tunnel] = field(default_factory=list)
+    networks: list[Any] = field(default_factory=list)
 
     @classmethod
     def create(cls) -> Bed:
@@ -62,7 +71,13 @@ class Bed:
         (work / "home").mkdir()
         return cls(work, ClientKey.create(work), Gt(work / "home", Path(tempfile.mkdtemp(prefix="gtr-bench-"))))
 
-    def host(self, alias: str, **kwargs: Any) -> SshHost:
+    def host(self, alias: str, own_network: bool = False, **kwargs: Any) -> SshHost:
+        if own_network:  # a network of its own, so it can be disconnected without touching others
+            from docker import from_env
+
+            network = from_env().networks.create(f"gtr-bench-{os.getpid()}-{alias}", driver="bridge")
+            self.networks.append(network)
+            kwargs["network"] = network.name
         host = start_host(self.work / alias, self.key, alias=alias, **kwargs)
         self.hosts.append(host)
         return host
@@ -84,6 +99,8 @@ class Bed:
             except Exception:
                 pass
             host.container.stop()
+        for network in self.networks:
+            network.remove()
 
 
 def say(message: str) -> None:
@@ -215,16 +232,22 @@ def data_path(bed: Bed, plan: Plan) -> dict[str, Any]:
         "ssh -L": bed.keep(start_plain_ssh(host, 5.0)).port,
         "unforwarded": wait_ready(Tunnel("unforwarded", host.published[19999])).port,
     }
+    measured = measure_paths(paths, plan)
+    say("data path: " + ", ".join(f"{k} p50 {probes.median(v):.0f} µs" for k, v in measured["rtt_us"].items()))
+    return measured
+
+
+def measure_paths(paths: dict[str, int], plan: Plan) -> dict[str, dict[str, list[float]]]:
+    """Ping RTTs and echo throughput through each local port, interleaved so drift hits all alike."""
     rtts: dict[str, list[float]] = {name: [] for name in paths}
     rounds = 10
-    for _ in range(rounds):  # interleaved, so drift hits every path alike
+    for _ in range(rounds):
         for name, port in paths.items():
             rtts[name] += asyncio.run(probes.ping_rtts(port, max(1, plan.pings // rounds)))
     throughput: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(plan.throughput_runs):
         for name, port in paths.items():
             throughput[name].append(asyncio.run(probes.echo_throughput(port, plan.frames)))
-    say("data path: " + ", ".join(f"{k} p50 {probes.median(v):.0f} µs" for k, v in rtts.items()))
     return {"rtt_us": rtts, "throughput_mib_s": throughput}
 
 
@@ -274,6 +297,194 @@ def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
     return {"cpu_percent": cpu, "rss_kib": rss, "rss_with_connections_kib": connections, "hosts": plan.hosts, "idle_s": plan.idle_s}
 
 
+# --- 5. attached client -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One kind of fault, on a container of its own; `inject` returns when the fault is lifted."""
+
+    name: str
+    alias: str
+    inject: Callable[[SshHost, Plan], None]
+    host_options: tuple[tuple[str, Any], ...] = ()
+
+
+def _pause(host: SshHost, plan: Plan) -> None:
+    host.pause()
+    time.sleep(plan.outage_s)  # the fault's length
+    host.unpause()
+
+
+def _disconnect(host: SshHost, plan: Plan) -> None:
+    host.disconnect()
+    time.sleep(plan.outage_s)  # the fault's length
+    host.connect()
+
+
+FAULTS = (
+    Fault("kill", "attach-kill-pc", lambda host, plan: kill_connections(host)),
+    Fault("pause", "attach-pause-pc", _pause),
+    Fault("network", "attach-net-pc", _disconnect, (("own_network", True),)),
+    Fault("sshd", "attach-sshd-pc", lambda host, plan: host.restart_sshd(plan.sshd_down_s), (("command", RESTARTABLE_SSHD),)),
+)
+
+
+def attached_tunnels(bed: Bed, plan: Plan, host: SshHost, resumable: bool) -> list[Tunnel]:
+    """gt-remote in each mode it has (two aliases for one container), autossh and ssh -L."""
+    plain_alias = f"{host.alias}-plain"
+    config = bed.work / f"{host.alias}-modes.ssh_config"
+    config.write_text(host.config_block() + host.config_block().replace(f"Host {host.alias}", f"Host {plain_alias}"))
+    tunnels = []
+    if resumable:
+        tunnels.append(start_gt_remote(bed.gt, host, plan.keepalive, name=RESUMABLE, ssh_config=config))
+    plain_options = (NO_RESUME,) if resumable else ()  # before resumable streams, `up` was plain
+    tunnels.append(start_gt_remote(bed.gt, host, plan.keepalive, plain_alias, name=PLAIN, options=plain_options, ssh_config=config))
+    tunnels += [start_autossh(host, plan.keepalive), start_plain_ssh(host, plan.keepalive)]
+    return [bed.keep(tunnel) for tunnel in tunnels]
+
+
+STREAM_KEYS = ("resumable", "resumable_reason", "streams_open", "streams_resumed", "bytes_replayed", "reconnects")
+
+
+def stream_status(tunnel: Tunnel) -> dict[str, Any]:
+    """What `gt-remote status --json` says about a gt-remote tunnel's streams."""
+    if tunnel.gt is None:
+        return {}
+    [row] = tunnel.gt.status(tunnel.host)
+    return {key: row[key] for key in STREAM_KEYS if key in row}
+
+
+def not_resumable(tunnels: list[Tunnel]) -> str:
+    """Why the tunnel started as resumable says it is not (empty when it is)."""
+    for tunnel in tunnels:
+        if tunnel.name == RESUMABLE:
+            status = stream_status(tunnel)
+            if status.get("resumable") is False:
+                return f"`gt-remote status` says: not resumable: {status.get('resumable_reason') or 'no reason given'}"
+    return ""
+
+
+class ClientLoop:
+    """The long-lived clients, all on one event loop in a thread of their own, while faults
+    are injected from others."""
+
+    def __init__(self, clients: list[probes.AttachedClient]) -> None:
+        self.clients = clients
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def __enter__(self) -> ClientLoop:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _start(self) -> None:
+        self.tasks = [asyncio.create_task(client.run()) for client in self.clients]
+
+    async def _stop(self) -> None:
+        for client, task in zip(self.clients, self.tasks):
+            client.stopping = True
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def wait_answered(clients: list[probes.AttachedClient], since: float, deadline: float) -> None:
+    """Until every client has an answer after `since`, or the deadline: the stall being measured."""
+    while time.monotonic() < deadline and any(client.answered_since(since) is None for client in clients):
+        time.sleep(0.02)
+
+
+def time_to_banner(host: SshHost, since: float, cap: float) -> float | None:
+    """Seconds from `since` until sshd's banner comes back through the published port."""
+    while time.monotonic() - since < cap:
+        if host.answers_ssh():
+            return time.monotonic() - since
+        time.sleep(0.02)
+    return None
+
+
+def fault_rounds(plan: Plan, fault: Fault, host: SshHost, pairs: list[tuple[Tunnel, probes.AttachedClient]]) -> dict[str, Any]:
+    """Each round: inject the fault, lift it, then the stall to each client's next answer and
+    the resets each client saw, up to the next round."""
+    out: dict[str, Any] = {tunnel.name: {"resets": [], "stall_s": []} for tunnel, _ in pairs}
+    out["sshd answers"] = {"stall_s": []}  # the floor: no tunnel can be back before sshd answers
+    first = time.monotonic()
+    for rep in range(plan.attached_reps):
+        started = time.monotonic()
+        fault.inject(host, plan)
+        lifted = time.monotonic()
+        out["sshd answers"]["stall_s"].append(time_to_banner(host, lifted, plan.stall_cap_s))
+        waiting = [client for tunnel, client in pairs if tunnel.proc is None or tunnel.proc.poll() is None]
+        wait_answered(waiting, lifted, lifted + plan.stall_cap_s)
+        for tunnel, client in pairs:
+            stall = client.answered_since(lifted)
+            out[tunnel.name]["stall_s"].append(stall if stall is not None and stall <= plan.stall_cap_s else None)
+        time.sleep(plan.kill_spacing_s)  # the scenario's spacing between faults
+        for tunnel, client in pairs:
+            out[tunnel.name]["resets"].append(client.resets_between(started, time.monotonic()))
+        say(f"attached {fault.name} {rep + 1}/{plan.attached_reps}: " + ", ".join(
+            f"{name} {sum(r.get('resets', []))} resets, stall {report.seconds(r['stall_s'][-1])}" for name, r in out.items()))
+    for tunnel, client in pairs:
+        out[tunnel.name].update(
+            resets_before_faults=client.resets_between(0.0, first), hangs=len(client.hangs), wrong_answers=len(client.wrong),
+            answered=len(client.answered), connections=client.connections, status=stream_status(tunnel))
+    return out
+
+
+def attached(bed: Bed, plan: Plan) -> dict[str, Any]:
+    """Long-lived clients through each tunnel across each fault, the four faults at once on four
+    containers; and, before the faults, what resumable mode costs on an idle tunnel."""
+    resumable, why = resumable_mode(bed.gt)
+    hosts: dict[str, SshHost] = {}
+    tunnels: dict[str, list[Tunnel]] = {}
+    for fault in FAULTS:
+        hosts[fault.name] = bed.host(fault.alias, **dict(fault.host_options))
+        tunnels[fault.name] = attached_tunnels(bed, plan, hosts[fault.name], resumable)
+        why = why or (not_resumable(tunnels[fault.name]) if resumable else "")
+    if resumable and why:  # asked for, but plain underneath: measured as not available, not as resumable
+        resumable = False
+        for group in tunnels.values():
+            for tunnel in [t for t in group if t.name == RESUMABLE]:
+                tunnel.stop()
+                group.remove(tunnel)
+    say("attached client: " + ("gt-remote resumable and plain" if resumable else f"gt-remote plain only ({why})"))
+    cost = measure_paths({t.name: t.port for t in tunnels["kill"] if t.name != "autossh"}, plan)
+    say("attached cost: " + ", ".join(f"{k} p50 {probes.median(v):.0f} µs" for k, v in cost["rtt_us"].items()))
+    pairs = {name: [(t, probes.AttachedClient(t.name, t.port, plan.request_gap_s, plan.request_deadline_s)) for t in group]
+             for name, group in tunnels.items()}
+    clients = [client for group in pairs.values() for _, client in group]
+    out: dict[str, Any] = {}
+    failures: list[BaseException] = []
+
+    def run(fault: Fault) -> None:
+        try:
+            out[fault.name] = fault_rounds(plan, fault, hosts[fault.name], pairs[fault.name])
+        except BaseException as exc:  # re-raised below, in the main thread
+            failures.append(exc)
+
+    with ClientLoop(clients):
+        wait_answered(clients, 0.0, time.monotonic() + 20.0)
+        silent = [client.name for client in clients if not client.answered]
+        if silent:
+            raise RuntimeError(f"attached clients never answered before the faults: {silent}")
+        threads = [threading.Thread(target=run, args=(fault,)) for fault in FAULTS]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+    return {"resumable": {"available": resumable, "why": why}, "faults": {fault.name: out[fault.name] for fault in FAULTS}, "cost": cost}
+
+
 # --- main -------------------------------------------------------------------------------
 
 
@@ -306,6 +517,8 @@ def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         results["data_path"] = data_path(bed, plan)
         say("scale")
         results["scale"] = scale(bed, plan)
+        say("attached client (faults under long-lived connections, side by side)")
+        results["attached"] = attached(bed, plan)
         results["duration_s"] = time.monotonic() - started
         results["finished_at"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     finally:

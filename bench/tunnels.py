@@ -69,15 +69,28 @@ def wait_ready(tunnel: Tunnel, cap: float = 20.0) -> Tunnel:
     return tunnel
 
 
-def start_gt_remote(gt: Gt, host: SshHost, keepalive: float, alias: str | None = None) -> Tunnel:
+def start_gt_remote(gt: Gt, host: SshHost, keepalive: float, alias: str | None = None, *, name: str = "gt-remote",
+                    options: tuple[str, ...] = (), ssh_config: Path | None = None) -> Tunnel:
     port = free_loopback_port()
     alias = alias or host.alias
     result = gt("up", alias, "--local", f"tcp://127.0.0.1:{port}", "--remote-port", str(REMOTE_PORT),
-                "--keepalive", f"{keepalive:g}", "--server-binary", str(STANDIN), ssh_config=gt.ssh_config or host.ssh_config)
+                "--keepalive", f"{keepalive:g}", "--server-binary", str(STANDIN), *options,
+                ssh_config=ssh_config or gt.ssh_config or host.ssh_config)
     if result.returncode != 0:
         raise RuntimeError(f"gt-remote up failed: {result.stderr}")
     [status] = gt.status(alias)
-    return wait_ready(Tunnel("gt-remote", port, supervisor_pid=status["supervisor_pid"], gt=gt, host=alias))
+    return wait_ready(Tunnel(name, port, supervisor_pid=status["supervisor_pid"], gt=gt, host=alias))
+
+
+NO_RESUME = "--no-resume"
+
+
+def resumable_mode(gt: Gt) -> tuple[bool, str]:
+    """Does this gt-remote have resumable streams? Then `up` is resumable and `up --no-resume` plain."""
+    result = gt("up", "--help")
+    if NO_RESUME in result.stdout:
+        return True, ""
+    return False, f"this gt-remote has no `up {NO_RESUME}`: resumable streams are not built yet"
 
 
 def start_autossh(host: SshHost, keepalive: float, alias: str | None = None, ssh_config: Path | None = None) -> Tunnel:

@@ -15,8 +15,19 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks") and "## Summary" in text
     assert (tmp_path / report.CHART).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = report.summary(results)
-    assert len(rows) == 10 and all(row["ours"] >= 0 and row["reference"] >= 0 for row in rows)
+    assert len(rows) == 13 and all(row["reference"] >= 0 and (row["ours"] is None or row["ours"] >= 0) for row in rows)
     recovery = results["recovery"]
     assert recovery["kill"]["gt-remote"][0] is not None and recovery["pause"]["gt-remote"][0] is not None
     assert recovery["kill"]["ssh -L"] == [None]  # plain ssh -L never comes back
     assert json.loads((tmp_path / "benchmarks.json").read_text())["plan"]["reps"] == 1
+    attached = results["attached"]
+    assert "## 5. Attached client" in text
+    assert list(attached["faults"]) == ["kill", "pause", "network", "sshd"]
+    for by_tool in attached["faults"].values():
+        assert {"gt-remote plain", "autossh", "ssh -L"} <= set(by_tool)
+        assert by_tool["gt-remote plain"]["wrong_answers"] == 0
+        assert by_tool["ssh -L"]["stall_s"] == [None]  # its one connection is gone and nothing forwards any more
+    assert sum(attached["faults"]["kill"]["gt-remote plain"]["resets"]) == 1  # plain forwarding resets on a killed session
+    assert ("gt-remote resumable" in attached["faults"]["kill"]) == attached["resumable"]["available"]
+    if not attached["resumable"]["available"]:
+        assert "resumable: not available" in text

@@ -8,7 +8,7 @@ import asyncssh
 import pytest
 
 from gt_remote.tunnel import wire
-from tests.testbed import SshHost, wait_for
+from tests.testbed import RESTARTABLE_SSHD, SshHost, wait_for
 
 STANDIN = "/usr/local/bin/ccmux-server"
 
@@ -131,6 +131,21 @@ def test_restart_kills_processes_and_sshd_comes_back(ssh_host: SshHost) -> None:
     ssh_host.restart()
     assert pid not in ssh_host.pids(f"{STANDIN} --listen-tcp")
     assert can_login(ssh_host)
+
+
+def test_sshd_restarted_inside_drops_sessions_and_comes_back(host_factory) -> None:  # type: ignore[no-untyped-def]
+    host = host_factory(command=RESTARTABLE_SSHD)
+
+    async def scenario() -> None:
+        async with await connect(host) as conn:
+            listener = host.pids("sshd: /usr/sbin/sshd")
+            host.restart_sshd()
+            with pytest.raises((asyncssh.Error, OSError)):  # the session died with its sshd
+                await asyncio.wait_for(conn.run("true", check=True), 10)
+            assert host.pids("sshd: /usr/sbin/sshd") and host.pids("sshd: /usr/sbin/sshd") != listener
+
+    asyncio.run(scenario())
+    assert can_login(host)
 
 
 def test_kill_a_process_inside_by_pid(ssh_host: SshHost) -> None:

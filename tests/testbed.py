@@ -34,6 +34,9 @@ STANDIN = REPO / "tests" / "standin" / "ccmux-server-standin"
 TEST_IMAGE = os.environ.get("GT_REMOTE_TEST_IMAGE", "gt-remote-testhost:latest")
 BASE_TAG = os.environ.get("GT_REMOTE_BASE_TAG", "gt-remote-base:bookworm")
 USER = "gamer"
+# sshd as a child of a PID 1 that stays: sshd can then be killed and started again inside
+# (the image's own sshd is PID 1, and the container ends with it).
+RESTARTABLE_SSHD = ["sh", "-c", "/usr/sbin/sshd -D -e & exec sleep infinity"]
 FOREIGN_HOST_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIGtsPLXmX0l7o4g3q+7yF0b8fQmB9cXh3Qn8l1sD0o4T"  # not any test host's
 
 
@@ -183,6 +186,13 @@ class SshHost:
         assert self.network
         self.container.get_docker_client().client.networks.get(self.network).connect(self.wrapped)
 
+    def restart_sshd(self, down_s: float = 0.0) -> None:
+        """Every sshd inside killed (listener and sessions), then sshd started again as root.
+        Needs a host started with command=RESTARTABLE_SSHD."""
+        self.sh("pkill -KILL -x sshd || true")
+        time.sleep(down_s)  # how long sshd stays down: the fault's length
+        self.sh("/usr/sbin/sshd -e")  # daemonizes once it listens
+
     def kill(self, pid: int, signal_name: str = "KILL") -> None:
         self.sh(f"kill -{signal_name} {int(pid)}")
 
@@ -205,10 +215,14 @@ def start_host(
     tmpfs: dict[str, str] | None = None,
     publish: bool = True,
     extra_ports: tuple[int, ...] = (),
+    command: str | list[str] | None = None,
 ) -> SshHost:
-    """Start a host. Unpublished hosts live only on `network`, named by their alias there."""
+    """Start a host. Unpublished hosts live only on `network`, named by their alias there.
+    `command` replaces the image's (sshd as PID 1), e.g. to restart sshd inside."""
     port = free_loopback_port() if publish else 22
     container = DockerContainer(TEST_IMAGE)
+    if command:
+        container.with_command(command)
     container.tmpfs.update(tmpfs or {})
     if publish:
         container.ports["22/tcp"] = ("127.0.0.1", port)  # publish on loopback only
