@@ -9,7 +9,7 @@ import pytest
 
 from gt_remote.base.config import HostSettings, load_config, resolve
 from gt_remote.base.errors import AuthRefused, ConfigError, ConnectFailed, GtRemoteError, UsageError
-from gt_remote.tunnel.policy import MAX_WAIT, reconnect_policy
+from gt_remote.tunnel.policy import FAST_JITTER, FAST_PHASE, FAST_WAIT, INITIAL_WAIT, JITTER, MAX_WAIT, reconnect_policy
 
 
 def test_defaults() -> None:
@@ -91,13 +91,26 @@ def run_policy(outcomes: list[GtRemoteError | None]) -> tuple[list[float], int, 
     return sleeps, attempts, error
 
 
-def test_first_attempt_is_immediate_and_backoff_grows_to_the_cap() -> None:
+def test_first_attempt_is_immediate_and_retries_stay_quick_early_in_an_outage() -> None:
+    """A short outage (Wi-Fi, a partition) must not end seconds before the next attempt."""
     transient = ConnectFailed("lost", "retry")
-    sleeps, attempts, error = run_policy([transient] * 14 + [None])
-    assert error is None and attempts == 15 and len(sleeps) == 14
-    assert sleeps[0] < 1.0
-    assert sleeps[6] > sleeps[0] * 8  # it grows...
-    assert max(sleeps) <= MAX_WAIT + 0.01  # ...to the cap, no further
+    sleeps, attempts, error = run_policy([transient] * 40 + [None])
+    assert error is None and attempts == 41 and len(sleeps) == 40
+    assert sleeps[0] < INITIAL_WAIT + FAST_JITTER + 0.01
+    assert max(sleeps) <= FAST_WAIT + FAST_JITTER + 0.01
+
+
+def test_a_long_outage_backs_off_to_the_cap() -> None:
+    transient = ConnectFailed("lost", "retry")
+    sleeps, _, _ = run_policy([transient] * 600 + [None])
+    waited, first_slow = 0.0, 0
+    while waited < FAST_PHASE:
+        waited += sleeps[first_slow]
+        first_slow += 1
+    later = sleeps[first_slow:]
+    assert later[5] > later[0] * 8  # it grows...
+    assert max(later) <= MAX_WAIT + JITTER + 0.01  # ...to the cap, no further
+    assert later[-1] >= MAX_WAIT
 
 
 def test_a_fresh_policy_after_success_starts_from_zero() -> None:
