@@ -17,7 +17,7 @@ import click
 from gt_remote import __version__, lifecycle
 from gt_remote.base.addresses import address_from_env, export_lines, export_vars, parse_address
 from gt_remote.base.config import load_config, resolve
-from gt_remote.base.errors import GtRemoteError, UsageError
+from gt_remote.base.errors import GtRemoteError, NeedsConfirmation, UsageError
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
 from gt_remote.tunnel.wire import ping_address
 
@@ -100,18 +100,19 @@ def up(g: Globals, host: str, foreground: bool, **options: Any) -> None:
 @main.command()
 @click.argument("host", required=False)
 @click.option("--all", "all_hosts", is_flag=True, help="Stop every host.")
-@click.option("--stop-server", is_flag=True, help="Also stop the remote server, if gt-remote started it.")
+@click.option("--stop-server", is_flag=True, help="Also stop the remote server, if gt-remote started it (connects again if the tunnel is down).")
+@click.pass_obj
 @user_errors
-def down(host: str | None, all_hosts: bool, stop_server: bool) -> None:
+def down(g: Globals, host: str | None, all_hosts: bool, stop_server: bool) -> None:
     """Stop HOST's supervisor; the remote server keeps running unless --stop-server."""
     if bool(host) == all_hosts:
         raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote down gaming-pc'")
-    names = known_host_names() if all_hosts else [host]
+    names = (lifecycle.all_hosts_with_state() if stop_server else known_host_names()) if all_hosts else [host]
     if not names:
         say("no hosts are up")
     for name in names:
         assert name is not None
-        say(lifecycle.down(name, stop_server))
+        say(lifecycle.down(name, stop_server, lambda other: _settings(g, other), _ssh_config(g)))
 
 
 @main.command()
@@ -139,7 +140,10 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{row['host']}: {row['state']}")
         lines.append(f"  local       {row.get('local') or '-'}  ->  remote 127.0.0.1:{row.get('remote_port') or '-'}")
         described = " ".join(str(part) for part in (server.get("name"), server.get("version")) if part)
-        lines.append(f"  server      {described} pid {server.get('pid') or '-'}")
+        lines.append(f"  server      {described} pid {server.get('pid') or '-'}" + (f" build {server['build']}" if server.get("build") else ""))
+        other = server.get("other_build")
+        if other:
+            lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {row['host']} --server-binary PATH' switches")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         if row.get("next_attempt_at") and row["state"] == "reconnecting":
             lines.append(f"  next attempt at {row['next_attempt_at']}")
@@ -248,6 +252,42 @@ def sync(g: Globals, host: str, paths: tuple[str, ...], direction: str, dry_run:
     from gt_remote import sync as syncing
 
     syncing.run(_settings(g, host), list(paths), direction == "push", dry_run, delete, say)
+
+
+@main.command()
+@click.argument("host")
+@click.option("--server-binary", required=True, help="The new server build for the remote.")
+@click.option("--yes", is_flag=True, help="Restart without asking (the panes' processes end).")
+@user_errors
+def upgrade(host: str, server_binary: str, yes: bool) -> None:
+    """Switch HOST's running server to another build; restarting it ends the panes' processes."""
+    from gt_remote import upgrade as upgrading
+
+    plan = upgrading.plan(host, server_binary)
+    if not plan.needed:
+        say(f"{host} already runs build {plan.digest}; nothing to do")
+        return
+    say(plan.warning())
+    if not yes:
+        if not sys.stdin.isatty():
+            raise NeedsConfirmation("upgrading ends the panes' processes and there is no terminal to ask on", f"pass --yes: 'gt-remote upgrade {host} --server-binary {server_binary} --yes'")
+        click.confirm("gt-remote: restart the server now?", abort=True, err=True)
+    server = upgrading.run(plan)
+    say(f"{host}: now runs {server.get('path')} {server.get('version') or ''} (pid {server.get('pid')}, build {server.get('build')}); the tunnel stayed up")
+
+
+@main.command()
+@click.argument("host", required=False)
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@click.pass_obj
+@user_errors
+def clean(g: Globals, host: str | None, dry_run: bool) -> None:
+    """Remove old server builds and stale pid files on the remote, and local files of hosts that are not up."""
+    from gt_remote import clean as cleaning
+
+    report = cleaning.clean(host, lambda name: _settings(g, name), _ssh_config(g), dry_run, say)
+    click.echo("\n".join(report.lines))
+    sys.exit(1 if report.failed else 0)
 
 
 @main.group()

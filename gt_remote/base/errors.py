@@ -102,3 +102,15 @@ class PingFailed(GtRemoteError):
     """A ccmux Ping got no Pong."""
 
     transient = True
+
+
+class ServerOnOtherPort(RemoteError):
+    """gt-remote's server for this remote user already serves another port: only one may own the socket."""
+
+
+class NotOurServer(RemoteError):
+    """The running server was not started by gt-remote, so gt-remote will not stop or replace it."""
+
+
+class NeedsConfirmation(UsageError):
+    """A step that ends the panes' processes, asked for without --yes and without a terminal to ask on."""
