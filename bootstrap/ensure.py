@@ -105,7 +105,8 @@ async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
 def _reuse(facts: RemoteFacts, settings: HostSettings, digest: str, say: Say) -> ServerInfo:
     ours = facts.pid is not None
     if ours:
-        say(f"reusing the running {settings.server} {facts.running_version or ''} (pid {facts.pid}) on {settings.name}".replace("  ", " "))
+        shown = f", version {facts.running_version}" if facts.running_version else ""
+        say(f"reusing the running {settings.server} (pid {facts.pid}) on {settings.name}{shown}")
         if digest and facts.running_build != digest:
             say(_not_the_offered_build(facts, settings, digest))
         path, version = facts.running_path, facts.running_version
