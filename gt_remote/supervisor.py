@@ -170,14 +170,19 @@ class Supervisor:
 
     async def _upgrade(self, binary: str) -> dict[str, Any]:
         """Replace the running server with another build; the tunnel and its link stay."""
+        old = self.server
+
+        def restored(server: ServerInfo) -> None:
+            self.server = server
+
         try:
             conn = await self.link.wait_connected(10.0)
             async with self._server_lock:
-                old = self.server
-                self.server = await replace_server(conn, self.settings, binary, log.info)
+                self.server = await replace_server(conn, self.settings, binary, log.info, restored)
                 self.settings = dataclasses.replace(self.settings, server_binary=binary)
         except GtRemoteError as error:
             log.error("upgrade failed: %s", error)
+            self._save_record()
             return {"ok": False, "error": error.to_dict()}
         self.server_error = None
         self._save_record()

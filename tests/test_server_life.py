@@ -140,6 +140,26 @@ def test_upgrade_restarts_the_new_build_and_the_tunnel_keeps_working(gt: Gt, ssh
     assert server_pids(ssh_host) == [new_pid]
 
 
+def test_upgrade_to_a_build_that_never_answers_brings_the_previous_one_back(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    assert gt.up(ssh_host).returncode == 0
+    silent = tmp_path / "ccmux-server"
+    silent.write_text(
+        "#!/usr/bin/env python3\n"
+        "import sys, time\n"
+        "if sys.argv[1:] == ['--version']:\n"
+        "    print('ccmux-server 0.0.0-silent'); sys.exit(0)\n"
+        "time.sleep(3600)\n"
+    )
+    silent.chmod(0o755)
+    result = gt("upgrade", "gaming-pc", "--server-binary", str(silent), "--yes")
+    assert result.returncode == 1
+    assert "the previous build runs again" in one_error_line(result.stderr)
+    [row] = gt.status()
+    assert row["state"] == "up" and row["server"]["version"] == "0.1.1"
+    assert [row["server"]["pid"]] == server_pids(ssh_host)
+    ping("tcp://127.0.0.1:9999")
+
+
 def test_status_shows_the_running_version_and_another_installed_build(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
     assert gt.up(ssh_host).returncode == 0
     build = new_build(tmp_path)
