@@ -19,6 +19,7 @@ from gt_remote.base.addresses import address_from_env, export_lines, export_vars
 from gt_remote.base.config import load_config, resolve
 from gt_remote.base.errors import GtRemoteError, NeedsConfirmation, UsageError
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
+from gt_remote.completion import SHELLS, complete_host, script
 from gt_remote.tunnel.wire import ping_address
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,7 +72,7 @@ def _ssh_config(globals_: Globals) -> str | None:
 
 
 @main.command()
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.option("--remote-port", type=int, help="Loopback port of the server on the remote (default 9999).")
 @click.option("--local", help="Local address to export: tcp://127.0.0.1:PORT or unix:///abs/path (default tcp://127.0.0.1:<remote port>).")
 @click.option("--server", help="Server program: ccmux-server (default) or fugue-server.")
@@ -98,7 +99,7 @@ def up(g: Globals, host: str, foreground: bool, **options: Any) -> None:
 
 
 @main.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--all", "all_hosts", is_flag=True, help="Stop every host.")
 @click.option("--stop-server", is_flag=True, help="Also stop the remote server, if gt-remote started it (connects again if the tunnel is down).")
 @click.pass_obj
@@ -116,7 +117,28 @@ def down(g: Globals, host: str | None, all_hosts: bool, stop_server: bool) -> No
 
 
 @main.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
+@click.option("--all", "all_hosts", is_flag=True, help="Every host that is up.")
+@click.option("--force", is_flag=True, help="Reconnect even a link that answers (say, to leave a network that is going away).")
+@user_errors
+def reconnect(host: str | None, all_hosts: bool, force: bool) -> None:
+    """Check HOST's link now and reconnect it if dead: for sleep and network hooks."""
+    if bool(host) == all_hosts:
+        raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote reconnect gaming-pc'")
+    names = [name for name in known_host_names() if lifecycle.live_status(HostFiles(name)) is not None] if all_hosts else [host]
+    if not names:
+        say("no hosts are up")
+    healthy = True
+    for name in names:
+        assert name is not None
+        up_again, message = lifecycle.reconnect(name, force)
+        say(message)
+        healthy = healthy and up_again
+    sys.exit(0 if healthy else 1)
+
+
+@main.command()
+@click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @user_errors
 def status(host: str | None, as_json: bool) -> None:
@@ -147,9 +169,21 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         if row.get("next_attempt_at") and row["state"] == "reconnecting":
             lines.append(f"  next attempt at {row['next_attempt_at']}")
+        if row.get("last_wake") or row.get("last_recovery_s") is not None:
+            lines.append(f"  last wake   {_wake_line(row.get('last_wake'))}; last recovery {_seconds(row.get('last_recovery_s'))}")
         if row.get("last_error"):
             lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
     return "\n".join(lines)
+
+
+def _wake_line(wake: dict[str, Any] | None) -> str:
+    if not wake:
+        return "-"
+    return f"{wake['kind']} at {wake['at']} ({wake['detail']}): {wake['outcome']}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
 
 
 def _duration(seconds: float) -> str:
@@ -162,7 +196,7 @@ def _duration(seconds: float) -> str:
 
 
 @main.command()
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.option("--shell", type=click.Choice(["sh", "fish"]), default="sh", show_default=True)
 @user_errors
 def env(host: str, shell: str) -> None:
@@ -172,7 +206,7 @@ def env(host: str, shell: str) -> None:
 
 
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @user_errors
 def exec_(host: str, command: tuple[str, ...]) -> None:
@@ -197,7 +231,7 @@ def ping(addr: str | None, timeout: float) -> None:
 
 
 @main.command()
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--lines", default=50, show_default=True, help="How many lines from the end.")
 @user_errors
@@ -217,12 +251,20 @@ def logs(host: str, follow: bool, lines: int) -> None:
                 time.sleep(0.2)
 
 
+@main.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+@user_errors
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL (bash, zsh or fish); docs/usage.md says where it goes."""
+    click.echo(script(main, shell))
+
+
 def _settings(g: Globals, host: str, overrides: dict[str, Any] | None = None) -> Any:
     return resolve(host, load_config(g.config_path), overrides or {}, _ssh_config(g))
 
 
 @main.command()
-@click.argument("host", required=False)
+@click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 @user_errors
@@ -239,7 +281,7 @@ def doctor(g: Globals, host: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @click.argument("paths", nargs=-1)
 @click.option("--push", "direction", flag_value="push", default=True, help="Local to remote (default).")
 @click.option("--pull", "direction", flag_value="pull", help="Remote to local.")
@@ -306,7 +348,7 @@ PLATFORM = click.option("--platform", type=click.Choice(["systemd", "launchd"]),
 
 
 @service.command("install")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @PLATFORM
 @click.option("--no-start", is_flag=True, help="Only write the file.")
 @click.pass_obj
@@ -321,7 +363,7 @@ def service_install(g: Globals, host: str, platform: str | None, no_start: bool)
 
 
 @service.command("uninstall")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @PLATFORM
 @click.pass_obj
 @user_errors
@@ -334,7 +376,7 @@ def service_uninstall(g: Globals, host: str, platform: str | None) -> None:
 
 
 @service.command("status")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_host)
 @PLATFORM
 @click.pass_obj
 @user_errors

@@ -279,6 +279,38 @@ def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+# --- reconnect --------------------------------------------------------------------------
+
+RECONNECT_REPLY_TIMEOUT = 30.0  # the supervisor checks (2 s) and waits up to 15 s for the link
+
+
+def reconnect(name: str, force: bool = False) -> tuple[bool, str]:
+    """Ask HOST's supervisor to check its link now (after a wake); (link up again, what happened)."""
+    files = HostFiles(name)
+    reply = control.request(files.control, {"op": "reconnect", "force": force}, timeout=RECONNECT_REPLY_TIMEOUT)
+    if reply is None:
+        if control.supervisor_alive(files.pid) is not None:
+            raise NotUp(f"the supervisor of {name} does not answer", f"see 'gt-remote status {name}'")
+        raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {name})\"' first")
+    if not reply.get("ok"):
+        raise GtRemoteError(f"the supervisor of {name} refused: {reply.get('error')}", "upgrade gt-remote and restart the tunnel: 'gt-remote down' then 'gt-remote up'")
+    return bool(reply["reconnected"]), f"{name}: {_describe_reconnect(reply)}"
+
+
+def _describe_reconnect(reply: dict[str, Any]) -> str:
+    outcome, reconnected = reply.get("outcome"), reply.get("reconnected")
+    if outcome == "healthy":
+        return "the link was healthy; left it alone"
+    first = {
+        "dropped": "dropped a dead link (no answer within 2 s)",
+        "forced": "dropped the link on request",
+        "reconnecting": "the link was already down; trying again now",
+    }.get(str(outcome), f"checked the link ({outcome})")
+    if reconnected:
+        return f"{first}; reconnected"
+    return f"{first}; still reconnecting ({reply.get('last_error') or 'no answer yet'}); it keeps trying, see gt-remote status"
+
+
 # --- status -----------------------------------------------------------------------------
 
 
@@ -313,6 +345,8 @@ def host_status(name: str) -> dict[str, Any]:
         "since": last.get("since"),
         "next_attempt_at": None,
         "clients": 0,
+        "last_wake": last.get("last_wake"),
+        "last_recovery_s": last.get("last_recovery_s"),
         "exports": [],
     }
 

@@ -38,7 +38,8 @@ from gt_remote.bootstrap.probe import ping_remote
 from gt_remote.bootstrap.upgrade import replace_server
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
-from gt_remote.tunnel.link import Link
+from gt_remote.tunnel.link import CheckOutcome, Link
+from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
 from gt_remote.tunnel.wire import ping_address
 
 log = logging.getLogger("gt_remote.supervisor")
@@ -46,6 +47,7 @@ log = logging.getLogger("gt_remote.supervisor")
 Say = Callable[[str], None]
 LOG_MAX_BYTES = 1024 * 1024
 LOG_BACKUPS = 3
+RECONNECT_WAIT = 15.0  # how long `gt-remote reconnect` waits for a dropped link to come back
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -76,6 +78,10 @@ class Supervisor:
         self._control: asyncio.AbstractServer | None = None
         self._saved: tuple[object, ...] = ()
         self._server_lock = asyncio.Lock()  # an upgrade and a revive never touch the server at once
+        self.last_wake: WakeEvent | None = None
+        self.last_wake_outcome: CheckOutcome | None = None
+        self._checking = asyncio.Lock()
+        self._wake_checks: set[asyncio.Task[CheckOutcome]] = set()  # held, so they are not collected mid-run
 
     # --- bring-up -------------------------------------------------------------------
 
@@ -108,7 +114,8 @@ class Supervisor:
     # --- running --------------------------------------------------------------------
 
     async def serve_forever(self) -> None:
-        tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self._health_loop())]
+        watcher = WakeWatcher(self.on_wake)
+        tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self._health_loop()), asyncio.create_task(watcher.run())]
         await self._stop.wait()
         for task in tasks:
             task.cancel()
@@ -131,6 +138,40 @@ class Supervisor:
                     log.warning("health Ping failed: %s", exc)
                     await self._check_server(conn)
             self._save_record_if_changed()
+
+    # --- waking up ------------------------------------------------------------------
+
+    def on_wake(self, event: WakeEvent) -> None:
+        """A sleep, a network change or SIGUSR1: check the link now, not after keepalive x 3."""
+        log.info("%s: %s; checking the link", event.kind, event.detail)
+        self._wake_checks.add(task := asyncio.create_task(self.check_link(event)))
+        task.add_done_callback(self._wake_check_done)
+
+    def _wake_check_done(self, task: asyncio.Task[CheckOutcome]) -> None:
+        self._wake_checks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("link check failed: %r", task.exception())
+
+    async def check_link(self, event: WakeEvent, force: bool = False) -> CheckOutcome:
+        """Checks run one at a time: a burst of events on waking costs one round trip, not many."""
+        self.last_wake = event
+        self.link.incident()
+        async with self._checking:
+            outcome = await self.link.check(force=force)
+        self.last_wake_outcome = outcome
+        log.info("link check after %s: %s", event.kind, outcome.value)
+        return outcome
+
+    async def _reconnect_request(self, force: bool, wait: float) -> dict[str, Any]:
+        """`gt-remote reconnect`: check (or drop) now, then wait a little for the link to return."""
+        outcome = await self.check_link(WakeEvent("request", "gt-remote reconnect" + (" --force" if force else ""), time.time()), force)
+        reconnected = True
+        if outcome is not CheckOutcome.HEALTHY:
+            try:
+                await self.link.wait_connected(wait)
+            except GtRemoteError:
+                reconnected = False
+        return {"ok": True, "outcome": outcome.value, "reconnected": reconnected, "state": self.link.state.value, "last_error": str(self.link.last_error) if self.link.last_error else None}
 
     async def _check_server(self, conn: asyncssh.SSHClientConnection) -> None:
         try:
@@ -160,6 +201,8 @@ class Supervisor:
         op = request.get("op")
         if op == "status":
             return {"ok": True, "status": self.status()}
+        if op == "reconnect":
+            return await self._reconnect_request(bool(request.get("force")), float(request.get("wait", RECONNECT_WAIT)))
         if op == "stop":
             stopped = await self._stop_remote_server() if request.get("stop_server") else None
             self._stop.set()
@@ -230,9 +273,18 @@ class Supervisor:
             "since": iso(link.since),
             "next_attempt_at": iso(link.next_attempt_at),
             "clients": len(self.forwarder.clients),
+            "last_wake": self._last_wake_status(),
+            "last_recovery_s": None if link.last_recovery_s is None else round(link.last_recovery_s, 3),
             "exports": export_lines(self.settings.local_url, self.settings.server),
             "internals": {"asyncio_tasks": len(asyncio.all_tasks()), "open_fds": _open_fds()},
         }
+
+    def _last_wake_status(self) -> dict[str, Any] | None:
+        event = self.last_wake
+        if event is None:
+            return None
+        outcome = self.last_wake_outcome
+        return {"at": iso(event.at), "kind": event.kind, "detail": event.detail, "outcome": outcome.value if outcome else "checking"}
 
     def _save_record(self) -> None:
         """What `status` shows if this process dies without a word."""
@@ -263,6 +315,7 @@ async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, An
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, supervisor.request_stop)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: supervisor.on_wake(WakeEvent("signal", "SIGUSR1", time.time())))
     await supervisor.bring_up()
     on_ready(supervisor.status())
     await supervisor.serve_forever()

@@ -3,6 +3,7 @@ the documented remote-polecat command runs through `exec` with the variables set
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def documented_commands() -> list[tuple[str, str]]:
             rest = code[start + len("gt-remote "):]
             if code[:start].endswith("$("):  # eval "$(gt-remote up HOST)"
                 rest = rest.rsplit(")", 1)[0]
+            rest = re.split(r" (?:>|>>|\||&&|\|\||;) ", rest)[0]  # the command, not the shell's redirection or chain
             if rest.strip() and "COMMAND ..." not in rest:  # the synopsis is not a command
                 found.append((path.name, rest.strip()))
     return found

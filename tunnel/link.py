@@ -8,6 +8,7 @@ after-reconnect check (is the remote server alive?), and publishes the new conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FINAL_RETRY_INTERVAL = 60.0
 UNEXPECTED_RETRY_INTERVAL = 5.0
+CHECK_TIMEOUT = 2.0  # an SSH round trip after a wake: a live link answers well within this
 
 AfterConnect = Callable[[asyncssh.SSHClientConnection], Awaitable[None]]
 
@@ -33,6 +35,15 @@ class LinkState(str, enum.Enum):
     RECONNECTING = "reconnecting"
     FAILED = "failed"
     DOWN = "down"
+
+
+class CheckOutcome(str, enum.Enum):
+    """What an on-demand check of the link found and did."""
+
+    HEALTHY = "healthy"  # answered: left alone
+    DROPPED = "dropped"  # no answer within the deadline: dropped, reconnecting
+    FORCED = "forced"  # answered, but dropped on request (--force)
+    RECONNECTING = "reconnecting"  # no connection to check: the next attempt starts now
 
 
 class Link:
@@ -47,6 +58,10 @@ class Link:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._ready = asyncio.Event()
         self._stopping = False
+        self._retry_now = asyncio.Event()
+        self._drop_reason: str | None = None
+        self._incident_at: float | None = None  # monotonic: a wake or loss not yet recovered from
+        self.last_recovery_s: float | None = None
 
     # --- what others read -----------------------------------------------------------
 
@@ -69,6 +84,54 @@ class Link:
             log.warning("dropping the connection: %s", reason)
             conn.close()
 
+    # --- checks on demand (wake, network change, `gt-remote reconnect`) ---------------
+
+    def incident(self) -> None:
+        """Something may have broken the link (a wake): time the recovery from now."""
+        if self._incident_at is None:
+            self._incident_at = time.monotonic()
+
+    async def check(self, timeout: float = CHECK_TIMEOUT, force: bool = False) -> CheckOutcome:
+        """One SSH round trip within `timeout`; no answer drops the link so it reconnects now."""
+        conn = self.connection
+        if conn is None:
+            self._retry_now.set()  # cut a backoff wait short: the network may be back
+            return CheckOutcome.RECONNECTING
+        try:
+            await asyncio.wait_for(round_trip(conn), timeout)
+        except (TimeoutError, asyncssh.Error, OSError):
+            self.drop(conn, f"no answer to an SSH round trip within {timeout:g} s")
+            return CheckOutcome.DROPPED
+        if conn is not self._conn or not self._ready.is_set():
+            return CheckOutcome.RECONNECTING  # it died while we asked
+        if force:
+            self.drop(conn, "reconnect requested (--force)")
+            return CheckOutcome.FORCED
+        self._recovered()
+        return CheckOutcome.HEALTHY
+
+    def drop(self, conn: asyncssh.SSHClientConnection, reason: str) -> None:
+        """Abort at once: a clean close would wait on a silent peer to take its data."""
+        if conn is self._conn and self._ready.is_set():
+            log.warning("dropping the connection: %s", reason)
+            self._drop_reason = reason
+            self._ready.clear()  # nobody may pick up the dead connection while it closes
+            conn.abort()
+
+    def _recovered(self) -> None:
+        if self._incident_at is not None:
+            self.last_recovery_s = time.monotonic() - self._incident_at
+            self._incident_at = None
+
+    async def _backoff_sleep(self, delay: float) -> None:
+        """Wait before the next attempt, unless a wake or a request says try now.
+
+        A wake seen during an attempt still counts: the event is cleared only once used.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._retry_now.wait(), delay)
+        self._retry_now.clear()
+
     # --- lifecycle ------------------------------------------------------------------
 
     async def open(self) -> asyncssh.SSHClientConnection:
@@ -85,7 +148,8 @@ class Link:
             if self._stopping:
                 break
             self._ready.clear()
-            reason = lost_reason(self._conn)
+            self.incident()
+            reason, self._drop_reason = self._drop_reason or lost_reason(self._conn), None
             log.warning("connection lost: %s", reason)
             self._set_state(LinkState.RECONNECTING, ConnectFailed(f"connection lost: {reason}", "reconnecting"))
             await self._reconnect()
@@ -93,7 +157,7 @@ class Link:
     async def _reconnect(self) -> None:
         while not self._stopping:
             try:
-                async for attempt in reconnect_policy(self._waiting):
+                async for attempt in reconnect_policy(self._waiting, sleep=self._backoff_sleep):
                     with attempt:
                         conn = await self._connect_and_check()
                 self.reconnects += 1
@@ -104,7 +168,7 @@ class Link:
                 log.error("giving up for now: %s", error)
                 self._set_state(LinkState.FAILED, error)
                 self.next_attempt_at = time.time() + FINAL_RETRY_INTERVAL
-                await asyncio.sleep(FINAL_RETRY_INTERVAL)
+                await self._backoff_sleep(FINAL_RETRY_INTERVAL)
             except Exception as exc:  # a bug must not end reconnecting for good
                 log.exception("unexpected error while reconnecting")
                 self._set_state(LinkState.RECONNECTING, ConnectFailed(f"internal error: {exc!r}", "retrying; see the log"))
@@ -132,6 +196,7 @@ class Link:
     def _publish(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
         self.next_attempt_at = None
+        self._recovered()
         self._set_state(LinkState.UP, None)
         self._ready.set()
 
@@ -149,3 +214,12 @@ class Link:
         if self._conn is not None:
             self._conn.close()
             await self._conn.wait_closed()
+
+
+async def round_trip(conn: asyncssh.SSHClientConnection) -> None:
+    """The keepalive OpenSSH and asyncssh use: a global request the server must answer.
+
+    asyncssh has no public call for it; this is the one its own keepalive timer makes. Unlike
+    a Ping of the server, it proves the SSH path only and touches nothing on the remote.
+    """
+    await conn._make_global_request(b"keepalive@openssh.com")

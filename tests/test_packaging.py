@@ -1,0 +1,135 @@
+"""The package as users install it: one import name, complete release artifacts, and layers
+that import only downwards (import-linter's contract, shown to catch an upward import)."""
+
+from __future__ import annotations
+
+import csv
+import pkgutil
+import shutil
+import subprocess
+import sys
+import tomllib
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import gt_remote
+from tests.testbed import REPO
+
+CONTRACT = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An sdist and a wheel built from this checkout, as a release would build them."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], check=True, capture_output=True, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(dist: Path) -> Path:
+    [found] = dist.glob("gt_remote-*.whl")
+    return found
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with only the wheel and its dependencies in it."""
+    env = tmp_path_factory.mktemp("venv") / "env"
+    venv.create(env, with_pip=True)
+    subprocess.run([str(env / "bin/python"), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600)
+    return env
+
+
+def test_release_metadata_is_complete_and_renders(dist: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, sorted(dist.iterdir()))], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [wheel] = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = archive.read(name).decode()
+    assert f"Version: {gt_remote.__version__}" in metadata
+    for field in ("License-Expression: MIT", "Classifier: Programming Language :: Python :: 3.11", "Project-URL: ", "Requires-Python: >=3.11"):
+        assert field in metadata, field
+
+
+def test_the_only_top_level_name_installed_is_gt_remote(installed: Path) -> None:
+    [record] = installed.glob("lib/python*/site-packages/gt_remote-*.dist-info/RECORD")
+    with record.open() as handle:
+        paths = [row[0] for row in csv.reader(handle)]
+    top_level = {path.split("/")[0] for path in paths if not path.startswith("..")}
+    assert top_level == {"gt_remote", record.parent.name}
+    site = record.parent.parent
+    assert not (site / "tunnel").exists() and not (site / "bootstrap").exists()
+
+
+def test_installed_commands_run(installed: Path, tmp_path: Path) -> None:
+    clean_env = {"PATH": f"{installed / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH: the checkout must not help
+    version = subprocess.run([str(installed / "bin/gt-remote"), "--version"], cwd=tmp_path, env=clean_env, capture_output=True, text=True)
+    assert version.returncode == 0 and gt_remote.__version__ in version.stdout, version.stderr
+    short = subprocess.run([str(installed / "bin/gt-remote"), "-V"], cwd=tmp_path, env=clean_env, capture_output=True, text=True)
+    assert short.stdout == version.stdout
+    helped = subprocess.run([str(installed / "bin/python"), "-m", "gt_remote", "--help"], cwd=tmp_path, env=clean_env, capture_output=True, text=True)
+    assert helped.returncode == 0 and "Usage:" in helped.stdout, helped.stderr
+    imported = subprocess.run(
+        [str(installed / "bin/python"), "-c", "import gt_remote.supervisor, gt_remote.tunnel.forwarder, gt_remote.bootstrap.ensure"],
+        cwd=tmp_path, env=clean_env, capture_output=True, text=True,
+    )
+    assert imported.returncode == 0, imported.stderr
+
+
+def package_files() -> set[str]:
+    """Every file of the product as the wheel must name it: gt_remote/... (tunnel/ and bootstrap/ linked in)."""
+    tracked = subprocess.run(["git", "ls-files", "gt_remote", "tunnel", "bootstrap"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    names = set()
+    for path in tracked:
+        if (REPO / path).is_symlink():
+            continue  # the links themselves; their files are listed under tunnel/ and bootstrap/
+        top = path.split("/")[0]
+        names.add(path if top == "gt_remote" else f"gt_remote/{path}")
+    return names
+
+
+def test_wheel_carries_every_product_file_including_remote_side_ones(wheel: Path) -> None:
+    """What the product uploads to remotes ships inside the package: a missing file breaks `up`."""
+    with zipfile.ZipFile(wheel) as archive:
+        inside = set(archive.namelist())
+    assert "gt_remote/py.typed" in inside
+    missing = package_files() - inside
+    assert not missing, f"not in the wheel: {sorted(missing)}"
+
+
+# --- layers -------------------------------------------------------------------------------
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter over the gt_remote package found first on PYTHONPATH=root."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    return subprocess.run(
+        [str(lint), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=root, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_layers_contract_holds() -> None:
+    result = lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_layers_contract_catches_an_import_that_runs_back_up(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "gt_remote", tmp_path / "gt_remote", symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "gt_remote/tunnel/upward.py").write_text("from gt_remote import supervisor  # a layer importing from above it\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0, result.stdout
+    assert "BROKEN" in result.stdout and "gt_remote.tunnel.upward -> gt_remote.supervisor" in result.stdout
+
+
+def test_every_module_of_gt_remote_stands_in_a_layer() -> None:
+    """import-linter ignores modules that no layer names: a new module must be placed."""
+    named = {part.strip() for layer in CONTRACT["layers"] for part in layer.replace(":", "|").split("|")}
+    modules = {f"gt_remote.{info.name}" for info in pkgutil.iter_modules(gt_remote.__path__) if info.name != "__main__"}
+    assert modules - named == set()
