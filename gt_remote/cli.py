@@ -313,7 +313,9 @@ def upgrade(host: str, server_binary: str, yes: bool) -> None:
     if not yes:
         if not sys.stdin.isatty():
             raise NeedsConfirmation("upgrading ends the panes' processes and there is no terminal to ask on", f"pass --yes: 'gt-remote upgrade {host} --server-binary {server_binary} --yes'")
-        click.confirm("gt-remote: restart the server now?", abort=True, err=True)
+        if not click.confirm("gt-remote: restart the server now?", default=False, err=True):
+            say("upgrade cancelled; nothing changed")
+            sys.exit(1)
     server = upgrading.run(plan)
     say(f"{host}: now runs {server.get('path')} {server.get('version') or ''} (pid {server.get('pid')}, build {server.get('build')}); the tunnel stayed up")
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 from gt_remote.bootstrap.probe import file_digest
@@ -116,6 +119,23 @@ def test_upgrade_needs_yes_without_a_terminal(gt: Gt, ssh_host: SshHost, tmp_pat
     assert "upgrading restarts ccmux-server 0.1.1" in result.stderr
     assert server_pids(ssh_host) == [pid]
     assert len(remote_ls(ssh_host, SERVERS)) == 1  # nothing uploaded
+
+
+def test_upgrade_asks_on_a_terminal_and_no_changes_nothing(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    assert gt.up(ssh_host).returncode == 0
+    [pid] = server_pids(ssh_host)
+    main, child = pty.openpty()
+    try:
+        cmd = [sys.executable, "-m", "gt_remote", "upgrade", "gaming-pc", "--server-binary", str(new_build(tmp_path))]
+        process = subprocess.Popen(cmd, env=gt.env, stdin=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(main, b"n\n")
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        os.close(main)
+        os.close(child)
+    assert process.returncode == 1
+    assert "restart the server now?" in stderr and "upgrade cancelled; nothing changed" in stderr
+    assert server_pids(ssh_host) == [pid]
 
 
 def test_upgrade_restarts_the_new_build_and_the_tunnel_keeps_working(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
