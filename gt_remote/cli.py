@@ -383,9 +383,9 @@ def service_uninstall(g: Globals, host: str, platform: str | None) -> None:
 @click.pass_obj
 @user_errors
 def service_status(g: Globals, host: str, platform: str | None) -> None:
-    """Whether HOST's service is installed and active."""
+    """Whether HOST's service is installed and active: exit 0 if active, 3 if not, 1 if not installed."""
     from gt_remote import service as services
 
-    installed, text = services.status(_service_file(g, host, platform))
+    code, text = services.status(_service_file(g, host, platform))
     click.echo(f"{host}: {text}")
-    sys.exit(0 if installed else 1)
+    sys.exit(code)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gt_remote import control, reach
+from gt_remote import control, notify, reach
 from gt_remote.base import errors
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
@@ -104,6 +104,11 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
     files = HostFiles(settings.name)
     with HostLock(files) as lock:
         status = live_status(files)
+        if status is not None and foreground:
+            raise GtRemoteError(
+                f"{settings.name} is already up under another supervisor (pid {status['supervisor_pid']}), so --foreground has nothing to supervise",
+                f"stop that one with 'gt-remote down {settings.name}', then start this again",
+            )
         if status is not None:
             _check_same(settings, status)
             say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
@@ -118,7 +123,7 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
         had_log = files.log.exists()
         try:
             if foreground:
-                return _run_foreground(settings, say, lock, on_ready)
+                return _run_foreground(settings, lock, on_ready)
             return _spawn(settings, files, say)
         except GtRemoteError:
             _forget_failed(files, had_log)
@@ -202,7 +207,7 @@ def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say
     raise GtRemoteError(f"the supervisor exited (code {code}) before the tunnel was up", f"see its log: gt-remote logs {files.name}")
 
 
-def _run_foreground(settings: HostSettings, say: Say, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
+def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
     from gt_remote import supervisor
 
     files = HostFiles(settings.name)
@@ -211,13 +216,23 @@ def _run_foreground(settings: HostSettings, say: Say, lock: HostLock, on_ready: 
     supervisor.setup_logging(files, also_stderr=True)
     exports: list[str] = []
 
+    def progress(message: str) -> None:
+        supervisor.log.info("%s", message)  # to the log file and stderr, as a detached supervisor does
+        notify.status(message)
+
     def ready(status: dict[str, Any]) -> None:
         exports.extend(status["exports"])
         lock.release()
         if on_ready:
             on_ready(exports)
+        # Only now, after the end-to-end Ping: a Type=notify unit counts as started.
+        notify.notify(notify.READY, f"STATUS=up: {status['local']} -> {settings.destination}:{settings.remote_port}")
 
-    asyncio.run(supervisor.run(settings, say, ready))
+    try:
+        asyncio.run(supervisor.run(settings, progress, ready))
+    except GtRemoteError as error:
+        supervisor.log.error("%s", error, extra={"file_only": True})  # stderr gets it from the CLI edge
+        raise
     return exports
 
 

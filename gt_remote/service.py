@@ -14,6 +14,7 @@ from pathlib import Path
 from gt_remote.base.paths import host_key
 
 RESTART_SEC = 30  # a final error (refused key) must not become a retry storm
+START_TIMEOUT = 300  # connect, upload a large build, start the server, Ping: all before READY=1
 
 
 @dataclass(frozen=True)
@@ -41,20 +42,23 @@ def systemd_quote(arg: str) -> str:
 
 
 def systemd_unit(host: str, command: list[str], env: dict[str, str]) -> str:
+    """Type=notify: the unit counts as started only once `up --foreground` sends READY=1,
+    which it does after the end-to-end Ping. No network-online.target: the user manager
+    cannot order on it, and a failed connect is retried by Restart= anyway."""
     stop = command[:-2]  # ... up HOST --foreground  ->  ... down HOST
     stop[-1:] = ["down", host]
     environment = "".join(f"Environment={systemd_quote(f'{k}={v}')}\n" for k, v in sorted(env.items()))
     return (
         "[Unit]\n"
         f"Description=gt-remote tunnel to {host}\n"
-        "After=network-online.target\n"
-        "Wants=network-online.target\n"
         "\n"
         "[Service]\n"
-        "Type=simple\n"
+        "Type=notify\n"
+        "NotifyAccess=main\n"
         f"ExecStart={' '.join(systemd_quote(arg) for arg in command)}\n"
         f"ExecStop={' '.join(systemd_quote(arg) for arg in stop)}\n"
         f"{environment}"
+        f"TimeoutStartSec={START_TIMEOUT}\n"
         "Restart=on-failure\n"
         f"RestartSec={RESTART_SEC}\n"
         "RestartPreventExitStatus=2\n"
@@ -79,8 +83,13 @@ def launchd_plist(label: str, command: list[str], env: dict[str, str], log: Path
 
 
 def service_env() -> dict[str, str]:
-    """What the service needs of this shell: where state lives and how to reach the agent."""
-    keep = ("XDG_STATE_HOME", "XDG_CONFIG_HOME", "SSH_AUTH_SOCK", "PATH")
+    """What the service needs of this shell: where state and config live, and PATH.
+
+    Not SSH_AUTH_SOCK: the agent's socket changes with every login, so the service takes it
+    from the service manager (`systemctl --user import-environment SSH_AUTH_SOCK`; launchd
+    sets it for every agent on macOS).
+    """
+    keep = ("XDG_STATE_HOME", "XDG_CONFIG_HOME", "PATH")
     return {name: os.environ[name] for name in keep if os.environ.get(name)}
 
 
@@ -152,11 +161,22 @@ def uninstall(service: ServiceFile) -> list[str]:
     return notes + [f"removed {service.path}"]
 
 
-def status(service: ServiceFile) -> tuple[bool, str]:
+NOT_INSTALLED = 1
+NOT_ACTIVE = 3  # as `systemctl is-active` says of an inactive unit
+
+
+def status(service: ServiceFile) -> tuple[int, str]:
+    """An exit code (0 only when the service is installed and running) and what it means."""
     if not service.path.exists():
-        return False, f"not installed ({service.path} does not exist)"
+        return NOT_INSTALLED, f"not installed ({service.path} does not exist)"
     if service.platform == "launchd":
-        ok, output = _run(["launchctl", "print", f"gui/{os.getuid()}/{service.label}"])
+        loaded, output = _run(["launchctl", "print", f"gui/{os.getuid()}/{service.label}"])
+        active = loaded and "state = running" in output
+        detail = "running" if active else ("loaded, not running" if loaded else output)
     else:
-        ok, output = _run(["systemctl", "--user", "is-active", service.label])
-    return True, f"installed at {service.path}; " + (f"active ({output})" if ok else f"not active ({output or 'unknown'})")
+        active, output = _run(["systemctl", "--user", "is-active", service.label])
+        detail = output
+    where = f"installed at {service.path}; "
+    if active:
+        return 0, where + f"active ({detail})"
+    return NOT_ACTIVE, where + f"not active ({detail or 'unknown'}); start it with: " + " && ".join(" ".join(c) for c in activation_commands(service))

@@ -330,8 +330,11 @@ def setup_logging(files: HostFiles, also_stderr: bool = False) -> None:
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handlers: list[logging.Handler] = [handler]
-    if also_stderr:
-        handlers.append(logging.StreamHandler(sys.stderr))
+    if also_stderr:  # `up --foreground`: the service manager's journal gets the same lines
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter("gt-remote: %(message)s"))
+        stderr.addFilter(lambda record: not getattr(record, "file_only", False))
+        handlers.append(stderr)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 

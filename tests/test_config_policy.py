@@ -27,6 +27,15 @@ def test_command_line_overrides_config(tmp_path: Path) -> None:
     assert HostSettings.from_json(settings.to_json()) == settings
 
 
+def test_local_socket_inside_the_runtime_dir_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """There it would be replaced by a host's control socket (HOST.sock): refused, not clobbered."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    for path in (tmp_path / "gt-remote" / "gaming-pc.sock", tmp_path / "gt-remote" / "sub" / "x.sock"):
+        with pytest.raises(UsageError, match="where gt-remote keeps its own control sockets"):
+            resolve("gaming-pc", {}, {"local": f"unix://{path}"}, None)
+    assert resolve("gaming-pc", {}, {"local": f"unix://{tmp_path}/gaming-pc.sock"}, None).local_url == f"unix://{tmp_path}/gaming-pc.sock"
+
+
 def test_localhost_is_bound_and_exported_as_127_0_0_1() -> None:
     assert resolve("h", {}, {"local": "tcp://localhost:5000"}, None).local_url == "tcp://127.0.0.1:5000"
 

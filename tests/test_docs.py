@@ -3,6 +3,8 @@ the documented remote-polecat command runs through `exec` with the variables set
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import subprocess
@@ -13,9 +15,12 @@ from pathlib import Path
 import click
 import pytest
 
+from gt_remote.base.addresses import UnixAddress, parse_address, require_loopback
+from gt_remote.base.config import load_config
+from gt_remote.base.errors import AddressError
 from gt_remote.cli import main
 from tests.conftest import Gt
-from tests.testbed import REPO, STANDIN, SshHost
+from tests.testbed import REPO, STANDIN, ClientKey, SshHost
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -71,9 +76,34 @@ def test_the_docs_show_commands() -> None:
     assert len(COMMANDS) > 30
 
 
+# A new user's shell: no XDG_RUNTIME_DIR (su, cron, a bare ssh session), so fallbacks are used.
+PASTE_ENV = {"PATH": os.environ["PATH"], "HOME": "/home/you", "USER": "you", "LC_ALL": "C"}
+
+
+def shell_words(command: str, env: dict[str, str] = PASTE_ENV) -> list[str]:
+    """The arguments a POSIX shell passes for this pasted command: quotes, $VARS and $(...) expanded."""
+    result = subprocess.run(["sh", "-c", f"printf '%s\\0' {command}"], env=env, capture_output=True, text=True, check=True)
+    return result.stdout.split("\0")[:-1]
+
+
 @pytest.mark.parametrize(("doc", "command"), COMMANDS, ids=[f"{d}:{c}" for d, c in COMMANDS])
 def test_documented_command_parses(doc: str, command: str) -> None:
-    parse(shlex.split(command.replace("$XDG_RUNTIME_DIR", "/run/user/1000").replace("$UID", "1000")))
+    words = shell_words(command)
+    parse(words)
+    for option in ("--local", "--addr"):
+        if option in words:  # an address that a shell expanded must still follow the rules
+            address = parse_address(words[words.index(option) + 1])
+            assert not isinstance(address, UnixAddress) or os.path.dirname(address.path) != "/", f"{command}: a variable expanded to nothing"
+
+
+def test_documented_unix_socket_has_a_fallback() -> None:
+    """usage.md's unix:// example works with and without XDG_RUNTIME_DIR, as a private socket."""
+    (command,) = [c for d, c in COMMANDS if d == "usage.md" and "--local" in c and "unix://" in c]
+    for runtime, directory in ((None, "/home/you/.cache"), ("/run/user/1000", "/run/user/1000")):
+        env = {**PASTE_ENV, **({"XDG_RUNTIME_DIR": runtime} if runtime else {})}
+        words = shell_words(command, env)
+        address = require_loopback(parse_address(words[words.index("--local") + 1]))
+        assert address == UnixAddress(f"{directory}/gaming-pc.sock")
 
 
 def test_documented_ccmux_compat_command_reaches_the_server(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
@@ -119,3 +149,112 @@ def test_setup_guide_in_a_real_shell(gt: Gt, ssh_host: SshHost) -> None:
     assert "gaming-pc: up" in result.stdout and "Pong from tcp://127.0.0.1:9999" in result.stdout
     assert "✓ ccmux Ping answered: tcp://127.0.0.1:9999 via GASTOWN_CCMUX_ADDR" in result.stdout
     assert result.stdout.strip().endswith("GASTOWN_CCMUX_ADDR=tcp://127.0.0.1:9999")
+
+
+# --- the docs' examples, checked for real ------------------------------------------------
+
+
+def code_blocks(path: Path) -> list[list[str]]:
+    """The lines of each fenced code block in a document."""
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in path.read_text().splitlines():
+        if line.strip().startswith("```"):
+            if current is None:
+                current = []
+            else:
+                blocks.append(current)
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def test_gastown_address_examples_are_what_the_parser_says() -> None:
+    """The contract's table of examples: each valid value parses, each error is the one shown."""
+    table = (REPO / "docs" / "gastown.md").read_text().split("| value | result |\n", 1)[1].split("\n\n", 1)[0]
+    examples = re.findall(r"^\| `([^`]+)` \| (.+) \|$", table, re.M)
+    assert len(examples) >= 8
+    for value, result in examples:
+        if result.startswith("error: "):
+            with pytest.raises(AddressError) as raised:
+                parse_address(value)
+            assert result.removeprefix("error: ") in str(raised.value), value
+        else:
+            parse_address(value)
+
+
+def test_gastown_preset_loads_and_syncs_each_path_once(tmp_path: Path) -> None:
+    (preset,) = [block for block in code_blocks(REPO / "docs" / "gastown.md") if block and block[0].startswith("# ~/.config/gt-remote/config.toml")]
+    config = tmp_path / "config.toml"
+    config.write_text("\n".join(preset) + "\n")
+    paths = [Path(p).expanduser() for p in load_config(config)["gaming-pc"]["sync"]]
+    nested = [(inner, outer) for inner in paths for outer in paths if inner != outer and inner.is_relative_to(outer)]
+    assert paths and nested == [], f"synced twice: {nested}"
+
+
+def test_setup_key_only_login_line_works(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """setup.md's way to add a key with password login off, run on the 'gaming PC' as pasted."""
+    (line,) = [line.strip() for block in code_blocks(REPO / "docs" / "setup.md") for line in block if "authorized_keys" in line]
+    new_key = ClientKey.create(tmp_path)
+    ssh_host.sh("rm -rf /home/gamer/.ssh")  # a user who never had a key there
+    pasted = f"printf '%s\\n' {shlex.quote(new_key.public)} | ( {line} )"
+    ssh_host.sh(f"cd && {pasted}", user="gamer")
+    assert ssh_host.sh("stat -c %a /home/gamer/.ssh /home/gamer/.ssh/authorized_keys").split() == ["700", "600"]
+    ssh_host.key = new_key
+    ssh_host.write_ssh_config()
+    found = {check["name"]: check for check in json.loads(gt("doctor", "gaming-pc", "--json", ssh_config=ssh_host.ssh_config).stdout)}
+    assert found["SSH connection and authentication"]["detail"] == "logged in as gamer"
+
+
+def test_state_sync_dry_run_example_matches_sync(gt: Gt, ssh_host: SshHost) -> None:
+    """state-sync.md's sample output: the same announcement and itemized changes as sync prints."""
+    (sample,) = [block for block in code_blocks(REPO / "docs" / "state-sync.md") if block and block[0].startswith("$ gt-remote sync")]
+    rig = gt.home / "gt" / "myrig"
+    (rig / ".beads").mkdir(parents=True)
+    (rig / ".beads" / "ledger.jsonl").write_text('{"id": "bd-1"}\n')
+    assert gt("sync", "gaming-pc", "--push", str(rig), ssh_config=ssh_host.ssh_config).returncode == 0
+    (rig / ".beads" / "ledger.jsonl").write_text('{"id": "bd-1"}\n{"id": "bd-2"}\n')
+    (rig / "notes.txt").write_text("work in progress\n")
+    result = gt(*shell_words(sample[0].removeprefix("$ gt-remote "), {**PASTE_ENV, "HOME": str(gt.home)}), ssh_config=ssh_host.ssh_config)
+    assert result.returncode == 0, result.stderr
+    announced = sample[1].replace("/home/you", str(gt.home))
+    assert result.stderr.splitlines() == [announced]
+    changes = re.compile(r"^([<>]f|\*deleting) ")  # files; a directory's own line depends on the clock
+    assert [line for line in result.stdout.splitlines() if changes.match(line)] == [line for line in sample[2:] if changes.match(line)]
+    assert result.stdout.rstrip().endswith("(DRY RUN)") and sample[-1].endswith("(DRY RUN)")
+
+
+def test_documented_unix_socket_line_in_a_shell_without_xdg_runtime_dir(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """usage.md's unix:// line, pasted into sh with XDG_RUNTIME_DIR unset: up, then a Ping through it."""
+    (command,) = [c for d, c in COMMANDS if d == "usage.md" and "--local" in c and "unix://" in c]
+    env = {**gt.env, "TMPDIR": str(tmp_path)}  # gt-remote's own runtime dir, private to this test
+    env.pop("XDG_RUNTIME_DIR")
+    gt_remote = f"{sys.executable} -m gt_remote -F {ssh_host.ssh_config}"
+    script = f"""
+        set -e
+        gt_remote() {{ {gt_remote} "$@"; }}
+        eval "$(gt_remote {command} --server-binary {STANDIN})"
+        gt_remote ping
+        echo "GASTOWN_CCMUX_ADDR=$GASTOWN_CCMUX_ADDR"
+    """
+    try:
+        result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        down = subprocess.run([sys.executable, "-m", "gt_remote", "down", "gaming-pc"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    url = f"unix://{gt.home}/.cache/gaming-pc.sock"
+    assert f"Pong from {url}" in result.stdout and result.stdout.strip().endswith(f"GASTOWN_CCMUX_ADDR={url}")
+    assert down.returncode == 0 and "gaming-pc: down" in down.stderr
+
+
+def test_setup_ssh_copy_id_line_adds_the_new_key(gt: Gt, ssh_host: SshHost) -> None:
+    """setup.md's ssh-copy-id form, while another key already logs in (ssh_config's IdentityFile)."""
+    (line,) = re.findall(r"`(ssh-copy-id [^`]+)`", (REPO / "docs" / "setup.md").read_text())
+    (gt.home / ".ssh").mkdir(mode=0o700)  # where ssh-keygen put the new key
+    new_key = ClientKey.create(gt.home / ".ssh")
+    (gt.home / ".ssh" / "id_ed25519.pub").write_text(new_key.public + "\n")
+    words = shell_words(line.replace("you@gaming-pc.lan", "gaming-pc"), {**PASTE_ENV, "HOME": str(gt.home)})
+    result = subprocess.run([*words[:-1], "-F", str(ssh_host.ssh_config), words[-1]], capture_output=True, text=True, timeout=60, env=gt.env)
+    assert result.returncode == 0, result.stderr
+    assert new_key.public in ssh_host.sh("cat /home/gamer/.ssh/authorized_keys")

@@ -119,6 +119,7 @@ def test_sync_without_rsync_on_either_side(gt: Gt, ssh_host: SshHost) -> None:
 def test_systemd_unit_content_and_verify(gt: Gt, tmp_path: Path) -> None:
     ssh_config = tmp_path / "my ssh_config"
     ssh_config.write_text("Host gaming-pc\n    HostName 127.0.0.1\n")
+    gt.env["SSH_AUTH_SOCK"] = "/tmp/ssh-agent-of-this-login/agent.42"  # changes per login: never baked in
     result = gt("service", "install", "gaming-pc", "--platform", "systemd", "--no-start", ssh_config=ssh_config)
     assert result.returncode == 0, result.stderr
     unit = gt.home / ".config/systemd/user/gt-remote-gaming-pc.service"
@@ -126,18 +127,21 @@ def test_systemd_unit_content_and_verify(gt: Gt, tmp_path: Path) -> None:
     assert f'"-F" "{ssh_config}"' not in text and f'-F "{ssh_config}"' in text  # quoted: the path has a space
     assert "up gaming-pc --foreground" in text and "ExecStop=" in text and "down gaming-pc" in text
     assert "Restart=on-failure" in text and "RestartPreventExitStatus=2" in text and "WantedBy=default.target" in text
+    assert "Type=notify\n" in text and "NotifyAccess=main\n" in text  # started = READY=1 after the Ping
+    assert "network-online" not in text and "SSH_AUTH_SOCK" not in text
     assert oct(unit.stat().st_mode & 0o777) == "0o600"
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, env=gt.env)
     problems = [line for line in verify.stderr.splitlines() if "gt-remote-gaming-pc" in line and "Failed to connect" not in line]
     assert problems == [], verify.stderr
     status = gt("service", "status", "gaming-pc", "--platform", "systemd")
-    assert status.returncode == 0 and "installed at" in status.stdout
+    assert status.returncode == 3 and "installed at" in status.stdout and "not active" in status.stdout  # --no-start
     removed = gt("service", "uninstall", "gaming-pc", "--platform", "systemd")
     assert removed.returncode == 0 and not unit.exists()
     assert gt("service", "status", "gaming-pc", "--platform", "systemd").returncode == 1
 
 
 def test_launchd_plist_content(gt: Gt) -> None:
+    gt.env["SSH_AUTH_SOCK"] = "/private/tmp/com.apple.launchd.x/Listeners"
     result = gt("service", "install", "gaming-pc", "--platform", "launchd", "--no-start")
     assert result.returncode == 0, result.stderr
     plist = gt.home / "Library/LaunchAgents/dev.gt-remote.gaming-pc.plist"
@@ -145,6 +149,7 @@ def test_launchd_plist_content(gt: Gt) -> None:
     assert document["Label"] == "dev.gt-remote.gaming-pc"
     assert document["ProgramArguments"][-3:] == ["up", "gaming-pc", "--foreground"]
     assert document["RunAtLoad"] is True and document["KeepAlive"] == {"SuccessfulExit": False}
+    assert "SSH_AUTH_SOCK" not in document["EnvironmentVariables"]  # launchd hands every agent its own
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from gt_remote.base.errors import AddressError
 
 ENV_VARS = ("GASTOWN_CCMUX_ADDR", "CCMUX_ADDR", "FUGUE_ADDR")
 TCP_EXAMPLE = "tcp://127.0.0.1:9999"
-UNIX_EXAMPLE = "unix:///run/user/1000/gt-remote/gaming-pc.sock"
+UNIX_EXAMPLE = "unix:///run/user/1000/gaming-pc.sock"
 
 
 @dataclass(frozen=True)

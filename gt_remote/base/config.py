@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -10,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gt_remote.base.addresses import Address, normalize_local, parse_address, require_loopback
+from gt_remote.base.addresses import Address, UnixAddress, normalize_local, parse_address, require_loopback
 from gt_remote.base.errors import ConfigError, UsageError
+from gt_remote.base.paths import runtime_path
 
 DEFAULT_REMOTE_PORT = 9999
 DEFAULT_SERVER = "ccmux-server"
@@ -108,7 +110,21 @@ def _port(value: Any) -> int:
 def _local(value: Any, remote_port: int) -> Address:
     if value is None:
         return parse_address(f"tcp://127.0.0.1:{remote_port}")
-    return normalize_local(require_loopback(parse_address(_text(value, "local"))))
+    address = normalize_local(require_loopback(parse_address(_text(value, "local"))))
+    if isinstance(address, UnixAddress):
+        _outside_own_files(address)
+    return address
+
+
+def _outside_own_files(address: UnixAddress) -> None:
+    """gt-remote's runtime directory holds each host's control socket (HOST.sock), which
+    would silently replace a listener of the same name: keep users' sockets out of it."""
+    own = Path(os.path.realpath(runtime_path()))
+    if Path(os.path.realpath(os.path.dirname(address.path))).is_relative_to(own):
+        raise UsageError(
+            f"local socket {address.url} is inside {own}, where gt-remote keeps its own control sockets",
+            f"pick a path outside it, e.g. unix://{own.parent}/{os.path.basename(address.path)}",
+        )
 
 
 def _server(value: Any) -> str:

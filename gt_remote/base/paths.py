@@ -28,9 +28,13 @@ def state_dir() -> Path:
 
 def runtime_dir() -> Path:
     """Sockets and locks. Without XDG_RUNTIME_DIR, a per-user directory under /tmp."""
+    return private_dir(runtime_path())
+
+
+def runtime_path() -> Path:
+    """Where runtime_dir() is, without creating it."""
     value = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(value) / APP if value and os.path.isabs(value) else Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}"
-    return private_dir(base)
+    return Path(value) / APP if value and os.path.isabs(value) else Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}"
 
 
 def private_dir(path: Path) -> Path:
