@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 import asyncssh
 
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import RemotePortBusy, ServerMissing, ServerWithoutTcp
+from gt_remote.base.errors import RemotePortBusy, ServerMissing, ServerOnOtherPort, ServerWithoutTcp
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.install import check_platform, run_install_command, upload_server
-from gt_remote.bootstrap.probe import PortState, RemoteFacts, file_digest, parse_version, port_state, probe
+from gt_remote.bootstrap.probe import PortState, RemoteFacts, build_of, file_digest, parse_version, port_state, probe
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,21 @@ class ServerInfo:
     pid: int | None
     started_by_gt_remote: bool
     reused: bool
+    other_build: dict[str, str | None] | None = None  # a build installed there that is not the running one
+
+    @property
+    def build(self) -> str | None:
+        return build_of(self.path)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "build": self.build}
+
+
+def other_build(facts: RemoteFacts, running_path: str | None) -> dict[str, str | None] | None:
+    """The build `up` would start now, when it is not the one running: `status` shows it."""
+    if facts.path and running_path and facts.path != running_path:
+        return {"path": facts.path, "build": build_of(facts.path), "version": facts.version}
+    return None
 
 
 async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, say: Say) -> ServerInfo:
@@ -40,9 +52,11 @@ async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
         port_state(conn, settings.remote_port),
     )
     if state is PortState.ANSWERS:
-        return _reuse(facts, settings, say)
+        return _reuse(facts, settings, digest, say)
     if state is PortState.BUSY:
         raise _port_busy(settings)
+    if facts.other_port is not None:
+        raise _one_server_per_user(settings, facts)
     if facts.pid is not None:
         await _restart_tcpless(conn, facts.pid, settings, say)
     path, version = facts.path, facts.version
@@ -88,13 +102,35 @@ async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
     return ServerInfo(path, known.version or facts.version, pid, started_by_gt_remote=True, reused=False)
 
 
-def _reuse(facts: RemoteFacts, settings: HostSettings, say: Say) -> ServerInfo:
+def _reuse(facts: RemoteFacts, settings: HostSettings, digest: str, say: Say) -> ServerInfo:
     ours = facts.pid is not None
     if ours:
-        say(f"reusing the running {settings.server} (pid {facts.pid}) on {settings.name}")
+        shown = f", version {facts.running_version}" if facts.running_version else ""
+        say(f"reusing the running {settings.server} (pid {facts.pid}) on {settings.name}{shown}")
+        if digest and facts.running_build != digest:
+            say(_not_the_offered_build(facts, settings, digest))
+        path, version = facts.running_path, facts.running_version
     else:
         say(f"reusing a ccmux server on {settings.name}:127.0.0.1:{settings.remote_port} that gt-remote did not start; --stop-server will leave it alone")
-    return ServerInfo(facts.path, facts.version, facts.pid, started_by_gt_remote=ours, reused=True)
+        path, version = facts.path, facts.version
+    return ServerInfo(path, version, facts.pid, started_by_gt_remote=ours, reused=True, other_build=other_build(facts, path) if ours else None)
+
+
+def _not_the_offered_build(facts: RemoteFacts, settings: HostSettings, digest: str) -> str:
+    running = f"{facts.running_version or 'unknown version'}, build {facts.running_build or facts.running_path}"
+    offered = f"build {digest}"
+    return (
+        f"note: {settings.name} keeps running {settings.server} {running}, not the offered {settings.server_binary} ({offered}); "
+        f"to switch run 'gt-remote upgrade {settings.name} --server-binary {settings.server_binary}' (restarting ends the panes' processes)"
+    )
+
+
+def _one_server_per_user(settings: HostSettings, facts: RemoteFacts) -> ServerOnOtherPort:
+    return ServerOnOtherPort(
+        f"gt-remote's {settings.server} (pid {facts.other_pid}) already runs on {settings.name} for this user, serving 127.0.0.1:{facts.other_port}, "
+        f"and a second one cannot start beside it (it owns the user's Unix socket)",
+        f"use that port: 'gt-remote up {settings.name} --remote-port {facts.other_port}', or stop it first with 'gt-remote down HOST --stop-server' for the host that started it",
+    )
 
 
 async def _install(conn: asyncssh.SSHClientConnection, settings: HostSettings, facts: RemoteFacts, digest: str, say: Say) -> tuple[str, str | None]:

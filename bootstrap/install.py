@@ -19,10 +19,11 @@ from gt_remote.bootstrap.remote import REMOTE_INSTALL_ROOT, run_script
 
 CHECK_AND_PLACE = r"""
 part=$1 final=$2
-chmod 755 "$HOME/$part" || { rm -f "$HOME/$part"; echo "error=chmod failed"; exit 0; }
+chmod 755 "$HOME/$part" || { rm -f "$HOME/$part"; rmdir "$HOME/${part%/*}" 2>/dev/null; echo "error=chmod failed"; exit 0; }
 out=$("$HOME/$part" --version 2>&1); rc=$?
 if [ "$rc" -ne 0 ]; then
     rm -f "$HOME/$part"
+    rmdir "$HOME/${part%/*}" 2>/dev/null  # only if empty: no empty install directory left behind
     echo "rc=$rc"; echo "arch=$(uname -m)"; echo "os=$(uname -s)"
     echo "output=$(printf '%s' "$out" | head -n 1)"
     exit 0
@@ -73,6 +74,7 @@ async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, ser
             await sftp.put(local_path, part, progress_handler=progress.upload_reporter())
         except (asyncssh.SFTPError, OSError) as exc:
             await _remove_quietly(sftp, part)
+            await _rmdir_quietly(sftp, directory)
             free = await _free_kib(conn, directory)
             raise InstallFailed(
                 f"uploading {local_path} to {host} failed ({exc}; {free} KiB free there, {_size_kib(local_path)} KiB needed); the partial file was removed",
@@ -97,6 +99,14 @@ def _size_kib(path: str) -> int:
 async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
     try:
         await sftp.remove(path)
+    except (asyncssh.SFTPError, OSError):
+        pass
+
+
+async def _rmdir_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
+    """Remove a directory we made, if it is empty; a build uploaded before stays."""
+    try:
+        await sftp.rmdir(path)
     except (asyncssh.SFTPError, OSError):
         pass
 

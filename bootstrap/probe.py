@@ -40,8 +40,22 @@ echo "os=$(uname -s)"
 pidfile="$state_dir/$server-$port.pid"
 if [ -f "$pidfile" ]; then
     pid=$(cat "$pidfile")
-    if is_our_server "$pid" "$port"; then echo "pid=$pid"; fi
+    if is_our_server "$pid" "$port"; then
+        echo "pid=$pid"
+        # The build it runs: the word of its command line that names the server program.
+        for word in $(cmdline_of "$pid"); do
+            case "$word" in */"$server") echo "running=$word"; [ -x "$word" ] && echo "running_version=$("$word" --version 2>&1 | head -n 1)"; break ;; esac
+        done
+    fi
 fi
+# One server per user owns the Unix socket: is ours already serving another port?
+for other in "$state_dir/$server"-*.pid; do
+    [ -f "$other" ] || continue
+    other_port=${other##*/"$server"-}; other_port=${other_port%.pid}
+    case "$other_port" in "$port"|''|*[!0-9]*) continue ;; esac
+    other_pid=$(cat "$other")
+    if is_our_server "$other_pid" "$other_port"; then echo "other=$other_port:$other_pid"; fi
+done
 """
 
 
@@ -52,6 +66,15 @@ class RemoteFacts:
     arch: str
     os: str
     pid: int | None
+    running_path: str | None = None  # the binary our live server was started from
+    running_version: str | None = None
+    other_port: int | None = None  # our live server for this user on another port, if any
+    other_pid: int | None = None
+
+    @property
+    def running_build(self) -> str | None:
+        """The content hash naming the running binary's install directory, if we uploaded it."""
+        return build_of(self.running_path)
 
 
 class PortState(enum.Enum):
@@ -69,6 +92,12 @@ def file_digest(path: str) -> str:
     return sha.hexdigest()[:16]
 
 
+def build_of(path: str | None) -> str | None:
+    """`.../gt-remote/servers/<hash>/ccmux-server` -> `<hash>`; None for other paths."""
+    parts = (path or "").split("/")
+    return parts[-2] if len(parts) >= 3 and "/".join(parts[-4:-2]) == "gt-remote/servers" else None
+
+
 def parse_version(output: str | None) -> str | None:
     """`ccmux-server 0.1.1` -> `0.1.1`: the last word of the first line."""
     words = (output or "").split()
@@ -78,12 +107,17 @@ def parse_version(output: str | None) -> str | None:
 async def probe(conn: asyncssh.SSHClientConnection, server: str, port: int, digest: str = "") -> RemoteFacts:
     fields = (await run_script(conn, PROBE_SCRIPT, server, str(port), digest)).fields
     pid = fields.get("pid", "")
+    other_port, _, other_pid = fields.get("other", "").partition(":")
     return RemoteFacts(
         path=fields.get("path") or None,
         version=parse_version(fields.get("version")),
         arch=fields.get("arch", "unknown"),
         os=fields.get("os", "unknown"),
         pid=int(pid) if pid.isdigit() else None,
+        running_path=fields.get("running") or None,
+        running_version=parse_version(fields.get("running_version")),
+        other_port=int(other_port) if other_port.isdigit() else None,
+        other_pid=int(other_pid) if other_pid.isdigit() else None,
     )
 
 

@@ -108,6 +108,7 @@ async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, ser
         if time.monotonic() >= next_liveness_check:
             alive, log_tail = await _status(conn, pid, server, port)
             if not alive:
+                await stop(conn, server, port, only_pid=pid)  # removes its pid file: nothing stale left
                 raise _exited(server, port, host, log_tail)
             if _bind_failed(log_tail):
                 await stop(conn, server, port, only_pid=pid)

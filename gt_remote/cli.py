@@ -18,7 +18,7 @@ from gt_remote import __version__, lifecycle, progress
 from gt_remote import shell as shells
 from gt_remote.base.addresses import export_vars
 from gt_remote.base.config import load_config, resolve
-from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, UsageError
+from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, UsageError
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
 from gt_remote.completion import SHELLS, complete_host, script
 
@@ -210,20 +210,21 @@ def _print_for_shell(lines: list[str], command: str, syntax: str) -> None:
 @main.command()
 @click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--all", "all_hosts", is_flag=True, help="Stop every host.")
-@click.option("--stop-server", is_flag=True, help="Also stop the remote server, if gt-remote started it.")
+@click.option("--stop-server", is_flag=True, help="Also stop the remote server, if gt-remote started it (connects again if the tunnel is down).")
+@click.pass_obj
 @user_errors
-def down(host: str | None, all_hosts: bool, stop_server: bool) -> None:
+def down(g: Globals, host: str | None, all_hosts: bool, stop_server: bool) -> None:
     """Stop HOST's supervisor; the remote server keeps running unless --stop-server."""
     if host and all_hosts:
         raise UsageError(f"--all stops every host, so it takes no HOST (got {host!r})", f"run 'gt-remote down {host}' for that host, or 'gt-remote down --all' for all")
     if not host and not all_hosts:
         raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote down gaming-pc'")
-    names = known_host_names() if all_hosts else [host]
+    names = (lifecycle.all_hosts_with_state() if stop_server else known_host_names()) if all_hosts else [host]
     if not names:
         tell("no hosts are up")
     for name in names:
         assert name is not None
-        tell(lifecycle.down(name, stop_server))
+        tell(lifecycle.down(name, stop_server, lambda other: _settings(g, other), _ssh_config(g)))
 
 
 @main.command()
@@ -276,7 +277,10 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{row['host']}: {row['state']}")
         lines.append(f"  local       {row.get('local') or '-'}  ->  remote 127.0.0.1:{row.get('remote_port') or '-'}")
         described = " ".join(str(part) for part in (server.get("name"), server.get("version")) if part)
-        lines.append(f"  server      {described} pid {server.get('pid') or '-'}")
+        lines.append(f"  server      {described} pid {server.get('pid') or '-'}" + (f" build {server['build']}" if server.get("build") else ""))
+        other = server.get("other_build")
+        if other:
+            lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {row['host']} --server-binary PATH' switches")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         lines.append(f"  streams     {_streams_line(row)}")
         if row.get("next_attempt_at") and row["state"] in ("reconnecting", "failed"):
@@ -428,6 +432,44 @@ def sync(g: Globals, host: str, paths: tuple[str, ...], push: bool, pull: bool, 
     if push and pull:
         raise UsageError("--push and --pull go opposite ways", f"run 'gt-remote sync {host} --push' and then 'gt-remote sync {host} --pull'")
     syncing.run(_settings(g, host), list(paths), not pull, dry_run, delete, say)
+
+
+@main.command()
+@click.argument("host")
+@click.option("--server-binary", required=True, help="The new server build for the remote.")
+@click.option("--yes", is_flag=True, help="Restart without asking (the panes' processes end).")
+@user_errors
+def upgrade(host: str, server_binary: str, yes: bool) -> None:
+    """Switch HOST's running server to another build; restarting it ends the panes' processes."""
+    from gt_remote import upgrade as upgrading
+
+    plan = upgrading.plan(host, server_binary)
+    if not plan.needed:
+        say(f"{host} already runs build {plan.digest}; nothing to do")
+        return
+    say(plan.warning())
+    if not yes:
+        if not sys.stdin.isatty():
+            raise NeedsConfirmation("upgrading ends the panes' processes and there is no terminal to ask on", f"pass --yes: 'gt-remote upgrade {host} --server-binary {server_binary} --yes'")
+        if not click.confirm("gt-remote: restart the server now?", default=False, err=True):
+            say("upgrade cancelled; nothing changed")
+            sys.exit(1)
+    server = upgrading.run(plan)
+    say(f"{host}: now runs {server.get('path')} {server.get('version') or ''} (pid {server.get('pid')}, build {server.get('build')}); the tunnel stayed up")
+
+
+@main.command()
+@click.argument("host", required=False)
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@click.pass_obj
+@user_errors
+def clean(g: Globals, host: str | None, dry_run: bool) -> None:
+    """Remove old server builds and stale pid files on the remote, and local files of hosts that are not up."""
+    from gt_remote import clean as cleaning
+
+    report = cleaning.clean(host, lambda name: _settings(g, name), _ssh_config(g), dry_run, say)
+    click.echo("\n".join(report.lines))
+    sys.exit(1 if report.failed else 0)
 
 
 @main.group()

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gt_remote import control, notify, progress
+from gt_remote import control, notify, progress, reach
 from gt_remote.base import errors
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
-from gt_remote.base.paths import HostFiles, known_host_names
+from gt_remote.base.paths import HostFiles, known_host_names, remembered_host_names
+from gt_remote.bootstrap.probe import file_digest
 
 Say = Callable[[str], None]
 LOCK_TIMEOUT = 600.0
@@ -35,27 +36,51 @@ class HostLock:
         self.files = files
         self.timeout = timeout
         self.fd: int | None = None
+        self.held = False
 
     def __enter__(self) -> HostLock:
-        self.fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + self.timeout
         while True:
+            self.fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                while True:
+                    try:
+                        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        self.held = True
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise GtRemoteError(f"another gt-remote command for {self.files.name} is still running", "wait for it to finish, then try again") from None
+                        time.sleep(0.05)
+            except BaseException:
+                self.release()
+                raise
+            if self._still_the_lock_file():
                 return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    self.release()
-                    raise GtRemoteError(f"another gt-remote command for {self.files.name} is still running", "wait for it to finish, then try again") from None
-                time.sleep(0.05)
+            self.release()  # the holder before us removed the file: lock the new one
+
+    def _still_the_lock_file(self) -> bool:
+        assert self.fd is not None
+        try:
+            return os.stat(self.files.lock).st_ino == os.fstat(self.fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
         if self.fd is not None:
+            if self.held and self._still_the_lock_file() and not _has_state(self.files):
+                self.files.lock.unlink(missing_ok=True)  # a host gt-remote knows nothing of leaves no lock file
             os.close(self.fd)
             self.fd = None
+            self.held = False
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _has_state(files: HostFiles) -> bool:
+    """Whether gt-remote keeps anything for this host (a mistyped name keeps nothing)."""
+    return files.record.exists() or files.remote.exists() or control.supervisor_alive(files.pid) is not None
 
 
 def error_from_dict(data: dict[str, Any]) -> GtRemoteError:
@@ -95,17 +120,45 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
                 f"it may be stopped (SIGSTOP): resume it with 'kill -CONT {pid}', or run 'gt-remote down {settings.name}'",
             )
         _clean_stale(files)
-        if foreground:
-            return _run_foreground(settings, lock, on_ready)
-        return _spawn(settings, files, say)
+        had_log = files.log.exists()
+        try:
+            if foreground:
+                return _run_foreground(settings, lock, on_ready)
+            return _spawn(settings, files, say)
+        except GtRemoteError:
+            _forget_failed(files, had_log)
+            raise
+
+
+def _forget_failed(files: HostFiles, had_log: bool) -> None:
+    """A failed `up` of a host gt-remote never brought up (a mistyped name) leaves no files."""
+    if files.remote.exists() or control.supervisor_alive(files.pid) is not None:
+        return
+    files.pid.unlink(missing_ok=True)
+    if not had_log:
+        files.log.unlink(missing_ok=True)
 
 
 def _check_same(settings: HostSettings, status: dict[str, Any]) -> None:
-    if status["local"] != settings.local_url or status["remote_port"] != settings.remote_port:
+    """An option that differs from the running tunnel's is refused, never silently dropped."""
+    running = status.get("settings") or {}
+    wanted = {"local": settings.local_url, "remote port": settings.remote_port, "server": settings.server, "keepalive": settings.keepalive}
+    have = {"local": status["local"], "remote port": status["remote_port"], "server": running.get("server", settings.server), "keepalive": running.get("keepalive", settings.keepalive)}
+    differs = [f"{key} {have[key]} (asked: {wanted[key]})" for key in wanted if wanted[key] != have[key]]
+    if differs:
         raise UsageError(
-            f"{settings.name} is already up with local {status['local']} and remote port {status['remote_port']}",
-            f"run 'gt-remote down {settings.name}' first to change them",
+            f"{settings.name} is already up with {', '.join(differs)}",
+            f"run 'gt-remote down {settings.name}' first, then 'up' with the new options",
         )
+    if settings.server_binary:
+        server = status.get("server") or {}
+        digest = file_digest(settings.server_binary)
+        if server.get("build") != digest:
+            running = f"{server.get('version') or 'unknown version'}, build {server.get('build') or server.get('path') or 'not uploaded by gt-remote'}"
+            raise UsageError(
+                f"{settings.name} is already up with {settings.server} {running}, not the offered {settings.server_binary} (build {digest})",
+                f"run 'gt-remote upgrade {settings.name} --server-binary {settings.server_binary}' to switch (restarting ends the panes' processes)",
+            )
 
 
 def _clean_stale(files: HostFiles) -> None:
@@ -191,8 +244,12 @@ def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[
 # --- down -------------------------------------------------------------------------------
 
 
-def down(name: str, stop_server: bool) -> str:
-    """Stop a host's supervisor (and the remote server if asked and ours); say what happened."""
+def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, ssh_config: str | None = None) -> str:
+    """Stop a host's supervisor (and the remote server if asked and ours); say what happened.
+
+    With the tunnel already down, --stop-server connects by itself: with what `up` used
+    (kept after `down`), else `fallback` (the config and ssh_config), -F winning.
+    """
     files = HostFiles(name)
     with HostLock(files, timeout=60):
         pid = control.supervisor_alive(files.pid)
@@ -200,7 +257,8 @@ def down(name: str, stop_server: bool) -> str:
         if reply is None and pid is None:
             was_known = files.record.exists()
             _clean_stale(files)
-            return f"{name}: already down" + (" (cleaned up after a supervisor that had died)" if was_known else "")
+            message = f"{name}: already down" + (" (cleaned up after a supervisor that had died)" if was_known else "")
+            return f"{message}; {_stop_server_offline(name, fallback, ssh_config)}" if stop_server else message
         if reply is None and pid is not None and pid > 0:
             _signal(pid, signal.SIGTERM)
             _signal(pid, signal.SIGCONT)  # a stopped process acts on TERM only once resumed
@@ -210,6 +268,18 @@ def down(name: str, stop_server: bool) -> str:
         _clean_stale(files)
     note = (reply or {}).get("server_note") if stop_server else "the remote server keeps running (use --stop-server to stop it)"
     return f"{name}: down; {note}" if note else f"{name}: down"
+
+
+def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config: str | None) -> str:
+    settings = reach.settings_for(name, fallback, ssh_config)
+    if settings is None:
+        raise NotUp(f"gt-remote has no record of {name}'s remote", f"name it in the config or pass -F: 'gt-remote -F SSH_CONFIG down {name} --stop-server'")
+    return reach.stop_server(settings)
+
+
+def all_hosts_with_state() -> list[str]:
+    """Hosts with a tunnel record or a remembered remote: what `down --all` covers."""
+    return sorted(set(known_host_names()) | set(remembered_host_names()))
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -13,6 +13,7 @@ reports progress as JSON lines on stdout until the tunnel is up, or in-process w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import logging.handlers
@@ -26,7 +27,7 @@ from typing import Any
 
 import asyncssh
 
-from gt_remote import control, progress
+from gt_remote import control, progress, reach
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, PingFailed
@@ -35,6 +36,7 @@ from gt_remote.bootstrap import relay as remote_relay
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.ensure import ServerInfo, ensure_server, revive_server
 from gt_remote.bootstrap.probe import ping_remote
+from gt_remote.bootstrap.upgrade import replace_server
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import CheckOutcome, Link, LinkState
@@ -79,6 +81,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._control: asyncio.AbstractServer | None = None
         self._saved: tuple[object, ...] = ()
+        self._server_lock = asyncio.Lock()  # an upgrade and a revive never touch the server at once
         self.last_wake: WakeEvent | None = None
         self.last_wake_outcome: CheckOutcome | None = None
         self._checking = asyncio.Lock()
@@ -102,6 +105,7 @@ class Supervisor:
             await self._abandon()
             raise
         self._save_record()
+        reach.remember(self.settings)
         log.info("up: %s -> %s:127.0.0.1:%d", self.settings.local_url, self.settings.destination, self.settings.remote_port)
 
     async def _abandon(self) -> None:
@@ -221,7 +225,8 @@ class Supervisor:
 
     async def _revive(self, conn: asyncssh.SSHClientConnection) -> None:
         assert self.server is not None
-        revived = await revive_server(conn, self.settings, self.server)
+        async with self._server_lock:
+            revived = await revive_server(conn, self.settings, self.server)
         if revived is not None:
             self.server = revived
             self.server_restarts += 1
@@ -239,7 +244,31 @@ class Supervisor:
             stopped = await self._stop_remote_server() if request.get("stop_server") else None
             self._stop.set()
             return {"ok": True, **(stopped or {})}
+        if op == "upgrade":
+            return await self._upgrade(str(request.get("server_binary")))
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def _upgrade(self, binary: str) -> dict[str, Any]:
+        """Replace the running server with another build; the tunnel and its link stay."""
+        old = self.server
+
+        def restored(server: ServerInfo) -> None:
+            self.server = server
+
+        try:
+            conn = await self.link.wait_connected(10.0)
+            async with self._server_lock:
+                self.server = await replace_server(conn, self.settings, binary, log.info, restored)
+                self.settings = dataclasses.replace(self.settings, server_binary=binary)
+        except GtRemoteError as error:
+            log.error("upgrade failed: %s", error)
+            self._save_record()
+            return {"ok": False, "error": error.to_dict()}
+        self.server_error = None
+        self._save_record()
+        reach.remember(self.settings)
+        log.info("upgraded the remote server: pid %s -> %s", old and old.pid, self.server.pid)
+        return {"ok": True, "old": old.to_dict() if old else None, "server": self.server.to_dict()}
 
     async def _stop_remote_server(self) -> dict[str, Any]:
         try:
@@ -255,6 +284,7 @@ class Supervisor:
             pid = await remote_server.stop(conn, self.settings.server, self.settings.remote_port, only_pid=server.pid)
         except GtRemoteError as error:
             return {"server_stopped": None, "server_note": f"could not stop the remote server: {error}"}
+        reach.forget(self.settings.name)
         return {"server_stopped": pid, "server_note": f"stopped the remote server (pid {pid})" if pid else "the remote server was not running"}
 
     def status(self) -> dict[str, Any]:
@@ -276,7 +306,11 @@ class Supervisor:
                 "pid": server.pid if server else None,
                 "version": server.version if server else None,
                 "started_by_gt_remote": server.started_by_gt_remote if server else False,
+                "path": server.path if server else None,
+                "build": server.build if server else None,
+                "other_build": server.other_build if server else None,
             },
+            "settings": json.loads(self.settings.to_json()),
             "last_error": str(last_error) if last_error else None,
             "since": iso(link.since),
             "next_attempt_at": iso(link.next_attempt_at),

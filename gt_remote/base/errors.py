@@ -118,3 +118,15 @@ class CommandNotExecutable(GtRemoteError):
     """`exec` found the program but cannot run it: exit 126, as env and ssh do."""
 
     exit_code = 126
+
+
+class ServerOnOtherPort(RemoteError):
+    """gt-remote's server for this remote user already serves another port: only one may own the socket."""
+
+
+class NotOurServer(RemoteError):
+    """The running server was not started by gt-remote, so gt-remote will not stop or replace it."""
+
+
+class NeedsConfirmation(UsageError):
+    """A step that ends the panes' processes, asked for without --yes and without a terminal to ask on."""

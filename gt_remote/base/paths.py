@@ -86,6 +86,12 @@ class HostFiles:
         return private_dir(state_dir() / "hosts") / f"{self.key}.json"
 
     @property
+    def remote(self) -> Path:
+        """How to reach the remote and which server gt-remote started there; kept after `down`
+        so `down --stop-server` and `clean` can reconnect later. Removed by `clean`."""
+        return private_dir(state_dir() / "remotes") / f"{self.key}.json"
+
+    @property
     def log(self) -> Path:
         return private_dir(state_dir() / "logs") / f"{self.key}.log"
 
@@ -108,6 +114,17 @@ def known_host_names() -> list[str]:
     """Every host with a record, in name order."""
     names = []
     for path in sorted((state_dir() / "hosts").glob("*.json")):
+        try:
+            names.append(json.loads(path.read_text())["host"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return sorted(names)
+
+
+def remembered_host_names() -> list[str]:
+    """Every host whose remote gt-remote has touched and not yet cleaned up, in name order."""
+    names = []
+    for path in sorted((state_dir() / "remotes").glob("*.json")):
         try:
             names.append(json.loads(path.read_text())["host"])
         except (OSError, ValueError, KeyError):

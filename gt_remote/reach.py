@@ -1,0 +1,79 @@
+"""Reaching a host's remote when no supervisor holds a connection: after `down`, for
+`down --stop-server` and `clean`.
+
+Each successful `up` remembers how it reached the remote and which server it started
+(HostFiles.remote); that record outlives `down`, so the server can be stopped later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncssh
+
+from gt_remote.base.config import HostSettings
+from gt_remote.base.paths import HostFiles, write_private
+from gt_remote.bootstrap import relay as remote_relay
+from gt_remote.bootstrap import server as remote_server
+from gt_remote.tunnel.connection import SshTarget, connect
+
+T = TypeVar("T")
+Fallback = Callable[[str], HostSettings]
+
+
+def remember(settings: HostSettings) -> None:
+    write_private(HostFiles(settings.name).remote, json.dumps({"host": settings.name, "settings": json.loads(settings.to_json())}, indent=2))
+
+
+def remembered(name: str) -> HostSettings | None:
+    try:
+        data: dict[str, Any] = json.loads(HostFiles(name).remote.read_text())
+        return HostSettings.from_json(json.dumps(data["settings"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def forget(name: str) -> None:
+    HostFiles(name).remote.unlink(missing_ok=True)
+
+
+def settings_for(name: str, fallback: Fallback | None, ssh_config: str | None) -> HostSettings | None:
+    """What `up` used last (where the server runs), else the config; an -F given now wins."""
+    settings = remembered(name)
+    if settings is None:
+        return fallback(name) if fallback else None
+    return dataclasses.replace(settings, ssh_config=ssh_config) if ssh_config else settings
+
+
+def run_on(settings: HostSettings, action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]]) -> T:
+    """Connect once (host keys checked as always), run `action`, close."""
+
+    async def main() -> T:
+        conn = await connect(SshTarget(settings.destination, settings.ssh_config, settings.keepalive))
+        try:
+            return await action(conn)
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
+    return asyncio.run(main())
+
+
+def stop_server(settings: HostSettings) -> str:
+    """Stop the server gt-remote started for this host, found by its pid file there, and its
+    relay (whose streams end with the server anyway); say what happened."""
+
+    async def stop_both(conn: asyncssh.SSHClientConnection) -> int | None:
+        pid = await remote_server.stop(conn, settings.server, settings.remote_port)
+        await remote_relay.stop_relay(conn, settings.remote_port)
+        return pid
+
+    pid = run_on(settings, stop_both)
+    forget(settings.name)
+    if pid is None:
+        return f"no server that gt-remote started runs on {settings.name} at 127.0.0.1:{settings.remote_port}; nothing to stop"
+    return f"stopped the remote server (pid {pid})"

@@ -1,0 +1,62 @@
+"""`gt-remote upgrade HOST --server-binary PATH`: switch a host's running server to another build.
+
+The supervisor does the work over the connection it already holds, so the tunnel stays
+up; restarting the server ends the panes' processes, which is why the CLI asks first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gt_remote import control, lifecycle
+from gt_remote.base.errors import GtRemoteError, UsageError
+from gt_remote.base.paths import HostFiles
+from gt_remote.bootstrap.probe import file_digest
+
+UPGRADE_TIMEOUT = 1800.0  # an upload of a large build over a slow link
+
+
+@dataclass(frozen=True)
+class Plan:
+    host: str
+    binary: str
+    digest: str
+    running: dict[str, Any]  # the live status's "server"
+
+    @property
+    def needed(self) -> bool:
+        return self.running.get("build") != self.digest
+
+    def warning(self) -> str:
+        server = self.running
+        described = f"{server.get('name')} {server.get('version') or ''} (pid {server.get('pid')}, build {server.get('build') or '?'})".replace("  ", " ")
+        return f"upgrading restarts {described} on {self.host} with build {self.digest}: every pane's process there ends"
+
+
+def plan(host: str, binary: str) -> Plan:
+    """What an upgrade would replace; refuses a host that is not up or a missing file."""
+    path = Path(binary).expanduser()
+    if not path.is_file():
+        raise UsageError(f"server binary {path} does not exist", "pass the path of the ccmux-server you built for the remote")
+    status = lifecycle.require_up(host)
+    server = status.get("server") or {}
+    if not server.get("started_by_gt_remote"):
+        raise UsageError(
+            f"the server {host} uses was not started by gt-remote, so gt-remote will not replace it",
+            "stop it yourself on the remote, then run 'gt-remote down' and 'gt-remote up' with --server-binary",
+        )
+    return Plan(host, str(path.resolve()), file_digest(str(path)), server)
+
+
+def run(plan_: Plan) -> dict[str, Any]:
+    """Ask the supervisor to upload, stop the old server and start the new one; its new status."""
+    files = HostFiles(plan_.host)
+    reply = control.request(files.control, {"op": "upgrade", "server_binary": plan_.binary}, timeout=UPGRADE_TIMEOUT)
+    if reply is None:
+        raise GtRemoteError(f"the supervisor of {plan_.host} did not answer the upgrade", f"see its log: gt-remote logs {plan_.host}")
+    if not reply.get("ok"):
+        raise lifecycle.error_from_dict(reply.get("error") or {})
+    server: dict[str, Any] = reply["server"]
+    return server
