@@ -8,6 +8,7 @@ is kept for `status` and `doctor`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -145,6 +146,20 @@ async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int) -> RelaySt
         return RelayState(None, reason=f"the relay did not start on the remote: {started.get('error', '').strip() or 'no output'}")
     log.info("relay started on the remote (pid %s)", started["pid"])
     return RelayState(started.get("socket", socket), pid=int(started["pid"]), started=True)
+
+
+async def channel_refused(conn: asyncssh.SSHClientConnection, socket: str, timeout: float = 5.0) -> str | None:
+    """Why this SSH connection cannot open a channel to the relay's socket, or None if it can.
+
+    sshd's AllowStreamLocalForwarding (on by default) may be off: then no stream could reach
+    the relay, and forwarding must stay plain instead of closing every new client.
+    """
+    try:
+        _, writer = await asyncio.wait_for(conn.open_unix_connection(socket), timeout)
+    except asyncssh.ChannelOpenError as exc:
+        return f"the remote sshd refused a channel to the relay ({exc.reason}); allow it with 'AllowStreamLocalForwarding yes' in the remote sshd_config"
+    writer.close()
+    return None
 
 
 async def _upload(conn: asyncssh.SSHClientConnection, path: str) -> str | None:

@@ -200,8 +200,14 @@ class Supervisor:
         """Resumable streams where the relay runs; plain forwarding, with the reason, where not."""
         if not self.settings.resume:
             return
-        self.relay.missing = False
+        was_missing, self.relay.missing = self.relay.missing, False
         state = await remote_relay.ensure_relay(conn, self.settings.remote_port)
+        if state.socket is not None and (at_bring_up or was_missing or self.forwarder.relay is None):
+            refused = await remote_relay.channel_refused(conn, state.socket)
+            if refused:
+                state = remote_relay.RelayState(None, pid=state.pid, reason=refused, started=state.started)
+        if at_bring_up and state.started:
+            self.relay_started_pid = state.pid  # stopped again if the bring-up fails
         if at_bring_up:
             self.say(f"connections are resumable (relay pid {state.pid})" if state.socket else f"connections are not resumable: {state.reason}")
         if state.socket is None:
@@ -210,8 +216,6 @@ class Supervisor:
             self.resume_reason = state.reason
             self.forwarder.relay = None
             return
-        if at_bring_up and state.started:
-            self.relay_started_pid = state.pid
         self.relay.socket_path = state.socket
         self.resume_reason = None
         self.forwarder.relay = self.relay

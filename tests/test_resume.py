@@ -382,6 +382,19 @@ def test_no_python3_falls_back_to_plain_forwarding(gt: Gt, ssh_host: SshHost, tm
     assert check["status"] == "warn" and "no python3" in check["detail"]
 
 
+def test_sshd_without_stream_local_forwarding_falls_back_to_plain(gt: Gt, ssh_host: SshHost) -> None:
+    """A remote sshd that refuses direct-streamlocal channels must not cost every new client."""
+    ssh_host.sh("sed -i 's/^AllowStreamLocalForwarding yes/AllowStreamLocalForwarding no/' /etc/ssh/sshd_config && kill -HUP 1")
+    wait_for(ssh_host.answers_ssh, 15, "sshd to answer with its new configuration")
+    result = gt.up(ssh_host, "--keepalive", "1")
+    assert result.returncode == 0, result.stderr
+    status = row(gt)
+    assert status["resumable"] is False
+    assert "AllowStreamLocalForwarding" in status["resumable_reason"]
+    for _ in range(3):  # each new client is forwarded, none is closed for want of the relay
+        assert answers(), "plain forwarding must still work"
+
+
 def test_bad_resume_window_is_one_line_error(gt: Gt) -> None:
     result = gt("up", "gaming-pc", "--resume-window", "0")
     assert result.returncode == 2
