@@ -91,7 +91,7 @@ class Stream:
         old, self.channel = self.channel, channel
         if old is not None and old is not channel:
             old.stream = None
-            old.close()
+            old.abort()  # its sshd may be hung: do not keep its unsent bytes waiting
         if self.expiry is not None:
             self.expiry.cancel()
             self.expiry = None
@@ -262,6 +262,10 @@ class ChannelProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
     def data_received(self, data: bytes) -> None:
         try:
             frames = self.reader.feed(data)
@@ -294,7 +298,8 @@ class ChannelProtocol(asyncio.Protocol):
                 self.reply({"error": "unknown op"})
         except (ValueError, KeyError, TypeError, AttributeError):
             self.reply({"error": "malformed hello"})
-        self.resume_reading()
+        if not (self.stream is not None and self.stream.server_paused_us):
+            self.resume_reading()  # a server that cannot take more keeps this channel paused
 
     def reply(self, message: Dict[str, object]) -> None:
         self.send(frame(b"R", json.dumps(message).encode()))

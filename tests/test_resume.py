@@ -172,7 +172,8 @@ def run_faults(gt: Gt, host: SshHost, inject: Any) -> None:
             inject(host)
             wait_recovered(gt, round_)
             client.wait_rounds(10)
-            assert server_clients() == 1, "the stand-in saw a new client connection"
+            # The previous asker's close reaches the server through the relay a moment later.
+            wait_for(lambda: server_clients() == 1, 10, "the stand-in to count only the long-lived client")
         status = row(gt)
         assert status["streams_resumed"] >= ROUNDS
         assert client.error is None

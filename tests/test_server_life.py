@@ -254,7 +254,7 @@ def test_clean_dry_run_then_clean(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> 
     result = gt("clean")
     assert result.returncode == 0, result.stderr
     assert sorted(remote_ls(ssh_host, SERVERS)) == sorted([old, file_digest(str(build))])
-    assert remote_ls(ssh_host, REMOTE_STATE + "/*.pid") == [f"{REMOTE_STATE}/ccmux-server-9999.pid"]
+    assert remote_ls(ssh_host, REMOTE_STATE + "/*.pid") == [f"{REMOTE_STATE}/ccmux-server-9999.pid", f"{REMOTE_STATE}/relay-9999.pid"]  # both live: kept
     assert server_pids(ssh_host) == [pid]
     assert local_files(gt) == []
 

@@ -164,11 +164,15 @@ class ResumableClient(asyncio.Protocol):
                 await self._hello(conn, resuming)
                 return
             except (asyncssh.Error, OSError, TimeoutError) as exc:
-                if isinstance(exc, asyncssh.ChannelOpenError):
+                connection_alive = conn is self.path.link.connection and not conn.is_closed()
+                if isinstance(exc, asyncssh.ChannelOpenError) and connection_alive:
                     self.path.missing = True
                     raise StreamGone(f"the relay is not there ({exc.reason})") from None
                 if deadline is None:
-                    raise StreamGone(f"the relay did not answer: {exc}") from None
+                    # A new stream: retry only a connection that died under it, within the hello's time.
+                    if connection_alive:
+                        raise StreamGone(f"the relay did not answer: {exc}") from None
+                    deadline = time.monotonic() + HELLO_TIMEOUT
                 log.info("stream %s: reattaching failed (%s); retrying", self.id[:8], exc)
                 self.path.link.mark_lost(conn, str(exc))
                 await asyncio.sleep(0.2)
@@ -184,9 +188,11 @@ class ResumableClient(asyncio.Protocol):
         try:
             answer = await asyncio.wait_for(asyncio.shield(reply), HELLO_TIMEOUT)
         except BaseException:
+            self.channel = None  # its late connection_lost must not start another resume
             channel.close()
             raise
         if "error" in answer:
+            self.channel = None
             channel.close()
             raise StreamGone(str(answer["error"]))
         if resuming:
@@ -216,8 +222,7 @@ class ResumableClient(asyncio.Protocol):
             return
         self.channel = None
         self.attached = False
-        if not self.finished:
-            self.lost.set()
+        self.lost.set()  # finished or not: the keeper task wakes, and ends if it is over
 
     # --- frames ----------------------------------------------------------------------------
 
@@ -236,6 +241,7 @@ class ResumableClient(asyncio.Protocol):
         elif kind == b"C":
             self.finished = True
             self._close_client()
+            self.lost.set()
 
     def _send(self, data: bytes) -> None:
         if self.channel is not None:

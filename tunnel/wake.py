@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -221,9 +222,13 @@ class NetworkWatcher:
                 data = self._sock.recv(65536)
             except BlockingIOError:
                 return
-            except OSError as exc:  # ENOBUFS: the kernel dropped messages, so something changed
-                self._note([f"netlink: {exc.strerror or exc}"])
-                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # the kernel dropped messages, so something changed
+                    self._note([f"netlink: {exc.strerror or exc}"])
+                    continue
+                log.warning("network watching stopped: netlink read failed (%s)", exc)
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+                return
             self._note(describe_netlink(data))
 
     def _note(self, changes: list[str]) -> None:
