@@ -92,3 +92,18 @@ def one_error_line(stderr: str) -> str:
     assert not any("Traceback" in line for line in lines), stderr
     print(lines[-1])
     return lines[-1]
+
+
+def silent_server(path: Path, log_line: str = "") -> Path:
+    """A fake ccmux-server that passes `--version`, then never answers on TCP (logging `log_line`)."""
+    say = f"print({log_line!r}, file=sys.stderr, flush=True)\n" if log_line else ""
+    path.write_text(
+        "#!/usr/bin/env python3\n"
+        "import sys, time\n"
+        "if sys.argv[1:] == ['--version']:\n"
+        "    print('ccmux-server 0.0.0-silent'); sys.exit(0)\n"
+        f"{say}"
+        "time.sleep(3600)\n"
+    )
+    path.chmod(0o755)
+    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, assert_nothing_left, one_error_line
+from tests.helpers import STANDIN_PATTERN, assert_nothing_left, one_error_line, silent_server
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
 
 
@@ -231,16 +231,7 @@ def test_bad_config_file(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
 
 
 def test_server_that_never_answers_is_reported_with_its_log(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
-    silent = tmp_path / "ccmux-server"
-    silent.write_text(
-        "#!/usr/bin/env python3\n"
-        "import sys, time\n"
-        "if sys.argv[1:] == ['--version']:\n"
-        "    print('ccmux-server 0.0.0-silent'); sys.exit(0)\n"
-        "print('silent server: loading a very large session state', file=sys.stderr, flush=True)\n"
-        "time.sleep(3600)\n"
-    )
-    silent.chmod(0o755)
+    silent = silent_server(tmp_path / "ccmux-server", 'silent server: loading a very large session state')
     result = gt("up", "gaming-pc", "--server-binary", str(silent), ssh_config=ssh_host.ssh_config)
     assert result.returncode == 1
     line = one_error_line(result.stderr)

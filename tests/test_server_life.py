@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gt_remote.bootstrap.probe import file_digest
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, exports, one_error_line, ping, tcp_port_free
+from tests.helpers import STANDIN_PATTERN, exports, one_error_line, ping, silent_server, tcp_port_free
 from tests.testbed import STANDIN, SshHost, wait_for
 
 SERVERS = "/home/gamer/.local/share/gt-remote/servers"
@@ -162,15 +162,7 @@ def test_upgrade_restarts_the_new_build_and_the_tunnel_keeps_working(gt: Gt, ssh
 
 def test_upgrade_to_a_build_that_never_answers_brings_the_previous_one_back(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
     assert gt.up(ssh_host).returncode == 0
-    silent = tmp_path / "ccmux-server"
-    silent.write_text(
-        "#!/usr/bin/env python3\n"
-        "import sys, time\n"
-        "if sys.argv[1:] == ['--version']:\n"
-        "    print('ccmux-server 0.0.0-silent'); sys.exit(0)\n"
-        "time.sleep(3600)\n"
-    )
-    silent.chmod(0o755)
+    silent = silent_server(tmp_path / "ccmux-server")
     result = gt("upgrade", "gaming-pc", "--server-binary", str(silent), "--yes")
     assert result.returncode == 1
     assert "the previous build runs again" in one_error_line(result.stderr)
