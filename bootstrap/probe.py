@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncssh
 
+from gt_remote.base.builds import build_of
+from gt_remote.base.builds import file_digest as file_digest  # its home is base.builds (light); still importable from here
 from gt_remote.base.errors import PingFailed
 from gt_remote.bootstrap.remote import run_script
 from gt_remote.tunnel import wire
@@ -81,21 +81,6 @@ class PortState(enum.Enum):
     ANSWERS = "answers"  # a ccmux server answered a Ping
     CLOSED = "closed"  # nothing listens
     BUSY = "busy"  # something listens, and it is not a ccmux server
-
-
-def file_digest(path: str) -> str:
-    """Names the versioned install directory, so one binary is uploaded once."""
-    sha = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()[:16]
-
-
-def build_of(path: str | None) -> str | None:
-    """`.../gt-remote/servers/<hash>/ccmux-server` -> `<hash>`; None for other paths."""
-    parts = (path or "").split("/")
-    return parts[-2] if len(parts) >= 3 and "/".join(parts[-4:-2]) == "gt-remote/servers" else None
 
 
 def parse_version(output: str | None) -> str | None:

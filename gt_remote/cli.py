@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -17,7 +16,6 @@ import click
 from gt_remote import __version__, lifecycle, progress
 from gt_remote import shell as shells
 from gt_remote.base.addresses import export_vars
-from gt_remote.base.config import load_config, resolve
 from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, UsageError
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
 from gt_remote.completion import SHELLS, complete_host, script
@@ -358,6 +356,8 @@ def exec_(host: str, command: tuple[str, ...]) -> None:
 @user_errors
 def ping(host: str | None, addr: str | None, timeout: float) -> None:
     """Send a ccmux Ping to HOST's tunnel, or to the address gastown would use, and time the Pong."""
+    import asyncio
+
     from gt_remote import ping as pinging
 
     if host and addr:
@@ -396,6 +396,8 @@ def completion(shell: str) -> None:
 
 
 def _settings(g: Globals, host: str, overrides: dict[str, Any] | None = None) -> Any:
+    from gt_remote.base.config import load_config, resolve  # only the commands that connect read the config
+
     return resolve(host, load_config(g.config_path), overrides or {}, _ssh_config(g))
 
 

@@ -6,18 +6,18 @@ A HOST is offered when the gt-remote config has a `[hosts.NAME]` table, when ssh
 
 from __future__ import annotations
 
-import glob
 import os
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import click
-from click.shell_completion import CompletionItem, get_completion_class
-
-from gt_remote.base.config import load_config
 from gt_remote.base.errors import GtRemoteError, UsageError
 from gt_remote.base.paths import config_file, known_host_names
+
+if TYPE_CHECKING:  # every command imports this module for its HOST hook: it must cost nothing
+    import click
+    from click.shell_completion import CompletionItem
 
 SHELLS = ("bash", "zsh", "fish")
 COMPLETE_VAR = "_GT_REMOTE_COMPLETE"
@@ -26,6 +26,8 @@ MAX_INCLUDE_DEPTH = 8  # ssh's own limit is 16; a loop must not hang a Tab press
 
 def script(cli: click.Command, shell: str) -> str:
     """The completion script for `shell`, as `_GT_REMOTE_COMPLETE=<shell>_source gt-remote` prints it."""
+    from click.shell_completion import get_completion_class
+
     cls = get_completion_class(shell)
     if cls is None:
         raise UsageError(f"no completion for shell {shell!r}", f"use one of {', '.join(SHELLS)}")
@@ -46,6 +48,8 @@ def ssh_config_aliases(path: Path, depth: int = 0) -> Iterator[str]:
         if keyword == "host":
             yield from (name for name in words[1:] if not any(c in name for c in "*?!"))
         elif keyword == "include" and depth < MAX_INCLUDE_DEPTH:
+            import glob
+
             for pattern in words[1:]:
                 for included in sorted(glob.glob(os.path.expanduser(pattern) if pattern.startswith(("/", "~")) else str(Path.home() / ".ssh" / pattern))):
                     yield from ssh_config_aliases(Path(included), depth + 1)
@@ -63,6 +67,8 @@ def _words(line: str) -> list[str]:
 
 def host_names(ssh_config: str | None, config_path: str | None) -> list[str]:
     """Every HOST a user is likely to mean, sorted, each once."""
+    from gt_remote.base.config import load_config
+
     names: set[str] = set(known_host_names())
     try:
         names.update(load_config(Path(config_path) if config_path else config_file()))
@@ -74,5 +80,7 @@ def host_names(ssh_config: str | None, config_path: str | None) -> list[str]:
 
 def complete_host(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """click's completion hook for HOST arguments; -F and --config typed so far are honoured."""
+    from click.shell_completion import CompletionItem
+
     root = ctx.find_root().params
     return [CompletionItem(name) for name in host_names(root.get("ssh_config"), root.get("config_path")) if name.startswith(incomplete)]

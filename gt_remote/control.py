@@ -5,19 +5,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
+    import asyncio  # only the supervisor serves; the light commands only ask (request below)
+
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = json.loads(await reader.readline() or b"{}")

@@ -6,23 +6,25 @@ leave two supervisors: the second waits, then finds the first one's supervisor a
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gt_remote import control, notify, progress, reach
+from gt_remote import control, progress
 from gt_remote.base import errors
-from gt_remote.base.config import HostSettings
+from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
 from gt_remote.base.paths import HostFiles, known_host_names, remembered_host_names
-from gt_remote.bootstrap.probe import file_digest
+
+if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must start fast (tests/test_light_cli.py)
+    import subprocess
+
+    from gt_remote import reach
+    from gt_remote.base.config import HostSettings
 
 Say = Callable[[str], None]
 LOCK_TIMEOUT = 600.0
@@ -168,6 +170,8 @@ def _clean_stale(files: HostFiles) -> None:
 
 
 def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
+    import subprocess
+
     log_fd = os.open(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         proc = subprocess.Popen(
@@ -213,7 +217,9 @@ def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say
 
 
 def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
-    from gt_remote import supervisor
+    import asyncio
+
+    from gt_remote import notify, supervisor
 
     files = HostFiles(settings.name)
     if control.hold_pid_lock(files.pid) is None:
@@ -250,6 +256,8 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
     With the tunnel already down, --stop-server connects by itself: with what `up` used
     (kept after `down`), else `fallback` (the config and ssh_config), -F winning.
     """
+    import signal
+
     files = HostFiles(name)
     with HostLock(files, timeout=60):
         pid = control.supervisor_alive(files.pid)
@@ -271,6 +279,8 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
 
 
 def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config: str | None) -> str:
+    from gt_remote import reach
+
     settings = reach.settings_for(name, fallback, ssh_config)
     if settings is None:
         raise NotUp(f"gt-remote has no record of {name}'s remote", f"name it in the config or pass -F: 'gt-remote -F SSH_CONFIG down {name} --stop-server'")

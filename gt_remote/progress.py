@@ -3,23 +3,41 @@
 The level travels to the detached supervisor in the environment, so its SSH steps reach
 the waiting `up` as progress events. Steps are logged on the `gt_remote.steps` logger
 at DEBUG; they are shown only with -v.
+
+Every command imports this module, and most never log: `logging` is imported only when a
+logger or a handler is first needed (`progress.steps` and `progress.transfers` are made on
+first use), so a shell's `gt-remote env` does not pay for it (tests/test_light_cli.py).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    import logging
 
 VERBOSE_ENV = "GT_REMOTE_VERBOSE"
 QUIET_ENV = "GT_REMOTE_QUIET"
 
-steps = logging.getLogger("gt_remote.steps")
-transfers = logging.getLogger("gt_remote.transfer")  # bytes done of an upload, for a terminal
+LOGGERS = {"steps": "gt_remote.steps", "transfers": "gt_remote.transfer"}  # transfer: bytes done of an upload, for a terminal
 REPORT_INTERVAL = 0.25
+
+
+def __getattr__(name: str) -> logging.Logger:
+    """`progress.steps` and `progress.transfers`: the loggers, made on first use."""
+    if name in LOGGERS:
+        return _logger(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _logger(name: str) -> logging.Logger:
+    import logging
+
+    return logging.getLogger(LOGGERS[name])
 
 
 def configure(verbose: int = 0, quiet: bool = False) -> None:
@@ -37,17 +55,18 @@ def quiet() -> bool:
     return bool(os.environ.get(QUIET_ENV))
 
 
-class _Relay(logging.Handler):
-    def __init__(self, show: Callable[[str], None]) -> None:
-        super().__init__(logging.DEBUG)
-        self.show = show
+def _relay(show: Callable[[str], None]) -> logging.Handler:
+    import logging
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            prefix = "asyncssh: " if record.name.startswith("asyncssh") else ""
-            self.show(prefix + record.getMessage())
-        except Exception:  # never let a display problem break the work
-            self.handleError(record)
+    class Relay(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                prefix = "asyncssh: " if record.name.startswith("asyncssh") else ""
+                show(prefix + record.getMessage())
+            except Exception:  # never let a display problem break the work
+                self.handleError(record)
+
+    return Relay(logging.DEBUG)
 
 
 def show_steps(show: Callable[[str], None], propagate: bool = True) -> None:
@@ -55,8 +74,10 @@ def show_steps(show: Callable[[str], None], propagate: bool = True) -> None:
     level = verbosity()
     if level < 1:
         return
-    relay = _Relay(show)
-    loggers = [steps]
+    import logging
+
+    relay = _relay(show)
+    loggers = [_logger("steps")]
     if level >= 2:
         import asyncssh
 
@@ -95,26 +116,24 @@ def upload_reporter() -> Callable[[bytes, bytes, int, int], None]:
         now = time.monotonic()
         if now - last >= REPORT_INTERVAL or done >= total:
             last = now
-            transfers.debug("upload", extra={"done": done, "total": total, "elapsed": now - started})
+            _logger("transfers").debug("upload", extra={"done": done, "total": total, "elapsed": now - started})
 
     return report
 
 
-class _TransferRelay(logging.Handler):
-    def __init__(self, show: Transfer) -> None:
-        super().__init__(logging.DEBUG)
-        self.show = show
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields: Any = record.__dict__
-        self.show(int(fields.get("done", 0)), int(fields.get("total", 0)), float(fields.get("elapsed", 0.0)))
-
-
 def relay_transfers(show: Transfer) -> None:
     """Pass upload progress to `show` (the supervisor sends it to the waiting `up`)."""
+    import logging
+
+    class TransferRelay(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            fields: Any = record.__dict__
+            show(int(fields.get("done", 0)), int(fields.get("total", 0)), float(fields.get("elapsed", 0.0)))
+
+    transfers = _logger("transfers")
     transfers.setLevel(logging.DEBUG)
     transfers.propagate = False  # the log needs no byte counts
-    transfers.addHandler(_TransferRelay(show))
+    transfers.addHandler(TransferRelay(logging.DEBUG))
 
 
 class TransferDisplay:

@@ -3,23 +3,23 @@
 
 Each successful `up` remembers how it reached the remote and which server it started
 (HostFiles.remote); that record outlives `down`, so the server can be stopped later.
+
+The record is read by light commands (`down` without --stop-server), so asyncssh and the
+modules that connect are imported only by the functions that connect (docs/benchmarks.md, CLI).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import asyncssh
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gt_remote.base.config import HostSettings
 from gt_remote.base.paths import HostFiles, write_private
-from gt_remote.bootstrap import relay as remote_relay
-from gt_remote.bootstrap import server as remote_server
-from gt_remote.tunnel.connection import SshTarget, connect
+
+if TYPE_CHECKING:
+    import asyncssh
 
 T = TypeVar("T")
 Fallback = Callable[[str], HostSettings]
@@ -51,6 +51,9 @@ def settings_for(name: str, fallback: Fallback | None, ssh_config: str | None) -
 
 def run_on(settings: HostSettings, action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]]) -> T:
     """Connect once (host keys checked as always), run `action`, close."""
+    import asyncio
+
+    from gt_remote.tunnel.connection import SshTarget, connect
 
     async def main() -> T:
         conn = await connect(SshTarget(settings.destination, settings.ssh_config, settings.keepalive))
@@ -66,6 +69,8 @@ def run_on(settings: HostSettings, action: Callable[[asyncssh.SSHClientConnectio
 def stop_server(settings: HostSettings) -> str:
     """Stop the server gt-remote started for this host, found by its pid file there, and its
     relay (whose streams end with the server anyway); say what happened."""
+    from gt_remote.bootstrap import relay as remote_relay
+    from gt_remote.bootstrap import server as remote_server
 
     async def stop_both(conn: asyncssh.SSHClientConnection) -> int | None:
         pid = await remote_server.stop(conn, settings.server, settings.remote_port)

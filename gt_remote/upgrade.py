@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from gt_remote import control, lifecycle
+from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, UsageError
 from gt_remote.base.paths import HostFiles
-from gt_remote.bootstrap.probe import file_digest
 
 UPGRADE_TIMEOUT = 1800.0  # an upload of a large build over a slow link
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,11 @@ def runtime_dir() -> Path:
 def runtime_path() -> Path:
     """Where runtime_dir() is, without creating it."""
     value = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(value) / APP if value and os.path.isabs(value) else Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}"
+    if value and os.path.isabs(value):
+        return Path(value) / APP
+    import tempfile  # only here: every command reads these paths, and tempfile costs a shell's start-up time
+
+    return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}"
 
 
 def private_dir(path: Path) -> Path:
@@ -50,6 +52,8 @@ def private_dir(path: Path) -> Path:
 
 def write_private(path: Path, data: str) -> None:
     """Atomically replace `path` with `data`, mode 0600, so readers never see half a file."""
+    import tempfile
+
     private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -66,6 +70,8 @@ def host_key(name: str) -> str:
     """A file-name-safe key for a host name; long or odd names get a hash suffix."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "host"
     if safe != name or len(safe) > 40:
+        import hashlib
+
         safe = f"{safe[:32]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return safe
 

@@ -1,0 +1,26 @@
+"""Naming a server build by its content, without touching the remote.
+
+Kept apart from bootstrap.probe (which needs asyncssh) because `up` checks an offered
+binary against a running tunnel's build in the light command process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def file_digest(path: str) -> str:
+    """Names the versioned install directory, so one binary is uploaded once."""
+    import hashlib  # only `up --server-binary` and `upgrade` hash a file; the other commands skip its cost
+
+    sha = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def build_of(path: str | None) -> str | None:
+    """`.../gt-remote/servers/<hash>/ccmux-server` -> `<hash>`; None for other paths."""
+    parts = (path or "").split("/")
+    return parts[-2] if len(parts) >= 3 and "/".join(parts[-4:-2]) == "gt-remote/servers" else None
