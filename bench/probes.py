@@ -8,6 +8,7 @@ import os
 import statistics
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gt_remote.base.addresses import TcpAddress
@@ -78,18 +79,28 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def private_kib(pid: int) -> int:
+    """Memory only this process holds (USS): what ending it gives back; shared library pages are not in it."""
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def median(values: list[float]) -> float:
+def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import probes, report
+from bench import cli, cost, probes, report
 from bench.report import PLAIN, RESUMABLE
-from bench.tunnels import NO_RESUME, Tunnel, resumable_mode, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, wait_ready
+from bench.tunnels import NO_RESUME, REMOTE_PORT, Tunnel, resumable_mode, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, wait_ready
 from tests.testbed import REPO, RESTARTABLE_SSHD, STANDIN, ClientKey, Gt, SshHost, free_loopback_port, start_host
 
 
@@ -48,10 +48,13 @@ class Plan:
     stall_cap_s: float = 15.0  # no answer this long after a fault ends counts as never
     request_gap_s: float = 0.02  # the long-lived client's pause between requests
     request_deadline_s: float = 25.0  # a request unanswered this long: the client gives up (a reset)
+    cli_reps: int = 15  # interleaved runs of each short command
+    cost_pings: int = 10_000  # round trips whose CPU is counted
+    cost_mib: int = 1024  # MiB echoed whose CPU is counted
 
 
 SMOKE = Plan(reps=1, pause_s=4.0, pings=50, frames=4, throughput_runs=1, idle_s=3.0, connections=(1, 10), hosts=2,
-             attached_reps=1, outage_s=5.0, stall_cap_s=10.0)
+             attached_reps=1, outage_s=5.0, stall_cap_s=10.0, cli_reps=2, cost_pings=200, cost_mib=16)
 
 
 @dataclass
@@ -69,7 +72,9 @@ class Bed:
     def create(cls) -> Bed:
         work = Path(tempfile.mkdtemp(prefix="gt-remote-bench-"))
         (work / "home").mkdir()
-        return cls(work, ClientKey.create(work), Gt(work / "home", Path(tempfile.mkdtemp(prefix="gtr-bench-"))))
+        gt = Gt(work / "home", Path(tempfile.mkdtemp(prefix="gtr-bench-")))
+        gt.env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed gt-remote has its bytecode cached; so does this one
+        return cls(work, ClientKey.create(work), gt)
 
     def host(self, alias: str, own_network: bool = False, **kwargs: Any) -> SshHost:
         if own_network:  # a network of its own, so it can be disconnected without touching others
@@ -191,14 +196,31 @@ def openssh_sequence(host: SshHost, cold: bool, port: int) -> subprocess.Popen[b
     return forward
 
 
-def bring_up(bed: Bed, plan: Plan) -> dict[str, list[float]]:
+def up_with_steps(gt: Gt, ssh_config: Path, args: list[str]) -> list[tuple[float, str]]:
+    """`gt-remote -v up`, each line of its stderr with the seconds since the command started;
+    the last entry is its exit. The steps are whatever `up` reports, so the breakdown follows them."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "gt_remote", "-F", str(ssh_config), "-v", *args], env=gt.env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None and proc.stdout is not None
+    steps = [(time.perf_counter() - started, line.rstrip()) for line in proc.stderr]
+    proc.stdout.read()
+    code = proc.wait(120)
+    steps.append((time.perf_counter() - started, f"exit {code}"))
+    if code != 0:
+        raise RuntimeError(f"gt-remote up failed: {' / '.join(line for _, line in steps)}")
+    return steps
+
+
+def bring_up(bed: Bed, plan: Plan) -> dict[str, Any]:
     host = bed.host("bringup-pc")
     gt, port = bed.gt, free_loopback_port()
     up = ["up", host.alias, "--local", f"tcp://127.0.0.1:{port}", "--server-binary", str(STANDIN)]
-    results: dict[str, list[float]] = {"gt-remote warm": [], "gt-remote cold": [], "openssh warm": [], "openssh cold": []}
+    results: dict[str, Any] = {"gt-remote warm": [], "gt-remote cold": [], "openssh warm": [], "openssh cold": []}
+    steps: dict[str, list[list[tuple[float, str]]]] = {"gt-remote warm": [], "gt-remote cold": []}
 
-    def gt_up() -> None:
-        assert gt(*up, ssh_config=host.ssh_config).returncode == 0
+    def gt_up(case: str) -> Callable[[], None]:
+        return lambda: steps[case].append(up_with_steps(gt, host.ssh_config, up))
 
     def openssh(cold: bool) -> float:
         holder: list[subprocess.Popen[bytes]] = []
@@ -210,14 +232,29 @@ def bring_up(bed: Bed, plan: Plan) -> dict[str, list[float]]:
     for rep in range(plan.reps):
         gt("down", host.alias, "--stop-server")
         host.sh("rm -rf /home/gamer/.local/share/gt-remote /home/gamer/bench; pkill -f '[c]cmux-server --listen-tcp' || true")
-        results["gt-remote cold"].append(timed(gt_up))
+        results["gt-remote cold"].append(timed(gt_up("gt-remote cold")))
         gt("down", host.alias)
-        results["gt-remote warm"].append(timed(gt_up))
+        results["gt-remote warm"].append(timed(gt_up("gt-remote warm")))
         results["openssh cold"].append(openssh(cold=True))
         results["openssh warm"].append(openssh(cold=False))
         say(f"bring-up rep {rep + 1}/{plan.reps}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in results.items()))
     gt("down", host.alias)
+    results["steps"] = {case: [[(t, report.step_name(line, host.alias)) for t, line in run] for run in runs] for case, runs in steps.items()}
+    results["start_up"] = start_up_costs(gt, plan)
     return results
+
+
+def start_up_costs(gt: Gt, plan: Plan) -> dict[str, list[float]]:
+    """What starting the two Python processes of `up` costs on this machine, as references for
+    the breakdown: the command (like `gt-remote --version`) and the supervisor's imports."""
+    env = {key: value for key, value in gt.env.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    cases = {"command start-up (gt-remote --version)": [*cli.command_line(), "--version"],
+             "supervisor imports (python -c 'import gt_remote.supervisor')": [sys.executable, "-c", "import gt_remote.supervisor"]}
+    out: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(1 + max(3, plan.reps)):  # the first fills the bytecode cache and is not kept
+        for name, argv in cases.items():
+            out[name].append(cli.run_once(argv, env)[0])
+    return {name: values[1:] for name, values in out.items()}
 
 
 # --- 3. data path -----------------------------------------------------------------------
@@ -291,10 +328,19 @@ def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
     after = {t: sum(probes.cpu_seconds(p) for p in t.pids()) for t in everyone}
     cpu = {name: [100 * (after[t] - before[t]) / plan.idle_s for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
     rss = {name: [sum(probes.rss_kib(p) for p in t.pids()) for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
+    private = {name: [sum(probes.private_kib(p) for p in t.pids()) for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
     connections = {"gt-remote": memory_with_connections(gts[0], plan.connections), "autossh + ssh": memory_with_connections(autos[0], plan.connections)}
     bed.gt.ssh_config = None
     say("scale: " + ", ".join(f"{k} {probes.median(v) / 1024:.1f} MiB" for k, v in rss.items()))
-    return {"cpu_percent": cpu, "rss_kib": rss, "rss_with_connections_kib": connections, "hosts": plan.hosts, "idle_s": plan.idle_s}
+    return {"cpu_percent": cpu, "rss_kib": rss, "private_kib": private, "rss_with_connections_kib": connections, "hosts": plan.hosts,
+            "idle_s": plan.idle_s, "import_rss_kib": import_floor(bed.gt)}
+
+
+def import_floor(gt: Gt) -> dict[str, list[int]]:
+    """Peak RSS of a Python that only imports the supervisor's modules, and of bare Python."""
+    env = {key: value for key, value in gt.env.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    cases = {"supervisor": [sys.executable, "-c", "import gt_remote.supervisor"], "python": [sys.executable, "-c", "pass"]}
+    return {name: [cli.run_once(argv, env)[1] for _ in range(3)] for name, argv in cases.items()}
 
 
 # --- 5. attached client -----------------------------------------------------------------
@@ -485,6 +531,52 @@ def attached(bed: Bed, plan: Plan) -> dict[str, Any]:
     return {"resumable": {"available": resumable, "why": why}, "faults": {fault.name: out[fault.name] for fault in FAULTS}, "cost": cost}
 
 
+# --- 6. CLI -----------------------------------------------------------------------------
+
+
+def cli_section(bed: Bed, plan: Plan) -> dict[str, Any]:
+    """`gt-remote env HOST` and `gt-remote status` against a live tunnel, beside `import click`."""
+    host = bed.host("cli-pc")
+    gt = Gt(bed.work / "cli-home", Path(tempfile.mkdtemp(prefix="gtr-bench-cli-")))  # `status` lists this one host only
+    (bed.work / "cli-home").mkdir()
+    gt.env.pop("PYTHONDONTWRITEBYTECODE", None)
+    tunnel = bed.keep(start_gt_remote(gt, host, 5.0))
+    measured = cli.measure(gt, tunnel.host, plan.cli_reps)
+    say("cli: " + ", ".join(f"{k} {probes.median(v) * 1000:.0f} ms" for k, v in measured["wall_s"].items()))
+    tunnel.stop()
+    return measured
+
+
+# --- 7. cost -----------------------------------------------------------------------------
+
+
+def serving(host: SshHost) -> SshHost:
+    """A container whose server runs on the port `ssh -L` forwards to, started by hand as the
+    OpenSSH sequence would (for gt-remote, `up` starts it)."""
+    host.install_standin("/usr/local/bin/ccmux-server")
+    host.spawn(f"mkdir -p -m 700 /tmp/by-hand && XDG_RUNTIME_DIR=/tmp/by-hand exec ccmux-server --listen-tcp 127.0.0.1:{REMOTE_PORT} 2>/tmp/by-hand.log")
+    return host
+
+
+def cost_section(bed: Bed, plan: Plan) -> dict[str, Any]:
+    """CPU per 10,000 round trips and per GiB echoed, each tunnel alone on its own container."""
+    resumable, _ = resumable_mode(bed.gt)
+    starters: dict[str, Callable[[SshHost], Tunnel]] = {}
+    if resumable:
+        starters[RESUMABLE] = lambda host: start_gt_remote(bed.gt, host, 5.0, name=RESUMABLE)
+    starters[PLAIN] = lambda host: start_gt_remote(bed.gt, host, 5.0, name=PLAIN, options=(NO_RESUME,) if resumable else ())
+    starters["ssh -L"] = lambda host: start_plain_ssh(serving(host), 5.0)
+    tools: dict[str, Any] = {}
+    for index, (name, start) in enumerate(starters.items()):
+        host = bed.host(f"cost-{index}-pc")
+        tunnel = bed.keep(start(host))
+        raw = cost.measure(tunnel, host, plan.cost_pings, plan.cost_mib)
+        tools[name] = {**raw, **cost.per_unit(raw, plan.cost_pings, plan.cost_mib)}
+        tunnel.stop()
+        say(f"cost {name}: " + ", ".join(f"{k} {v:.2f} s/GiB" for k, v in tools[name]["per_gib"].items()))
+    return {"pings": plan.cost_pings, "mib": plan.cost_mib, "tools": tools}
+
+
 # --- main -------------------------------------------------------------------------------
 
 
@@ -504,21 +596,41 @@ def versions() -> dict[str, str]:
     }
 
 
-def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
+Section = Callable[[Bed, Plan], Any]
+SECTIONS: dict[str, tuple[str, str, Section]] = {  # --only name: (results key, what it does, function)
+    "recovery": ("recovery", "recovery (kills and pauses, side by side)", recovery),
+    "bring-up": ("bring_up", "bring-up", bring_up),
+    "data": ("data_path", "data path", data_path),
+    "scale": ("scale", "scale (memory and idle CPU per host)", scale),
+    "attached": ("attached", "attached client (faults under long-lived connections, side by side)", attached),
+    "cli": ("cli", "CLI (short commands beside import click)", cli_section),
+    "cost": ("cost", "CPU cost per GiB and per 10,000 round trips", cost_section),
+}
+ALIASES = {"memory": "scale", "bringup": "bring-up", "bring_up": "bring-up", "data-path": "data", "data_path": "data"}
+
+
+def sections(only: str | None) -> list[str]:
+    """`--only cli,memory` as section names, in the report's order; every section without it."""
+    if not only:
+        return list(SECTIONS)
+    wanted = {ALIASES.get(name.strip(), name.strip()) for name in only.split(",") if name.strip()}
+    unknown = wanted - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"bench: no section {', '.join(sorted(unknown))}; pick from {', '.join(SECTIONS)} (memory = scale)")
+    return [name for name in SECTIONS if name in wanted]
+
+
+def run(plan: Plan, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
     bed = Bed.create()
     started = time.monotonic()
     try:
         results: dict[str, Any] = {"plan": plan.__dict__, "versions": versions()}
-        say("recovery (kills and pauses, side by side)")
-        results["recovery"] = recovery(bed, plan)
-        say("bring-up")
-        results["bring_up"] = bring_up(bed, plan)
-        say("data path")
-        results["data_path"] = data_path(bed, plan)
-        say("scale")
-        results["scale"] = scale(bed, plan)
-        say("attached client (faults under long-lived connections, side by side)")
-        results["attached"] = attached(bed, plan)
+        if only and only != list(SECTIONS):
+            results["sections"] = only
+        for name in only or list(SECTIONS):
+            key, title, section = SECTIONS[name]
+            say(title)
+            results[key] = section(bed, plan)
         results["duration_s"] = time.monotonic() - started
         results["finished_at"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     finally:
@@ -531,8 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="one repetition of everything")
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="where benchmarks.md and the chart go")
+    parser.add_argument("--only", metavar="SECTIONS", help=f"run only these, comma-separated: {', '.join(SECTIONS)} (memory = scale); "
+                        "the report then has only them, so give --out a scratch directory")
     args = parser.parse_args(argv)
-    results = run(SMOKE if args.smoke else Plan(), args.out)
+    chosen = sections(args.only)
+    if args.only and args.out == REPO / "docs":
+        raise SystemExit("bench: --only writes a partial report; pass --out DIR so docs/benchmarks.md keeps the full run")
+    results = run(SMOKE if args.smoke else Plan(), args.out, chosen)
     say(f"done in {results['duration_s']:.0f} s; report in {args.out / 'benchmarks.md'}")
     return 0
 

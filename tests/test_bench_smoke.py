@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import report
-from bench.run import SMOKE, run
+from bench.run import SECTIONS, SMOKE, run, sections
+from tests.testbed import REPO
 
 
 def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
@@ -15,7 +18,7 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks") and "## Summary" in text
     assert (tmp_path / report.CHART).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = report.summary(results)
-    assert len(rows) == 13 and all(row["reference"] >= 0 and (row["ours"] is None or row["ours"] >= 0) for row in rows)
+    assert len(rows) == 20 and all(row["reference"] >= 0 and (row["ours"] is None or row["ours"] >= 0) for row in rows)
     recovery = results["recovery"]
     assert recovery["kill"]["gt-remote"][0] is not None and recovery["pause"]["gt-remote"][0] is not None
     assert recovery["kill"]["ssh -L"] == [None]  # plain ssh -L never comes back
@@ -31,3 +34,30 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     assert ("gt-remote resumable" in attached["faults"]["kill"]) == attached["resumable"]["available"]
     if not attached["resumable"]["available"]:
         assert "resumable: not available" in text
+    cli = results["cli"]  # the CLI section: each command ran, beside import click
+    assert "## 6. CLI" in text and set(cli["wall_s"]) >= {report.CLICK, "gt-remote status"}
+    assert all(len(values) == SMOKE.cli_reps and min(values) > 0 for values in cli["maxrss_kib"].values())
+    cost = results["cost"]["tools"]  # CPU per GiB and per 10k round trips, for both ends of each tunnel
+    assert "## 7. CPU cost" in text and {"ssh", "sshd"} <= set(cost["ssh -L"]["per_gib"])
+    assert "supervisor" in cost["gt-remote plain"]["per_10k_round_trips"]
+    steps = results["bring_up"]["steps"]["gt-remote warm"][0]  # where `up` spends its time, step by step
+    assert steps[-1][1] == "exit N" and [at for at, _ in steps] == sorted(at for at, _ in steps)
+    assert "| step | arrives at | since the step before |" in text
+
+
+def test_only_picks_sections_in_report_order() -> None:
+    assert sections(None) == list(SECTIONS)
+    assert sections("memory, cli") == ["scale", "cli"]
+    with pytest.raises(SystemExit, match="no section nope"):
+        sections("cli,nope")
+
+
+def test_report_renders_a_partial_run_and_an_older_one(tmp_path: Path) -> None:
+    """--only writes a report of just its sections; the committed full run still renders."""
+    full = json.loads((REPO / "docs/benchmarks.json").read_text())
+    partial = {key: full[key] for key in ("plan", "versions", "duration_s", "scale")} | {"sections": ["scale"]}
+    report.write(partial, tmp_path)
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert "## 4. Scale" in text and "## 1. Recovery" not in text and "Sections run (`--only`): scale" in text
+    assert not (tmp_path / report.CHART).exists()  # the chart is of recovery, which did not run
+    assert "## 5. Attached client" in report.markdown(full)

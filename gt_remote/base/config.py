@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +56,8 @@ class HostSettings:
 
 def load_config(path: Path) -> dict[str, dict[str, Any]]:
     """The `[hosts.*]` tables; a missing file is an empty config, a broken one an error."""
+    import tomllib  # only the commands that read the config, never the supervisor, pay for the parser
+
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
