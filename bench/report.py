@@ -441,15 +441,17 @@ def scale_markdown(scale: dict[str, Any]) -> list[str]:
         "## 4. Scale",
         "",
         f"{scale['hosts']} hosts at once (one gt-remote supervisor per host, against one autossh + ssh pair per host), "
-        f"keepalive 5 s on both, idle for {scale['idle_s']:g} s. Private memory is what the processes hold for themselves "
-        "(`Private_Clean` + `Private_Dirty` of /proc/PID/smaps_rollup); the rest of RSS is shared library pages.",
+        f"keepalive 5 s on both, idle for {scale['idle_s']:g} s."
+        + (" Private memory is what the processes hold for themselves (`Private_Clean` + `Private_Dirty` of "
+           "/proc/PID/smaps_rollup): what one more host costs, since the rest of RSS is library pages that every "
+           "supervisor shares." if private else ""),
         "",
-        "| per host | median RSS | median private | median idle CPU |",
-        "| --- | --- | --- | --- |",
+        "| per host | median RSS |" + (" median private |" if private else "") + " median idle CPU |",
+        "| --- | --- |" + (" --- |" if private else "") + " --- |",
     ]
     for name in scale["rss_kib"]:
-        own = f"{median(private[name]) / 1024:.1f} MiB" if private else "not measured"
-        out.append(f"| {name} | {median(scale['rss_kib'][name]) / 1024:.1f} MiB | {own} | {median(scale['cpu_percent'][name]):.2f} % |")
+        own = f" {median(private[name]) / 1024:.1f} MiB |" if private else ""
+        out.append(f"| {name} | {median(scale['rss_kib'][name]) / 1024:.1f} MiB |{own} {median(scale['cpu_percent'][name]):.2f} % |")
     out += ["", "One tunnel holding N forwarded connections:", "", "| connections | " + " | ".join(scale["rss_with_connections_kib"]) + " |", "| --- | --- | --- |"]
     counts = list(next(iter(scale["rss_with_connections_kib"].values())))
     for count in counts:
@@ -462,8 +464,11 @@ def scale_markdown(scale: dict[str, Any]) -> list[str]:
         out[-1] += (f" Most of it is its base: a Python process that only imports the supervisor's modules (asyncssh, "
                     f"cryptography, asyncio) peaks at {median(floor['supervisor']) / 1024:.1f} MiB, bare Python at "
                     f"{median(floor['python']) / 1024:.1f} MiB.")
-    out[-1] += (" Each further connection costs little (see the table above). One supervisor process serving several "
-                "hosts would share the base, at the price of one host's crash reaching the others.")
+    held = scale["rss_with_connections_kib"]["gt-remote"]
+    fewest, most = min(held, key=int), max(held, key=int)
+    out[-1] += (f" Holding {most} connections instead of {fewest} adds {(held[most] - held[fewest]) / 1024:.1f} MiB to it. "
+                "One supervisor process serving several hosts would share the base, at the price of one host's crash "
+                "reaching the others.")
     out.append("")
     return out
 
