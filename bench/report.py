@@ -239,7 +239,7 @@ def bring_up_markdown(bring: dict[str, Any]) -> list[str]:
     ]
     for case in ("gt-remote warm", "gt-remote cold"):
         out += [f"**{case}** (step as `up -v` reports it; HOST, N and … stand for what varies):", "",
-                "| step | arrives at | since the step before |", "| --- | --- | --- |"]
+                "| step (the line that ends it) | arrives at | took (since the line before) |", "| --- | --- | --- |"]
         out += [f"| {name} | {at:.3f} s | {gap:.3f} s |" for name, at, gap in step_table(steps[case])]
         out.append("")
     return out

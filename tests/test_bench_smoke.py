@@ -42,7 +42,7 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     assert "supervisor" in cost["gt-remote plain"]["per_10k_round_trips"]
     steps = results["bring_up"]["steps"]["gt-remote warm"][0]  # where `up` spends its time, step by step
     assert steps[-1][1] == "exit N" and [at for at, _ in steps] == sorted(at for at, _ in steps)
-    assert "| step | arrives at | since the step before |" in text
+    assert "| step (the line that ends it) | arrives at | took (since the line before) |" in text
 
 
 def test_only_picks_sections_in_report_order() -> None:
