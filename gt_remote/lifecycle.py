@@ -19,9 +19,10 @@ from typing import Any
 
 from gt_remote import control, notify, progress, reach
 from gt_remote.base import errors
+from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
-from gt_remote.base.paths import HostFiles, known_host_names, remembered_host_names
+from gt_remote.base.paths import HostFiles, known_host_names, open_private, remembered_host_names
 from gt_remote.bootstrap.probe import file_digest
 
 Say = Callable[[str], None]
@@ -41,7 +42,7 @@ class HostLock:
     def __enter__(self) -> HostLock:
         deadline = time.monotonic() + self.timeout
         while True:
-            self.fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = open_private(self.files.lock, os.O_RDWR | os.O_CREAT)
             try:
                 while True:
                     try:
@@ -93,7 +94,18 @@ def error_from_dict(data: dict[str, Any]) -> GtRemoteError:
 
 def live_status(files: HostFiles, timeout: float = 3.0) -> dict[str, Any] | None:
     reply = control.request(files.control, {"op": "status"}, timeout)
-    return reply["status"] if reply and reply.get("ok") else None
+    status = reply.get("status") if reply and reply.get("ok") else None
+    return status if _well_formed(status) else None
+
+
+STATUS_SHAPE: dict[str, tuple[type, ...]] = {"state": (str,), "local": (str,), "remote_port": (int,), "server": (dict,), "settings": (dict,), "last_error": (str, type(None))}
+
+
+def _well_formed(status: object) -> bool:
+    """A reply shaped like our supervisor's status: anything else counts as no answer, not a crash."""
+    if not isinstance(status, dict):
+        return False
+    return all(isinstance(status.get(key), types) for key, types in STATUS_SHAPE.items())
 
 
 # --- up ---------------------------------------------------------------------------------
@@ -112,7 +124,8 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
         if status is not None:
             _check_same(settings, status)
             say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
-            return list(status["exports"])
+            # Built here from our own settings (which _check_same matched), never the names the socket sent.
+            return export_lines(settings.local_url, settings.server)
         pid = control.supervisor_alive(files.pid)
         if pid is not None:
             raise GtRemoteError(
@@ -168,7 +181,7 @@ def _clean_stale(files: HostFiles) -> None:
 
 
 def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
-    log_fd = os.open(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log_fd = open_private(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gt_remote.supervisor", settings.to_json()],
