@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import math
 import os
 import signal
 import subprocess
@@ -98,14 +99,22 @@ def live_status(files: HostFiles, timeout: float = 3.0) -> dict[str, Any] | None
     return status if _well_formed(status) else None
 
 
-STATUS_SHAPE: dict[str, tuple[type, ...]] = {"state": (str,), "local": (str,), "remote_port": (int,), "server": (dict,), "settings": (dict,), "last_error": (str, type(None))}
+STATUS_SHAPE: dict[str, tuple[type, ...]] = {
+    "host": (str,), "state": (str,), "local": (str,), "remote_port": (int,), "supervisor_pid": (int,), "server": (dict,), "settings": (dict,),
+    "last_error": (str, type(None)), "last_wake": (dict, type(None)), "exports": (list,),
+}
+OPTIONAL_NUMBERS = ("rtt_ms", "uptime_s", "last_recovery_s")
+WAKE_KEYS = {"kind", "at", "detail", "outcome"}
 
 
 def _well_formed(status: object) -> bool:
-    """A reply shaped like our supervisor's status: anything else counts as no answer, not a crash."""
-    if not isinstance(status, dict):
+    """A reply shaped like our supervisor's status, in every part `up`, `env` and `status` read:
+    anything else (a fake or garbled socket) counts as no answer, never as a crash."""
+    if not isinstance(status, dict) or not all(isinstance(status.get(key), types) for key, types in STATUS_SHAPE.items()):
         return False
-    return all(isinstance(status.get(key), types) for key, types in STATUS_SHAPE.items())
+    numbers_ok = all(status.get(key) is None or (isinstance(status[key], (int, float)) and math.isfinite(status[key])) for key in OPTIONAL_NUMBERS)
+    server, wake = status["server"], status["last_wake"]
+    return numbers_ok and isinstance(server.get("name"), str) and isinstance(server.get("other_build"), (dict, type(None))) and (wake is None or WAKE_KEYS <= set(wake))
 
 
 # --- up ---------------------------------------------------------------------------------

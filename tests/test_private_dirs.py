@@ -182,7 +182,7 @@ def fake_control(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     marker = tmp_path / "pwned"
     crafted = f"export 'X;touch {marker};Y=1'"
     status = {
-        "host": "gaming-pc", "state": "up", "local": "tcp://127.0.0.1:9999", "remote_port": 9999, "server": {"name": "ccmux-server"},
+        "host": "gaming-pc", "state": "up", "local": "tcp://127.0.0.1:9999", "remote_port": 9999, "supervisor_pid": 1, "server": {"name": "ccmux-server"}, "last_wake": None,
         "settings": {"server": "ccmux-server", "keepalive": 5.0}, "last_error": None, "exports": [crafted, f"export GASTOWN_CCMUX_ADDR='$(touch {marker})'"],
     }
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -160,10 +160,14 @@ def _server(value: Any) -> str:
 def _binary(value: Any) -> str | None:
     if value is None:
         return None
-    path = Path(_text(value, "server_binary")).expanduser()
-    if not path.is_file():
-        raise UsageError(f"server binary {path} does not exist", "pass the path of the ccmux-server you built for the remote")
-    return str(path.resolve())
+    text = _text(value, "server_binary")
+    try:
+        path = Path(text).expanduser()  # `~nobody-here/x` raises RuntimeError
+        if path.is_file():
+            return str(path.resolve())
+    except (OSError, RuntimeError, ValueError):  # too long a name, an unknown ~user, a NUL
+        path = Path(text)
+    raise UsageError(f"server binary {path} does not exist", "pass the path of the ccmux-server you built for the remote")
 
 
 def _positive(value: Any) -> bool:
