@@ -63,7 +63,10 @@ def _words(line: str) -> list[str]:
 
 def host_names(ssh_config: str | None, config_path: str | None) -> list[str]:
     """Every HOST a user is likely to mean, sorted, each once."""
-    names: set[str] = set(known_host_names())
+    try:
+        names: set[str] = set(known_host_names())
+    except GtRemoteError:
+        names = set()  # an unsafe state directory must not break Tab; commands report it
     try:
         names.update(load_config(Path(config_path) if config_path else config_file()))
     except GtRemoteError:

@@ -217,3 +217,18 @@ def test_export_names_from_a_control_reply_never_reach_the_shell(fake_control: t
     assert evaluated.returncode == 0, evaluated.stderr
     assert evaluated.stdout.strip() == "tcp://127.0.0.1:9999"
     assert not marker.exists(), "a name from the control socket ran as shell code"
+
+
+def test_tab_completion_survives_an_unsafe_state_dir(env: dict[str, str], tmp_path: Path) -> None:
+    """Tab must not print a traceback into the prompt; the command itself reports the directory."""
+    target = victim(tmp_path)
+    state = Path(env["XDG_STATE_HOME"]) / "gt-remote"
+    state.parent.mkdir(parents=True)
+    state.symlink_to(target)
+    (Path(env["HOME"]) / ".ssh").mkdir()
+    (Path(env["HOME"]) / ".ssh" / "config").write_text("Host gaming-pc\n    HostName 127.0.0.1\n")
+    completion_env = {**env, "_GT_REMOTE_COMPLETE": "bash_complete", "COMP_WORDS": "gt-remote up ga", "COMP_CWORD": "2"}
+    result = subprocess.run([sys.executable, "-m", "gt_remote"], env=completion_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "gaming-pc" in result.stdout
+    assert_untouched(target)
