@@ -12,7 +12,7 @@ import pytest
 from gt_remote.base.sanitize import VisibleFormatter, ascii_int, visible, visible_data, visible_lines
 from gt_remote.bootstrap.probe import facts_from_fields, parse_version
 from tests.conftest import Gt
-from tests.testbed import SshHost
+from tests.testbed import SshHost, free_loopback_port
 
 TITLE = "\x1b]0;pwned\x07"
 CLIPBOARD = "\x1b]52;c;cHduZWQ=\x07"
@@ -78,13 +78,13 @@ def test_escape_sequence_in_the_servers_version_is_shown_escaped(gt: Gt, ssh_hos
         'exec /usr/local/lib/ccmux-standin "$@"\n'
     )
     ssh_host.container.copy_into_container(wrapper.encode(), "/usr/local/bin/ccmux-server", 0o755)
-    up = gt.up(ssh_host, standin=False)
+    up = gt.up(ssh_host, "--local", f"tcp://127.0.0.1:{free_loopback_port()}", standin=False)
     assert up.returncode == 0, up.stderr
     assert f"starting ccmux-server {SHOWN} on gaming-pc" in up.stderr
     status = gt("status", "gaming-pc")
     assert f"server      ccmux-server {SHOWN} pid" in status.stdout
     [row] = json.loads(gt("status", "gaming-pc", "--json").stdout)
-    assert row["server"]["version"] == SHOWN
+    assert row["state"] == "up" and row["server"]["version"] == SHOWN  # live, from the supervisor
     record = (gt.home / ".local/state/gt-remote/hosts/gaming-pc.json").read_text()
     log = gt("logs", "gaming-pc").stdout
     for text in (up.stderr, up.stdout, status.stdout, record, log, Path(gt.home / ".local/state/gt-remote/logs/gaming-pc.log").read_text()):
