@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gt_remote.base.sanitize import VisibleFormatter, ascii_int, visible, visible_data, visible_lines
+from gt_remote.base.sanitize import ascii_int, visible, visible_data, visible_formatter, visible_lines
 from gt_remote.bootstrap.probe import facts_from_fields, parse_version
 from tests.conftest import Gt
 from tests.testbed import SshHost, free_loopback_port
@@ -44,7 +44,7 @@ def test_visible_lines_and_data() -> None:
 
 
 def test_log_formatter_makes_the_message_visible_and_keeps_a_traceback() -> None:
-    formatter = VisibleFormatter("%(levelname)s %(message)s")
+    formatter = visible_formatter("%(levelname)s %(message)s")
     try:
         raise RuntimeError("boom")
     except RuntimeError:

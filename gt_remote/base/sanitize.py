@@ -17,9 +17,11 @@ digits is slow, or refused since Python 3.11).
 
 from __future__ import annotations
 
-import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import logging  # imported when a formatter is made: the CLI stays light
 
 _UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _SHORT = {"\n": "\\n", "\r": "\\r"}
@@ -63,8 +65,12 @@ def ascii_int(text: str | None, max_digits: int = MAX_DIGITS) -> int | None:
     return int(text)
 
 
-class VisibleFormatter(logging.Formatter):
-    """A log line's message made visible; a traceback after it keeps its own lines."""
+def visible_formatter(fmt: str) -> logging.Formatter:
+    """A logging.Formatter whose message is made visible; a traceback after it keeps its lines."""
+    import logging
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        return visible(super().formatMessage(record))
+    class VisibleFormatter(logging.Formatter):
+        def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+            return visible(super().formatMessage(record))
+
+    return VisibleFormatter(fmt)
