@@ -27,7 +27,9 @@ from gt_remote.base.addresses import TcpAddress, UnixAddress, normalize_local, p
 from gt_remote.base.config import HostSettings, load_config, resolve
 from gt_remote.base.errors import AddressError, ConfigError, PingFailed, UsageError
 from gt_remote.base.sanitize import MAX_DIGITS, ascii_int, visible
-from gt_remote.bootstrap.probe import facts_from_fields
+from gt_remote.base.errors import GtRemoteError
+from gt_remote.bootstrap import server as remote_server
+from gt_remote.bootstrap.probe import build_of, facts_from_fields
 from gt_remote.bootstrap.remote import parse_fields
 from gt_remote.cli import _status_table
 from gt_remote.control import MAX_REPLY_BYTES, decode_reply, request
@@ -115,6 +117,17 @@ def test_probe_output_of_any_far_side_parses(stdout: str) -> None:
     assert facts.other_port is None or facts.other_port < 10**5
     for shown in (facts.version, facts.running_version):
         assert shown is None or shown == visible(shown)
+
+
+@FUZZ
+@given(log_tail=st.lists(TEXT, max_size=20), path=TEXT)
+def test_a_servers_log_tail_becomes_a_typed_error_with_visible_text(log_tail: list[str], path: str) -> None:
+    """What the remote server logged, quoted in `up`'s error when it exits or never answers."""
+    for error in (remote_server._exited("ccmux-server", 9999, "gaming-pc", log_tail), remote_server._never_answered("ccmux-server", 9999, "gaming-pc", log_tail)):
+        assert isinstance(error, GtRemoteError)
+        assert error.cause == visible(error.cause)
+    build = build_of(path)
+    assert build is None or "/" not in build
 
 
 @FUZZ
