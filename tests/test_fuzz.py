@@ -25,9 +25,8 @@ from hypothesis import strategies as st
 from gt_remote import lifecycle
 from gt_remote.base.addresses import TcpAddress, UnixAddress, normalize_local, parse_address, require_loopback
 from gt_remote.base.config import HostSettings, load_config, resolve
-from gt_remote.base.errors import AddressError, ConfigError, PingFailed, UsageError
+from gt_remote.base.errors import AddressError, ConfigError, GtRemoteError, PingFailed, UsageError
 from gt_remote.base.sanitize import MAX_DIGITS, ascii_int, visible
-from gt_remote.base.errors import GtRemoteError
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.probe import build_of, facts_from_fields
 from gt_remote.bootstrap.remote import parse_fields
