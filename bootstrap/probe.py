@@ -11,6 +11,7 @@ import asyncssh
 from gt_remote.base.builds import build_of
 from gt_remote.base.builds import file_digest as file_digest  # its home is base.builds (light); still importable from here
 from gt_remote.base.errors import PingFailed
+from gt_remote.base.sanitize import ascii_int, visible
 from gt_remote.bootstrap.remote import run_script
 from gt_remote.tunnel import wire
 
@@ -84,25 +85,29 @@ class PortState(enum.Enum):
 
 
 def parse_version(output: str | None) -> str | None:
-    """`ccmux-server 0.1.1` -> `0.1.1`: the last word of the first line."""
+    """`ccmux-server 0.1.1` -> `0.1.1`: the last word of the first line, escapes made visible
+    (it is only ever shown, and the far side's binary chose it)."""
     words = (output or "").split()
-    return words[-1] if words else None
+    return visible(words[-1]) if words else None
 
 
 async def probe(conn: asyncssh.SSHClientConnection, server: str, port: int, digest: str = "") -> RemoteFacts:
-    fields = (await run_script(conn, PROBE_SCRIPT, server, str(port), digest)).fields
-    pid = fields.get("pid", "")
+    return facts_from_fields((await run_script(conn, PROBE_SCRIPT, server, str(port), digest)).fields)
+
+
+def facts_from_fields(fields: dict[str, str]) -> RemoteFacts:
+    """The probe's `key=value` lines as facts; numbers only as ASCII digits of bounded length."""
     other_port, _, other_pid = fields.get("other", "").partition(":")
     return RemoteFacts(
         path=fields.get("path") or None,
         version=parse_version(fields.get("version")),
         arch=fields.get("arch", "unknown"),
         os=fields.get("os", "unknown"),
-        pid=int(pid) if pid.isdigit() else None,
+        pid=ascii_int(fields.get("pid")),
         running_path=fields.get("running") or None,
         running_version=parse_version(fields.get("running_version")),
-        other_port=int(other_port) if other_port.isdigit() else None,
-        other_pid=int(other_pid) if other_pid.isdigit() else None,
+        other_port=ascii_int(other_port, 5),
+        other_pid=ascii_int(other_pid),
     )
 
 

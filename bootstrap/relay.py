@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncssh
 
+from gt_remote.base.sanitize import ascii_int
 from gt_remote.bootstrap.remote import REMOTE_RELAY_ROOT, run_script
 
 log = logging.getLogger(__name__)
@@ -135,17 +136,19 @@ async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int) -> RelaySt
     socket = f"{facts.get('home', '')}/.local/state/gt-remote/relay-{port}/sock"
     if len(socket.encode()) > SOCKET_PATH_LIMIT:
         return RelayState(None, reason=f"the relay socket path {socket} is too long for a Unix socket")
-    if facts.get("running", "").isdigit():
-        return RelayState(socket, pid=int(facts["running"]))
+    running = ascii_int(facts.get("running"))  # isdigit() takes '²', which int() refuses
+    if running is not None:
+        return RelayState(socket, pid=running)
     if facts.get("installed") != "1":
         reason = await _upload(conn, path)
         if reason:
             return RelayState(None, reason=reason)
     started = (await run_script(conn, START_SCRIPT, python, path, str(port), facts.get("stale", ""))).fields
-    if not started.get("pid", "").isdigit():
+    pid = ascii_int(started.get("pid"))
+    if pid is None:
         return RelayState(None, reason=f"the relay did not start on the remote: {started.get('error', '').strip() or 'no output'}")
-    log.info("relay started on the remote (pid %s)", started["pid"])
-    return RelayState(started.get("socket", socket), pid=int(started["pid"]), started=True)
+    log.info("relay started on the remote (pid %s)", pid)
+    return RelayState(started.get("socket", socket), pid=pid, started=True)
 
 
 async def channel_refused(conn: asyncssh.SSHClientConnection, socket: str, timeout: float = 5.0) -> str | None:
@@ -180,5 +183,4 @@ async def _upload(conn: asyncssh.SSHClientConnection, path: str) -> str | None:
 async def stop_relay(conn: asyncssh.SSHClientConnection, port: int, only_pid: int | None = None) -> int | None:
     """Stop the relay for `port` (only if it is `only_pid`, when given); its streams end."""
     fields = (await run_script(conn, STOP_SCRIPT, str(port), str(only_pid or ""))).fields
-    stopped = fields.get("stopped", "none")
-    return int(stopped) if stopped.isdigit() else None
+    return ascii_int(fields.get("stopped"))

@@ -18,6 +18,7 @@ from gt_remote import shell as shells
 from gt_remote.base.addresses import export_vars
 from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, UsageError
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
+from gt_remote.base.sanitize import visible, visible_data, visible_lines
 from gt_remote.completion import SHELLS, complete_host, script
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,12 +27,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def say(message: str) -> None:
     """Progress on stderr; -q silences it (errors are never silenced)."""
     if not progress.quiet():
-        click.echo(f"gt-remote: {message}", err=True)
+        click.echo(f"gt-remote: {visible(message)}", err=True)
 
 
 def tell(message: str) -> None:
     """A result the user asked for, on stderr even with -q."""
-    click.echo(f"gt-remote: {message}", err=True)
+    click.echo(f"gt-remote: {visible(message)}", err=True)
 
 
 def user_errors(func: F) -> F:
@@ -42,7 +43,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except GtRemoteError as error:
-            click.echo(f"gt-remote: error: {error}", err=True)
+            click.echo(f"gt-remote: error: {visible(str(error))}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("gt-remote: interrupted", err=True)
@@ -125,7 +126,7 @@ def main(ctx: click.Context, ssh_config: str | None, config_path: str | None, ve
 def _global_error(error: GtRemoteError) -> None:
     if click.get_current_context().invoked_subcommand in EVAL_COMMANDS:
         fail_the_eval()
-    click.echo(f"gt-remote: error: {error}", err=True)
+    click.echo(f"gt-remote: error: {visible(str(error))}", err=True)
     sys.exit(error.exit_code)
 
 
@@ -256,7 +257,7 @@ def status(host: str | None, as_json: bool) -> None:
         if as_json:
             click.echo("[]")
         raise GtRemoteError(f"gt-remote has never brought up a host named {host!r}", f"check the name (gt-remote status lists them), or bring it up: eval \"$(gt-remote up {host})\"")
-    rows = lifecycle.all_statuses(host)
+    rows = visible_data(lifecycle.all_statuses(host))  # a remote --version or error may carry escapes
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -378,11 +379,11 @@ def logs(host: str, follow: bool, lines: int) -> None:
         raise GtRemoteError(f"no log for {host} at {path}", f"bring it up first: gt-remote up {host}")
     with path.open() as handle:
         for line in handle.readlines()[-lines:]:
-            click.echo(line, nl=False)
+            click.echo(visible_lines(line), nl=False)
         while follow:
             line = handle.readline()
             if line:
-                click.echo(line, nl=False)
+                click.echo(visible_lines(line), nl=False)
             else:
                 time.sleep(0.2)
 
@@ -412,9 +413,9 @@ def doctor(g: Globals, host: str | None, as_json: bool) -> None:
 
     results = checks.run(_settings(g, host) if host else None)
     if as_json:
-        click.echo(json.dumps([check.to_dict() for check in results], indent=2))
+        click.echo(json.dumps(visible_data([check.to_dict() for check in results]), indent=2))
     else:
-        click.echo(checks.render(results))
+        click.echo(visible_lines(checks.render(results)))
     sys.exit(1 if any(check.status == "fail" for check in results) else 0)
 
 
@@ -470,7 +471,7 @@ def clean(g: Globals, host: str | None, dry_run: bool) -> None:
     from gt_remote import clean as cleaning
 
     report = cleaning.clean(host, lambda name: _settings(g, name), _ssh_config(g), dry_run, say)
-    click.echo("\n".join(report.lines))
+    click.echo("\n".join(visible(line) for line in report.lines))
     sys.exit(1 if report.failed else 0)
 
 

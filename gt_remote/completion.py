@@ -69,7 +69,10 @@ def host_names(ssh_config: str | None, config_path: str | None) -> list[str]:
     """Every HOST a user is likely to mean, sorted, each once."""
     from gt_remote.base.config import load_config
 
-    names: set[str] = set(known_host_names())
+    try:
+        names: set[str] = set(known_host_names())
+    except GtRemoteError:
+        names = set()  # an unsafe state directory must not break Tab; commands report it
     try:
         names.update(load_config(Path(config_path) if config_path else config_file()))
     except GtRemoteError:

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import asyncio
 
+from gt_remote.base.paths import open_private
+from gt_remote.base.sanitize import ascii_int
+
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -46,24 +49,41 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
     return server
 
 
+MAX_REPLY_BYTES = 4 * 1024 * 1024  # a status is a few KiB; anything past this is not our supervisor
+
+
 def request(path: Path, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any] | None:
-    """Ask a supervisor; None when nobody answers (no socket, dead, or stopped)."""
+    """Ask a supervisor; None when nobody answers (no socket, dead, or stopped) or the answer
+    is not one reply object (over MAX_REPLY_BYTES, not JSON, not a JSON object)."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(timeout)
     try:
         client.connect(str(path))
         client.sendall(json.dumps(message).encode() + b"\n")
-        data = b""
+        data = bytearray()
         while not data.endswith(b"\n"):
             chunk = client.recv(65536)
             if not chunk:
                 break
             data += chunk
-        return json.loads(data) if data else None
-    except (OSError, ValueError):
+            if len(data) > MAX_REPLY_BYTES:
+                return None
+        return decode_reply(bytes(data))
+    except OSError:
         return None
     finally:
         client.close()
+
+
+def decode_reply(data: bytes) -> dict[str, Any] | None:
+    """One JSON object, or None: never an exception, whatever the bytes (deep nesting included)."""
+    if not data or len(data) > MAX_REPLY_BYTES:
+        return None
+    try:
+        reply = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return reply if isinstance(reply, dict) else None
 
 
 def supervisor_alive(pid_path: Path) -> int | None:
@@ -72,7 +92,7 @@ def supervisor_alive(pid_path: Path) -> int | None:
     The lock dies with its process, so this cannot be fooled by a stale file or pid reuse.
     """
     try:
-        fd = os.open(pid_path, os.O_RDONLY)
+        fd = open_private(pid_path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
@@ -80,7 +100,8 @@ def supervisor_alive(pid_path: Path) -> int | None:
     except BlockingIOError:
         text = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
-        return int(text) if text.isdigit() else -1
+        pid = ascii_int(text)
+        return -1 if pid is None else pid
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
     return None
@@ -88,7 +109,7 @@ def supervisor_alive(pid_path: Path) -> int | None:
 
 def hold_pid_lock(pid_path: Path) -> int | None:
     """Take the per-host supervisor lock for this process's life; None if another holds it."""
-    fd = os.open(pid_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(pid_path, os.O_RDWR | os.O_CREAT)  # never through a link
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from gt_remote import control, progress
 from gt_remote.base import errors
+from gt_remote.base.addresses import export_lines
 from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
-from gt_remote.base.paths import HostFiles, known_host_names, remembered_host_names
+from gt_remote.base.paths import HostFiles, known_host_names, open_private, remembered_host_names
 
 if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must start fast (tests/test_light_cli.py)
     import subprocess
@@ -43,7 +45,7 @@ class HostLock:
     def __enter__(self) -> HostLock:
         deadline = time.monotonic() + self.timeout
         while True:
-            self.fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = open_private(self.files.lock, os.O_RDWR | os.O_CREAT)
             try:
                 while True:
                     try:
@@ -95,7 +97,26 @@ def error_from_dict(data: dict[str, Any]) -> GtRemoteError:
 
 def live_status(files: HostFiles, timeout: float = 3.0) -> dict[str, Any] | None:
     reply = control.request(files.control, {"op": "status"}, timeout)
-    return reply["status"] if reply and reply.get("ok") else None
+    status = reply.get("status") if reply and reply.get("ok") else None
+    return status if _well_formed(status) else None
+
+
+STATUS_SHAPE: dict[str, tuple[type, ...]] = {
+    "host": (str,), "state": (str,), "local": (str,), "remote_port": (int,), "supervisor_pid": (int,), "server": (dict,), "settings": (dict,),
+    "last_error": (str, type(None)), "last_wake": (dict, type(None)), "exports": (list,),
+}
+OPTIONAL_NUMBERS = ("rtt_ms", "uptime_s", "last_recovery_s")
+WAKE_KEYS = {"kind", "at", "detail", "outcome"}
+
+
+def _well_formed(status: object) -> bool:
+    """A reply shaped like our supervisor's status, in every part `up`, `env` and `status` read:
+    anything else (a fake or garbled socket) counts as no answer, never as a crash."""
+    if not isinstance(status, dict) or not all(isinstance(status.get(key), types) for key, types in STATUS_SHAPE.items()):
+        return False
+    numbers_ok = all(status.get(key) is None or (isinstance(status[key], (int, float)) and math.isfinite(status[key])) for key in OPTIONAL_NUMBERS)
+    server, wake = status["server"], status["last_wake"]
+    return numbers_ok and isinstance(server.get("name"), str) and isinstance(server.get("other_build"), (dict, type(None))) and (wake is None or WAKE_KEYS <= set(wake))
 
 
 # --- up ---------------------------------------------------------------------------------
@@ -114,7 +135,8 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
         if status is not None:
             _check_same(settings, status)
             say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
-            return list(status["exports"])
+            # Built here from our own settings (which _check_same matched), never the names the socket sent.
+            return export_lines(settings.local_url, settings.server)
         pid = control.supervisor_alive(files.pid)
         if pid is not None:
             raise GtRemoteError(
@@ -172,7 +194,7 @@ def _clean_stale(files: HostFiles) -> None:
 def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
     import subprocess
 
-    log_fd = os.open(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log_fd = open_private(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gt_remote.supervisor", settings.to_json()],

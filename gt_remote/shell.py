@@ -42,7 +42,8 @@ def pairs_from_exports(lines: list[str]) -> list[tuple[str, str]]:
         words = shlex.split(line)
         if len(words) == 2 and words[0] == "export" and "=" in words[1]:
             name, _, value = words[1].partition("=")
-            pairs.append((name, value))
+            if name in ENV_VARS:  # names only from the fixed list: a name is shell code, unquoted
+                pairs.append((name, value))
     return pairs
 
 

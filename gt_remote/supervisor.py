@@ -31,7 +31,8 @@ from gt_remote import control, progress, reach
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, PingFailed
-from gt_remote.base.paths import HostFiles, write_private
+from gt_remote.base.paths import HostFiles, open_private, write_private
+from gt_remote.base.sanitize import visible_formatter
 from gt_remote.bootstrap import relay as remote_relay
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.ensure import ServerInfo, ensure_server, revive_server
@@ -387,14 +388,13 @@ def setup_logging(files: HostFiles, also_stderr: bool = False) -> None:
     """A size-capped, rotated log per host. Rotation makes new files: umask keeps them 0600."""
     os.umask(0o077)
     path = files.log
-    if not path.exists():
-        path.touch(mode=0o600)
+    os.close(open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT))  # a link planted there fails here
     handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(visible_formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))  # remote text: no escapes
     handlers: list[logging.Handler] = [handler]
     if also_stderr:  # `up --foreground`: the service manager's journal gets the same lines
         stderr = logging.StreamHandler(sys.stderr)
-        stderr.setFormatter(logging.Formatter("gt-remote: %(message)s"))
+        stderr.setFormatter(visible_formatter("gt-remote: %(message)s"))
         stderr.addFilter(lambda record: not getattr(record, "file_only", False))
         handlers.append(stderr)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)

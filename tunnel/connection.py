@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost
+from gt_remote.base.sanitize import ascii_int
 
 KEEPALIVE_COUNT_MAX = 3
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -39,11 +40,11 @@ class SshTarget:
         host, port = hostport, None
         if hostport.startswith("["):
             inner, _, tail = hostport[1:].partition("]")
-            host, port = inner, int(tail[1:]) if tail.startswith(":") and tail[1:].isdigit() else None
+            host, port = inner, ascii_int(tail[1:], 5) if tail.startswith(":") else None
         elif self.destination.startswith("ssh://") and hostport.count(":") == 1:
             name, _, port_text = hostport.partition(":")
-            if port_text.isdigit():
-                host, port = name, int(port_text)
+            if ascii_int(port_text, 5) is not None:
+                host, port = name, ascii_int(port_text, 5)
         return (user if at else None), host, port
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gt_remote.base.errors import AddressError
+from gt_remote.base.sanitize import ascii_int
 
 ENV_VARS = ("GASTOWN_CCMUX_ADDR", "CCMUX_ADDR", "FUGUE_ADDR")
 TCP_EXAMPLE = "tcp://127.0.0.1:9999"
@@ -87,9 +88,9 @@ def _parse_tcp(text: str, rest: str) -> TcpAddress:
     host, port_text = _split_host_port(text, rest)
     if not port_text:
         raise _bad(text, "missing port", TCP_EXAMPLE)
-    if not port_text.isdigit():
+    port = ascii_int(port_text)  # ASCII digits only: str.isdigit() takes '²', which int() refuses
+    if port is None:
         raise _bad(text, f"port {port_text!r} is not a number", TCP_EXAMPLE)
-    port = int(port_text)
     if not 1 <= port <= 65535:
         raise _bad(text, f"port {port} is out of range 1-65535", TCP_EXAMPLE)
     return TcpAddress(host, port)

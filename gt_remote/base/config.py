@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 from gt_remote.base.addresses import Address, UnixAddress, normalize_local, parse_address, require_loopback
 from gt_remote.base.errors import ConfigError, UsageError
-from gt_remote.base.paths import runtime_path
+from gt_remote.base.paths import check_socket_dir, runtime_path
 
 DEFAULT_REMOTE_PORT = 9999
 DEFAULT_SERVER = "ccmux-server"
@@ -60,9 +62,14 @@ def load_config(path: Path) -> dict[str, dict[str, Any]]:
 
     try:
         with path.open("rb") as handle:
+            _check_config_owner(path, os.fstat(handle.fileno()))
             data = tomllib.load(handle)
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})", "save it as UTF-8 or pass --config FILE") from None
+    except RecursionError:
+        raise ConfigError(f"cannot read config {path}: values nested too deeply", "fix the TOML or pass --config FILE") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}", "fix the TOML syntax or pass --config FILE") from exc
     hosts = data.get("hosts", {})
@@ -71,6 +78,16 @@ def load_config(path: Path) -> dict[str, dict[str, Any]]:
     for name, table in hosts.items():
         _check_table(path, name, table)
     return hosts
+
+
+def _check_config_owner(path: Path, info: os.stat_result) -> None:
+    """As ssh does for its config: one another user may write could run commands as you
+    (install_command, ssh), so it must be yours (or root's) and writable by nobody else."""
+    if info.st_uid not in (os.getuid(), 0) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"config {path} is writable by another user (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); refusing to run what it says",
+            f"make it yours and private: chmod go-w {path}",
+        )
 
 
 def _check_table(path: Path, name: str, table: object) -> None:
@@ -101,7 +118,7 @@ def resolve(host: str, config: Mapping[str, Mapping[str, Any]], overrides: Mappi
         keepalive=_keepalive(merged.get("keepalive", DEFAULT_KEEPALIVE)),
         ssh_config=ssh_config,
         restart_server=bool(merged.get("restart_server", False)),
-        sync=tuple(_text(item, "sync") for item in merged.get("sync", ())),
+        sync=_sync(merged.get("sync", ())),
         resume=_flag(merged.get("resume", True), "resume"),
         resume_window=_resume_window(merged.get("resume_window", DEFAULT_RESUME_WINDOW)),
     )
@@ -119,6 +136,7 @@ def _local(value: Any, remote_port: int) -> Address:
     address = normalize_local(require_loopback(parse_address(_text(value, "local"))))
     if isinstance(address, UnixAddress):
         _outside_own_files(address)
+        check_socket_dir(address.path)
     return address
 
 
@@ -143,20 +161,35 @@ def _server(value: Any) -> str:
 def _binary(value: Any) -> str | None:
     if value is None:
         return None
-    path = Path(_text(value, "server_binary")).expanduser()
-    if not path.is_file():
-        raise UsageError(f"server binary {path} does not exist", "pass the path of the ccmux-server you built for the remote")
-    return str(path.resolve())
+    text = _text(value, "server_binary")
+    try:
+        path = Path(text).expanduser()  # `~nobody-here/x` raises RuntimeError
+        if path.is_file():
+            return str(path.resolve())
+    except (OSError, RuntimeError, ValueError):  # too long a name, an unknown ~user, a NUL
+        path = Path(text)
+    raise UsageError(f"server binary {path} does not exist", "pass the path of the ccmux-server you built for the remote")
+
+
+def _positive(value: Any) -> bool:
+    """A finite number above zero: TOML and float() also read inf and nan."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _sync(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"sync must be a list of paths, not {value!r}", 'write sync = ["~/rig"]')
+    return tuple(_text(item, "sync") for item in value)
 
 
 def _keepalive(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if not _positive(value):
         raise UsageError(f"keepalive {value!r} is not a positive number of seconds", "use e.g. --keepalive 5")
     return float(value)
 
 
 def _resume_window(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if not _positive(value):
         raise UsageError(f"resume window {value!r} is not a positive number of seconds", "use e.g. --resume-window 900 (15 minutes)")
     return float(value)
 

@@ -38,6 +38,13 @@ class ConfigError(UsageError):
     """The TOML config file is unreadable or holds unknown or ill-typed keys."""
 
 
+class UnsafeDirectory(GtRemoteError):
+    """A private directory (runtime, state, config) or file in one is a symlink, foreign or open to others.
+
+    Never followed, chmod-ed or written through: another local user could have placed it.
+    """
+
+
 class LocalPortInUse(GtRemoteError):
     """The local listener's address is already taken."""
 

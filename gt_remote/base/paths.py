@@ -1,12 +1,29 @@
-"""Where gt-remote keeps local files, all private: directories 0700, files 0600."""
+"""Where gt-remote keeps local files, all private: directories 0700, files 0600.
+
+Without XDG_RUNTIME_DIR the runtime directory is /tmp/gt-remote-UID, a name in a directory
+every local user can write. So a private directory is never taken on trust: its last
+component is opened with O_NOFOLLOW|O_DIRECTORY (a symlink is refused, never followed),
+its owner must be this user (a foreign one is refused, not chmod-ed), its mode is tightened
+through that descriptor (never through a name), and its parent must not let others rename
+it away (world-writable without the sticky bit). This is re-checked on every use: each path
+property of HostFiles verifies its directory again. Files in it are opened with O_NOFOLLOW
+(open_private), so a link left in a directory that once was open fails instead of
+redirecting a write.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pwd
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from gt_remote.base.errors import UnsafeDirectory, UsageError
+from gt_remote.base.sanitize import visible
 
 APP = "gt-remote"
 
@@ -21,12 +38,12 @@ def config_file() -> Path:
 
 
 def state_dir() -> Path:
-    return private_dir(_xdg("XDG_STATE_HOME", ".local/state") / APP)
+    return private_dir(_xdg("XDG_STATE_HOME", ".local/state") / APP, "XDG_STATE_HOME")
 
 
 def runtime_dir() -> Path:
     """Sockets and locks. Without XDG_RUNTIME_DIR, a per-user directory under /tmp."""
-    return private_dir(runtime_path())
+    return private_dir(runtime_path(), "XDG_RUNTIME_DIR")
 
 
 def runtime_path() -> Path:
@@ -39,15 +56,99 @@ def runtime_path() -> Path:
     return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}"
 
 
-def private_dir(path: Path) -> Path:
-    """Create (or tighten) a directory only its owner may enter."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to another user; refusing to keep private files there")
-    if info.st_mode & 0o077:
-        path.chmod(0o700)
+def private_dir(path: Path, setting: str = "") -> Path:
+    """Create (or tighten) a directory only its owner may enter; refuse one another user could redirect.
+
+    `setting` names the variable that moves it (XDG_RUNTIME_DIR...), for the fix in the error.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _check_parent(path, setting)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        fd = _open_dir(path, setting)
+    except OSError as exc:
+        raise UnsafeDirectory(f"cannot create the private directory {path}: {exc.strerror or exc}", _fix(path, setting)) from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid():
+            raise UnsafeDirectory(f"{path} belongs to {_user(info.st_uid)}, not to you; refusing to keep private files there", _fix(path, setting))
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.fchmod(fd, 0o700)  # through the descriptor: never a chmod through a link
+    finally:
+        os.close(fd)
     return path
+
+
+def _open_dir(path: Path, setting: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnsafeDirectory(f"{path} is a symbolic link (to {visible(os.readlink(path))}); refusing to follow it", _fix(path, setting)) from None
+        if exc.errno == errno.ENOTDIR:
+            raise UnsafeDirectory(f"{path} is not a directory; refusing to keep private files there", _fix(path, setting)) from None
+        raise
+
+
+def _check_parent(path: Path, setting: str) -> None:
+    """A parent others may write, without the sticky bit, lets them swap the directory after the check."""
+    info = os.stat(path.parent)
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise UnsafeDirectory(f"{path.parent} is writable by every user (mode {stat.S_IMODE(info.st_mode):o}), so {path.name} in it cannot stay private", _fix(path, setting))
+
+
+def _fix(path: Path, setting: str) -> str:
+    if setting == "XDG_RUNTIME_DIR" and not os.environ.get("XDG_RUNTIME_DIR"):
+        return f"set XDG_RUNTIME_DIR to a directory only you can use, or remove {path}"
+    if setting:
+        return f"remove {path} (gt-remote recreates it), or set {setting} to a directory only you can use"
+    return f"remove {path} (gt-remote recreates it)"
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"another user ({visible(pwd.getpwuid(uid).pw_name)}, uid {uid})"
+    except KeyError:
+        return f"another user (uid {uid})"
+
+
+def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
+    """os.open for a file in a private directory: never through a symlink, only a regular file of ours."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeDirectory(f"{path} is a symbolic link; refusing to follow it", f"remove {path}") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        os.close(fd)
+        raise UnsafeDirectory(f"{path} is not a regular file of yours; refusing to use it", f"remove {path}")
+    return fd
+
+
+def check_socket_dir(socket_path: str) -> None:
+    """A Unix socket's directory must be the user's own and closed to others: in a shared
+    directory (/tmp, mode 1777) another user could take the name while the tunnel is down."""
+    directory = os.path.dirname(socket_path) or "/"
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return  # a missing directory: binding there fails with its own message
+    if info.st_uid != os.getuid():
+        problem = f"belongs to {_user(info.st_uid)}"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o}), who could take the name after 'down'"
+    else:
+        return
+    name = visible(os.path.basename(socket_path))
+    raise UsageError(
+        f"refusing local socket unix://{visible(socket_path)}: its directory {visible(directory)} {problem}",
+        f"put it in a directory only you can write, e.g. unix://$XDG_RUNTIME_DIR/{name} or unix://$HOME/.cache/{name}",
+    )
 
 
 def write_private(path: Path, data: str) -> None:
@@ -55,12 +156,12 @@ def write_private(path: Path, data: str) -> None:
     import tempfile
 
     private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL: never through a link
     try:
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(data)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # replaces a link itself, never its target
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
