@@ -3,7 +3,8 @@
 Every figure is measured against its reference in the same run, on the test bed's sshd
 containers and the ccmux-server stand-in; the report (docs/benchmarks.md) shows each beside
 its reference and its goal, met or not. `--smoke` runs one repetition of everything, so the
-test suite keeps this code from rotting.
+test suite keeps this code from rotting. `--only cli,memory --out DIR` runs only those sections
+(quick to iterate on; the report then has only them).
 """
 
 from __future__ import annotations
