@@ -108,6 +108,7 @@ def cli_markdown(cli: dict[str, Any]) -> list[str]:
     wall, rss = cli["wall_s"], cli["maxrss_kib"]
     click_ms = median(wall[CLICK]) * 1000
     out = [
+        "",
         "## 6. CLI",
         "",
         f"What a new shell pays for `eval \"$(gt-remote env HOST)\"` in its rc file, and a prompt for `gt-remote status`: "
@@ -157,6 +158,7 @@ def cost_summary(cost: dict[str, Any]) -> list[dict[str, Any]]:
 
 def cost_markdown(cost: dict[str, Any]) -> list[str]:
     out = [
+        "",
         "## 7. CPU cost",
         "",
         "CPU seconds (user + sys, from each process's own `/proc/PID/stat`) spent carrying traffic, a figure the machine's "
