@@ -18,7 +18,7 @@ from gt_remote import __version__, lifecycle, progress
 from gt_remote import shell as shells
 from gt_remote.base.addresses import export_vars
 from gt_remote.base.config import load_config, resolve
-from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, UsageError
+from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, UsageError, shell_word
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
 from gt_remote.completion import SHELLS, complete_host, script
 
@@ -187,12 +187,12 @@ def up(g: Globals, host: str, foreground: bool, shell: str, no_resume: bool, **o
     settings = _settings(g, host, overrides)
 
     def print_exports(lines: list[str]) -> None:
-        _print_for_shell(shell_lines(lines, shell), f"gt-remote up {host}", shell)
+        _print_for_shell(shell_lines(lines, shell), f"gt-remote up {shell_word(host)}", shell)
 
     lines = lifecycle.up(settings, say, foreground=foreground, on_ready=print_exports)
     if not foreground:
         print_exports(lines)
-        say(f"{host} is up; 'gt-remote status' shows it, 'gt-remote down {host}' stops it")
+        say(f"{host} is up; 'gt-remote status' shows it, 'gt-remote down {shell_word(host)}' stops it")
 
 
 def shell_lines(exports: list[str], syntax: str) -> list[str]:
@@ -216,7 +216,7 @@ def _print_for_shell(lines: list[str], command: str, syntax: str) -> None:
 def down(g: Globals, host: str | None, all_hosts: bool, stop_server: bool) -> None:
     """Stop HOST's supervisor; the remote server keeps running unless --stop-server."""
     if host and all_hosts:
-        raise UsageError(f"--all stops every host, so it takes no HOST (got {host!r})", f"run 'gt-remote down {host}' for that host, or 'gt-remote down --all' for all")
+        raise UsageError(f"--all stops every host, so it takes no HOST (got {host!r})", f"run 'gt-remote down {shell_word(host)}' for that host, or 'gt-remote down --all' for all")
     if not host and not all_hosts:
         raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote down gaming-pc'")
     names = (lifecycle.all_hosts_with_state() if stop_server else known_host_names()) if all_hosts else [host]
@@ -257,7 +257,7 @@ def status(host: str | None, as_json: bool) -> None:
     if host and not lifecycle.is_known(host):
         if as_json:
             click.echo("[]")
-        raise GtRemoteError(f"gt-remote has never brought up a host named {host!r}", f"check the name (gt-remote status lists them), or bring it up: eval \"$(gt-remote up {host})\"")
+        raise GtRemoteError(f"gt-remote has never brought up a host named {host!r}", f"check the name (gt-remote status lists them), or bring it up: eval \"$(gt-remote up {shell_word(host)})\"")
     rows = lifecycle.all_statuses(host)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -280,7 +280,7 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"  server      {described} pid {server.get('pid') or '-'}" + (f" build {server['build']}" if server.get("build") else ""))
         other = server.get("other_build")
         if other:
-            lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {row['host']} --server-binary PATH' switches")
+            lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {shell_word(row['host'])} --server-binary PATH' switches")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         lines.append(f"  streams     {_streams_line(row)}")
         if row.get("next_attempt_at") and row["state"] in ("reconnecting", "failed"):
@@ -326,11 +326,11 @@ def _duration(seconds: float) -> str:
 def env(host: str, shell: str, unset: bool) -> None:
     """Print the export lines of HOST, which must be up: eval "$(gt-remote env HOST)"."""
     if unset:
-        _print_for_shell(shells.unset_lines(shell), f"gt-remote env {host} --unset", shell)
+        _print_for_shell(shells.unset_lines(shell), f"gt-remote env {shell_word(host)} --unset", shell)
         return
     status_ = lifecycle.require_up(host)
     lines = shells.export_lines(export_vars(status_["local"], status_["server"]["name"]), shell)
-    _print_for_shell(lines, f"gt-remote env {host}", shell)
+    _print_for_shell(lines, f"gt-remote env {shell_word(host)}", shell)
 
 
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -361,7 +361,7 @@ def ping(host: str | None, addr: str | None, timeout: float) -> None:
     from gt_remote import ping as pinging
 
     if host and addr:
-        raise UsageError("name a HOST or pass --addr, not both", f"e.g. 'gt-remote ping {host}'")
+        raise UsageError("name a HOST or pass --addr, not both", f"e.g. 'gt-remote ping {shell_word(host)}'")
     url, rtt = asyncio.run(pinging.ping(host, addr, timeout))
     click.echo(f"Pong from {url} in {rtt * 1000:.2f} ms")
 
@@ -375,7 +375,7 @@ def logs(host: str, follow: bool, lines: int) -> None:
     """Show the supervisor log of HOST."""
     path = HostFiles(host).log
     if not path.exists():
-        raise GtRemoteError(f"no log for {host} at {path}", f"bring it up first: gt-remote up {host}")
+        raise GtRemoteError(f"no log for {host} at {path}", f"bring it up first: gt-remote up {shell_word(host)}")
     with path.open() as handle:
         for line in handle.readlines()[-lines:]:
             click.echo(line, nl=False)
@@ -430,7 +430,7 @@ def sync(g: Globals, host: str, paths: tuple[str, ...], push: bool, pull: bool, 
     from gt_remote import sync as syncing
 
     if push and pull:
-        raise UsageError("--push and --pull go opposite ways", f"run 'gt-remote sync {host} --push' and then 'gt-remote sync {host} --pull'")
+        raise UsageError("--push and --pull go opposite ways", f"run 'gt-remote sync {shell_word(host)} --push' and then 'gt-remote sync {shell_word(host)} --pull'")
     syncing.run(_settings(g, host), list(paths), not pull, dry_run, delete, say)
 
 
@@ -450,7 +450,7 @@ def upgrade(host: str, server_binary: str, yes: bool) -> None:
     say(plan.warning())
     if not yes:
         if not sys.stdin.isatty():
-            raise NeedsConfirmation("upgrading ends the panes' processes and there is no terminal to ask on", f"pass --yes: 'gt-remote upgrade {host} --server-binary {server_binary} --yes'")
+            raise NeedsConfirmation("upgrading ends the panes' processes and there is no terminal to ask on", f"pass --yes: 'gt-remote upgrade {shell_word(host)} --server-binary {shell_word(server_binary)} --yes'")
         if not click.confirm("gt-remote: restart the server now?", default=False, err=True):
             say("upgrade cancelled; nothing changed")
             sys.exit(1)

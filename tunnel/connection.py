@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
-from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost
+from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost, shell_word
 
 KEEPALIVE_COUNT_MAX = 3
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -145,11 +145,11 @@ def _host_key_error(destination: str, options: asyncssh.SSHClientConnectionOptio
     if options is not None and _has_pinned_key(options):
         return HostKeyRejected(
             f"the host key of {destination} has CHANGED since it was saved in known_hosts: the host was reinstalled, or someone is intercepting the connection",
-            f"if you know it was reinstalled, remove the old key with 'ssh-keygen -R <host>' and connect once with 'ssh {destination}' to check and save the new one",
+            f"if you know it was reinstalled, remove the old key with 'ssh-keygen -R <host>' and connect once with 'ssh {shell_word(destination)}' to check and save the new one",
         )
     return HostKeyRejected(
         f"the host key of {destination} is not in known_hosts yet",
-        f"connect once with 'ssh {destination}', check the fingerprint and accept it; gt-remote never accepts an unknown key by itself",
+        f"connect once with 'ssh {shell_word(destination)}', check the fingerprint and accept it; gt-remote never accepts an unknown key by itself",
     )
 
 

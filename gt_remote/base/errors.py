@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
+
+
+def shell_word(value: object) -> str:
+    """One word of a command shown in a hint, quoted for a POSIX shell so a pasted host name
+    like `a;b` or `my pc` stays one argument; ordinary names come out unchanged."""
+    return shlex.quote(str(value))
+
 
 class GtRemoteError(Exception):
     """An error a user can act on.
