@@ -102,7 +102,10 @@ class Globals:
         self.ssh_config = ssh_config
         self.config_path = Path(config_path).expanduser() if config_path else config_file()
         if config_path and not self.config_path.is_file():
-            raise UsageError(f"config file {self.config_path} does not exist", "pass an existing file with --config, or leave --config out for the default")
+            fix = "pass an existing file with --config, or leave --config out for the default"
+            if os.environ.get("INVOCATION_ID") or os.environ.get("XPC_SERVICE_NAME"):  # run by systemd or launchd
+                fix = "the login service names this file: move it back, or install the service again with 'gt-remote --config NEW_PATH service install HOST'"
+            raise UsageError(f"config file {self.config_path} does not exist", fix)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -480,7 +483,8 @@ def service() -> None:
 def _service_file(g: Globals, host: str, platform: str | None) -> Any:
     from gt_remote import service as services
 
-    config = str(g.config_path.resolve()) if g.config_path.exists() else None
+    # Only a --config given here is pinned: the default path is found again at every start.
+    config = str(g.config_path.resolve()) if g.config_path.exists() and g.config_path != config_file() else None
     return services.service_file(host, platform or services.default_platform(), _ssh_config(g), config)
 
 

@@ -138,3 +138,7 @@ class NotOurServer(RemoteError):
 
 class NeedsConfirmation(UsageError):
     """A step that ends the panes' processes, asked for without --yes and without a terminal to ask on."""
+
+
+class ServiceNotStarted(GtRemoteError):
+    """`service install` wrote the unit, but the service manager would not enable or start it."""
