@@ -225,9 +225,18 @@ def down(g: Globals, host: str | None, all_hosts: bool, stop_server: bool) -> No
     names = (lifecycle.all_hosts_with_state() if stop_server else known_host_names()) if all_hosts else [host]
     if not names:
         tell("no hosts are up")
+    failed: list[str] = []
     for name in names:
         assert name is not None
-        tell(lifecycle.down(name, stop_server, lambda other: _settings(g, other), _ssh_config(g)))
+        try:
+            tell(lifecycle.down(name, stop_server, lambda other: _settings(g, other), _ssh_config(g)))
+        except GtRemoteError as error:
+            if not all_hosts:
+                raise
+            tell(f"error: {error}" if str(error).startswith(f"{name}:") else f"error: {name}: {error}")  # then the next host
+            failed.append(name)
+    if failed:
+        raise GtRemoteError(f"'down --all' failed for {len(failed)} of {len(names)} hosts: {', '.join(failed)}", "see each host's error above; fix it and run the command again")
 
 
 @main.command()
@@ -277,6 +286,9 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         server = row.get("server") or {}
         rtt = f"{row['rtt_ms']:.2f} ms" if row.get("rtt_ms") is not None else "-"
         uptime = _duration(row["uptime_s"]) if row.get("uptime_s") is not None else "-"
+        if row["state"] == "down":
+            lines += _down_lines(row)
+            continue
         lines.append(f"{row['host']}: {row['state']}")
         lines.append(f"  local       {row.get('local') or '-'}  ->  remote 127.0.0.1:{row.get('remote_port') or '-'}")
         described = " ".join(str(part) for part in (server.get("name"), server.get("version")) if part)
@@ -293,6 +305,17 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         if row.get("last_error"):
             lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
     return "\n".join(lines)
+
+
+def _down_lines(row: dict[str, Any]) -> list[str]:
+    """A host that is down, in words: what it was, why it is down, how to bring it back."""
+    host = row["host"]
+    lines = [f"{host}: down"]
+    if row.get("local") and row.get("remote_port"):
+        lines.append(f"  was         {row['local']}  ->  remote 127.0.0.1:{row['remote_port']} (no tunnel now)")
+    lines.append(f"  why         {row.get('last_error') or 'no supervisor runs for it (stopped with down, or never brought up)'}")
+    lines.append(f"  bring it up with: eval \"$(gt-remote up {shell_word(host)})\"")
+    return lines
 
 
 def _streams_line(row: dict[str, Any]) -> str:

@@ -266,8 +266,24 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
             _signal(pid, signal.SIGKILL)
             _wait_until(lambda: control.supervisor_alive(files.pid) is None, STOP_GRACE)
         _clean_stale(files)
+    if stop_server and reply is None:  # the supervisor never answered: stop the server by ourselves
+        return f"{name}: down; {_stop_server_offline(name, fallback, ssh_config)}"
     note = (reply or {}).get("server_note") if stop_server else "the remote server keeps running (use --stop-server to stop it)"
+    if stop_server and _server_left_running(reply or {}):
+        raise errors.ServerStillRunning(
+            f"{name}: the tunnel is down, but the remote server still runs: {note}",
+            f"gt-remote stops only a server it started; otherwise try 'gt-remote down {shell_word(name)} --stop-server' again (it connects by itself)",
+        )
     return f"{name}: down; {note}" if note else f"{name}: down"
+
+
+def _server_left_running(reply: dict[str, Any]) -> bool:
+    """Whether a --stop-server reply leaves a server running: not stopped, and not already gone."""
+    if "server_running" in reply:
+        return bool(reply["server_running"])
+    if reply.get("server_stopped"):
+        return False
+    return reply.get("server_note") != "the remote server was not running"
 
 
 def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config: str | None) -> str:

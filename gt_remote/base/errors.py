@@ -142,3 +142,7 @@ class NeedsConfirmation(UsageError):
 
 class ServiceNotStarted(GtRemoteError):
     """`service install` wrote the unit, but the service manager would not enable or start it."""
+
+
+class ServerStillRunning(RemoteError):
+    """`down --stop-server` stopped the tunnel, but the remote server still runs."""
