@@ -346,14 +346,26 @@ def test_usage_names_every_option_of_every_command() -> None:
 def test_wake_and_resume_agree_that_force_keeps_resumable_connections(gt: Gt, ssh_host: SshHost) -> None:
     """wake.md: after `reconnect --force`, connections through the tunnel continue (resume.md's
     promise for any reconnect); a resumable client is never reset by it."""
-    from tests.test_resume import run_faults
+    import socket
+
+    from tests.test_resume import LongClient, row, wait_recovered
 
     wake = (REPO / "docs" / "wake.md").read_text()
     assert "they pause and continue where they were" in wake and "same reset" not in wake
-
-    def force(host: SshHost) -> None:
-        result = gt("reconnect", "gaming-pc", "--force")
-        assert result.returncode == 0, result.stderr
-        assert "dropped the link on request; reconnected" in result.stderr
-
-    run_faults(gt, ssh_host, force)
+    with socket.socket() as spare:  # a local port of its own: 9999 may be another test's
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    up = gt.up(ssh_host, "--keepalive", "1", "--local", f"tcp://127.0.0.1:{port}")
+    assert up.returncode == 0, up.stderr
+    assert row(gt)["resumable"] is True
+    client = LongClient(port)
+    try:
+        client.wait_rounds(5)
+        for round_ in (1, 2, 3):
+            forced = gt("reconnect", "gaming-pc", "--force")
+            assert forced.returncode == 0 and "dropped the link on request" in forced.stderr, forced.stderr
+            wait_recovered(gt, round_)
+            client.wait_rounds(10)
+        assert client.error is None and row(gt)["streams_resumed"] >= 3
+    finally:
+        client.close()
