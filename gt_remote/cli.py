@@ -372,7 +372,7 @@ def exec_(host: str, command: tuple[str, ...]) -> None:
     except FileNotFoundError:
         raise CommandNotFound(f"command not found: {command[0]}", "check its name and your PATH") from None
     except (PermissionError, IsADirectoryError):
-        raise CommandNotExecutable(f"{command[0]} is not executable", f"make it executable (chmod +x {command[0]}) or run it through its interpreter") from None
+        raise CommandNotExecutable(f"{command[0]} is not executable", f"make it executable (chmod +x {shell_word(command[0])}) or run it through its interpreter") from None
     except OSError as exc:
         raise CommandNotExecutable(f"cannot run {command[0]}: {exc.strerror}", "check that it is a program for this machine") from None
 

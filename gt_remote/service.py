@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gt_remote.base.errors import ServiceNotStarted, UsageError
+from gt_remote.base.errors import ServiceNotStarted, UsageError, shell_word
 from gt_remote.base.paths import host_key
 
 RESTART_SEC = 30  # a final error (refused key) must not become a retry storm
@@ -165,6 +165,11 @@ def _run(args: list[str]) -> tuple[bool, str]:
     return result.returncode == 0, (result.stderr or result.stdout).strip()
 
 
+def shown(commands: list[list[str]]) -> str:
+    """Commands to paste, each word shell-quoted (a home path may hold spaces)."""
+    return " && ".join(" ".join(shell_word(word) for word in command) for command in commands)
+
+
 def activation_commands(service: ServiceFile) -> list[list[str]]:
     if service.platform == "launchd":
         return [["launchctl", "bootstrap", f"gui/{os.getuid()}", str(service.path)]]
@@ -190,14 +195,14 @@ def install(service: ServiceFile, start: bool) -> list[str]:
         handle.write(service.text)
     tmp.replace(service.path)
     notes = [f"wrote {service.path}"]
-    manual = " && ".join(" ".join(c) for c in activation_commands(service))
+    manual = shown(activation_commands(service))
     if not start:
         return notes + ["start it with: " + manual]
     for command in activation_commands(service):
         ok, output = _run(command)
         if not ok:
             raise ServiceNotStarted(
-                f"wrote {service.path}, but '{' '.join(command)}' failed: {output or 'no message'}",
+                f"wrote {service.path}, but '{shown([command])}' failed: {output or 'no message'}",
                 f"run it in your login session: {manual}",
             )
     return notes + [f"enabled and started {service.label}"]
@@ -233,4 +238,4 @@ def status(service: ServiceFile) -> tuple[int, str]:
     where = f"installed at {service.path}; "
     if active:
         return 0, where + f"active ({detail})"
-    return NOT_ACTIVE, where + f"not active ({detail or 'unknown'}); start it with: " + " && ".join(" ".join(c) for c in activation_commands(service))
+    return NOT_ACTIVE, where + f"not active ({detail or 'unknown'}); start it with: " + shown(activation_commands(service))
