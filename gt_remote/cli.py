@@ -97,15 +97,20 @@ class OneLineErrors(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+def _moved_under_a_service(option: str) -> str:
+    """Under systemd or launchd, a missing file is one the login service was installed with."""
+    if os.environ.get("INVOCATION_ID") or os.environ.get("XPC_SERVICE_NAME"):
+        return f"the login service names this file: move it back, or install the service again with 'gt-remote {option} NEW_PATH service install HOST'"
+    return ""
+
+
 class Globals:
     def __init__(self, ssh_config: str | None, config_path: str | None) -> None:
         self.ssh_config = ssh_config
         self.config_path = Path(config_path).expanduser() if config_path else config_file()
         if config_path and not self.config_path.is_file():
             fix = "pass an existing file with --config, or leave --config out for the default"
-            if os.environ.get("INVOCATION_ID") or os.environ.get("XPC_SERVICE_NAME"):  # run by systemd or launchd
-                fix = "the login service names this file: move it back, or install the service again with 'gt-remote --config NEW_PATH service install HOST'"
-            raise UsageError(f"config file {self.config_path} does not exist", fix)
+            raise UsageError(f"config file {self.config_path} does not exist", _moved_under_a_service("--config") or fix)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,7 +167,8 @@ def _ssh_config(globals_: Globals) -> str | None:
         return None
     path = Path(globals_.ssh_config).expanduser()
     if not path.is_file():
-        raise UsageError(f"ssh_config file {path} does not exist", "pass an existing file with -F, or leave -F out for ~/.ssh/config")
+        fix = "pass an existing file with -F, or leave -F out for ~/.ssh/config"
+        raise UsageError(f"ssh_config file {path} does not exist", _moved_under_a_service("-F") or fix)
     return str(path.resolve())
 
 

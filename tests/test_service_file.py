@@ -84,7 +84,11 @@ def test_a_moved_config_is_named_when_the_service_runs(gt: Gt, tmp_path: Path) -
     result = gt("--config", str(config), "up", "gaming-pc", "--foreground")
     assert result.returncode == 2  # RestartPreventExitStatus=2: the unit waits for the fix
     line = one_error_line(result.stderr)
-    assert f"config file {config} does not exist" in line and "install the service again" in line
+    assert f"config file {config} does not exist" in line and "install the service again with 'gt-remote --config NEW_PATH service install HOST'" in line
+    gone = tmp_path / "moved_ssh_config"
+    result = gt("-F", str(gone), "up", "gaming-pc", "--foreground")
+    assert result.returncode == 2
+    assert f"ssh_config file {gone} does not exist; the login service names this file" in one_error_line(result.stderr)
 
 
 def test_install_fails_when_the_service_manager_refuses(gt: Gt, tmp_path: Path) -> None:
