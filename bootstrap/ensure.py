@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import asyncssh
 
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import RemotePortBusy, ServerMissing, ServerOnOtherPort, ServerWithoutTcp
+from gt_remote.base.errors import RemotePortBusy, ServerMissing, ServerOnOtherPort, ServerWithoutTcp, shell_word
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.install import check_platform, run_install_command, upload_server
 from gt_remote.bootstrap.probe import PortState, RemoteFacts, build_of, file_digest, parse_version, port_state, probe
@@ -95,7 +95,7 @@ async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
     if path is None:
         raise ServerMissing(
             f"{settings.server} died on {settings.name} and its binary is gone, so it cannot be restarted",
-            f"reinstall it, then run 'gt-remote down {settings.name}' and 'gt-remote up {settings.name}' (with --server-binary to upload it)",
+            f"reinstall it, then run 'gt-remote down {shell_word(settings.name)}' and 'gt-remote up {shell_word(settings.name)}' (with --server-binary to upload it)",
         )
     log.warning("remote server is not running; starting it again")
     pid = await _start_and_wait(conn, path, settings)
@@ -121,7 +121,7 @@ def _not_the_offered_build(facts: RemoteFacts, settings: HostSettings, digest: s
     offered = f"build {digest}"
     return (
         f"note: {settings.name} keeps running {settings.server} {running}, not the offered {settings.server_binary} ({offered}); "
-        f"to switch run 'gt-remote upgrade {settings.name} --server-binary {settings.server_binary}' (restarting ends the panes' processes)"
+        f"to switch run 'gt-remote upgrade {shell_word(settings.name)} --server-binary {shell_word(settings.server_binary)}' (restarting ends the panes' processes)"
     )
 
 
@@ -129,7 +129,7 @@ def _one_server_per_user(settings: HostSettings, facts: RemoteFacts) -> ServerOn
     return ServerOnOtherPort(
         f"gt-remote's {settings.server} (pid {facts.other_pid}) already runs on {settings.name} for this user, serving 127.0.0.1:{facts.other_port}, "
         f"and a second one cannot start beside it (it owns the user's Unix socket)",
-        f"use that port: 'gt-remote up {settings.name} --remote-port {facts.other_port}', or stop it first with 'gt-remote down HOST --stop-server' for the host that started it",
+        f"use that port: 'gt-remote up {shell_word(settings.name)} --remote-port {facts.other_port}', or stop it first with 'gt-remote down HOST --stop-server' for the host that started it",
     )
 
 
@@ -160,7 +160,7 @@ async def _restart_tcpless(conn: asyncssh.SSHClientConnection, pid: int, setting
     if not settings.restart_server:
         raise ServerWithoutTcp(
             f"{settings.server} (pid {pid}) runs on {settings.name} but does not answer on 127.0.0.1:{settings.remote_port}",
-            f"restarting it ends its panes: run 'gt-remote up {settings.name} --restart-server' to restart it",
+            f"restarting it ends its panes: run 'gt-remote up {shell_word(settings.name)} --restart-server' to restart it",
         )
     say(f"restarting {settings.server} (pid {pid}) on {settings.name}, as --restart-server asked")
     await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=pid)

@@ -12,7 +12,7 @@ import time
 
 import asyncssh
 
-from gt_remote.base.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp
+from gt_remote.base.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp, shell_word
 from gt_remote.base.sanitize import ascii_int, visible
 from gt_remote.bootstrap.probe import ping_remote
 from gt_remote.bootstrap.remote import run_script
@@ -135,7 +135,7 @@ def _exited(server: str, port: int, host: str, log_tail: list[str]) -> GtRemoteE
     if "already running" in text:
         return ServerWithoutTcp(
             f"a {server} already runs on {host} without TCP, so a second one cannot start",
-            f"restarting it ends its panes: run 'gt-remote up {host} --restart-server' to restart it "
+            f"restarting it ends its panes: run 'gt-remote up {shell_word(host)} --restart-server' to restart it "
             f"with --listen-tcp 127.0.0.1:{port}, or restart it yourself with that option",
         )
     return RemoteError(f"{server} exited right after starting on {host}: {_tail(log_tail)}", f"read ~/.local/state/gt-remote/{server}-{port}.log on {host}")

@@ -1,7 +1,10 @@
 """`gt-remote clean [HOST] [--dry-run]`: remove what gt-remote no longer needs, on both machines.
 
-Remote: uploaded builds other than the running ones and the newest, stale pid files and
-empty or half-uploaded install directories. Local: the files of hosts that are not up
+Remote: uploaded builds other than the running ones and the newest, relay versions neither
+running nor this gt-remote's, stale pid files, and partial uploads older than an hour that no
+running upload holds open (a younger one may be another machine's `up` in flight). Running
+builds are found through /proc/PID/exe and NUL-split /proc/PID/cmdline, so a home path with
+spaces cannot fool it. Local: the files of hosts that are not up
 (records, logs, lock, pid and socket files). A host that is up keeps its local files.
 """
 
@@ -16,20 +19,68 @@ from gt_remote import control, reach
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError
 from gt_remote.base.paths import host_key, remembered_host_names, runtime_dir, state_dir
-from gt_remote.bootstrap.remote import run_script
+from gt_remote.bootstrap import relay as remote_relay
+from gt_remote.bootstrap.remote import REMOTE_RELAY_ROOT, run_script
 
 Say = Callable[[str], None]
 
 CLEAN_SCRIPT = r"""
-server=$1 dry=$2
-running=""
+server=$1 dry=$2 relay_now=$3 relay_root="$HOME/$4"
+case "$4" in .local/share/gt-remote/*) ;; *) echo "error=bad relay root"; exit 1 ;; esac
+nl='
+'
+# What this user's processes run and hold, one path a line (so a path with spaces stays whole):
+# each process's executable, its arguments split on NUL (argv[0] is the build, a relay's
+# script is an argument), and every file it has open (an upload in flight holds its .part).
+in_use="" held=""
+if [ -d /proc/self ]; then
+    if find /proc/self/exe -maxdepth 0 -printf '%l\n' >/dev/null 2>&1; then  # GNU find: one process
+        in_use=$(find /proc/[0-9]*/exe -maxdepth 0 -printf '%l\n' 2>/dev/null)
+        held=$(find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -printf '%l\n' 2>/dev/null)
+    else
+        for proc in /proc/[0-9]*; do
+            exe=$(readlink "$proc/exe" 2>/dev/null) && in_use="$in_use$nl$exe"
+            for fd in "$proc"/fd/*; do
+                target=$(readlink "$fd" 2>/dev/null) && held="$held$nl$target"
+            done
+        done
+    fi
+    in_use="$in_use$nl$(cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' '\n')"
+    listed() { printf '%s\n' "$2" | grep -Fxq -e "$1" -e "$1 (deleted)"; }
+else  # no /proc (macOS): whole command lines; a path followed by a space or the line's end
+    in_use=$(ps -o args= -U "$(id -u)" 2>/dev/null)
+    listed() { printf '%s\n' "$2" | grep -Fq -e "$1 " || printf '%s\n' "$2" | grep -Fxq -e "$1"; }
+fi
+runs() { listed "$1" "$in_use"; }
+# A partial upload stays while it is younger than an hour or a running upload holds it open:
+# another machine (or another `up`) may be writing it right now.
+part_in_flight() {
+    [ -n "$(find "$1" -prune -mmin -60 2>/dev/null)" ] && return 0
+    [ -n "$held" ] && listed "$1" "$held"
+}
+# Removes a directory's stale partial uploads; says whether anything else is left in it.
+sweep_parts() {
+    others=0
+    for entry in "$1"/* "$1"/.[!.]*; do
+        [ -e "$entry" ] || continue
+        case "${entry##*/}" in
+            .*.part-*)
+                if part_in_flight "$entry"; then
+                    echo "kept=$entry (an upload in progress)"; others=1
+                else
+                    echo "removed=$entry (a partial upload)"
+                    [ "$dry" = 1 ] || rm -f "$entry"
+                fi ;;
+            *) others=1 ;;
+        esac
+    done
+    [ "$others" = 1 ]
+}
 for pidfile in "$state_dir/$server"-*.pid; do
     [ -f "$pidfile" ] || continue
     port=${pidfile##*/"$server"-}; port=${port%.pid}
     pid=$(cat "$pidfile")
-    if is_our_server "$pid" "$port"; then
-        for word in $(cmdline_of "$pid"); do case "$word" in */"$server") running="$running $word" ;; esac; done
-    else
+    if ! is_our_server "$pid" "$port"; then
         echo "removed=$pidfile (stale pid file)"
         [ "$dry" = 1 ] || rm -f "$pidfile"
     fi
@@ -42,21 +93,30 @@ done
 for dir in "$install_root"/*/; do
     dir=${dir%/}
     [ -d "$dir" ] || continue
-    leftover=1
-    for entry in "$dir"/* "$dir"/.[!.]*; do
-        [ -e "$entry" ] || continue
-        case "${entry##*/}" in .*.part-*) ;; *) leftover=0 ;; esac
-    done
-    if [ "$leftover" = 1 ]; then
+    if ! sweep_parts "$dir"; then
         echo "removed=$dir (empty or half-uploaded)"
         [ "$dry" = 1 ] || rm -rf "$dir"
         continue
     fi
     build="$dir/$server"
     [ -e "$build" ] || continue
-    case " $running " in *" $build "*) echo "kept=$build (running)"; continue ;; esac
+    if runs "$build"; then echo "kept=$build (running)"; continue; fi
     if [ "$build" = "$newest" ]; then echo "kept=$build (newest; the next up starts it)"; continue; fi
     echo "removed=$dir (an old build)"
+    [ "$dry" = 1 ] || rm -rf "$dir"
+done
+for dir in "$relay_root"/*/; do
+    dir=${dir%/}
+    [ -d "$dir" ] || continue
+    if ! sweep_parts "$dir"; then
+        echo "removed=$dir (empty or half-uploaded relay)"
+        [ "$dry" = 1 ] || rm -rf "$dir"
+        continue
+    fi
+    agent="$dir/relay_agent.py"
+    if runs "$agent"; then echo "kept=$agent (running)"; continue; fi
+    if [ "${dir##*/}" = "$relay_now" ]; then echo "kept=$agent (this gt-remote's relay)"; continue; fi
+    echo "removed=$dir (an old relay version)"
     [ "$dry" = 1 ] || rm -rf "$dir"
 done
 """
@@ -86,7 +146,8 @@ def clean(host: str | None, fallback: reach.Fallback, ssh_config: str | None, dr
 def _clean_remote(settings: HostSettings, dry_run: bool, verb: str, report: Report, say: Say) -> None:
     say(f"cleaning up on {settings.name}")
     try:
-        result = reach.run_on(settings, lambda conn: run_script(conn, CLEAN_SCRIPT, settings.server, "1" if dry_run else "0"))
+        relay_now = remote_relay.agent_digest()
+        result = reach.run_on(settings, lambda conn: run_script(conn, CLEAN_SCRIPT, settings.server, "1" if dry_run else "0", relay_now, REMOTE_RELAY_ROOT))
     except GtRemoteError as error:
         report.failed = True
         report.lines.append(f"{settings.name}: could not clean up the remote: {error}")

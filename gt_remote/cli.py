@@ -16,7 +16,7 @@ import click
 from gt_remote import __version__, lifecycle, progress
 from gt_remote import shell as shells
 from gt_remote.base.addresses import export_vars
-from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, UsageError
+from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, UsageError, shell_word
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
 from gt_remote.base.sanitize import visible, visible_data, visible_lines
 from gt_remote.completion import SHELLS, complete_host, script
@@ -96,12 +96,20 @@ class OneLineErrors(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+def _moved_under_a_service(option: str) -> str:
+    """Under systemd or launchd, a missing file is one the login service was installed with."""
+    if os.environ.get("INVOCATION_ID") or os.environ.get("XPC_SERVICE_NAME"):
+        return f"the login service names this file: move it back, or install the service again with 'gt-remote {option} NEW_PATH service install HOST'"
+    return ""
+
+
 class Globals:
     def __init__(self, ssh_config: str | None, config_path: str | None) -> None:
         self.ssh_config = ssh_config
         self.config_path = Path(config_path).expanduser() if config_path else config_file()
         if config_path and not self.config_path.is_file():
-            raise UsageError(f"config file {self.config_path} does not exist", "pass an existing file with --config, or leave --config out for the default")
+            fix = "pass an existing file with --config, or leave --config out for the default"
+            raise UsageError(f"config file {self.config_path} does not exist", _moved_under_a_service("--config") or fix)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -158,7 +166,8 @@ def _ssh_config(globals_: Globals) -> str | None:
         return None
     path = Path(globals_.ssh_config).expanduser()
     if not path.is_file():
-        raise UsageError(f"ssh_config file {path} does not exist", "pass an existing file with -F, or leave -F out for ~/.ssh/config")
+        fix = "pass an existing file with -F, or leave -F out for ~/.ssh/config"
+        raise UsageError(f"ssh_config file {path} does not exist", _moved_under_a_service("-F") or fix)
     return str(path.resolve())
 
 
@@ -186,12 +195,12 @@ def up(g: Globals, host: str, foreground: bool, shell: str, no_resume: bool, **o
     settings = _settings(g, host, overrides)
 
     def print_exports(lines: list[str]) -> None:
-        _print_for_shell(shell_lines(lines, shell), f"gt-remote up {host}", shell)
+        _print_for_shell(shell_lines(lines, shell), f"gt-remote up {shell_word(host)}", shell)
 
     lines = lifecycle.up(settings, say, foreground=foreground, on_ready=print_exports)
     if not foreground:
         print_exports(lines)
-        say(f"{host} is up; 'gt-remote status' shows it, 'gt-remote down {host}' stops it")
+        say(f"{host} is up; 'gt-remote status' shows it, 'gt-remote down {shell_word(host)}' stops it")
 
 
 def shell_lines(exports: list[str], syntax: str) -> list[str]:
@@ -215,15 +224,24 @@ def _print_for_shell(lines: list[str], command: str, syntax: str) -> None:
 def down(g: Globals, host: str | None, all_hosts: bool, stop_server: bool) -> None:
     """Stop HOST's supervisor; the remote server keeps running unless --stop-server."""
     if host and all_hosts:
-        raise UsageError(f"--all stops every host, so it takes no HOST (got {host!r})", f"run 'gt-remote down {host}' for that host, or 'gt-remote down --all' for all")
+        raise UsageError(f"--all stops every host, so it takes no HOST (got {host!r})", f"run 'gt-remote down {shell_word(host)}' for that host, or 'gt-remote down --all' for all")
     if not host and not all_hosts:
         raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote down gaming-pc'")
     names = (lifecycle.all_hosts_with_state() if stop_server else known_host_names()) if all_hosts else [host]
     if not names:
         tell("no hosts are up")
+    failed: list[str] = []
     for name in names:
         assert name is not None
-        tell(lifecycle.down(name, stop_server, lambda other: _settings(g, other), _ssh_config(g)))
+        try:
+            tell(lifecycle.down(name, stop_server, lambda other: _settings(g, other), _ssh_config(g)))
+        except GtRemoteError as error:
+            if not all_hosts:
+                raise
+            tell(f"error: {error}" if str(error).startswith(f"{name}:") else f"error: {name}: {error}")  # then the next host
+            failed.append(name)
+    if failed:
+        raise GtRemoteError(f"'down --all' failed for {len(failed)} of {len(names)} hosts: {', '.join(failed)}", "see each host's error above; fix it and run the command again")
 
 
 @main.command()
@@ -256,7 +274,7 @@ def status(host: str | None, as_json: bool) -> None:
     if host and not lifecycle.is_known(host):
         if as_json:
             click.echo("[]")
-        raise GtRemoteError(f"gt-remote has never brought up a host named {host!r}", f"check the name (gt-remote status lists them), or bring it up: eval \"$(gt-remote up {host})\"")
+        raise GtRemoteError(f"gt-remote has never brought up a host named {host!r}", f"check the name (gt-remote status lists them), or bring it up: eval \"$(gt-remote up {shell_word(host)})\"")
     rows = visible_data(lifecycle.all_statuses(host))  # a remote --version or error may carry escapes
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -273,13 +291,16 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         server = row.get("server") or {}
         rtt = f"{row['rtt_ms']:.2f} ms" if row.get("rtt_ms") is not None else "-"
         uptime = _duration(row["uptime_s"]) if row.get("uptime_s") is not None else "-"
+        if row["state"] == "down":
+            lines += _down_lines(row)
+            continue
         lines.append(f"{row['host']}: {row['state']}")
         lines.append(f"  local       {row.get('local') or '-'}  ->  remote 127.0.0.1:{row.get('remote_port') or '-'}")
         described = " ".join(str(part) for part in (server.get("name"), server.get("version")) if part)
         lines.append(f"  server      {described} pid {server.get('pid') or '-'}" + (f" build {server['build']}" if server.get("build") else ""))
         other = server.get("other_build")
         if other:
-            lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {row['host']} --server-binary PATH' switches")
+            lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {shell_word(row['host'])} --server-binary PATH' switches")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         lines.append(f"  streams     {_streams_line(row)}")
         if row.get("next_attempt_at") and row["state"] in ("reconnecting", "failed"):
@@ -289,6 +310,17 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         if row.get("last_error"):
             lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
     return "\n".join(lines)
+
+
+def _down_lines(row: dict[str, Any]) -> list[str]:
+    """A host that is down, in words: what it was, why it is down, how to bring it back."""
+    host = row["host"]
+    lines = [f"{host}: down"]
+    if row.get("local") and row.get("remote_port"):
+        lines.append(f"  was         {row['local']}  ->  remote 127.0.0.1:{row['remote_port']} (no tunnel now)")
+    lines.append(f"  why         {row.get('last_error') or 'no supervisor runs for it (stopped with down, or never brought up)'}")
+    lines.append(f"  bring it up with: eval \"$(gt-remote up {shell_word(host)})\"")
+    return lines
 
 
 def _streams_line(row: dict[str, Any]) -> str:
@@ -325,11 +357,11 @@ def _duration(seconds: float) -> str:
 def env(host: str, shell: str, unset: bool) -> None:
     """Print the export lines of HOST, which must be up: eval "$(gt-remote env HOST)"."""
     if unset:
-        _print_for_shell(shells.unset_lines(shell), f"gt-remote env {host} --unset", shell)
+        _print_for_shell(shells.unset_lines(shell), f"gt-remote env {shell_word(host)} --unset", shell)
         return
     status_ = lifecycle.require_up(host)
     lines = shells.export_lines(export_vars(status_["local"], status_["server"]["name"]), shell)
-    _print_for_shell(lines, f"gt-remote env {host}", shell)
+    _print_for_shell(lines, f"gt-remote env {shell_word(host)}", shell)
 
 
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -345,7 +377,7 @@ def exec_(host: str, command: tuple[str, ...]) -> None:
     except FileNotFoundError:
         raise CommandNotFound(f"command not found: {command[0]}", "check its name and your PATH") from None
     except (PermissionError, IsADirectoryError):
-        raise CommandNotExecutable(f"{command[0]} is not executable", f"make it executable (chmod +x {command[0]}) or run it through its interpreter") from None
+        raise CommandNotExecutable(f"{command[0]} is not executable", f"make it executable (chmod +x {shell_word(command[0])}) or run it through its interpreter") from None
     except OSError as exc:
         raise CommandNotExecutable(f"cannot run {command[0]}: {exc.strerror}", "check that it is a program for this machine") from None
 
@@ -362,7 +394,7 @@ def ping(host: str | None, addr: str | None, timeout: float) -> None:
     from gt_remote import ping as pinging
 
     if host and addr:
-        raise UsageError("name a HOST or pass --addr, not both", f"e.g. 'gt-remote ping {host}'")
+        raise UsageError("name a HOST or pass --addr, not both", f"e.g. 'gt-remote ping {shell_word(host)}'")
     url, rtt = asyncio.run(pinging.ping(host, addr, timeout))
     click.echo(f"Pong from {url} in {rtt * 1000:.2f} ms")
 
@@ -376,7 +408,7 @@ def logs(host: str, follow: bool, lines: int) -> None:
     """Show the supervisor log of HOST."""
     path = HostFiles(host).log
     if not path.exists():
-        raise GtRemoteError(f"no log for {host} at {path}", f"bring it up first: gt-remote up {host}")
+        raise GtRemoteError(f"no log for {host} at {path}", f"bring it up first: gt-remote up {shell_word(host)}")
     with path.open() as handle:
         for line in handle.readlines()[-lines:]:
             click.echo(visible_lines(line), nl=False)
@@ -433,7 +465,7 @@ def sync(g: Globals, host: str, paths: tuple[str, ...], push: bool, pull: bool, 
     from gt_remote import sync as syncing
 
     if push and pull:
-        raise UsageError("--push and --pull go opposite ways", f"run 'gt-remote sync {host} --push' and then 'gt-remote sync {host} --pull'")
+        raise UsageError("--push and --pull go opposite ways", f"run 'gt-remote sync {shell_word(host)} --push' and then 'gt-remote sync {shell_word(host)} --pull'")
     syncing.run(_settings(g, host), list(paths), not pull, dry_run, delete, say)
 
 
@@ -453,7 +485,7 @@ def upgrade(host: str, server_binary: str, yes: bool) -> None:
     say(plan.warning())
     if not yes:
         if not sys.stdin.isatty():
-            raise NeedsConfirmation("upgrading ends the panes' processes and there is no terminal to ask on", f"pass --yes: 'gt-remote upgrade {host} --server-binary {server_binary} --yes'")
+            raise NeedsConfirmation("upgrading ends the panes' processes and there is no terminal to ask on", f"pass --yes: 'gt-remote upgrade {shell_word(host)} --server-binary {shell_word(server_binary)} --yes'")
         if not click.confirm("gt-remote: restart the server now?", default=False, err=True):
             say("upgrade cancelled; nothing changed")
             sys.exit(1)
@@ -483,7 +515,8 @@ def service() -> None:
 def _service_file(g: Globals, host: str, platform: str | None) -> Any:
     from gt_remote import service as services
 
-    config = str(g.config_path.resolve()) if g.config_path.exists() else None
+    # Only a --config given here is pinned: the default path is found again at every start.
+    config = str(g.config_path.resolve()) if g.config_path.exists() and g.config_path != config_file() else None
     return services.service_file(host, platform or services.default_platform(), _ssh_config(g), config)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from gt_remote import lifecycle
 from gt_remote.base.addresses import ENV_VARS, address_from_env, default_ccmux_socket, parse_address
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import GtRemoteError, UnknownHost
+from gt_remote.base.errors import GtRemoteError, UnknownHost, shell_word
 from gt_remote.bootstrap.probe import probe
 from gt_remote.tunnel.connection import SshTarget, connect, resolve
 from gt_remote.tunnel.wire import ping_address
@@ -88,8 +88,8 @@ def check_tunnel(name: str, host_checks: list[Check] | None = None) -> Check:
     detail = f"state {status['state']}" + (f": {status['last_error']}" if status.get("last_error") else "")
     blocking = [check for check in host_checks or [] if check.status == "fail"]
     if blocking:
-        return Check("tunnel is up", "fail", detail, f"fix '{blocking[0].name}' above first; then: eval \"$(gt-remote up {name})\"")
-    return Check("tunnel is up", "fail", detail, f"eval \"$(gt-remote up {name})\"")
+        return Check("tunnel is up", "fail", detail, f"fix '{blocking[0].name}' above first; then: eval \"$(gt-remote up {shell_word(name)})\"")
+    return Check("tunnel is up", "fail", detail, f"eval \"$(gt-remote up {shell_word(name)})\"")
 
 
 def check_resumable(status: dict[str, Any]) -> Check:
@@ -100,7 +100,7 @@ def check_resumable(status: dict[str, Any]) -> Check:
         "connections are resumable",
         "warn",
         f"no: {status.get('resumable_reason') or 'unknown'}; connections end when the SSH connection drops",
-        f"install python3 (3.8 or newer) on the remote, then 'gt-remote down {status['host']}' and 'gt-remote up {status['host']}' (see docs/resume.md)",
+        f"install python3 (3.8 or newer) on the remote, then 'gt-remote down {shell_word(status['host'])}' and 'gt-remote up {shell_word(status['host'])}' (see docs/resume.md)",
     )
 
 
@@ -112,7 +112,7 @@ async def check_ping(name: str | None) -> Check:
         else:
             status = lifecycle.host_status(name)
             if not status.get("local"):
-                return Check("ccmux Ping answered", "fail", f"no address for {name}", f"eval \"$(gt-remote up {name})\"")
+                return Check("ccmux Ping answered", "fail", f"no address for {name}", f"eval \"$(gt-remote up {shell_word(name)})\"")
             address, source = parse_address(status["local"]), f"{name}'s local address (GASTOWN_CCMUX_ADDR is unset)"
         rtt = await ping_address(address, timeout=5)
         return Check("ccmux Ping answered", "ok", f"{address.url} via {source}, {rtt * 1000:.2f} ms")

@@ -19,7 +19,7 @@ from gt_remote import control, progress
 from gt_remote.base import errors
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.builds import file_digest
-from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
+from gt_remote.base.errors import GtRemoteError, NotUp, UsageError, shell_word
 from gt_remote.base.paths import HostFiles, known_host_names, open_private, remembered_host_names
 
 if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must start fast (tests/test_light_cli.py)
@@ -130,7 +130,7 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
         if status is not None and foreground:
             raise GtRemoteError(
                 f"{settings.name} is already up under another supervisor (pid {status['supervisor_pid']}), so --foreground has nothing to supervise",
-                f"stop that one with 'gt-remote down {settings.name}', then start this again",
+                f"stop that one with 'gt-remote down {shell_word(settings.name)}', then start this again",
             )
         if status is not None:
             _check_same(settings, status)
@@ -141,7 +141,7 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
         if pid is not None:
             raise GtRemoteError(
                 f"the supervisor of {settings.name} (pid {pid}) is alive but does not answer",
-                f"it may be stopped (SIGSTOP): resume it with 'kill -CONT {pid}', or run 'gt-remote down {settings.name}'",
+                f"it may be stopped (SIGSTOP): resume it with 'kill -CONT {pid}', or run 'gt-remote down {shell_word(settings.name)}'",
             )
         _clean_stale(files)
         had_log = files.log.exists()
@@ -172,7 +172,7 @@ def _check_same(settings: HostSettings, status: dict[str, Any]) -> None:
     if differs:
         raise UsageError(
             f"{settings.name} is already up with {', '.join(differs)}",
-            f"run 'gt-remote down {settings.name}' first, then 'up' with the new options",
+            f"run 'gt-remote down {shell_word(settings.name)}' first, then 'up' with the new options",
         )
     if settings.server_binary:
         server = status.get("server") or {}
@@ -181,7 +181,7 @@ def _check_same(settings: HostSettings, status: dict[str, Any]) -> None:
             running = f"{server.get('version') or 'unknown version'}, build {server.get('build') or server.get('path') or 'not uploaded by gt-remote'}"
             raise UsageError(
                 f"{settings.name} is already up with {settings.server} {running}, not the offered {settings.server_binary} (build {digest})",
-                f"run 'gt-remote upgrade {settings.name} --server-binary {settings.server_binary}' to switch (restarting ends the panes' processes)",
+                f"run 'gt-remote upgrade {shell_word(settings.name)} --server-binary {shell_word(settings.server_binary)}' to switch (restarting ends the panes' processes)",
             )
 
 
@@ -235,7 +235,7 @@ def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say
             proc.wait(30)
             raise error_from_dict(event["error"])
     code = proc.wait(30)
-    raise GtRemoteError(f"the supervisor exited (code {code}) before the tunnel was up", f"see its log: gt-remote logs {files.name}")
+    raise GtRemoteError(f"the supervisor exited (code {code}) before the tunnel was up", f"see its log: gt-remote logs {shell_word(files.name)}")
 
 
 def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
@@ -245,7 +245,7 @@ def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[
 
     files = HostFiles(settings.name)
     if control.hold_pid_lock(files.pid) is None:
-        raise GtRemoteError(f"a supervisor for {settings.name} is already running", f"run 'gt-remote down {settings.name}' first")
+        raise GtRemoteError(f"a supervisor for {settings.name} is already running", f"run 'gt-remote down {shell_word(settings.name)}' first")
     supervisor.setup_logging(files, also_stderr=True)
     exports: list[str] = []
 
@@ -296,8 +296,24 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
             _signal(pid, signal.SIGKILL)
             _wait_until(lambda: control.supervisor_alive(files.pid) is None, STOP_GRACE)
         _clean_stale(files)
+    if stop_server and reply is None:  # the supervisor never answered: stop the server by ourselves
+        return f"{name}: down; {_stop_server_offline(name, fallback, ssh_config)}"
     note = (reply or {}).get("server_note") if stop_server else "the remote server keeps running (use --stop-server to stop it)"
+    if stop_server and _server_left_running(reply or {}):
+        raise errors.ServerStillRunning(
+            f"{name}: the tunnel is down, but the remote server still runs: {note}",
+            f"gt-remote stops only a server it started; otherwise try 'gt-remote down {shell_word(name)} --stop-server' again (it connects by itself)",
+        )
     return f"{name}: down; {note}" if note else f"{name}: down"
+
+
+def _server_left_running(reply: dict[str, Any]) -> bool:
+    """Whether a --stop-server reply leaves a server running: not stopped, and not already gone."""
+    if "server_running" in reply:
+        return bool(reply["server_running"])
+    if reply.get("server_stopped"):
+        return False
+    return reply.get("server_note") != "the remote server was not running"
 
 
 def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config: str | None) -> str:
@@ -305,7 +321,7 @@ def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config:
 
     settings = reach.settings_for(name, fallback, ssh_config)
     if settings is None:
-        raise NotUp(f"gt-remote has no record of {name}'s remote", f"name it in the config or pass -F: 'gt-remote -F SSH_CONFIG down {name} --stop-server'")
+        raise NotUp(f"gt-remote has no record of {name}'s remote", f"name it in the config or pass -F: 'gt-remote -F SSH_CONFIG down {shell_word(name)} --stop-server'")
     return reach.stop_server(settings)
 
 
@@ -342,8 +358,8 @@ def reconnect(name: str, force: bool = False) -> tuple[bool, str]:
     reply = control.request(files.control, {"op": "reconnect", "force": force}, timeout=RECONNECT_REPLY_TIMEOUT)
     if reply is None:
         if control.supervisor_alive(files.pid) is not None:
-            raise NotUp(f"the supervisor of {name} does not answer", f"see 'gt-remote status {name}'")
-        raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {name})\"' first")
+            raise NotUp(f"the supervisor of {name} does not answer", f"see 'gt-remote status {shell_word(name)}'")
+        raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {shell_word(name)})\"' first")
     if not reply.get("ok"):
         raise GtRemoteError(f"the supervisor of {name} refused: {reply.get('error')}", "upgrade gt-remote and restart the tunnel: 'gt-remote down' then 'gt-remote up'")
     return bool(reply["reconnected"]), f"{name}: {_describe_reconnect(reply)}"
@@ -378,7 +394,7 @@ def host_status(name: str) -> dict[str, Any]:
     if pid is not None:
         last_error = f"the supervisor (pid {pid}) is alive but does not answer; it may be stopped (SIGSTOP)"
     elif record:
-        last_error = f"the supervisor (pid {last.get('supervisor_pid')}) is not running: it died or was killed; run 'gt-remote up {name}' to bring the tunnel back"
+        last_error = f"the supervisor (pid {last.get('supervisor_pid')}) is not running: it died or was killed; run 'gt-remote up {shell_word(name)}' to bring the tunnel back"
     else:
         last_error = None
     return {
@@ -426,9 +442,9 @@ def require_up(name: str) -> dict[str, Any]:
     """The live status of a host whose tunnel can be used now (or comes back by itself)."""
     status = live_status(HostFiles(name))
     if status is None:
-        raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {name})\"' first")
+        raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {shell_word(name)})\"' first")
     if status["state"] == "failed":
-        raise NotUp(f"{name} has failed: {status['last_error']}", f"fix that, then run 'gt-remote down {name}' and 'gt-remote up {name}'")
+        raise NotUp(f"{name} has failed: {status['last_error']}", f"fix that, then run 'gt-remote down {shell_word(name)}' and 'gt-remote up {shell_word(name)}'")
     return status
 
 

@@ -47,15 +47,15 @@ def pairs_from_exports(lines: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def unset_lines(shell: str, env: Mapping[str, str] | None = None) -> list[str]:
+def unset_lines(shell: str) -> list[str]:
     """Lines that remove every gt-remote variable from the shell.
 
-    sh's `unset` of an unset name succeeds; fish's `set -e` fails, so for fish only the
-    variables this process inherited (the exported ones) are named and the eval succeeds.
+    sh's `unset` of an unset name succeeds. fish's `set -e` of an unset name fails (status
+    4, silently), and this process cannot see which names the shell holds (a `set -g` is not
+    exported), so fish gets every name, each made to succeed: `| source; and ...` goes on.
     """
     if shell == "fish":
-        env = os.environ if env is None else env
-        return [f"set -e {name}" for name in ENV_VARS if name in env]
+        return [f"set -e {name}; or true" for name in ENV_VARS]
     return [f"unset {' '.join(ENV_VARS)}"]
 
 

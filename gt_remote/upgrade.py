@@ -12,7 +12,7 @@ from typing import Any
 
 from gt_remote import control, lifecycle
 from gt_remote.base.builds import file_digest
-from gt_remote.base.errors import GtRemoteError, UsageError
+from gt_remote.base.errors import GtRemoteError, UsageError, shell_word
 from gt_remote.base.paths import HostFiles
 
 UPGRADE_TIMEOUT = 1800.0  # an upload of a large build over a slow link
@@ -55,7 +55,7 @@ def run(plan_: Plan) -> dict[str, Any]:
     files = HostFiles(plan_.host)
     reply = control.request(files.control, {"op": "upgrade", "server_binary": plan_.binary}, timeout=UPGRADE_TIMEOUT)
     if reply is None:
-        raise GtRemoteError(f"the supervisor of {plan_.host} did not answer the upgrade", f"see its log: gt-remote logs {plan_.host}")
+        raise GtRemoteError(f"the supervisor of {plan_.host} did not answer the upgrade", f"see its log: gt-remote logs {shell_word(plan_.host)}")
     if not reply.get("ok"):
         raise lifecycle.error_from_dict(reply.get("error") or {})
     server: dict[str, Any] = reply["server"]

@@ -258,3 +258,114 @@ def test_setup_ssh_copy_id_line_adds_the_new_key(gt: Gt, ssh_host: SshHost) -> N
     result = subprocess.run([*words[:-1], "-F", str(ssh_host.ssh_config), words[-1]], capture_output=True, text=True, timeout=60, env=gt.env)
     assert result.returncode == 0, result.stderr
     assert new_key.public in ssh_host.sh("cat /home/gamer/.ssh/authorized_keys")
+
+
+# --- claims the docs make about the code --------------------------------------------------
+
+SOURCES = "\n".join(path.read_text() for folder in ("gt_remote", "tunnel", "bootstrap") for path in sorted((REPO / folder).glob("**/*.py")))
+CLICK_SOURCES = "\n".join((Path(click.__file__).parent / name).read_text() for name in ("exceptions.py", "core.py", "parser.py"))
+# Stand-ins the troubleshooting table uses for values only known at run time (a host X, a
+# port P, a server's name or version, a platform, another tool's own words).
+PLACEHOLDERS = re.compile(
+    r"\b(?:[A-Z]{1,2}\d?|HOST|PORT|PATH|PID|GASTOWN_CCMUX_ADDR)\b|\.\.\.|<[^>]*>|ccmux-server|Linux|x86_64|aarch64|Python 3\.x"
+    r"|user@HostName:port|activating|Failed to connect to bus|last wake network|gt-remote (?:[a-z]+ )?--help|systemctl --user enable --now gt-remote-"
+    r"|: |; |\(|\)|'|\[|\]"
+)
+# Messages assembled from parts, so no literal holds the fragment: where they are made.
+COMPOSED = {"is already up with local": "lifecycle._check_same joins each differing option after 'is already up with'"}
+
+
+def troubleshooting_messages() -> list[str]:
+    text = (REPO / "docs" / "troubleshooting.md").read_text()
+    return re.findall(r"^\| `([^`]+)`", text, re.M)
+
+
+def test_every_troubleshooting_message_exists_in_the_code() -> None:
+    """Each literal part of each documented message is in the source (click's own for usage
+    errors), so a message reworded in code cannot leave a stale row behind."""
+    messages = troubleshooting_messages()
+    assert len(messages) > 80
+    haystack = (SOURCES + CLICK_SOURCES).lower()
+    missing = []
+    for message in messages:
+        fragments = [part.strip(" ;:,()'\"") for part in PLACEHOLDERS.split(message)]
+        missing += [(message, part) for part in fragments if len(part) >= 10 and part.lower() not in haystack and part not in COMPOSED]
+    assert missing == []
+
+
+def _cli_options(command: click.Command) -> set[str]:
+    return {name for param in command.params if isinstance(param, click.Option) for name in (*param.opts, *param.secondary_opts)} | {"--help", "-h"}
+
+
+def _inline_gt_remote_commands(path: Path) -> list[str]:
+    prose = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return [span for span in re.findall(r"`([^`\n]+)`", prose) if span.startswith("gt-remote ")]
+
+
+PROSE_DOCS = [path for path in DOCS if path.name not in ("troubleshooting.md", "benchmarks.md")]  # those quote messages and other tools
+
+
+@pytest.mark.parametrize("path", PROSE_DOCS, ids=[path.name for path in PROSE_DOCS])
+def test_commands_and_options_named_in_prose_exist(path: Path) -> None:
+    """`gt-remote CMD --option` written inline (not only in code blocks): the command exists and
+    has that option, whether or not the example names every argument."""
+    global_options = _cli_options(main)
+    for span in _inline_gt_remote_commands(path):
+        words = re.split(r" (?:\||2>|>)", span)[0].split()[1:]
+        command: click.Command = main
+        allowed = set(global_options)
+        for word in words:
+            if word == "--":  # the rest belongs to the program `exec` runs
+                break
+            if isinstance(command, click.Group) and not word.startswith("-") and word.isidentifier():
+                sub = command.get_command(click.Context(command), word)
+                if sub is None and command is main and words.index(word) > 0 and words[words.index(word) - 1] in ("-F", "--config"):
+                    continue  # the value of a global option
+                assert sub is not None, f"{path.name}: `{span}` names no command {word!r}"
+                command = sub
+                allowed |= _cli_options(command)
+            elif word.startswith("-") and not word.lstrip("-")[:1].isdigit():
+                assert word.split("=")[0] in allowed, f"{path.name}: `{span}`: {command.name} has no option {word}"
+
+
+def test_usage_names_every_option_of_every_command() -> None:
+    """usage.md is the reference: each option the CLI takes is written there somewhere, so
+    none exists that the docs never mention."""
+    usage = (REPO / "docs" / "usage.md").read_text()
+
+    def options(command: click.Command) -> set[str]:
+        found = {name for name in _cli_options(command) if name.startswith("--")}
+        for sub in command.commands.values() if isinstance(command, click.Group) else []:
+            found |= options(sub)
+        return found
+
+    undocumented = sorted(name for name in options(main) - {"--help", "--version"} if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", usage))
+    assert undocumented == []
+
+
+def test_wake_and_resume_agree_that_force_keeps_resumable_connections(gt: Gt, ssh_host: SshHost) -> None:
+    """wake.md: after `reconnect --force`, connections through the tunnel continue (resume.md's
+    promise for any reconnect); a resumable client is never reset by it."""
+    import socket
+
+    from tests.test_resume import LongClient, row, wait_recovered
+
+    wake = (REPO / "docs" / "wake.md").read_text()
+    assert "they pause and continue where they were" in wake and "same reset" not in wake
+    with socket.socket() as spare:  # a local port of its own: 9999 may be another test's
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    up = gt.up(ssh_host, "--keepalive", "1", "--local", f"tcp://127.0.0.1:{port}")
+    assert up.returncode == 0, up.stderr
+    assert row(gt)["resumable"] is True
+    client = LongClient(port)
+    try:
+        client.wait_rounds(5)
+        for round_ in (1, 2, 3):
+            forced = gt("reconnect", "gaming-pc", "--force")
+            assert forced.returncode == 0 and "dropped the link on request" in forced.stderr, forced.stderr
+            wait_recovered(gt, round_)
+            client.wait_rounds(10)
+        assert client.error is None and row(gt)["streams_resumed"] >= 3
+    finally:
+        client.close()

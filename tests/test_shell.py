@@ -88,12 +88,22 @@ def test_env_unset_removes_the_variables(gt: Gt, tmp_path: Path, shell: str) -> 
     assert result.stdout.split() == ["ok=0", "gone"], result.stderr
 
 
+def test_fish_unset_removes_variables_gt_remote_cannot_see(gt: Gt, tmp_path: Path) -> None:
+    """`set -g` (not exported) and nothing set at all: the sourced lines still work and succeed."""
+    env = {**gt_on_path(gt, tmp_path), "SHELL": "/usr/bin/fish"}
+    url = "tcp://127.0.0.1:9999"
+    script = f"set -g GASTOWN_CCMUX_ADDR {url}; gt-remote env gaming-pc --unset | source; and echo ok=$status; set -q GASTOWN_CCMUX_ADDR; or echo gone"
+    result = run_in("fish", script, env)
+    assert result.stdout.split() == ["ok=0", "gone"], result.stderr
+    nothing_set = run_in("fish", "gt-remote env gaming-pc --unset | source; and echo ok=$status", env)
+    assert nothing_set.stdout.split() == ["ok=0"], nothing_set.stderr
+
+
 def test_env_unset_lines_per_shell(gt: Gt) -> None:
     sh = gt("env", "gaming-pc", "--unset", "--shell", "sh")
     assert sh.stdout == "unset GASTOWN_CCMUX_ADDR CCMUX_ADDR FUGUE_ADDR\n"
-    gt.env["FUGUE_ADDR"] = "tcp://127.0.0.1:9999"
     fish = gt("env", "gaming-pc", "--unset", "--shell", "fish")
-    assert fish.stdout == "set -e FUGUE_ADDR\n"  # only what is set: fish's set -e fails on the rest
+    assert fish.stdout.splitlines() == [f"set -e {name}; or true" for name in ("GASTOWN_CCMUX_ADDR", "CCMUX_ADDR", "FUGUE_ADDR")]
     gt.env["SHELL"] = "/usr/bin/fish"
     assert gt("env", "gaming-pc", "--unset").stdout == fish.stdout  # $SHELL picks the syntax
 

@@ -115,7 +115,7 @@ def test_stop_server_leaves_a_server_gt_remote_did_not_start(gt: Gt, ssh_host: S
     assert up.returncode == 0, up.stderr
     assert "did not start" in up.stderr
     result = gt("down", "gaming-pc", "--stop-server")
-    assert result.returncode == 0 and "left running" in result.stderr
+    assert result.returncode == 1 and "left running" in result.stderr and "the remote server still runs" in result.stderr
     assert remote_server_pids(ssh_host) == [pid]
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
-from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost
+from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost, shell_word
 from gt_remote.base.sanitize import ascii_int
 
 KEEPALIVE_COUNT_MAX = 3
@@ -68,29 +68,51 @@ class Resolved:
     port: int
     identity_files: list[str] = field(default_factory=list)
     known_hosts: list[str] = field(default_factory=list)
+    connect_timeout: float | None = None
 
     def describe(self) -> str:
+        timeout = f"; connect timeout {self.connect_timeout:g} s" if self.connect_timeout else ""
         return (
             f"{self.user or '?'}@{self.hostname}:{self.port} (ssh_config {self.ssh_config or 'none'}; "
-            f"keys {', '.join(self.identity_files) or 'none found'}; known_hosts {', '.join(self.known_hosts) or 'none'})"
+            f"keys {', '.join(self.identity_files) or 'none found'}; known_hosts {', '.join(self.known_hosts) or 'none'}{timeout})"
         )
 
 
 def resolve(target: SshTarget) -> Resolved | None:
-    """The user, HostName, port, keys and known_hosts asyncssh will use; None if unreadable."""
+    """The user, HostName, port, keys and known_hosts asyncssh will use; None if unreadable.
+
+    The same resolution `connect` uses (ssh_config from -F, else ~/.ssh/config), so doctor
+    and -v show the port and keys the connection really takes, a wrong Port included.
+    """
     user, host, port = target.parts()
     options = _resolved_options(host, _options(target, user, port))
     if options is None:
         return None
     config = options.config
-    config_file = target.ssh_config or (DEFAULT_SSH_CONFIG if os.path.exists(os.path.expanduser(DEFAULT_SSH_CONFIG)) else None)
+    default = os.path.expanduser(DEFAULT_SSH_CONFIG)
+    config_file = target.ssh_config or (DEFAULT_SSH_CONFIG if os.access(default, os.R_OK) else None)
     configured: list[object] = list(config.get("IdentityFile", None) or [])  # type: ignore[call-overload]
-    keys = [str(path) for path in configured]
+    keys = [_path_text(path) for path in configured]
     if not keys:
-        keys = [str(getattr(key, "_filename", None) or key.get_comment() or "?") for key in options.client_keys or []]
-        keys = [key.decode() if isinstance(key, bytes) else key for key in keys]
+        keys = [_path_text(getattr(key, "_filename", None) or key.get_comment() or "?") for key in options.client_keys or []]
     known = options.known_hosts if isinstance(options.known_hosts, list) and options.known_hosts else [DEFAULT_KNOWN_HOSTS]
-    return Resolved(config_file, options.username, str(options.host), int(options.port), keys, [str(path) for path in known])
+    known_files = [_path_text(path) for path in known]
+    return Resolved(config_file, options.username, str(options.host), int(options.port), keys, known_files, effective_connect_timeout(target, config))
+
+
+def _path_text(value: object) -> str:
+    """A key's file name as a path, whether asyncssh holds it as str, bytes or Path."""
+    return os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)
+
+
+def effective_connect_timeout(target: SshTarget, config: object) -> float:
+    """ssh_config's ConnectTimeout wins over our default, as it does for ssh itself."""
+    configured = getattr(config, "get", lambda *_: None)("ConnectTimeout", None)
+    try:
+        seconds = float(configured) if configured is not None else 0.0
+    except (TypeError, ValueError):
+        seconds = 0.0
+    return seconds if seconds > 0 else target.connect_timeout
 
 
 def _options(target: SshTarget, user: str | None, port: int | None) -> dict[str, object]:
@@ -101,8 +123,9 @@ def _options(target: SshTarget, user: str | None, port: int | None) -> dict[str,
         "login_timeout": target.connect_timeout,
         "client_factory": _LossRecorder,
     }
-    if target.ssh_config is not None:
-        options["config"] = [target.ssh_config]
+    # () is asyncssh.connect's own default, ~/.ssh/config if readable; the options class alone
+    # would read no file at all, and doctor would show root@alias:22.
+    options["config"] = [target.ssh_config] if target.ssh_config is not None else ()
     if user:
         options["username"] = user
     if port:
@@ -115,6 +138,8 @@ async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
     user, host, port = target.parts()
     options = _options(target, user, port)
     resolved = _resolved_options(host, options)
+    if resolved is not None:
+        options["connect_timeout"] = options["login_timeout"] = effective_connect_timeout(target, resolved.config)
     if resolved is not None and resolved.known_hosts is None:
         raise HostKeyRejected(
             f"the ssh_config for {target.destination} turns host key checking off (UserKnownHostsFile none)",
@@ -146,11 +171,11 @@ def _host_key_error(destination: str, options: asyncssh.SSHClientConnectionOptio
     if options is not None and _has_pinned_key(options):
         return HostKeyRejected(
             f"the host key of {destination} has CHANGED since it was saved in known_hosts: the host was reinstalled, or someone is intercepting the connection",
-            f"if you know it was reinstalled, remove the old key with 'ssh-keygen -R <host>' and connect once with 'ssh {destination}' to check and save the new one",
+            f"if you know it was reinstalled, remove the old key with 'ssh-keygen -R <host>' and connect once with 'ssh {shell_word(destination)}' to check and save the new one",
         )
     return HostKeyRejected(
         f"the host key of {destination} is not in known_hosts yet",
-        f"connect once with 'ssh {destination}', check the fingerprint and accept it; gt-remote never accepts an unknown key by itself",
+        f"connect once with 'ssh {shell_word(destination)}', check the fingerprint and accept it; gt-remote never accepts an unknown key by itself",
     )
 
 

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
+
+
+def shell_word(value: object) -> str:
+    """One word of a command shown in a hint, quoted for a POSIX shell so a pasted host name
+    like `a;b` or `my pc` stays one argument; ordinary names come out unchanged."""
+    return shlex.quote(str(value))
+
 
 class GtRemoteError(Exception):
     """An error a user can act on.
@@ -137,3 +145,11 @@ class NotOurServer(RemoteError):
 
 class NeedsConfirmation(UsageError):
     """A step that ends the panes' processes, asked for without --yes and without a terminal to ask on."""
+
+
+class ServiceNotStarted(GtRemoteError):
+    """`service install` wrote the unit, but the service manager would not enable or start it."""
+
+
+class ServerStillRunning(RemoteError):
+    """`down --stop-server` stopped the tunnel, but the remote server still runs."""
