@@ -15,6 +15,8 @@ with an error saying so, it never fills the laptop's memory.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import re
 import secrets
 import shlex
@@ -278,3 +280,89 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def visible(text: str) -> str:
     """Remote text made safe for a terminal: control characters (ESC included) shown as \\xNN."""
     return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+# --- uploads ----------------------------------------------------------------------------
+
+UPLOAD_TIMEOUT = 6 * 3600.0  # a large build over a slow link; a dead link ends sooner, by keepalive
+UPLOAD_BLOCK = 256 * 1024
+
+# Bytes arrive on stdin after this script. They are written under a temporary name, their
+# size and SHA-256 checked here, and only then may the caller's script place them: a failed,
+# short or altered upload never lands where the probe would find it.
+UPLOAD_SCRIPT = r"""
+kind=$1 digest=$2 name=$3 size=$4 sha=$5 token=$6
+dir="$gt_base/gt-remote/$kind/$digest"
+part="$dir/.$name.part-$token"
+final="$dir/$name"
+free_kib() {
+    d=$dir; while [ ! -d "$d" ] && [ -n "$d" ]; do d=${d%/*}; done
+    df -Pk "${d:-/}" 2>/dev/null | awk 'NR == 2 { print $4 }'
+}
+umask 077
+if ! mkdir -p "$dir" 2>/dev/null || ! chmod 700 "$dir"; then
+    echo "error=cannot create $dir"; exit 0
+fi
+if ! cat > "$part"; then
+    rm -f "$part"; rmdir "$dir" 2>/dev/null
+    echo "error=write"; echo "free=$(free_kib)"; exit 0
+fi
+got=$(wc -c < "$part" | tr -d ' ')
+if [ "$got" != "$size" ]; then
+    rm -f "$part"; rmdir "$dir" 2>/dev/null
+    echo "error=size"; echo "got=$got"; echo "free=$(free_kib)"; exit 0
+fi
+sum=$(sha256_of "$part")
+if [ -n "$sum" ] && [ "$sum" != "$sha" ]; then
+    rm -f "$part"; rmdir "$dir" 2>/dev/null
+    echo "error=sha256"; echo "got=$sum"; exit 0
+fi
+[ -n "$sum" ] || echo "unverified=1"
+echo "uploaded=$got"
+"""
+
+
+def file_sha256(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+async def upload(
+    conn: asyncssh.SSHClientConnection,
+    local_path: str,
+    kind: str,
+    name: str,
+    then: str = "",
+    report: Callable[[bytes, bytes, int, int], None] | None = None,
+) -> ScriptResult:
+    """Send `local_path` to <install dir>/gt-remote/<kind>/<first 16 hex of its SHA-256>/<name>
+    over an exec channel (never SFTP, which a chatty login shell corrupts), verified there,
+    then run `then` (with $part and $final set) to check and place it.
+
+    Answers: `uploaded=N` once verified, or `error=write|size|sha256|...` with `free=KiB`
+    (the partial file and an empty directory are removed).
+    """
+    size = os.path.getsize(local_path)
+    sha = file_sha256(local_path)
+    token = secrets.token_hex(8)
+    script = UPLOAD_SCRIPT + then
+    command, text = data_command(script, (kind, sha[:16], name, str(size), sha, token), install_dir_of(conn), token)
+
+    async def feed(stdin: asyncssh.SSHWriter[bytes]) -> None:
+        stdin.write(text)
+        done = 0
+        with open(local_path, "rb") as handle:
+            while block := handle.read(UPLOAD_BLOCK):
+                stdin.write(block)
+                await stdin.drain()
+                done += len(block)
+                if report:
+                    report(b"", b"", done, size)
+        if report and size == 0:
+            report(b"", b"", 0, 0)
+        stdin.write_eof()
+
+    return await run_command(conn, command, feed, token, UPLOAD_TIMEOUT)
