@@ -366,3 +366,12 @@ async def upload(
         stdin.write_eof()
 
     return await run_command(conn, command, feed, token, UPLOAD_TIMEOUT)
+
+
+async def build_intact(conn: asyncssh.SSHClientConnection, path: str) -> bool:
+    """Whether an installed build (or relay) at `path`, in a directory named by the first 16
+    hex digits of its SHA-256, still has that hash: checked before it is run or reused, so a
+    swapped file is uploaded again instead of run. Scripts can call the shell function of the
+    same name from the prelude directly, saving the round trip."""
+    result = await run_script(conn, 'build_intact "$1" && echo "intact=1"', path)
+    return result.fields.get("intact") == "1"

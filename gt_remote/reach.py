@@ -18,6 +18,7 @@ import asyncssh
 from gt_remote.base.config import HostSettings
 from gt_remote.base.paths import HostFiles, write_private
 from gt_remote.bootstrap import relay as remote_relay
+from gt_remote.bootstrap import remote as remote_scripts
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.tunnel.connection import SshTarget, connect
 
@@ -54,6 +55,7 @@ def run_on(settings: HostSettings, action: Callable[[asyncssh.SSHClientConnectio
 
     async def main() -> T:
         conn = await connect(SshTarget(settings.destination, settings.ssh_config, settings.keepalive))
+        remote_scripts.use_install_dir(conn, settings.install_dir)  # clean and --stop-server follow `up`'s choice
         try:
             return await action(conn)
         finally:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +26,7 @@ from gt_remote.bootstrap.remote import ascii_int, run_script, use_install_dir
 from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
 from tests.helpers import assert_nothing_left, one_error_line
-from tests.testbed import STANDIN, SshHost, wait_for
+from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
 
 T = TypeVar("T")
 
@@ -99,3 +102,187 @@ def test_ascii_int() -> None:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def up(gt: Gt, host: SshHost, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`up` with the stand-in uploaded, on a free local port (other tunnels may hold 9999)."""
+    local = free_loopback_port()
+    result = gt("up", host.alias, "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{local}", *args, ssh_config=host.ssh_config)
+    return result, local
+
+
+def status_row(gt: Gt, host: SshHost) -> dict[str, Any]:
+    [row] = [row for row in gt.status() if row.get("host") == host.alias]
+    return row
+
+
+def nested(row: dict[str, Any], key: str) -> Any:
+    """A key of `status --json`, wherever it sits in the row."""
+    if key in row:
+        return row[key]
+    for value in row.values():
+        if isinstance(value, dict):
+            found = nested(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+# --- the whole job on each chatty login shell -----------------------------------------
+
+
+@pytest.mark.parametrize("user", sorted(NOISY_SHELLS))
+def test_up_exec_status_down_on_a_chatty_login_shell(gt: Gt, chatty: SshHost, user: str) -> None:
+    host = chatty.as_user(user, alias="pc")
+    result, local = up(gt, host)
+    assert result.returncode == 0, result.stderr
+    assert "uploading" in result.stderr and "connections are resumable" in result.stderr, result.stderr
+    assert f"GASTOWN_CCMUX_ADDR=tcp://127.0.0.1:{local}" in result.stdout.replace("'", "").replace('"', "")
+
+    # Both uploads landed whole, under their content hashes, and nothing half-written beside them.
+    files = sorted(chatty.sh(f"cd /home/{user}/.local/share/gt-remote && find . -type f", user=user).split())
+    assert files == sorted([f"./relay/{remote_relay.agent_digest()}/relay_agent.py", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server"])
+    assert chatty.sh(f"sha256sum /home/{user}/.local/share/gt-remote/servers/*/ccmux-server", user=user).split()[0] == sha256(STANDIN)
+
+    program = "import os, sys, asyncio; sys.path.insert(0, os.environ['PYTHONPATH']); from gt_remote.tunnel.wire import ping_address; from gt_remote.base.addresses import address_from_env; asyncio.run(ping_address(address_from_env())); print('pong')"
+    ran = gt("exec", host.alias, "--", sys.executable, "-c", program)
+    assert ran.returncode == 0 and ran.stdout.strip() == "pong", ran.stderr
+
+    row = status_row(gt, host)
+    assert row["state"] == "up" and nested(row, "resumable") is True, row
+    assert chatty.pids("ccmux-server --listen-tcp") != []
+
+    down = gt("down", host.alias, "--stop-server")
+    assert down.returncode == 0, down.stderr
+    assert "stopped the remote server" in down.stdout + down.stderr
+    wait_for(lambda: chatty.pids("ccmux-server --listen-tcp") == [] and chatty.pids("relay_agent.py --socket") == [], 15, "the server and relay to stop")
+
+
+@pytest.mark.parametrize(("user", "file", "guard"), [("bashy", "~/.bashrc", "[ -t 1 ]"), ("zshy", "~/.zshenv", "[ -t 1 ]"), ("fishy", "~/.config/fish/config.fish", "status is-interactive"), ("dashy", "~/.ssh/rc", "[ -t 1 ]")])
+def test_sync_on_a_chatty_shell_names_the_start_up_file(gt: Gt, chatty: SshHost, user: str, file: str, guard: str) -> None:
+    host = chatty.as_user(user, alias="pc")
+    folder = gt.home / "rig"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello\n")
+    result = gt("sync", host.alias, "--push", str(folder), ssh_config=host.ssh_config)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "protocol version mismatch" in line and file in line and guard in line
+
+
+def test_sync_works_once_the_start_up_file_is_guarded(gt: Gt, chatty: SshHost) -> None:
+    """The fix the message gives really fixes it."""
+    host = chatty.as_user("fishy", alias="pc")
+    chatty.sh("printf 'if status is-interactive\\n    cat /etc/gt-remote-banner\\nend\\n' > /home/fishy/.config/fish/config.fish")
+    folder = gt.home / "rig"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello\n")
+    result = gt("sync", host.alias, "--push", str(folder), ssh_config=host.ssh_config)
+    assert result.returncode == 0, result.stderr
+    assert chatty.sh("cat /home/fishy/rig/notes.txt", user="fishy") == "hello\n"
+
+
+# --- Windows' shells: one line, nothing uploaded ----------------------------------------
+
+
+@pytest.mark.parametrize(("user", "shell"), [("winny", "cmd.exe"), ("poshy", "PowerShell")])
+def test_up_on_a_windows_shell_names_windows_and_uploads_nothing(gt: Gt, chatty: SshHost, user: str, shell: str) -> None:
+    host = chatty.as_user(user, alias="pc")
+    result, local = up(gt, host)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert f"login shell is Windows' {shell}" in line or f"login shell is Windows {shell}" in line
+    assert "docs/wsl.md" in line and "uploading" not in result.stderr
+    assert_nothing_left(gt, local)
+    assert chatty.exec(f"test -e /home/{user}/.local")[0] != 0
+
+
+# --- noexec homes and --install-dir -----------------------------------------------------
+
+NOEXEC_HOME = {"/home/gamer/.local": "rw,noexec,nosuid,size=64m,uid=1000,gid=1000,mode=0755"}
+
+
+def test_a_noexec_home_is_named_with_the_fix(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory(tmpfs=NOEXEC_HOME)
+    result, local = up(gt, host)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "/home/gamer/.local" in line and "noexec" in line and "--install-dir" in line, line
+    assert "build ccmux-server for" not in line  # not mistaken for a wrong architecture
+    assert_nothing_left(gt, local)
+    assert host.sh("find /home/gamer/.local/share -type f 2>/dev/null || true", user="gamer").strip() == ""
+
+
+def test_install_dir_puts_builds_and_relay_there_and_clean_follows(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory(tmpfs=NOEXEC_HOME)
+    host.sh("install -d -o gamer -g gamer /opt/gt")
+    result, _ = up(gt, host, "--install-dir", "/opt/gt")
+    assert result.returncode == 0, result.stderr
+    assert "connections are resumable" in result.stderr
+    files = sorted(host.sh("cd /opt/gt/gt-remote && find . -type f", user="gamer").split())
+    assert files == sorted([f"./relay/{remote_relay.agent_digest()}/relay_agent.py", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server"])
+    assert host.sh("find /home/gamer/.local/share -type f 2>/dev/null || true", user="gamer").strip() == ""
+    assert "/opt/gt/gt-remote/servers/" in " ".join(host.sh("ps -eo args", user="gamer").splitlines())
+
+    # clean looks there: an old build under /opt/gt goes, the running one stays.
+    host.sh("mkdir -p /opt/gt/gt-remote/servers/0123456789abcdef && cp /opt/gt/gt-remote/servers/*/ccmux-server /opt/gt/gt-remote/servers/0123456789abcdef/ && touch -d '2020-01-01' /opt/gt/gt-remote/servers/0123456789abcdef/ccmux-server", user="gamer")
+    cleaned = gt("clean", "gaming-pc")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "/opt/gt/gt-remote/servers/0123456789abcdef (an old build)" in cleaned.stdout
+    assert host.exec("test -e /opt/gt/gt-remote/servers/0123456789abcdef")[0] != 0
+
+    down = gt("down", "gaming-pc", "--stop-server")
+    assert down.returncode == 0 and "stopped the remote server" in down.stdout + down.stderr
+
+
+def test_install_dir_in_the_config(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory()
+    host.sh("install -d -o gamer -g gamer /srv/tools")
+    config = gt.home / "config.toml"
+    config.write_text('[hosts.gaming-pc]\ninstall_dir = "/srv/tools"\n')
+    local = free_loopback_port()
+    result = gt("--config", str(config), "up", "gaming-pc", "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{local}", ssh_config=host.ssh_config)
+    assert result.returncode == 0, result.stderr
+    assert host.exec(f"test -x /srv/tools/gt-remote/servers/{sha256(STANDIN)[:16]}/ccmux-server")[0] == 0
+
+
+# --- integrity of what runs -------------------------------------------------------------
+
+
+def test_a_swapped_installed_build_is_uploaded_again_not_run(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory()
+    result, _ = up(gt, host)
+    assert result.returncode == 0, result.stderr
+    assert gt("down", "gaming-pc", "--stop-server").returncode == 0
+    build = f"/home/gamer/.local/share/gt-remote/servers/{sha256(STANDIN)[:16]}/ccmux-server"
+    host.sh(f"printf '#!/bin/sh\\necho swapped > /tmp/swapped-ran\\nexec sleep 60\\n' > {build}", user="gamer")
+    again, _ = up(gt, host)
+    assert again.returncode == 0, again.stderr
+    assert "uploading" in again.stderr  # the altered file was not trusted
+    assert host.sh(f"sha256sum {build}").split()[0] == sha256(STANDIN)
+    assert host.exec("test -e /tmp/swapped-ran")[0] != 0
+
+
+def test_a_swapped_relay_is_uploaded_again(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory()
+    result, _ = up(gt, host)
+    assert result.returncode == 0, result.stderr
+    assert gt("down", "gaming-pc", "--stop-server").returncode == 0
+    agent = f"/home/gamer/.local/share/gt-remote/relay/{remote_relay.agent_digest()}/relay_agent.py"
+    host.sh(f"echo 'open(\"/tmp/relay-swapped-ran\", \"w\")' > {agent}", user="gamer")
+    again, _ = up(gt, host)
+    assert again.returncode == 0 and "connections are resumable" in again.stderr, again.stderr
+    assert host.sh(f"sha256sum {agent}").split()[0] == hashlib.sha256(remote_relay.AGENT.read_bytes()).hexdigest()
+    assert host.exec("test -e /tmp/relay-swapped-ran")[0] != 0
+
+
+# --- a full disk, for the relay too ------------------------------------------------------
+
+
+def test_relay_upload_on_a_full_disk_leaves_nothing_and_counts_the_space(host_factory: Any) -> None:
+    host: SshHost = host_factory(tmpfs={"/home/gamer/.local/share": "size=12k,uid=1000,gid=1000,mode=0700"})
+    state = on(host, lambda conn: remote_relay.ensure_relay(conn, 9999))
+    assert state.socket is None and state.reason is not None
+    assert "the partial file was removed" in state.reason and "unknown" not in state.reason, state.reason
+    assert re.search(r"\d+ KiB free there", state.reason), state.reason
+    assert host.sh("find /home/gamer/.local/share -type f", user="gamer").strip() == ""
