@@ -8,6 +8,7 @@ altered or interrupted upload never leaves a binary where the probe would find i
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import struct
@@ -126,12 +127,12 @@ def _cannot_run(local_path: str, host: str, fields: dict[str, str]) -> InstallFa
 async def run_install_command(conn: asyncssh.SSHClientConnection, command: str, host: str) -> None:
     """The user's own install command, run as they wrote it in their login shell."""
     try:
-        result = await conn.run(command, check=False, timeout=1800)
-    except (asyncssh.Error, OSError) as exc:
-        raise InstallFailed(f"the install command failed on {host}: {exc}", "run it by hand over ssh to see why") from None
-    if result.exit_status != 0:
-        tail = " | ".join(str(result.stderr or result.stdout or "").strip().splitlines()[-3:])
+        exit_status, stdout, stderr = await asyncio.wait_for(remote.run_tail(conn, command), 1800)
+    except (asyncssh.Error, OSError, TimeoutError) as exc:
+        raise InstallFailed(f"the install command failed on {host}: {exc or 'it took longer than 30 minutes'}", "run it by hand over ssh to see why") from None
+    if exit_status != 0:
+        tail = remote.visible(" | ".join((stderr or stdout).strip().splitlines()[-3:]))
         raise InstallFailed(
-            f"the install command exited {result.exit_status} on {host}: {tail or 'no output'}",
+            f"the install command exited {exit_status} on {host}: {tail or 'no output'}",
             "run it by hand over ssh to see why, then try again",
         )

@@ -245,6 +245,26 @@ async def _read_kept(stream: asyncssh.SSHReader[bytes]) -> bytes:
     return bytes(kept)
 
 
+async def _read_tail(stream: asyncssh.SSHReader[bytes], keep: int = STDERR_KEPT) -> str:
+    """All of a stream read, only its last `keep` bytes kept: a build's chatter stays bounded."""
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-keep:]
+    return tail.decode(errors="replace")
+
+
+async def run_tail(conn: asyncssh.SSHClientConnection, command: str) -> tuple[int | None, str, str]:
+    """A user's own command, run in their login shell as written: (exit status, the last
+    64 KiB of stdout, of stderr). Its output can be long (a cargo build), never held whole."""
+    process = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+    try:
+        stdout, stderr = await asyncio.gather(_read_tail(process.stdout), _read_tail(process.stderr))
+        await process.wait_closed()
+    finally:
+        process.close()
+    return process.exit_status, stdout, stderr
+
+
 def _result(exit_status: int | None, stdout: bytes, stderr: bytes, token: str) -> ScriptResult:
     marker = (MARKER_PREFIX + token).encode()
     errors = stderr.decode(errors="replace")

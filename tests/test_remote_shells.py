@@ -19,9 +19,12 @@ from typing import Any, TypeVar
 
 import asyncssh
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gt_remote.base.errors import NonPosixShell, RemoteOutputTooLarge
+from gt_remote.base.errors import GtRemoteError, NonPosixShell, RemoteOutputTooLarge
 from gt_remote.bootstrap import relay as remote_relay
+from gt_remote.bootstrap import remote as remote_scripts
 from gt_remote.bootstrap.remote import ascii_int, run_script, use_install_dir
 from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
@@ -286,3 +289,28 @@ def test_relay_upload_on_a_full_disk_leaves_nothing_and_counts_the_space(host_fa
     assert "the partial file was removed" in state.reason and "unknown" not in state.reason, state.reason
     assert re.search(r"\d+ KiB free there", state.reason), state.reason
     assert host.sh("find /home/gamer/.local/share -type f", user="gamer").strip() == ""
+
+
+# --- the parser, fuzzed ---------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(noise=st.binary(max_size=4096), answers=st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=40), max_size=5))
+def test_whatever_precedes_the_marker_never_becomes_an_answer(noise: bytes, answers: dict[str, str]) -> None:
+    token = "0123456789abcdef"
+    body = "".join(f"{key}={value}\n" for key, value in answers.items()).encode()
+    result = remote_scripts._result(0, noise + b"\n" + (remote_scripts.MARKER_PREFIX + token).encode() + b"\n" + body, b"", token)
+    assert result.fields == answers
+
+
+@settings(max_examples=200, deadline=None)
+@given(output=st.binary(max_size=2048), exit_status=st.one_of(st.none(), st.integers(0, 255)))
+def test_output_without_the_marker_is_a_typed_error(output: bytes, exit_status: int | None) -> None:
+    with pytest.raises(GtRemoteError):
+        remote_scripts._result(exit_status, output.replace(remote_scripts.MARKER_PREFIX.encode(), b""), output, "0123456789abcdef")
+
+
+@given(st.text(max_size=30))
+def test_ascii_int_takes_only_ascii_digits(text: str) -> None:
+    value = remote_scripts.ascii_int(text)
+    assert value is None or (text.isascii() and text.isdigit() and value == int(text))
