@@ -314,3 +314,32 @@ def test_output_without_the_marker_is_a_typed_error(output: bytes, exit_status: 
 def test_ascii_int_takes_only_ascii_digits(text: str) -> None:
     value = remote_scripts.ascii_int(text)
     assert value is None or (text.isascii() and text.isdigit() and value == int(text))
+
+
+def test_upgrade_with_install_dir_puts_the_new_build_there(gt: Gt, host_factory: Any, tmp_path: Path) -> None:
+    host: SshHost = host_factory()
+    host.sh("install -d -o gamer -g gamer /opt/gt")
+    result, _ = up(gt, host)
+    assert result.returncode == 0, result.stderr
+    build = tmp_path / "new" / "ccmux-server"
+    build.parent.mkdir()
+    build.write_text(STANDIN.read_text().replace('VERSION = "0.1.1"', 'VERSION = "0.1.2"'))
+    build.chmod(0o755)
+    upgraded = gt("upgrade", "gaming-pc", "--server-binary", str(build), "--install-dir", "/opt/gt", "--yes")
+    assert upgraded.returncode == 0, upgraded.stderr
+    running = f"/opt/gt/gt-remote/servers/{sha256(build)[:16]}/ccmux-server"
+    assert f"now runs {running} 0.1.2" in upgraded.stderr
+    assert host.pids(f"{running} --listen-tcp") != []
+    host.sh("mkdir -p /opt/gt/gt-remote/servers/0123456789abcdef", user="gamer")  # an empty leftover there
+    cleaned = gt("clean", "gaming-pc", "--dry-run")
+    assert "would remove /opt/gt/gt-remote/servers/0123456789abcdef" in cleaned.stdout, cleaned.stdout  # clean follows the new dir
+    down = gt("down", "gaming-pc", "--stop-server")
+    assert down.returncode == 0 and "stopped the remote server" in down.stdout + down.stderr
+    assert host.pids(f"{running} --listen-tcp") == []
+
+
+def test_install_dir_with_a_control_character_is_refused(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory()
+    result = gt("up", "gaming-pc", "--install-dir", "/opt/gt\nExecStartPost=x", ssh_config=host.ssh_config)
+    assert result.returncode == 2
+    assert "control character" in one_error_line(result.stderr)
