@@ -13,6 +13,7 @@ import hashlib
 import re
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,9 +84,15 @@ def test_a_flood_from_a_start_up_file_stays_under_the_cap(chatty: SshHost) -> No
     """300 MB of banner: the command fails with a message naming the cause; the laptop reads at most ~1 MiB."""
     host = chatty.as_user("bashy")
     chatty.sh("sed -i '1i head -c 300000000 /dev/zero | tr \"\\\\0\" x' /home/bashy/.bashrc")
-    with pytest.raises(RemoteOutputTooLarge) as raised:
-        on(host, lambda conn: run_script(conn, "echo ok=1"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(RemoteOutputTooLarge) as raised:
+            on(host, lambda conn: run_script(conn, "echo ok=1"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert "more than 1 MiB" in str(raised.value) and "[ -t 1 ]" in str(raised.value)
+    assert peak < 16 * (1 << 20), f"the laptop held {peak / (1 << 20):.1f} MiB for a 300 MB banner"
 
 
 @pytest.mark.parametrize(("user", "shell"), [("winny", "cmd.exe"), ("poshy", "PowerShell")])
