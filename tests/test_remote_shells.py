@@ -350,3 +350,23 @@ def test_install_dir_with_a_control_character_is_refused(gt: Gt, host_factory: A
     result = gt("up", "gaming-pc", "--install-dir", "/opt/gt\nExecStartPost=x", ssh_config=host.ssh_config)
     assert result.returncode == 2
     assert "control character" in one_error_line(result.stderr)
+
+
+def test_rsync_operands_follow_a_double_dash() -> None:
+    """No path, local or remote, is ever read as an rsync option (#15.8)."""
+    from gt_remote.base.config import HostSettings
+    from gt_remote.sync import Transfer, rsync_command
+
+    settings = HostSettings(name="pc", destination="pc", local_url="tcp://127.0.0.1:9999")
+    for push in (True, False):
+        command = rsync_command(settings, Transfer(Path("/tmp/-e sh"), "-e sh", False), push, False, False)
+        assert command[-3] == "--" and "/tmp/-e sh" in command[-2:] and "pc:-e sh" in command[-2:]
+
+
+def test_noisy_shell_message_names_each_start_up_file() -> None:
+    from gt_remote.sync import noisy_shell_error
+
+    assert "~/.bashrc" in str(noisy_shell_error("pc", "/bin/bash")) and "[ -t 1 ]" in str(noisy_shell_error("pc", "/bin/bash"))
+    assert "~/.zshenv" in str(noisy_shell_error("pc", "/usr/bin/zsh"))
+    assert "config.fish" in str(noisy_shell_error("pc", "/usr/bin/fish")) and "status is-interactive" in str(noisy_shell_error("pc", "/usr/bin/fish"))
+    assert "~/.ssh/rc" in str(noisy_shell_error("pc", None))
