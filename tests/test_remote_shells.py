@@ -370,3 +370,15 @@ def test_noisy_shell_message_names_each_start_up_file() -> None:
     assert "~/.zshenv" in str(noisy_shell_error("pc", "/usr/bin/zsh"))
     assert "config.fish" in str(noisy_shell_error("pc", "/usr/bin/fish")) and "status is-interactive" in str(noisy_shell_error("pc", "/usr/bin/fish"))
     assert "~/.ssh/rc" in str(noisy_shell_error("pc", None))
+
+
+def test_a_failing_install_command_is_reported_with_its_last_lines(chatty: SshHost) -> None:
+    """The user's own command runs in their login shell; a long output is read as a bounded tail."""
+    from gt_remote.base.errors import InstallFailed
+    from gt_remote.bootstrap.install import run_install_command
+
+    host = chatty.as_user("bashy")
+    command = "head -c 3000000 /dev/zero | tr '\\0' y | fold -w 100; echo 'error: linker failed' >&2; exit 3"
+    with pytest.raises(InstallFailed) as raised:
+        on(host, lambda conn: run_install_command(conn, command, "pc"))
+    assert "exited 3 on pc" in str(raised.value) and "linker failed" in str(raised.value)
