@@ -1,34 +1,37 @@
 """Putting a server binary on the remote: upload a user's build, or run their install command.
 
-Uploads land in a directory named by content hash, are written under a temporary name,
-checked to run there, made executable, and only then renamed into place: a failed or
-interrupted upload never leaves a half-written binary where the probe would find it.
+Uploads land in a directory named by content hash, travel over an exec channel (a chatty
+login shell corrupts SFTP), are written under a temporary name, checked there for size and
+SHA-256 and for running at all, made executable, and only then renamed into place: a failed,
+altered or interrupted upload never leaves a binary where the probe would find it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import secrets
+import shlex
 import struct
 
 import asyncssh
 
 from gt_remote import progress
-from gt_remote.base.errors import BinaryIncompatible, InstallFailed
-from gt_remote.bootstrap.remote import REMOTE_INSTALL_ROOT, run_script
+from gt_remote.base.errors import BinaryIncompatible, InstallFailed, NoExecMount
+from gt_remote.bootstrap import remote
 
+# Runs right after UPLOAD_SCRIPT verified the bytes ($part, $final, $dir set there).
 CHECK_AND_PLACE = r"""
-part=$1 final=$2
-chmod 755 "$HOME/$part" || { rm -f "$HOME/$part"; rmdir "$HOME/${part%/*}" 2>/dev/null; echo "error=chmod failed"; exit 0; }
-out=$("$HOME/$part" --version 2>&1); rc=$?
+chmod 755 "$part" || { rm -f "$part"; rmdir "$dir" 2>/dev/null; echo "error=chmod failed"; exit 0; }
+out=$("$part" --version 2>&1); rc=$?
 if [ "$rc" -ne 0 ]; then
-    rm -f "$HOME/$part"
-    rmdir "$HOME/${part%/*}" 2>/dev/null  # only if empty: no empty install directory left behind
+    echo "noexec=$(noexec_mount_of "$part")"
+    rm -f "$part"
+    rmdir "$dir" 2>/dev/null  # only if empty: no empty install directory left behind
     echo "rc=$rc"; echo "arch=$(uname -m)"; echo "os=$(uname -s)"
     echo "output=$(printf '%s' "$out" | head -n 1)"
     exit 0
 fi
-mv -f "$HOME/$part" "$HOME/$final" && echo "version=$(printf '%s' "$out" | head -n 1)"
+mv -f "$part" "$final" && echo "path=$final" && echo "version=$(printf '%s' "$out" | head -n 1)"
 """
 
 
@@ -64,56 +67,52 @@ def check_platform(local_path: str, host: str, remote_os: str, remote_arch: str)
 
 
 async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, server: str, digest: str, host: str) -> tuple[str, str]:
-    """Upload, verify and place the binary; return its absolute remote path and `--version` line."""
-    directory = f"{REMOTE_INSTALL_ROOT}/{digest}"
-    part = f"{directory}/.{server}.part-{secrets.token_hex(4)}"
-    final = f"{directory}/{server}"
-    async with conn.start_sftp_client() as sftp:
-        await sftp.makedirs(directory, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
-        try:
-            await sftp.put(local_path, part, progress_handler=progress.upload_reporter())
-        except (asyncssh.SFTPError, OSError) as exc:
-            await _remove_quietly(sftp, part)
-            await _rmdir_quietly(sftp, directory)
-            free = await _free_kib(conn, directory)
-            raise InstallFailed(
-                f"uploading {local_path} to {host} failed ({exc}; {free} KiB free there, {_size_kib(local_path)} KiB needed); the partial file was removed",
-                "free space on the remote (check 'df -h ~' there) and run up again",
-            ) from None
-        home = await sftp.realpath(".")
-    fields = (await run_script(conn, CHECK_AND_PLACE, part, final)).fields
-    if "version" not in fields:
+    """Upload, verify and place the binary; return its absolute remote path and `--version` line.
+
+    `digest` names the install directory; it is the first 16 hex digits of the file's SHA-256,
+    which the upload computes itself.
+    """
+    result = await remote.upload(conn, local_path, "servers", server, then=CHECK_AND_PLACE, report=progress.upload_reporter())
+    fields = result.fields
+    error = fields.get("error")
+    if error in ("write", "size"):
+        raise InstallFailed(
+            f"uploading {local_path} to {host} failed ({_free_text(fields)}, {_size_kib(local_path)} KiB needed); the partial file was removed",
+            "free space on the remote (check 'df -h ~' there) and run up again",
+        )
+    if error == "sha256":
+        raise InstallFailed(
+            f"{local_path} arrived altered on {host} (SHA-256 {remote.visible(fields.get('got', '?'))[:64]} there); the upload was removed",
+            "run up again; if it repeats, something on the way or on the remote changes files",
+        )
+    if error and error.startswith("cannot create"):
+        raise InstallFailed(
+            f"gt-remote {remote.visible(error)} on {host}",
+            "make that directory writable, or pick another one with --install-dir DIR (or install_dir in the config)",
+        )
+    if "version" not in fields or "path" not in fields:
         raise _cannot_run(local_path, host, fields)
-    return f"{home}/{final}", fields["version"]
+    return fields["path"], fields["version"]
 
 
-async def _free_kib(conn: asyncssh.SSHClientConnection, directory: str) -> str:
-    fields = (await run_script(conn, 'echo "free=$(df -Pk "$HOME/$1" | awk \'NR == 2 { print $4 }\')"', directory)).fields
-    return fields.get("free") or "unknown"
+def _free_text(fields: dict[str, str]) -> str:
+    free = remote.ascii_int(fields.get("free"), 15)
+    return f"{free} KiB free there" if free is not None else "free space there unknown"
 
 
 def _size_kib(path: str) -> int:
     return (os.path.getsize(path) + 1023) // 1024
 
 
-async def _remove_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
-    try:
-        await sftp.remove(path)
-    except (asyncssh.SFTPError, OSError):
-        pass
-
-
-async def _rmdir_quietly(sftp: asyncssh.SFTPClient, path: str) -> None:
-    """Remove a directory we made, if it is empty; a build uploaded before stays."""
-    try:
-        await sftp.rmdir(path)
-    except (asyncssh.SFTPError, OSError):
-        pass
-
-
 def _cannot_run(local_path: str, host: str, fields: dict[str, str]) -> InstallFailed:
-    arch, os_name = fields.get("arch", "unknown"), fields.get("os", "unknown")
-    rc, output = fields.get("rc", "?"), fields.get("output", fields.get("error", ""))
+    arch, os_name = remote.visible(fields.get("arch", "unknown")), remote.visible(fields.get("os", "unknown"))
+    rc, output = fields.get("rc", "?"), remote.visible(fields.get("output", fields.get("error", "")))
+    noexec = fields.get("noexec")
+    if noexec and rc == "126":
+        return NoExecMount(
+            f"{host} cannot run programs under {remote.visible(noexec)}: that mount is noexec, so the uploaded {local_path} was refused ({output.strip() or 'permission denied'})",
+            f"install elsewhere: gt-remote up {shlex.quote(host)} --install-dir DIR (a directory on a mount without noexec, e.g. /opt/gt or one under /var/tmp), or install_dir in the config",
+        )
     if rc in ("126", "127") or "format" in output.lower():
         return BinaryIncompatible(
             f"{local_path} cannot run on {host}, which is {os_name} {arch} ({output.strip() or f'exit {rc}'})",
@@ -128,12 +127,12 @@ def _cannot_run(local_path: str, host: str, fields: dict[str, str]) -> InstallFa
 async def run_install_command(conn: asyncssh.SSHClientConnection, command: str, host: str) -> None:
     """The user's own install command, run as they wrote it in their login shell."""
     try:
-        result = await conn.run(command, check=False, timeout=1800)
-    except (asyncssh.Error, OSError) as exc:
-        raise InstallFailed(f"the install command failed on {host}: {exc}", "run it by hand over ssh to see why") from None
-    if result.exit_status != 0:
-        tail = " | ".join(str(result.stderr or result.stdout or "").strip().splitlines()[-3:])
+        exit_status, stdout, stderr = await asyncio.wait_for(remote.run_tail(conn, command), 1800)
+    except (asyncssh.Error, OSError, TimeoutError) as exc:
+        raise InstallFailed(f"the install command failed on {host}: {exc or 'it took longer than 30 minutes'}", "run it by hand over ssh to see why") from None
+    if exit_status != 0:
+        tail = remote.visible(" | ".join((stderr or stdout).strip().splitlines()[-3:]))
         raise InstallFailed(
-            f"the install command exited {result.exit_status} on {host}: {tail or 'no output'}",
+            f"the install command exited {exit_status} on {host}: {tail or 'no output'}",
             "run it by hand over ssh to see why, then try again",
         )

@@ -18,7 +18,8 @@ from gt_remote.tunnel import wire
 PROBE_SCRIPT = r"""
 server=$1 port=$2 digest=$3
 found=""
-if [ -n "$digest" ] && [ -x "$install_root/$digest/$server" ]; then
+# An installed build counts only while it still hashes to its directory's name (build_intact).
+if [ -n "$digest" ] && [ -x "$install_root/$digest/$server" ] && build_intact "$install_root/$digest/$server"; then
     found="$install_root/$digest/$server"
 elif [ -z "$digest" ]; then
     found=$(command -v "$server" 2>/dev/null) || found=""
@@ -29,7 +30,7 @@ elif [ -z "$digest" ]; then
     done
     if [ -z "$found" ]; then
         for candidate in "$install_root"/*/"$server"; do
-            [ -x "$candidate" ] || continue
+            [ -x "$candidate" ] && build_intact "$candidate" || continue
             if [ -z "$found" ] || [ "$candidate" -nt "$found" ]; then found=$candidate; fi
         done
     fi

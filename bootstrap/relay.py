@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
 from gt_remote.base.sanitize import ascii_int
-from gt_remote.bootstrap.remote import REMOTE_RELAY_ROOT, run_script
+from gt_remote.bootstrap import remote
+from gt_remote.bootstrap.remote import run_script
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +34,25 @@ if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' >/d
 fi
 echo "python=$py"
 echo "home=$HOME"
-[ -f "$HOME/$path" ] && echo "installed=1"
+intact=0
+build_intact "$relay_root/$path" && intact=1  # the file still hashes to its directory's name
+[ "$intact" = 1 ] && echo "installed=1"
 sock="$state_dir/relay-$port/sock"
 pidfile="$state_dir/relay-$port.pid"
 if [ -f "$pidfile" ]; then
     pid=$(cat "$pidfile")
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         case " $(cmdline_of "$pid") " in
-            *" $HOME/$path --socket $sock "*) [ -S "$sock" ] && echo "running=$pid" || echo "stale=$pid" ;;
+            *" $relay_root/$path --socket $sock "*) [ -S "$sock" ] && [ "$intact" = 1 ] && echo "running=$pid" || echo "stale=$pid" ;;
             *"relay_agent.py --socket $sock "*) echo "stale=$pid" ;;
         esac
     fi
 fi
 """
 
+# Runs right after remote.UPLOAD_SCRIPT verified the bytes ($part and $final set there).
 PLACE_SCRIPT = r"""
-part=$1 path=$2
-chmod 600 "$HOME/$part" && mv -f "$HOME/$part" "$HOME/$path" && echo "placed=1"
+chmod 600 "$part" && mv -f "$part" "$final" && echo "placed=1"
 """
 
 START_SCRIPT = r"""
@@ -67,9 +69,9 @@ pidfile="$state_dir/relay-$port.pid"
 if [ -f "$log" ] && [ "$(wc -c < "$log")" -gt 1048576 ]; then mv -f "$log" "$log.1"; fi
 rm -f "$sock"
 if command -v setsid >/dev/null 2>&1; then
-    setsid nohup "$py" "$HOME/$path" --socket "$sock" --port "$port" </dev/null >>"$log" 2>&1 &
+    setsid nohup "$py" "$relay_root/$path" --socket "$sock" --port "$port" </dev/null >>"$log" 2>&1 &
 else
-    nohup "$py" "$HOME/$path" --socket "$sock" --port "$port" </dev/null >>"$log" 2>&1 &
+    nohup "$py" "$relay_root/$path" --socket "$sock" --port "$port" </dev/null >>"$log" 2>&1 &
 fi
 pid=$!
 echo "$pid" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"
@@ -120,7 +122,8 @@ def agent_digest() -> str:
 
 
 def remote_agent_path() -> str:
-    return f"{REMOTE_RELAY_ROOT}/{agent_digest()}/relay_agent.py"
+    """Relative to $relay_root (<install dir>/gt-remote/relay on the remote)."""
+    return f"{agent_digest()}/relay_agent.py"
 
 
 async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int) -> RelayState:
@@ -166,16 +169,19 @@ async def channel_refused(conn: asyncssh.SSHClientConnection, socket: str, timeo
 
 
 async def _upload(conn: asyncssh.SSHClientConnection, path: str) -> str | None:
-    """Write under a temporary name, then rename: never a half-written agent in place."""
-    directory = path.rsplit("/", 1)[0]
-    part = f"{directory}/.relay_agent.part-{secrets.token_hex(4)}"
-    try:
-        async with conn.start_sftp_client() as sftp:
-            await sftp.makedirs(directory, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
-            await sftp.put(str(AGENT), part)
-    except (asyncssh.SFTPError, OSError) as exc:
-        return f"uploading the relay failed: {exc}"
-    if (await run_script(conn, PLACE_SCRIPT, part, path)).fields.get("placed") != "1":
+    """Send it over an exec channel (never SFTP, which a chatty login shell corrupts), verified
+    there for size and SHA-256 under a temporary name, then renamed: never a half-written or
+    altered agent in place, and nothing left behind on a full disk."""
+    result = await remote.upload(conn, str(AGENT), "relay", AGENT.name, then=PLACE_SCRIPT)
+    fields = result.fields
+    error = fields.get("error")
+    if error in ("write", "size"):
+        free = remote.ascii_int(fields.get("free"), 15)
+        shown = f"{free} KiB free there" if free is not None else "free space there unknown"
+        return f"uploading the relay failed (disk full? {shown}, {(AGENT.stat().st_size + 1023) // 1024} KiB needed); the partial file was removed"
+    if error:
+        return f"uploading the relay failed ({remote.visible(error)})"
+    if fields.get("placed") != "1":
         return "placing the relay on the remote failed"
     return None
 

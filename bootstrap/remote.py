@@ -1,47 +1,140 @@
-"""Running our own shell scripts on the remote, safely.
+"""Running our own shell scripts on the remote, safely, whatever the login shell prints.
 
 The login shell only ever sees `sh -s`: the script and its arguments travel on stdin,
 arguments quoted for POSIX sh, so an odd login shell (fish, csh) or a path with spaces
 cannot change what runs.
+
+A gaming PC's login shell is chatty: `.bashrc`, `.zshenv`, fish's `config.fish` or
+`~/.ssh/rc` print banners on stdout before our script starts, and some of their lines look
+like our `key=value` answers. So every script first prints a start marker unique to the
+run, and only what follows it is read; stderr is never parsed. Output is read through the
+channel with a byte cap: a start-up file printing hundreds of megabytes ends the command
+with an error saying so, it never fills the laptop's memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
 import shlex
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncssh
 
-from gt_remote.base.errors import ConnectFailed
+from gt_remote.base.builds import file_sha256
+from gt_remote.base.errors import ConnectFailed, NonPosixShell, RemoteError, RemoteOutputTooLarge
+from gt_remote.base.sanitize import ascii_int, visible  # noqa: F401 (callers use remote.ascii_int, remote.visible)
 
-REMOTE_INSTALL_ROOT = ".local/share/gt-remote/servers"  # relative to the remote home
+DEFAULT_INSTALL_DIR = "~/.local/share"  # gt-remote's files go to <install dir>/gt-remote/{servers,relay}
+REMOTE_INSTALL_ROOT = ".local/share/gt-remote/servers"  # the default, relative to the remote home
 REMOTE_RELAY_ROOT = ".local/share/gt-remote/relay"
 REMOTE_STATE_DIR = ".local/state/gt-remote"
 
-PRELUDE = f"""
-install_root="$HOME/{REMOTE_INSTALL_ROOT}"
-state_dir="$HOME/{REMOTE_STATE_DIR}"
-""" + r"""cmdline_of() { ps -o args= -p "$1" 2>/dev/null || tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; }
+OUTPUT_CAP = 1 << 20  # stdout bytes read from one remote command; our scripts print a few lines
+STDERR_KEPT = 64 << 10  # stderr is drained to the end, but only this much is kept (for messages)
+MARKER_PREFIX = "gt-remote-start-"
+
+PRELUDE = r"""
+gt_base=$GT_INSTALL_DIR
+case $gt_base in
+    "~") gt_base=$HOME ;;
+    "~/"*) gt_base="$HOME/${gt_base#??}" ;;
+    /*) ;;
+    *) gt_base="$HOME/$gt_base" ;;
+esac
+install_root="$gt_base/gt-remote/servers"
+relay_root="$gt_base/gt-remote/relay"
+state_dir="$HOME/.local/state/gt-remote"
+cmdline_of() { ps -o args= -p "$1" 2>/dev/null || tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; }
 # Is pid $1 alive and a server we started for port $2?
 is_our_server() {
     [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 1
     case " $(cmdline_of "$1") " in *" --listen-tcp 127.0.0.1:$2 "*) return 0 ;; esac
     return 1
 }
+# SHA-256 of file $1 in hex, with whatever this machine has; nothing printed if it has none.
+sha256_of() {
+    if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1" | cut -c1-64
+    elif command -v shasum >/dev/null 2>&1; then shasum -a 256 < "$1" | cut -c1-64
+    elif command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r < "$1" | cut -c1-64
+    elif command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import hashlib, sys
+h = hashlib.sha256()
+for block in iter(lambda: sys.stdin.buffer.read(1 << 20), b""): h.update(block)
+print(h.hexdigest())' < "$1"
+    fi
+}
+# Is the file $1, in a directory named by the first 16 hex digits of its SHA-256, still what
+# was uploaded there? (Exit 1: changed or unreadable. A machine with no SHA-256 tool at all
+# cannot check, and passes.)
+build_intact() {
+    [ -f "$1" ] || return 1
+    want=${1%/*}; want=${want##*/}
+    [ "${#want}" -eq 16 ] || return 1
+    got=$(sha256_of "$1") || return 1
+    [ -n "$got" ] || return 0
+    case $got in "$want"*) return 0 ;; esac
+    return 1
+}
+# The mount point holding path $1, if that mount forbids running programs (noexec).
+noexec_mount_of() {
+    [ -r /proc/mounts ] || return 0
+    awk -v path="$1" '
+        { mp = $2; gsub(/\\040/, " ", mp); gsub(/\\011/, "\t", mp)
+          if ((path == mp || index(path, mp "/") == 1 || mp == "/") && length(mp) >= length(best)) { best = mp; opts = $4 } }
+        END { if ("," opts "," ~ /,noexec,/) print best }' /proc/mounts
+}
 """
+
+WINDOWS_SHELLS = (
+    ("is not recognized as an internal or external command", "Windows' cmd.exe"),
+    ("is not recognized as the name of a cmdlet", "Windows PowerShell"),
+    ("The term '", "Windows PowerShell"),
+)
 
 
 @dataclass(frozen=True)
 class ScriptResult:
     exit_status: int
-    stdout: str
+    stdout: str  # what the script printed after its start marker; never the shell's banners
     stderr: str
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def script_text(script: str, args: tuple[str, ...]) -> str:
+# --- where gt-remote's files live on the remote ----------------------------------------
+
+_install_dirs: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, str] = weakref.WeakKeyDictionary()
+
+
+def use_install_dir(conn: asyncssh.SSHClientConnection, install_dir: str | None) -> None:
+    """Every script later run on `conn` finds server builds and the relay under `install_dir`
+    (the host's `install_dir` setting; None for the default ~/.local/share)."""
+    _install_dirs[conn] = install_dir or DEFAULT_INSTALL_DIR
+
+
+def install_dir_of(conn: asyncssh.SSHClientConnection) -> str:
+    return _install_dirs.get(conn, DEFAULT_INSTALL_DIR)
+
+
+# --- numbers from the far side ----------------------------------------------------------
+
+
+
+# --- scripts ----------------------------------------------------------------------------
+
+
+def script_text(script: str, args: tuple[str, ...], install_dir: str = DEFAULT_INSTALL_DIR, token: str = "") -> str:
+    """The whole text `sh -s` reads: arguments, the shared prelude, the start marker, the script.
+
+    The marker is printed from two separate words, so the shell echoing its input (set -v)
+    never shows the marker before the script has really started.
+    """
     assignment = "set -- " + " ".join(shlex.quote(arg) for arg in args) if args else "set --"
-    return f"{assignment}\n{PRELUDE}\n{script}\n"
+    marker = f"printf '%s%s\\n' {shlex.quote(MARKER_PREFIX)} {shlex.quote(token)}\n" if token else ""
+    return f"{assignment}\nGT_INSTALL_DIR={shlex.quote(install_dir)}\n{PRELUDE}\n{marker}{script}\n"
 
 
 def parse_fields(stdout: str) -> dict[str, str]:
@@ -54,12 +147,227 @@ def parse_fields(stdout: str) -> dict[str, str]:
     return fields
 
 
+Feed = Callable[["asyncssh.SSHWriter[bytes]"], Awaitable[None]]
+
+
 async def run_script(conn: asyncssh.SSHClientConnection, script: str, *args: str, timeout: float = 60.0) -> ScriptResult:
+    """Run `script` with `args` under `sh -s` and return what it printed after its marker."""
+    token = secrets.token_hex(16)
+    text = script_text(script, args, install_dir_of(conn), token).encode()
+
+    async def feed(stdin: asyncssh.SSHWriter[bytes]) -> None:
+        stdin.write(text)
+        stdin.write_eof()
+
+    return await run_command(conn, "sh -s", feed, token, timeout)
+
+
+def data_command(script: str, args: tuple[str, ...], install_dir: str, token: str) -> tuple[str, bytes]:
+    """A command whose script arrives first on stdin, leaving the rest of stdin to the script
+    (an upload's bytes for `cat`).
+
+    `sh -s` cannot do this: dash reads its script in blocks and would swallow the data. So sh
+    reads exactly the script's length with dd, one byte at a time, and evals it. The command
+    line holds only characters every login shell (sh, bash, zsh, fish, csh) reads the same.
+    """
+    text = script_text(script, args, install_dir, token).encode()
+    command = f"sh -c 'eval \"$(dd bs=1 count={len(text)} 2>/dev/null)\"'"
+    return command, text
+
+
+async def run_command(conn: asyncssh.SSHClientConnection, command: str, feed: Feed, token: str, timeout: float) -> ScriptResult:
     try:
-        result = await conn.run("sh -s", input=script_text(script, args), check=False, timeout=timeout)
-    except asyncssh.TimeoutError:
+        return await asyncio.wait_for(_run(conn, command, feed, token), timeout)
+    except TimeoutError:
         raise ConnectFailed(f"a remote command took longer than {timeout:g} s", "is the remote overloaded?") from None
     except (asyncssh.Error, OSError) as exc:
         raise ConnectFailed(f"running a remote command failed: {exc}", "check the connection") from None
-    stdout = str(result.stdout or "")
-    return ScriptResult(result.exit_status or 0, stdout, str(result.stderr or ""), parse_fields(stdout))
+
+
+async def _run(conn: asyncssh.SSHClientConnection, command: str, feed: Feed, token: str) -> ScriptResult:
+    process = await conn.create_process(command, encoding=None)
+    feeding = asyncio.create_task(_feed_quietly(feed, process.stdin))
+    reading = asyncio.create_task(_read_capped(process.stdout))
+    draining = asyncio.create_task(_read_kept(process.stderr))
+    tasks: list[asyncio.Task[object]] = [feeding, reading, draining]  # type: ignore[list-item]
+    try:
+        stdout, stderr = await reading, await draining
+        await feeding
+        await process.wait_closed()
+    finally:
+        process.close()  # a capped or timed-out command ends here, and its reads with it
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return _result(process.exit_status, stdout, stderr, token)
+
+
+async def _feed_quietly(feed: Feed, stdin: asyncssh.SSHWriter[bytes]) -> None:
+    """The script may stop reading early (a full disk ends `cat`): its answers say why, not
+    a broken pipe here."""
+    try:
+        await feed(stdin)
+    except (BrokenPipeError, ConnectionError, asyncssh.Error):
+        pass
+
+
+async def _read_capped(stream: asyncssh.SSHReader[bytes]) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(65536):
+        size += len(chunk)
+        if size > OUTPUT_CAP:
+            raise RemoteOutputTooLarge(
+                f"a remote command printed more than {OUTPUT_CAP // (1 << 20)} MiB, where gt-remote's scripts print a few lines: "
+                "a start-up file of the remote login shell prints that much",
+                "make it print only in interactive shells: guard it with [ -t 1 ] in ~/.bashrc or ~/.zshenv, "
+                "or 'status is-interactive' in ~/.config/fish/config.fish (and keep ~/.ssh/rc quiet)",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_kept(stream: asyncssh.SSHReader[bytes]) -> bytes:
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        if len(kept) < STDERR_KEPT:
+            kept += chunk[: STDERR_KEPT - len(kept)]
+    return bytes(kept)
+
+
+async def _read_tail(stream: asyncssh.SSHReader[bytes], keep: int = STDERR_KEPT) -> str:
+    """All of a stream read, only its last `keep` bytes kept: a build's chatter stays bounded."""
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-keep:]
+    return tail.decode(errors="replace")
+
+
+async def run_tail(conn: asyncssh.SSHClientConnection, command: str) -> tuple[int | None, str, str]:
+    """A user's own command, run in their login shell as written: (exit status, the last
+    64 KiB of stdout, of stderr). Its output can be long (a cargo build), never held whole."""
+    process = await conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+    try:
+        stdout, stderr = await asyncio.gather(_read_tail(process.stdout), _read_tail(process.stderr))
+        await process.wait_closed()
+    finally:
+        process.close()
+    return process.exit_status, stdout, stderr
+
+
+def _result(exit_status: int | None, stdout: bytes, stderr: bytes, token: str) -> ScriptResult:
+    marker = (MARKER_PREFIX + token).encode()
+    errors = stderr.decode(errors="replace")
+    at = stdout.find(marker + b"\n")
+    if at < 0:
+        raise _no_marker(exit_status, stdout.decode(errors="replace"), errors)
+    answers = stdout[at + len(marker) + 1 :].decode(errors="replace")
+    return ScriptResult(exit_status or 0, answers, errors, parse_fields(answers))
+
+
+def _no_marker(exit_status: int | None, stdout: str, stderr: str) -> Exception:
+    """The script never started: a Windows shell, a broken login shell, or a lost connection."""
+    for signature, shell in WINDOWS_SHELLS:
+        for text in (stderr, stdout):
+            line = next((line for line in text.splitlines() if signature in line), None)
+            if line:
+                return NonPosixShell(
+                    f"the remote login shell is {shell}, not a POSIX shell, so gt-remote cannot run anything there (it answered: {visible(line.strip())[:200]})",
+                    "run gt-remote against WSL2 on that Windows machine instead (sshd inside WSL, or OpenSSH's DefaultShell set to WSL's bash); see docs/wsl.md",
+                )
+    if exit_status is None:
+        return ConnectFailed("the connection closed while a remote command ran", "check the connection")
+    tail = visible(" | ".join(line.strip() for line in (stderr or stdout).strip().splitlines()[-2:]))[:300]
+    return RemoteError(
+        f"the remote login shell did not run gt-remote's script (exit {exit_status}: {tail or 'no output'})",
+        "check that 'ssh HOST sh -c true' works there and that the account's login shell is a POSIX-style shell (bash, zsh, fish, dash, ash)",
+    )
+
+
+
+# --- uploads ----------------------------------------------------------------------------
+
+UPLOAD_TIMEOUT = 6 * 3600.0  # a large build over a slow link; a dead link ends sooner, by keepalive
+UPLOAD_BLOCK = 256 * 1024
+
+# Bytes arrive on stdin after this script. They are written under a temporary name, their
+# size and SHA-256 checked here, and only then may the caller's script place them: a failed,
+# short or altered upload never lands where the probe would find it.
+UPLOAD_SCRIPT = r"""
+kind=$1 digest=$2 name=$3 size=$4 sha=$5 token=$6
+dir="$gt_base/gt-remote/$kind/$digest"
+part="$dir/.$name.part-$token"
+final="$dir/$name"
+free_kib() {
+    d=$dir; while [ ! -d "$d" ] && [ -n "$d" ]; do d=${d%/*}; done
+    df -Pk "${d:-/}" 2>/dev/null | awk 'NR == 2 { print $4 }'
+}
+umask 077
+if ! mkdir -p "$dir" 2>/dev/null || ! chmod 700 "$dir"; then
+    echo "error=cannot create $dir"; exit 0
+fi
+if ! cat > "$part"; then
+    rm -f "$part"; rmdir "$dir" 2>/dev/null
+    echo "error=write"; echo "free=$(free_kib)"; exit 0
+fi
+got=$(wc -c < "$part" | tr -d ' ')
+if [ "$got" != "$size" ]; then
+    rm -f "$part"; rmdir "$dir" 2>/dev/null
+    echo "error=size"; echo "got=$got"; echo "free=$(free_kib)"; exit 0
+fi
+sum=$(sha256_of "$part")
+if [ -n "$sum" ] && [ "$sum" != "$sha" ]; then
+    rm -f "$part"; rmdir "$dir" 2>/dev/null
+    echo "error=sha256"; echo "got=$sum"; exit 0
+fi
+[ -n "$sum" ] || echo "unverified=1"
+echo "uploaded=$got"
+"""
+
+
+
+async def upload(
+    conn: asyncssh.SSHClientConnection,
+    local_path: str,
+    kind: str,
+    name: str,
+    then: str = "",
+    report: Callable[[bytes, bytes, int, int], None] | None = None,
+) -> ScriptResult:
+    """Send `local_path` to <install dir>/gt-remote/<kind>/<first 16 hex of its SHA-256>/<name>
+    over an exec channel (never SFTP, which a chatty login shell corrupts), verified there,
+    then run `then` (with $part and $final set) to check and place it.
+
+    Answers: `uploaded=N` once verified, or `error=write|size|sha256|...` with `free=KiB`
+    (the partial file and an empty directory are removed).
+    """
+    size = os.path.getsize(local_path)
+    sha = file_sha256(local_path)
+    token = secrets.token_hex(8)
+    script = UPLOAD_SCRIPT + then
+    command, text = data_command(script, (kind, sha[:16], name, str(size), sha, token), install_dir_of(conn), token)
+
+    async def feed(stdin: asyncssh.SSHWriter[bytes]) -> None:
+        stdin.write(text)
+        done = 0
+        with open(local_path, "rb") as handle:
+            while block := handle.read(UPLOAD_BLOCK):
+                stdin.write(block)
+                await stdin.drain()
+                done += len(block)
+                if report:
+                    report(b"", b"", done, size)
+        if report and size == 0:
+            report(b"", b"", 0, 0)
+        stdin.write_eof()
+
+    return await run_command(conn, command, feed, token, UPLOAD_TIMEOUT)
+
+
+async def build_intact(conn: asyncssh.SSHClientConnection, path: str) -> bool:
+    """Whether an installed build (or relay) at `path`, in a directory named by the first 16
+    hex digits of its SHA-256, still has that hash: checked before it is run or reused, so a
+    swapped file is uploaded again instead of run. Scripts can call the shell function of the
+    same name from the prelude directly, saving the round trip."""
+    result = await run_script(conn, 'build_intact "$1" && echo "intact=1"', path)
+    return result.fields.get("intact") == "1"

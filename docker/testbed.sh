@@ -84,7 +84,7 @@ ensure_base() {
     build_offline_base
 }
 
-context_hash() { cat "$here/Dockerfile" "$here/sshd_config" | sha256sum | cut -c1-16; }
+context_hash() { cat "$here/Dockerfile" "$here/sshd_config" "$here/shells.sh" | sha256sum | cut -c1-16; }
 
 ensure_test_image() {
     local want have

@@ -178,6 +178,7 @@ def _ssh_config(globals_: Globals) -> str | None:
 @click.option("--server", help="Server program: ccmux-server (default) or fugue-server.")
 @click.option("--server-binary", help="A server build for the remote, uploaded if it is not there yet.")
 @click.option("--install-command", help="A remote shell command that installs the server when it is missing.")
+@click.option("--install-dir", metavar="DIR", help="Remote directory for gt-remote's server builds and relay (default ~/.local/share; for noexec or read-only homes).")
 @click.option("--keepalive", type=float, help="Seconds between SSH keepalives; a silent link is dropped after 3 misses (default 5).")
 @click.option("--restart-server", is_flag=True, help="Restart a server that runs without TCP (ends its panes).")
 @click.option("--resume-window", type=float, metavar="SECONDS", help="How long a client's connection waits for the tunnel to come back (default 900).")
@@ -472,13 +473,14 @@ def sync(g: Globals, host: str, paths: tuple[str, ...], push: bool, pull: bool, 
 @main.command()
 @click.argument("host")
 @click.option("--server-binary", required=True, help="The new server build for the remote.")
+@click.option("--install-dir", metavar="DIR", help="Remote directory for the new build (default: the one `up` used).")
 @click.option("--yes", is_flag=True, help="Restart without asking (the panes' processes end).")
 @user_errors
-def upgrade(host: str, server_binary: str, yes: bool) -> None:
+def upgrade(host: str, server_binary: str, yes: bool, install_dir: str | None) -> None:
     """Switch HOST's running server to another build; restarting it ends the panes' processes."""
     from gt_remote import upgrade as upgrading
 
-    plan = upgrading.plan(host, server_binary)
+    plan = upgrading.plan(host, server_binary, install_dir)
     if not plan.needed:
         say(f"{host} already runs build {plan.digest}; nothing to do")
         return

@@ -107,7 +107,9 @@ Transfer = Callable[[int, int, float], None]
 
 
 def upload_reporter() -> Callable[[bytes, bytes, int, int], None]:
-    """An sftp progress_handler that reports at most four times a second, and at the end."""
+    """A progress callback `(src, dst, done, total)` (the shape of asyncssh's SFTP progress
+    handler, which the exec-channel upload keeps) that reports at most four times a second,
+    and at the end."""
     started = time.monotonic()
     last = 0.0
 

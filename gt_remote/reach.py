@@ -53,10 +53,12 @@ def run_on(settings: HostSettings, action: Callable[[asyncssh.SSHClientConnectio
     """Connect once (host keys checked as always), run `action`, close."""
     import asyncio
 
+    from gt_remote.bootstrap import remote as remote_scripts
     from gt_remote.tunnel.connection import SshTarget, connect
 
     async def main() -> T:
         conn = await connect(SshTarget(settings.destination, settings.ssh_config, settings.keepalive))
+        remote_scripts.use_install_dir(conn, settings.install_dir)  # clean and --stop-server follow `up`'s choice
         try:
             return await action(conn)
         finally:

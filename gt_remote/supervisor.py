@@ -34,6 +34,7 @@ from gt_remote.base.errors import GtRemoteError, PingFailed
 from gt_remote.base.paths import HostFiles, open_private, write_private
 from gt_remote.base.sanitize import visible_formatter
 from gt_remote.bootstrap import relay as remote_relay
+from gt_remote.bootstrap import remote as remote_scripts
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.ensure import ServerInfo, ensure_server, revive_server
 from gt_remote.bootstrap.probe import ping_remote
@@ -97,6 +98,7 @@ class Supervisor:
         try:
             self.say(f"connecting to {self.settings.destination}")
             conn = await self.link.open()
+            remote_scripts.use_install_dir(conn, self.settings.install_dir)
             self.server = await ensure_server(conn, self.settings, self.say)
             await self._ensure_relay(conn, at_bring_up=True)
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
@@ -194,6 +196,7 @@ class Supervisor:
 
     async def _after_reconnect(self, conn: asyncssh.SSHClientConnection) -> None:
         """Runs on every new connection before it is used; errors count as a failed attempt."""
+        remote_scripts.use_install_dir(conn, self.settings.install_dir)
         await self._revive(conn)
         await self._ensure_relay(conn)
 
@@ -250,10 +253,11 @@ class Supervisor:
             self._stop.set()
             return {"ok": True, **(stopped or {})}
         if op == "upgrade":
-            return await self._upgrade(str(request.get("server_binary")))
+            install_dir = request.get("install_dir")
+            return await self._upgrade(str(request.get("server_binary")), install_dir if isinstance(install_dir, str) else None)
         return {"ok": False, "error": f"unknown op {op!r}"}
 
-    async def _upgrade(self, binary: str) -> dict[str, Any]:
+    async def _upgrade(self, binary: str, install_dir: str | None = None) -> dict[str, Any]:
         """Replace the running server with another build; the tunnel and its link stay."""
         old = self.server
 
@@ -263,6 +267,9 @@ class Supervisor:
         try:
             conn = await self.link.wait_connected(10.0)
             async with self._server_lock:
+                if install_dir is not None:  # the new build and later ones go there
+                    self.settings = dataclasses.replace(self.settings, install_dir=install_dir)
+                    remote_scripts.use_install_dir(conn, install_dir)
                 self.server = await replace_server(conn, self.settings, binary, log.info, restored)
                 self.settings = dataclasses.replace(self.settings, server_binary=binary)
         except GtRemoteError as error:

@@ -62,7 +62,7 @@ def rsync_command(settings: HostSettings, transfer: Transfer, push: bool, dry_ru
     slash = "/" if transfer.is_dir else ""
     local = f"{transfer.local}{slash}"
     remote = f"{settings.destination.removeprefix('ssh://')}:{transfer.remote}{slash}"
-    return args + ([local, remote] if push else [remote, local])
+    return [*args, "--", *([local, remote] if push else [remote, local])]  # `--`: no operand is ever read as an option
 
 
 def run(settings: HostSettings, paths: list[str], push: bool, dry_run: bool, delete: bool, out: Callable[[str], None]) -> None:
@@ -80,14 +80,14 @@ def run(settings: HostSettings, paths: list[str], push: bool, dry_run: bool, del
         command = rsync_command(settings, transfer, push, dry_run, delete)
         direction = "->" if push else "<-"
         out(f"{transfer.local} {direction} {settings.name}:{transfer.remote}{' (dry run)' if dry_run else ''}")
-        _rsync(command, settings.name)
+        _rsync(command, settings)
 
 
 def progress_wanted() -> bool:
     return progress.is_terminal(sys.stdout) and not progress.quiet()
 
 
-def _rsync(command: list[str], host: str) -> None:
+def _rsync(command: list[str], settings: HostSettings) -> None:
     """Run rsync with its own and ssh's messages shown as they come, and kept for the error."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
     assert proc.stdout is not None and proc.stderr is not None
@@ -99,11 +99,54 @@ def _rsync(command: list[str], host: str) -> None:
     tee.join()
     if code == 0:
         return
+    host = settings.name
     text = "\n".join(errors)
+    if "protocol version mismatch" in text or "is your shell clean" in text:
+        raise noisy_shell_error(host, remote_login_shell(settings))
     if "command not found" in text or "rsync: not found" in text or code == 127:
         raise RsyncMissing(f"rsync is not installed on {host}", f"install it there (e.g. 'sudo apt install rsync' on {host})")
     cause = _main_error(errors) or f"exit {code}"
     raise GtRemoteError(f"rsync with {host} failed: {cause}", "its messages are above; check the path, permissions and 'ssh " + host + "'")
+
+
+class NoisyShell(GtRemoteError):
+    """A start-up file of the remote login shell prints text, which breaks rsync's protocol."""
+
+
+STARTUP_FILES = {
+    "bash": ("~/.bashrc", "wrap what it prints in 'if [ -t 1 ]; then ... fi'"),
+    "zsh": ("~/.zshenv", "wrap what it prints in 'if [ -t 1 ]; then ... fi' (or move it to ~/.zshrc)"),
+    "fish": ("~/.config/fish/config.fish", "wrap what it prints in 'if status is-interactive ... end'"),
+}
+
+
+def noisy_shell_error(host: str, shell: str | None) -> NoisyShell:
+    """Name the start-up file of the login shell that printed, and the guard that quiets it."""
+    name = (shell or "").rsplit("/", 1)[-1]
+    if name in STARTUP_FILES:
+        file, fix = STARTUP_FILES[name]
+        return NoisyShell(
+            f"rsync with {host} failed: the login shell there ({name}) prints text from {file} for non-interactive commands, which breaks rsync (protocol version mismatch)",
+            f"in {file} on {host}, {fix}",
+        )
+    shown = f" ({name})" if name else ""
+    return NoisyShell(
+        f"rsync with {host} failed: the login shell there{shown} or ~/.ssh/rc prints text for non-interactive commands, which breaks rsync (protocol version mismatch)",
+        f"on {host}, make ~/.ssh/rc and the shell's start-up files print only in interactive sessions: guard the output with 'if [ -t 1 ]; then ... fi' "
+        "(bash ~/.bashrc, zsh ~/.zshenv) or 'if status is-interactive ... end' (fish config.fish)",
+    )
+
+
+def remote_login_shell(settings: HostSettings) -> str | None:
+    """$SHELL on the remote, asked through gt-remote's noise-proof scripts; None if that fails."""
+    from gt_remote import reach
+    from gt_remote.bootstrap.remote import run_script
+
+    try:
+        result = reach.run_on(settings, lambda conn: run_script(conn, 'echo "shell=$SHELL"', timeout=20))
+    except GtRemoteError:
+        return None
+    return result.fields.get("shell") or None
 
 
 def _tee_stderr(stream: IO[bytes], kept: list[str]) -> None:

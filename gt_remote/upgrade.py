@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gt_remote import control, lifecycle
+from gt_remote.base import config
 from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, UsageError, shell_word
 from gt_remote.base.paths import HostFiles
@@ -24,6 +25,7 @@ class Plan:
     binary: str
     digest: str
     running: dict[str, Any]  # the live status's "server"
+    install_dir: str | None = None  # where the new build goes; None: where the host's builds are
 
     @property
     def needed(self) -> bool:
@@ -35,7 +37,7 @@ class Plan:
         return f"upgrading restarts {described} on {self.host} with build {self.digest}: every pane's process there ends"
 
 
-def plan(host: str, binary: str) -> Plan:
+def plan(host: str, binary: str, install_dir: str | None = None) -> Plan:
     """What an upgrade would replace; refuses a host that is not up or a missing file."""
     path = Path(binary).expanduser()
     if not path.is_file():
@@ -47,13 +49,15 @@ def plan(host: str, binary: str) -> Plan:
             f"the server {host} uses was not started by gt-remote, so gt-remote will not replace it",
             "stop it yourself on the remote, then run 'gt-remote down' and 'gt-remote up' with --server-binary",
         )
-    return Plan(host, str(path.resolve()), file_digest(str(path)), server)
+    if install_dir is not None:
+        install_dir = config.install_dir_value(install_dir)
+    return Plan(host, str(path.resolve()), file_digest(str(path)), server, install_dir)
 
 
 def run(plan_: Plan) -> dict[str, Any]:
     """Ask the supervisor to upload, stop the old server and start the new one; its new status."""
     files = HostFiles(plan_.host)
-    reply = control.request(files.control, {"op": "upgrade", "server_binary": plan_.binary}, timeout=UPGRADE_TIMEOUT)
+    reply = control.request(files.control, {"op": "upgrade", "server_binary": plan_.binary, "install_dir": plan_.install_dir}, timeout=UPGRADE_TIMEOUT)
     if reply is None:
         raise GtRemoteError(f"the supervisor of {plan_.host} did not answer the upgrade", f"see its log: gt-remote logs {shell_word(plan_.host)}")
     if not reply.get("ok"):

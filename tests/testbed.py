@@ -7,6 +7,7 @@ act on the container only, never on a host process.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -41,8 +42,8 @@ FOREIGN_HOST_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIGtsPLXmX0l7o4g3q+7yF0b8fQmB9cXh3Qn8
 
 
 def context_hash() -> str:
-    """Same as docker/testbed.sh: sha256 of Dockerfile + sshd_config, first 16 hex digits."""
-    data = (REPO / "docker" / "Dockerfile").read_bytes() + (REPO / "docker" / "sshd_config").read_bytes()
+    """Same as docker/testbed.sh: sha256 of Dockerfile + sshd_config + shells.sh, first 16 hex digits."""
+    data = b"".join((REPO / "docker" / name).read_bytes() for name in ("Dockerfile", "sshd_config", "shells.sh"))
     return hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -92,6 +93,7 @@ class SshHost:
     extra_config: list[str] = field(default_factory=list)
     hostname: str = "127.0.0.1"  # as the client names it; a network alias when not published
     published: dict[int, int] = field(default_factory=dict)  # container port -> loopback port
+    user: str = USER  # the account the ssh_config logs in as
 
     @property
     def ssh_config(self) -> Path:
@@ -108,7 +110,7 @@ class SshHost:
     # --- set-up ---------------------------------------------------------------------
 
     def authorize(self) -> None:
-        self.sh(f"printf '%s\\n' {shlex.quote(self.key.public)} > /home/{USER}/.ssh/authorized_keys", user=USER)
+        self.sh(f"printf '%s\\n' {shlex.quote(self.key.public)} > /home/{self.user}/.ssh/authorized_keys", user=self.user)
         host_key = self.sh("cat /etc/ssh/ssh_host_ed25519_key.pub").strip().split()
         name = self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
         self.host_key_line = f"{name} {host_key[0]} {host_key[1]}"
@@ -120,7 +122,7 @@ class SshHost:
             f"Host {self.alias}",
             f"    HostName {self.hostname}",
             f"    Port {self.port}",
-            f"    User {USER}",
+            f"    User {self.user}",
             f"    IdentityFile {self.key.path}",
             "    IdentitiesOnly yes",
             f"    UserKnownHostsFile {self.known_hosts}",
@@ -205,6 +207,14 @@ class SshHost:
 
     def answers_ssh(self) -> bool:
         return self._banner()
+
+    def as_user(self, user: str, alias: str | None = None) -> SshHost:
+        """The same container reached as another of its accounts (docker/shells.sh adds them),
+        with its own alias, ssh_config and known_hosts."""
+        other = dataclasses.replace(self, user=user, alias=alias or f"{self.alias}-{user}", directory=self.directory.parent / f"{self.directory.name}-{user}")
+        other.directory.mkdir(parents=True, exist_ok=True)
+        other.authorize()
+        return other
 
 
 def start_host(

@@ -9,15 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def file_digest(path: str) -> str:
-    """Names the versioned install directory, so one binary is uploaded once."""
+def file_sha256(path: str) -> str:
+    """The whole SHA-256 of a file: what the remote checks an upload against."""
     import hashlib  # only `up --server-binary` and `upgrade` hash a file; the other commands skip its cost
 
     sha = hashlib.sha256()
     with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             sha.update(block)
-    return sha.hexdigest()[:16]
+    return sha.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """Names the versioned install directory, so one binary is uploaded once."""
+    return file_sha256(path)[:16]
 
 
 def build_of(path: str | None) -> str | None:

@@ -20,7 +20,7 @@ DEFAULT_REMOTE_PORT = 9999
 DEFAULT_SERVER = "ccmux-server"
 DEFAULT_KEEPALIVE = 5.0
 DEFAULT_RESUME_WINDOW = 900.0
-HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync", "resume", "resume_window"}
+HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync", "resume", "resume_window", "install_dir"}
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -41,6 +41,7 @@ class HostSettings:
     sync: tuple[str, ...] = field(default_factory=tuple)
     resume: bool = True  # resumable streams through the remote relay, where it can run
     resume_window: float = DEFAULT_RESUME_WINDOW
+    install_dir: str | None = None  # remote dir for server builds and the relay (<dir>/gt-remote/...); None: ~/.local/share
 
     @property
     def local(self) -> Address:
@@ -121,6 +122,7 @@ def resolve(host: str, config: Mapping[str, Mapping[str, Any]], overrides: Mappi
         sync=_sync(merged.get("sync", ())),
         resume=_flag(merged.get("resume", True), "resume"),
         resume_window=_resume_window(merged.get("resume_window", DEFAULT_RESUME_WINDOW)),
+        install_dir=install_dir_value(merged.get("install_dir")),
     )
 
 
@@ -192,6 +194,16 @@ def _resume_window(value: Any) -> float:
     if not _positive(value):
         raise UsageError(f"resume window {value!r} is not a positive number of seconds", "use e.g. --resume-window 900 (15 minutes)")
     return float(value)
+
+
+def install_dir_value(value: Any) -> str | None:
+    """A remote directory: absolute, ~/..., or relative to the remote home; no control characters."""
+    if value is None:
+        return None
+    text = _text(value, "install_dir")
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise UsageError(f"install dir {text!r} holds a control character", "name a plain directory, e.g. --install-dir /opt/gt")
+    return text.rstrip("/") or "/"
 
 
 def _flag(value: Any, key: str) -> bool:

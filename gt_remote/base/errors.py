@@ -99,6 +99,18 @@ class BinaryIncompatible(InstallFailed):
     """The uploaded binary cannot run on the remote (wrong architecture or OS)."""
 
 
+class NoExecMount(InstallFailed):
+    """The remote install directory is on a mount that forbids running programs (noexec)."""
+
+
+class NonPosixShell(RemoteError):
+    """The remote login shell is Windows' cmd.exe or PowerShell, which cannot run gt-remote's scripts."""
+
+
+class RemoteOutputTooLarge(RemoteError):
+    """A remote command printed more than gt-remote reads (a login shell start-up file printing a flood)."""
+
+
 class RemotePortBusy(RemoteError):
     """The remote port is held by a program that is not a ccmux server."""
 
