@@ -106,7 +106,7 @@ def test_a_windows_shell_is_named(chatty: SshHost, user: str, shell: str) -> Non
 def test_ascii_int() -> None:
     assert ascii_int("1234") == 1234
     assert ascii_int("²") is None and ascii_int("٣") is None
-    assert ascii_int("9" * 5000) is None and ascii_int("9" * 11) is None and ascii_int("9" * 11, 12) == 99999999999
+    assert ascii_int("9" * 5000) is None and ascii_int("9" * 20) is None and ascii_int("9" * 11, 10) is None and ascii_int("9" * 11, 12) == 99999999999
     assert ascii_int("") is None and ascii_int(None) is None and ascii_int("-1") is None and ascii_int(" 1") is None
 
 
