@@ -11,6 +11,9 @@ from pathlib import Path
 import asyncssh
 
 from gt_remote.base.errors import PingFailed
+from gt_remote.bootstrap import relay as relay_script
+from gt_remote.bootstrap.lease import holders
+from gt_remote.bootstrap.ownership import Owner, ascii_int, owner_from
 from gt_remote.bootstrap.remote import run_script
 from gt_remote.tunnel import wire
 
@@ -37,6 +40,11 @@ echo "path=$found"
 if [ -n "$found" ]; then echo "version=$("$found" --version 2>&1 | head -n 1)"; fi
 echo "arch=$(uname -m)"
 echo "os=$(uname -s)"
+# WSL2: Windows stops an idle distro, and the server with it.
+case "$(uname -r | tr 'A-Z' 'a-z')" in
+    *microsoft*) echo "wsl=${WSL_DISTRO_NAME:-unknown distro}" ;;
+    *) if [ -n "${WSL_DISTRO_NAME:-}" ]; then echo "wsl=$WSL_DISTRO_NAME"; fi ;;
+esac
 pidfile="$state_dir/$server-$port.pid"
 if [ -f "$pidfile" ]; then
     pid=$(cat "$pidfile")
@@ -59,6 +67,40 @@ done
 """
 
 
+# What the machine is: who we are there, python3, and whether the install dir can hold and run a build.
+FACTS_SCRIPT = r"""
+echo "uid=$(id -u)"
+py=$(command -v python3 2>/dev/null) || py=""
+case "$py" in /*) echo "python_version=$("$py" -V 2>&1 | head -n 1)" ;; esac
+dir=$install_root; [ -d "$dir" ] || dir=$HOME
+echo "free_kib=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+probe_file="$dir/.gt-remote-probe-$$"
+if (umask 077; printf '#!/bin/sh\nexit 0\n' > "$probe_file") 2>/dev/null; then
+    chmod 700 "$probe_file"
+    if "$probe_file" 2>/dev/null; then echo "install_dir=ok"; else echo "install_dir=noexec"; fi
+    rm -f "$probe_file"
+else
+    echo "install_dir=readonly"
+fi
+"""
+
+# `up`'s one round trip: the facts, the server, who holds the port, this tunnel's lease and
+# the others', and the relay (started here when it is installed but not running).
+# Arguments: server port digest relay_path want_relay(1/0) lease ttl.
+BRINGUP_SCRIPT = (
+    FACTS_SCRIPT
+    + PROBE_SCRIPT
+    + r"""
+( port_owner "$2" )
+if [ -n "$6" ]; then
+    lease_touch "$2" "$6" "$7" && echo "lease_ok=1"
+    lease_others "$2" "$6"
+fi
+"""
+    + relay_script.BRINGUP_FRAGMENT
+)
+
+
 @dataclass(frozen=True)
 class RemoteFacts:
     path: str | None
@@ -70,6 +112,7 @@ class RemoteFacts:
     running_version: str | None = None
     other_port: int | None = None  # our live server for this user on another port, if any
     other_pid: int | None = None
+    wsl: str | None = None  # the WSL distro's name, when the remote is WSL
 
     @property
     def running_build(self) -> str | None:
@@ -106,18 +149,62 @@ def parse_version(output: str | None) -> str | None:
 
 async def probe(conn: asyncssh.SSHClientConnection, server: str, port: int, digest: str = "") -> RemoteFacts:
     fields = (await run_script(conn, PROBE_SCRIPT, server, str(port), digest)).fields
-    pid = fields.get("pid", "")
+    return facts_from(fields)
+
+
+def facts_from(fields: dict[str, str]) -> RemoteFacts:
     other_port, _, other_pid = fields.get("other", "").partition(":")
     return RemoteFacts(
         path=fields.get("path") or None,
         version=parse_version(fields.get("version")),
         arch=fields.get("arch", "unknown"),
         os=fields.get("os", "unknown"),
-        pid=int(pid) if pid.isdigit() else None,
+        pid=ascii_int(fields.get("pid")),
         running_path=fields.get("running") or None,
         running_version=parse_version(fields.get("running_version")),
-        other_port=int(other_port) if other_port.isdigit() else None,
-        other_pid=int(other_pid) if other_pid.isdigit() else None,
+        other_port=ascii_int(other_port, 5),
+        other_pid=ascii_int(other_pid),
+        wsl=_printable(fields["wsl"]) if "wsl" in fields else None,
+    )
+
+
+def _install_dir(answer: str) -> str:
+    return answer if answer in ("ok", "noexec", "readonly") else "unknown"
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    """A short remote string shown to the user: printable ASCII only."""
+    return "".join(char if " " <= char <= "~" else "?" for char in text[:limit]) or "?"
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Everything `up` learns in its one bring-up script."""
+
+    facts: RemoteFacts
+    owner: Owner
+    relay: dict[str, str]  # the relay_* answers, for bootstrap.relay.ensure_relay(known=...)
+    lease_holders: list[str]  # the other live tunnels sharing this server
+    python_version: str | None
+    free_kib: int | None
+    install_dir: str  # ok, noexec, readonly or unknown
+
+
+async def survey(
+    conn: asyncssh.SSHClientConnection, server: str, port: int, digest: str = "", relay_path: str = "", lease: str = "", lease_ttl: int = 0
+) -> Survey:
+    """One round trip for the whole bring-up; `relay_path` empty means no relay is wanted."""
+    result = await run_script(conn, BRINGUP_SCRIPT, server, str(port), digest, relay_path, "1" if relay_path else "0", lease, str(lease_ttl))
+    fields = result.fields
+    words = fields.get("python_version", "").split()
+    return Survey(
+        facts=facts_from(fields),
+        owner=owner_from(fields),
+        relay={key: value for key, value in fields.items() if key.startswith("relay_")},
+        lease_holders=holders(result.stdout.splitlines()),
+        python_version=_printable(words[-1], 16) if words else None,
+        free_kib=ascii_int(fields.get("free_kib"), 15),
+        install_dir=_install_dir(fields.get("install_dir", "")),
     )
 
 

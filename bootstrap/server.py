@@ -13,6 +13,7 @@ import time
 import asyncssh
 
 from gt_remote.base.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp
+from gt_remote.bootstrap.ownership import ascii_int
 from gt_remote.bootstrap.probe import ping_remote
 from gt_remote.bootstrap.remote import run_script
 
@@ -78,17 +79,16 @@ echo "stopped=$(echo $pids | tr ' ' ',')"
 
 async def start(conn: asyncssh.SSHClientConnection, path: str, server: str, port: int) -> int:
     fields = (await run_script(conn, START_SCRIPT, path, server, str(port))).fields
-    pid = fields.get("pid", "")
-    if not pid.isdigit():
+    pid = ascii_int(fields.get("pid"))
+    if pid is None:
         raise RemoteError(f"could not start {path} on the remote", "check that the remote home directory is writable")
-    return int(pid)
+    return pid
 
 
 async def stop(conn: asyncssh.SSHClientConnection, server: str, port: int, only_pid: int | None = None) -> int | None:
     """Stop the server gt-remote started on `port` (TERM, then KILL after 5 s); None if none."""
     fields = (await run_script(conn, STOP_SCRIPT, server, str(port), str(only_pid or ""))).fields
-    stopped = fields.get("stopped", "none")
-    return int(stopped) if stopped.isdigit() else None
+    return ascii_int(fields.get("stopped"))
 
 
 async def stop_other(conn: asyncssh.SSHClientConnection, server: str) -> str:

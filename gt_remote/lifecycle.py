@@ -20,7 +20,7 @@ from typing import Any
 from gt_remote import control, notify, progress, reach
 from gt_remote.base import errors
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import GtRemoteError, NotUp, UsageError
+from gt_remote.base.errors import GtRemoteError, NotUp, RemoteError, UsageError
 from gt_remote.base.paths import HostFiles, known_host_names, remembered_host_names
 from gt_remote.bootstrap.probe import file_digest
 
@@ -244,7 +244,7 @@ def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[
 # --- down -------------------------------------------------------------------------------
 
 
-def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, ssh_config: str | None = None) -> str:
+def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, ssh_config: str | None = None, force: bool = False) -> str:
     """Stop a host's supervisor (and the remote server if asked and ours); say what happened.
 
     With the tunnel already down, --stop-server connects by itself: with what `up` used
@@ -253,12 +253,14 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
     files = HostFiles(name)
     with HostLock(files, timeout=60):
         pid = control.supervisor_alive(files.pid)
-        reply = control.request(files.control, {"op": "stop", "stop_server": stop_server}, timeout=30 if stop_server else 3)
+        reply = control.request(files.control, {"op": "stop", "stop_server": stop_server, "force": force}, timeout=30 if stop_server else 3)
+        if reply is not None and reply.get("ok") is False and isinstance(reply.get("error"), dict):
+            raise RemoteError(str(reply["error"].get("cause")), str(reply["error"].get("fix") or ""))  # refused: nothing stopped
         if reply is None and pid is None:
             was_known = files.record.exists()
             _clean_stale(files)
             message = f"{name}: already down" + (" (cleaned up after a supervisor that had died)" if was_known else "")
-            return f"{message}; {_stop_server_offline(name, fallback, ssh_config)}" if stop_server else message
+            return f"{message}; {_stop_server_offline(name, fallback, ssh_config, force)}" if stop_server else message
         if reply is None and pid is not None and pid > 0:
             _signal(pid, signal.SIGTERM)
             _signal(pid, signal.SIGCONT)  # a stopped process acts on TERM only once resumed
@@ -270,11 +272,11 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
     return f"{name}: down; {note}" if note else f"{name}: down"
 
 
-def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config: str | None) -> str:
+def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config: str | None, force: bool = False) -> str:
     settings = reach.settings_for(name, fallback, ssh_config)
     if settings is None:
         raise NotUp(f"gt-remote has no record of {name}'s remote", f"name it in the config or pass -F: 'gt-remote -F SSH_CONFIG down {name} --stop-server'")
-    return reach.stop_server(settings)
+    return reach.stop_server(settings, force)
 
 
 def all_hosts_with_state() -> list[str]:
