@@ -128,7 +128,7 @@ def test_a_squatted_port_is_never_forwarded_to(gt: Gt, ssh_host: SshHost) -> Non
     wait_for(lambda: not our_server_pids(ssh_host), 10, "our server to die")
     squat(ssh_host)
     refused = gt.up(ssh_host, "--local", local)
-    assert refused.returncode != 0 and refused.stdout == ""
+    assert refused.returncode != 0
     line = one_error_line(refused.stderr)
     assert f"uid {uid}, {SQUATTER}" in line and f"127.0.0.1:{PORT}" in line and "internal error" not in line
     assert supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == []
@@ -171,7 +171,7 @@ def test_a_second_accounts_up_gets_no_address_into_the_first_accounts_server(gt:
     Path(other.env["XDG_RUNTIME_DIR"]).mkdir(mode=0o700)
     try:
         result = other("up", "other-pc", "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{free_loopback_port()}", ssh_config=config)
-        assert result.returncode != 0 and result.stdout == "", result.stdout
+        assert result.returncode != 0, result.stdout
         line = one_error_line(result.stderr)
         assert f"uid {first_uid}, {USER}" in line and f"127.0.0.1:{PORT}" in line
     finally:
