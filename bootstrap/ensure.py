@@ -69,6 +69,7 @@ async def bring_up(
     `on_survey` hears what was found before any decision, so a caller can undo what the
     script started (the relay) if the bring-up then fails."""
     digest = file_digest(settings.server_binary) if settings.server_binary else ""
+    progress.steps.debug("bring-up: one script for the facts, the server, the port's owner, the lease and the relay")
     found, state = await asyncio.gather(
         survey(conn, settings.server, settings.remote_port, digest, relay_path, lease, lease_ttl),
         port_state(conn, settings.remote_port),
@@ -127,11 +128,11 @@ async def _ensure(conn: asyncssh.SSHClientConnection, settings: HostSettings, fa
 async def _start_and_wait(conn: asyncssh.SSHClientConnection, path: str, settings: HostSettings) -> int:
     pid = await remote_server.start(conn, path, settings.server, settings.remote_port)
     await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name)
-    await _verify_started(conn, settings, pid)
+    await verify_started(conn, settings, pid)
     return pid
 
 
-async def _verify_started(conn: asyncssh.SSHClientConnection, settings: HostSettings, pid: int) -> None:
+async def verify_started(conn: asyncssh.SSHClientConnection, settings: HostSettings, pid: int) -> None:
     """What answered may be another account's program that took the port first: check, after every start."""
     refused = refusal(await check_owner(conn, settings.remote_port), settings.name, settings.remote_port)
     if refused:
