@@ -178,6 +178,18 @@ def test_a_second_accounts_up_gets_no_address_into_the_first_accounts_server(gt:
         other("down", "--all", timeout=60)
 
 
+def test_banner_lines_that_look_like_answers_are_no_internal_error(gt: Gt, ssh_host: SshHost) -> None:
+    """A .bashrc printing `pid=²` or a 5,000-digit number: parsed as ASCII digits with a limit."""
+    ssh_host.install_standin()
+    noise = "echo 'pid=\u00b2'; echo 'other=" + "9" * 5000 + ":1'; echo 'free_kib=" + "7" * 5000 + "'"
+    ssh_host.sh(f"printf '%s\\n' {shlex.quote(noise)} | cat - /home/{USER}/.bashrc > /tmp/bashrc.new && cat /tmp/bashrc.new > /home/{USER}/.bashrc", user=USER)
+    local = f"tcp://127.0.0.1:{free_loopback_port()}"
+    result = gt.up(ssh_host, "--local", local, "--no-resume", standin=False)
+    assert "internal error" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert answers(local)
+
+
 # --- WSL2 -------------------------------------------------------------------------------
 
 
@@ -228,6 +240,12 @@ def test_two_aliases_share_one_server_knowingly(gt: Gt, ssh_host: SshHost, tmp_p
     line = one_error_line(refused.stderr)
     assert "twin-pc" in line and "--force" in line
     assert our_server_pids(ssh_host) == [server] and answers(second) and answers(first)  # nothing stopped
+
+    # With the first tunnel already down, `down --stop-server` connects by itself: the same refusal.
+    assert gt("down", "gaming-pc").returncode == 0
+    offline = gt("down", "gaming-pc", "--stop-server")
+    assert offline.returncode != 0 and "twin-pc" in one_error_line(offline.stderr)
+    assert our_server_pids(ssh_host) == [server] and answers(second)
 
     forced = gt("down", "gaming-pc", "--stop-server", "--force")
     assert forced.returncode == 0, forced.stderr
