@@ -111,6 +111,9 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
             )
         if status is not None:
             _check_same(settings, status)
+            refused = status.get("port_refused")
+            if isinstance(refused, dict):  # another account holds the remote port: no address to hand out
+                raise RemoteError(str(refused.get("cause")), str(refused.get("fix") or ""))
             say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
             return list(status["exports"])
         pid = control.supervisor_alive(files.pid)

@@ -414,6 +414,7 @@ class Supervisor:
             },
             "settings": json.loads(self.settings.to_json()),
             "last_error": str(last_error) if last_error else None,
+            "port_refused": self.port_refusal.to_dict() if self.port_refusal else None,
             "since": iso(link.since),
             "next_attempt_at": iso(link.next_attempt_at),
             "clients": len(self.forwarder.clients),

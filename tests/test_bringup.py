@@ -114,6 +114,8 @@ def test_a_squatted_port_is_never_forwarded_to(gt: Gt, ssh_host: SshHost) -> Non
     assert f"uid {uid}, {SQUATTER}" in status["last_error"] and f"127.0.0.1:{PORT}" in status["last_error"], status["last_error"]
     assert not answers(local)  # the squatter answers a Ping, but nothing reaches it through the tunnel
     assert not our_server_pids(ssh_host)  # and gt-remote did not fight it for the port
+    again = gt.up(ssh_host, "--local", local, "--keepalive", "1")  # the tunnel runs, but has no address to give
+    assert again.returncode != 0 and f"uid {uid}, {SQUATTER}" in one_error_line(again.stderr)
 
     # The squatter leaves: the supervisor starts our server again and forwards again.
     for pid in squatter_pids(ssh_host):
