@@ -63,10 +63,11 @@ port_owner() {
 }
 # Leases: a file per supervisor sharing the server on port $1, named $2, holding how many
 # seconds it stays live ($3); each health check touches it.
-lease_touch() {
+lease_touch() (
+    umask 077
     mkdir -p "$state_dir/leases/$1" && chmod 700 "$state_dir" "$state_dir/leases" "$state_dir/leases/$1" \
         && echo "$3" > "$state_dir/leases/$1/$2.tmp" && mv -f "$state_dir/leases/$1/$2.tmp" "$state_dir/leases/$1/$2"
-}
+)
 # The live leases on port $1 other than $2, as lease=NAME lines; expired ones are removed.
 lease_others() {
     now=$(date +%s)
