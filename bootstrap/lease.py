@@ -34,8 +34,9 @@ lease_others "$1" "$2"
 
 # A health check's one script: is the port still ours, and refresh the lease.
 UPKEEP_SCRIPT = r"""
-echo "uid=$(id -u)"
-( port_owner "$1" )
+me=$(id -u)
+echo "uid=$me"
+( port_owner "$1" "$4" )
 lease_touch "$1" "$2" "$3"
 lease_others "$1" "$2"
 """
@@ -68,9 +69,11 @@ async def touch(conn: asyncssh.SSHClientConnection, settings: HostSettings) -> l
     return holders(result.stdout.splitlines())
 
 
-async def upkeep(conn: asyncssh.SSHClientConnection, settings: HostSettings) -> tuple[Owner, list[str]]:
-    """Who holds the port now, and the other live holders; refreshes this tunnel's lease."""
-    result = await run_script(conn, UPKEEP_SCRIPT, str(settings.remote_port), lease_name(settings), str(lease_ttl(settings)), timeout=max(10.0, settings.keepalive * 2))
+async def upkeep(conn: asyncssh.SSHClientConnection, settings: HostSettings, server_pid: int | None = None) -> tuple[Owner, list[str]]:
+    """Who holds the port now, and the other live holders; refreshes this tunnel's lease.
+    `server_pid`, the server we know of, is tried first as the listener: cheaper than a scan."""
+    args = (str(settings.remote_port), lease_name(settings), str(lease_ttl(settings)), str(server_pid or ""))
+    result = await run_script(conn, UPKEEP_SCRIPT, *args, timeout=max(10.0, settings.keepalive * 2))
     return owner_from(result.fields), holders(result.stdout.splitlines())
 
 

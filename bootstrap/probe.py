@@ -50,6 +50,7 @@ if [ -f "$pidfile" ]; then
     pid=$(cat "$pidfile")
     if is_our_server "$pid" "$port"; then
         echo "pid=$pid"
+        server_pid=$pid
         # The build it runs: the word of its command line that names the server program.
         for word in $(cmdline_of "$pid"); do
             case "$word" in */"$server") echo "running=$word"; [ -x "$word" ] && echo "running_version=$("$word" --version 2>&1 | head -n 1)"; break ;; esac
@@ -69,18 +70,21 @@ done
 
 # What the machine is: who we are there, python3, and whether the install dir can hold and run a build.
 FACTS_SCRIPT = r"""
-echo "uid=$(id -u)"
+me=$(id -u)
+echo "uid=$me"
 py=$(command -v python3 2>/dev/null) || py=""
-case "$py" in /*) echo "python_version=$("$py" -V 2>&1 | head -n 1)" ;; esac
+case "$py" in /*) pyv=$("$py" -V 2>&1 | head -n 1) ;; *) py="" pyv="" ;; esac
+echo "python_version=$pyv"
 dir=$install_root; [ -d "$dir" ] || dir=$HOME
-echo "free_kib=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }')"
-probe_file="$dir/.gt-remote-probe-$$"
-if (umask 077; printf '#!/bin/sh\nexit 0\n' > "$probe_file") 2>/dev/null; then
-    chmod 700 "$probe_file"
-    if "$probe_file" 2>/dev/null; then echo "install_dir=ok"; else echo "install_dir=noexec"; fi
-    rm -f "$probe_file"
-else
+# Free KiB and the mount point from one df; the mount's options say whether builds may run there.
+df_line=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4, $6 }')
+echo "free_kib=${df_line%% *}"
+if [ ! -w "$dir" ]; then
     echo "install_dir=readonly"
+elif [ -r /proc/mounts ] && awk -v m="${df_line#* }" '$2 == m { o = $4 } END { exit !(o ~ /(^|,)noexec(,|$)/) }' /proc/mounts; then
+    echo "install_dir=noexec"
+else
+    echo "install_dir=ok"
 fi
 """
 
@@ -91,7 +95,7 @@ BRINGUP_SCRIPT = (
     FACTS_SCRIPT
     + PROBE_SCRIPT
     + r"""
-( port_owner "$2" )
+( port_owner "$2" "${server_pid:-}" )
 if [ -n "$6" ]; then
     lease_touch "$2" "$6" "$7" && echo "lease_ok=1"
     lease_others "$2" "$6"

@@ -37,6 +37,15 @@ relay_python() {
     fi
     echo "relay_python=$py"
 }
+# The same answer from python3's path $1 and its `-V` line $2, without starting python again.
+relay_python_of() {
+    case "$1" in /*) ;; *) echo "relay_python=none"; return 1 ;; esac
+    v=${2#Python }; major=${v%%.*}; rest=${v#*.}; minor=${rest%%.*}
+    case "$major:$minor" in [0-9]:[0-9]|[0-9]:[0-9][0-9]|[0-9]:[0-9][0-9][0-9])
+        if [ "$major" -gt 3 ] || { [ "$major" -eq 3 ] && [ "$minor" -ge 8 ]; }; then echo "relay_python=$1"; return 0; fi ;;
+    esac
+    echo "relay_python=old"; echo "relay_pyversion=$2"; return 1
+}
 # Is the agent at $HOME/$1 installed, and its relay for port $2 running (or stale)?
 relay_check() {
     echo "relay_home=$HOME"
@@ -88,10 +97,11 @@ relay_check "$1" "$2"
 """
 
 # Inside the bring-up script: check, and start the relay when it is installed but not running.
-# Arguments there: $4 the agent's path, $5 whether resumable streams are wanted.
+# Arguments there: $4 the agent's path, $5 whether resumable streams are wanted; $py and $pyv
+# come from the facts part before it.
 BRINGUP_FRAGMENT = RELAY_FUNCTIONS + r"""
 if [ "$5" = 1 ]; then
-    relay_py_out=$(relay_python); relay_py_ok=$?
+    relay_py_out=$(relay_python_of "$py" "$pyv"); relay_py_ok=$?  # py, pyv: from the facts part
     printf '%s\n' "$relay_py_out"
     if [ "$relay_py_ok" = 0 ]; then
         relay_py=${relay_py_out#relay_python=}

@@ -210,7 +210,7 @@ class Supervisor:
     async def _upkeep(self, conn: asyncssh.SSHClientConnection) -> None:
         """Every health check, one script: is the port still the user's; refresh this tunnel's lease."""
         try:
-            owner, self.lease_holders = await remote_lease.upkeep(conn, self.settings)
+            owner, self.lease_holders = await remote_lease.upkeep(conn, self.settings, self.server.pid if self.server else None)
         except (GtRemoteError, asyncssh.Error, OSError, TimeoutError) as exc:
             log.warning("port and lease check failed: %s", exc)
             return
