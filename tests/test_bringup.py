@@ -8,6 +8,7 @@ port the first account's server had: it answers a Ping, so only the ownership ch
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -17,7 +18,8 @@ from typing import Any
 
 from gt_remote.bootstrap.lease import holders
 from gt_remote.bootstrap.ownership import Holder, ascii_int, owner_from, refusal
-from gt_remote.bootstrap.probe import facts_from
+from gt_remote.bootstrap.probe import facts_from, survey
+from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN, answers, exports, one_error_line, supervisor_processes
 from tests.testbed import STANDIN, USER, SshHost, combined_ssh_config, free_loopback_port, wait_for
@@ -264,3 +266,26 @@ def test_a_plain_down_releases_the_lease(gt: Gt, ssh_host: SshHost, tmp_path: Pa
     result = gt("down", "gaming-pc", "--stop-server")
     assert result.returncode == 0, result.stderr
     assert "stopped the remote server" in result.stderr
+
+
+# --- the facts of the one bring-up script -----------------------------------------------
+
+
+def test_bring_up_script_reports_the_facts_in_one_round_trip(host_factory) -> None:  # type: ignore[no-untyped-def]
+    """python3, free space, and an install dir on a noexec mount, seen from the one script."""
+    host = host_factory(tmpfs={"/home/gamer/.local": "rw,noexec,mode=0755,uid=1000,gid=1000"})
+    host.sh("mkdir -p /home/gamer/.local/share/gt-remote/servers", user=USER)
+    host.container.copy_into_container(FAKE_UNAME.encode(), "/usr/local/bin/uname", 0o755)
+
+    async def look() -> Any:
+        conn = await connect(SshTarget(host.alias, str(host.ssh_config), 5.0))
+        async with conn:
+            return await survey(conn, "ccmux-server", PORT, "", "", "laptop-gaming-pc", 30)
+
+    found = asyncio.run(look())
+    assert found.install_dir == "noexec"
+    assert found.python_version and found.python_version[0] == "3"
+    assert found.free_kib is not None and found.free_kib > 0
+    assert found.facts.os == "Linux" and found.facts.wsl == "unknown distro"
+    assert found.owner.holder is Holder.NONE and found.lease_holders == []
+    assert host.sh("cat /home/gamer/.local/state/gt-remote/leases/9999/laptop-gaming-pc", user=USER).strip() == "30"
