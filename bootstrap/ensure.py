@@ -14,7 +14,7 @@ from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import RemotePortBusy, ServerMissing, ServerOnOtherPort, ServerWithoutTcp
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.install import check_platform, run_install_command, upload_server
-from gt_remote.bootstrap.ownership import Owner, check_owner, refusal
+from gt_remote.bootstrap.ownership import Holder, Owner, check_owner, refusal
 from gt_remote.bootstrap.probe import PortState, RemoteFacts, Survey, build_of, file_digest, parse_version, port_state, probe, survey
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ async def _ensure(conn: asyncssh.SSHClientConnection, settings: HostSettings, fa
         if refused:
             raise refused
         return _reuse(facts, settings, digest, say)
-    if state is PortState.BUSY:
-        raise refused or _port_busy(settings)
+    if state is PortState.BUSY:  # no Ping answer: named as another account's, else as a program that is not ccmux
+        raise refused if refused and owner.holder is Holder.FOREIGN else _port_busy(settings)
     if facts.other_port is not None:
         raise _one_server_per_user(settings, facts)
     if facts.pid is not None:
