@@ -9,11 +9,13 @@ from dataclasses import asdict, dataclass
 
 import asyncssh
 
+from gt_remote import progress
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import RemotePortBusy, ServerMissing, ServerOnOtherPort, ServerWithoutTcp, shell_word
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.install import check_platform, run_install_command, upload_server
-from gt_remote.bootstrap.probe import PortState, RemoteFacts, build_of, file_digest, parse_version, port_state, probe
+from gt_remote.bootstrap.ownership import Holder, Owner, check_owner, refusal
+from gt_remote.bootstrap.probe import PortState, RemoteFacts, Survey, build_of, file_digest, parse_version, port_state, probe, survey
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +46,66 @@ def other_build(facts: RemoteFacts, running_path: str | None) -> dict[str, str |
     return None
 
 
-async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, say: Say) -> ServerInfo:
-    """Make a ccmux server answer on the remote loopback port, touching a healthy one never."""
+@dataclass
+class BringUp:
+    """What `up`'s one bring-up round trip found and did."""
+
+    server: ServerInfo
+    survey: Survey
+
+
+async def bring_up(
+    conn: asyncssh.SSHClientConnection,
+    settings: HostSettings,
+    say: Say,
+    lease: str = "",
+    lease_ttl: int = 0,
+    relay_path: str = "",
+    on_survey: Callable[[Survey], None] | None = None,
+) -> BringUp:
+    """One script learns the facts, the server, the port's owner, the leases and the relay
+    (starting it if installed); a Ping rides beside it. Then reuse, install or start.
+
+    `on_survey` hears what was found before any decision, so a caller can undo what the
+    script started (the relay) if the bring-up then fails."""
     digest = file_digest(settings.server_binary) if settings.server_binary else ""
-    facts, state = await asyncio.gather(
-        probe(conn, settings.server, settings.remote_port, digest),
+    progress.steps.debug("bring-up: one script for the facts, the server, the port's owner, the lease and the relay")
+    found, state = await asyncio.gather(
+        survey(conn, settings.server, settings.remote_port, digest, relay_path, lease, lease_ttl),
         port_state(conn, settings.remote_port),
     )
+    progress.steps.debug(
+        "bring-up: %s %s, python3 %s, %s KiB free, install dir %s, port %s",
+        found.facts.os, found.facts.arch, found.python_version or "none", found.free_kib, found.install_dir, found.owner.holder.value,
+    )
+    if on_survey is not None:
+        on_survey(found)
+    if found.facts.wsl:
+        say(wsl_warning(settings.name, found.facts.wsl))
+    server = await _ensure(conn, settings, found.facts, found.owner, state, digest, say)
+    return BringUp(server, found)
+
+
+def wsl_warning(host: str, distro: str) -> str:
+    return (
+        f"warning: {host} is WSL2 ({distro}): Windows stops an idle distro, and ccmux-server and its panes with it; "
+        "set vmIdleTimeout=-1 under [wsl2] in %UserProfile%\\.wslconfig and run sshd and the server under the distro's systemd (see docs/wsl.md)"
+    )
+
+
+async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, say: Say) -> ServerInfo:
+    """Make a ccmux server answer on the remote loopback port, touching a healthy one never."""
+    return (await bring_up(conn, settings, say)).server
+
+
+async def _ensure(conn: asyncssh.SSHClientConnection, settings: HostSettings, facts: RemoteFacts, owner: Owner, state: PortState, digest: str, say: Say) -> ServerInfo:
+    refused = refusal(owner, settings.name, settings.remote_port)
     if state is PortState.ANSWERS:
+        if refused:
+            raise refused
         return _reuse(facts, settings, digest, say)
-    if state is PortState.BUSY:
-        raise _port_busy(settings)
+    if state is PortState.BUSY:  # no Ping answer: named as another account's, else as a program that is not ccmux
+        raise refused if refused and owner.holder is Holder.FOREIGN else _port_busy(settings)
     if facts.other_port is not None:
         raise _one_server_per_user(settings, facts)
     if facts.pid is not None:
@@ -77,12 +128,24 @@ async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
 async def _start_and_wait(conn: asyncssh.SSHClientConnection, path: str, settings: HostSettings) -> int:
     pid = await remote_server.start(conn, path, settings.server, settings.remote_port)
     await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name)
+    await verify_started(conn, settings, pid)
     return pid
+
+
+async def verify_started(conn: asyncssh.SSHClientConnection, settings: HostSettings, pid: int) -> None:
+    """What answered may be another account's program that took the port first: check, after every start."""
+    refused = refusal(await check_owner(conn, settings.remote_port), settings.name, settings.remote_port)
+    if refused:
+        await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=pid)
+        raise refused
 
 
 async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, known: ServerInfo) -> ServerInfo | None:
     """After a reconnect: None if the server still answers; a new ServerInfo if it had died."""
-    state = await port_state(conn, settings.remote_port)
+    state, owner = await asyncio.gather(port_state(conn, settings.remote_port), check_owner(conn, settings.remote_port))
+    refused = refusal(owner, settings.name, settings.remote_port)
+    if refused:
+        raise refused  # never forward to another account's listener, whatever it answers
     if state is PortState.ANSWERS:
         return None
     if state is PortState.BUSY:

@@ -12,6 +12,9 @@ from gt_remote.base.builds import build_of
 from gt_remote.base.builds import file_digest as file_digest  # its home is base.builds (light); still importable from here
 from gt_remote.base.errors import PingFailed
 from gt_remote.base.sanitize import ascii_int, visible
+from gt_remote.bootstrap import relay as relay_script
+from gt_remote.bootstrap.lease import holders
+from gt_remote.bootstrap.ownership import Owner, owner_from
 from gt_remote.bootstrap.remote import run_script
 from gt_remote.tunnel import wire
 
@@ -39,11 +42,17 @@ echo "path=$found"
 if [ -n "$found" ]; then echo "version=$("$found" --version 2>&1 | head -n 1)"; fi
 echo "arch=$(uname -m)"
 echo "os=$(uname -s)"
+# WSL2: Windows stops an idle distro, and the server with it.
+case "$(uname -r | tr 'A-Z' 'a-z')" in
+    *microsoft*) echo "wsl=${WSL_DISTRO_NAME:-unknown distro}" ;;
+    *) if [ -n "${WSL_DISTRO_NAME:-}" ]; then echo "wsl=$WSL_DISTRO_NAME"; fi ;;
+esac
 pidfile="$state_dir/$server-$port.pid"
 if [ -f "$pidfile" ]; then
     pid=$(cat "$pidfile")
     if is_our_server "$pid" "$port"; then
         echo "pid=$pid"
+        server_pid=$pid
         # The build it runs: the word of its command line that names the server program.
         for word in $(cmdline_of "$pid"); do
             case "$word" in */"$server") echo "running=$word"; [ -x "$word" ] && echo "running_version=$("$word" --version 2>&1 | head -n 1)"; break ;; esac
@@ -61,6 +70,43 @@ done
 """
 
 
+# What the machine is: who we are there, python3, and whether the install dir can hold and run a build.
+FACTS_SCRIPT = r"""
+me=$(id -u)
+echo "uid=$me"
+py=$(command -v python3 2>/dev/null) || py=""
+case "$py" in /*) pyv=$("$py" -V 2>&1 | head -n 1) ;; *) py="" pyv="" ;; esac
+echo "python_version=$pyv"
+dir=$install_root; [ -d "$dir" ] || dir=$HOME
+# Free KiB and the mount point from one df; the mount's options say whether builds may run there.
+df_line=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4, $6 }')
+echo "free_kib=${df_line%% *}"
+if [ ! -w "$dir" ]; then
+    echo "install_dir=readonly"
+elif [ -r /proc/mounts ] && awk -v m="${df_line#* }" '$2 == m { o = $4 } END { exit !(o ~ /(^|,)noexec(,|$)/) }' /proc/mounts; then
+    echo "install_dir=noexec"
+else
+    echo "install_dir=ok"
+fi
+"""
+
+# `up`'s one round trip: the facts, the server, who holds the port, this tunnel's lease and
+# the others', and the relay (started here when it is installed but not running).
+# Arguments: server port digest relay_path want_relay(1/0) lease ttl.
+BRINGUP_SCRIPT = (
+    FACTS_SCRIPT
+    + PROBE_SCRIPT
+    + r"""
+( port_owner "$2" "${server_pid:-}" )
+if [ -n "$6" ]; then
+    lease_touch "$2" "$6" "$7" && echo "lease_ok=1"
+    lease_others "$2" "$6"
+fi
+"""
+    + relay_script.BRINGUP_FRAGMENT
+)
+
+
 @dataclass(frozen=True)
 class RemoteFacts:
     path: str | None
@@ -72,6 +118,7 @@ class RemoteFacts:
     running_version: str | None = None
     other_port: int | None = None  # our live server for this user on another port, if any
     other_pid: int | None = None
+    wsl: str | None = None  # the WSL distro's name, when the remote is WSL
 
     @property
     def running_build(self) -> str | None:
@@ -109,6 +156,47 @@ def facts_from_fields(fields: dict[str, str]) -> RemoteFacts:
         running_version=parse_version(fields.get("running_version")),
         other_port=ascii_int(other_port, 5),
         other_pid=ascii_int(other_pid),
+        wsl=_printable(fields["wsl"]) if "wsl" in fields else None,
+    )
+
+
+def _install_dir(answer: str) -> str:
+    return answer if answer in ("ok", "noexec", "readonly") else "unknown"
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    """A short remote string shown to the user: printable ASCII only."""
+    return "".join(char if " " <= char <= "~" else "?" for char in text[:limit]) or "?"
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Everything `up` learns in its one bring-up script."""
+
+    facts: RemoteFacts
+    owner: Owner
+    relay: dict[str, str]  # the relay_* answers, for bootstrap.relay.ensure_relay(known=...)
+    lease_holders: list[str]  # the other live tunnels sharing this server
+    python_version: str | None
+    free_kib: int | None
+    install_dir: str  # ok, noexec, readonly or unknown
+
+
+async def survey(
+    conn: asyncssh.SSHClientConnection, server: str, port: int, digest: str = "", relay_path: str = "", lease: str = "", lease_ttl: int = 0
+) -> Survey:
+    """One round trip for the whole bring-up; `relay_path` empty means no relay is wanted."""
+    result = await run_script(conn, BRINGUP_SCRIPT, server, str(port), digest, relay_path, "1" if relay_path else "0", lease, str(lease_ttl))
+    fields = result.fields
+    words = fields.get("python_version", "").split()
+    return Survey(
+        facts=facts_from_fields(fields),
+        owner=owner_from(fields),
+        relay={key: value for key, value in fields.items() if key.startswith("relay_")},
+        lease_holders=holders(result.stdout.splitlines()),
+        python_version=_printable(words[-1], 16) if words else None,
+        free_kib=ascii_int(fields.get("free_kib"), 15),
+        install_dir=_install_dir(fields.get("install_dir", "")),
     )
 
 

@@ -25,26 +25,93 @@ log = logging.getLogger(__name__)
 AGENT = Path(__file__).with_name("relay_agent.py")
 SOCKET_PATH_LIMIT = 100  # sun_path is 104 to 108 bytes
 
-CHECK_SCRIPT = r"""
-path=$1 port=$2
-py=$(command -v python3 2>/dev/null) || py=""
-case "$py" in /*) ;; *) echo "python=none"; exit 0 ;; esac
-if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' >/dev/null 2>&1; then
-    echo "python=old"; echo "pyversion=$("$py" -V 2>&1 | head -n 1)"; exit 0
-fi
-echo "python=$py"
-echo "home=$HOME"
-intact=0
-build_intact "$relay_root/$path" && intact=1  # the file still hashes to its directory's name
-[ "$intact" = 1 ] && echo "installed=1"
-sock="$state_dir/relay-$port/sock"
-pidfile="$state_dir/relay-$port.pid"
-if [ -f "$pidfile" ]; then
+# Shell functions for checking and starting the relay; `up` runs them inside its one
+# bring-up script (bootstrap/probe.py), reconnects and health checks on their own.
+RELAY_FUNCTIONS = r"""
+# The python3 that can run the relay: relay_python=PATH, or none, or old (with relay_pyversion).
+relay_python() {
+    py=$(command -v python3 2>/dev/null) || py=""
+    case "$py" in /*) ;; *) echo "relay_python=none"; return 1 ;; esac
+    if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' >/dev/null 2>&1; then
+        echo "relay_python=old"; echo "relay_pyversion=$("$py" -V 2>&1 | head -n 1)"; return 1
+    fi
+    echo "relay_python=$py"
+}
+# The same answer from python3's path $1 and its `-V` line $2, without starting python again.
+relay_python_of() {
+    case "$1" in /*) ;; *) echo "relay_python=none"; return 1 ;; esac
+    v=${2#Python }; major=${v%%.*}; rest=${v#*.}; minor=${rest%%.*}
+    case "$major:$minor" in [0-9]:[0-9]|[0-9]:[0-9][0-9]|[0-9]:[0-9][0-9][0-9])
+        if [ "$major" -gt 3 ] || { [ "$major" -eq 3 ] && [ "$minor" -ge 8 ]; }; then echo "relay_python=$1"; return 0; fi ;;
+    esac
+    echo "relay_python=old"; echo "relay_pyversion=$2"; return 1
+}
+# Is the agent at $relay_root/$1 installed (and intact), and its relay for port $2 running (or stale)?
+relay_check() {
+    echo "relay_home=$HOME"
+    intact=0
+    build_intact "$relay_root/$1" && intact=1  # the file still hashes to its directory's name
+    [ "$intact" = 1 ] && echo "relay_installed=1"
+    sock="$state_dir/relay-$2/sock"
+    pidfile="$state_dir/relay-$2.pid"
+    [ -f "$pidfile" ] || return 0
     pid=$(cat "$pidfile")
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        case " $(cmdline_of "$pid") " in
-            *" $relay_root/$path --socket $sock "*) [ -S "$sock" ] && [ "$intact" = 1 ] && echo "running=$pid" || echo "stale=$pid" ;;
-            *"relay_agent.py --socket $sock "*) echo "stale=$pid" ;;
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    case " $(cmdline_of "$pid") " in
+        *" $relay_root/$1 --socket $sock "*) [ -S "$sock" ] && [ "$intact" = 1 ] && echo "relay_running=$pid" || echo "relay_stale=$pid" ;;
+        *"relay_agent.py --socket $sock "*) echo "relay_stale=$pid" ;;
+    esac
+}
+# Start the relay: python $1, agent $relay_root/$2, port $3, a stale relay's pid $4 to stop first.
+relay_start() {
+    umask 077
+    mkdir -p "$state_dir/relay-$3" && chmod 700 "$state_dir" "$state_dir/relay-$3"
+    if [ -n "$4" ]; then
+        kill -TERM "$4" 2>/dev/null
+        i=0; while kill -0 "$4" 2>/dev/null && [ "$i" -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+    fi
+    sock="$state_dir/relay-$3/sock"
+    log="$state_dir/relay-$3.log"
+    pidfile="$state_dir/relay-$3.pid"
+    if [ -f "$log" ] && [ "$(wc -c < "$log")" -gt 1048576 ]; then mv -f "$log" "$log.1"; fi
+    rm -f "$sock"
+    if command -v setsid >/dev/null 2>&1; then
+        setsid nohup "$1" "$relay_root/$2" --socket "$sock" --port "$3" </dev/null >>"$log" 2>&1 &
+    else
+        nohup "$1" "$relay_root/$2" --socket "$sock" --port "$3" </dev/null >>"$log" 2>&1 &
+    fi
+    pid=$!
+    echo "$pid" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"
+    i=0
+    while [ "$i" -lt 50 ]; do
+        if [ -S "$sock" ]; then echo "relay_pid=$pid"; echo "relay_socket=$sock"; return 0; fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1; i=$((i + 1))
+    done
+    kill "$pid" 2>/dev/null
+    echo "relay_error=$(tail -n 3 "$log" 2>/dev/null | tr '\n' ' ')"
+}
+"""
+
+CHECK_SCRIPT = RELAY_FUNCTIONS + r"""
+relay_python || exit 0
+relay_check "$1" "$2"
+"""
+
+# Inside the bring-up script: check, and start the relay when it is installed but not running.
+# Arguments there: $4 the agent's path, $5 whether resumable streams are wanted; $py and $pyv
+# come from the facts part before it.
+BRINGUP_FRAGMENT = RELAY_FUNCTIONS + r"""
+if [ "$5" = 1 ]; then
+    relay_py_out=$(relay_python_of "$py" "$pyv"); relay_py_ok=$?  # py, pyv: from the facts part
+    printf '%s\n' "$relay_py_out"
+    if [ "$relay_py_ok" = 0 ]; then
+        relay_py=${relay_py_out#relay_python=}
+        relay_facts=$(relay_check "$4" "$2")
+        printf '%s\n' "$relay_facts"
+        case "$relay_facts" in
+            *relay_running=*) ;;
+            *relay_installed=1*) relay_start "$relay_py" "$4" "$2" "$(printf '%s\n' "$relay_facts" | sed -n 's/^relay_stale=//p')" ;;
         esac
     fi
 fi
@@ -55,34 +122,8 @@ PLACE_SCRIPT = r"""
 chmod 600 "$part" && mv -f "$part" "$final" && echo "placed=1"
 """
 
-START_SCRIPT = r"""
-py=$1 path=$2 port=$3 stale=$4
-umask 077
-mkdir -p "$state_dir/relay-$port" && chmod 700 "$state_dir" "$state_dir/relay-$port"
-if [ -n "$stale" ]; then
-    kill -TERM "$stale" 2>/dev/null
-    i=0; while kill -0 "$stale" 2>/dev/null && [ "$i" -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
-fi
-sock="$state_dir/relay-$port/sock"
-log="$state_dir/relay-$port.log"
-pidfile="$state_dir/relay-$port.pid"
-if [ -f "$log" ] && [ "$(wc -c < "$log")" -gt 1048576 ]; then mv -f "$log" "$log.1"; fi
-rm -f "$sock"
-if command -v setsid >/dev/null 2>&1; then
-    setsid nohup "$py" "$relay_root/$path" --socket "$sock" --port "$port" </dev/null >>"$log" 2>&1 &
-else
-    nohup "$py" "$relay_root/$path" --socket "$sock" --port "$port" </dev/null >>"$log" 2>&1 &
-fi
-pid=$!
-echo "$pid" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"
-i=0
-while [ "$i" -lt 50 ]; do
-    if [ -S "$sock" ]; then echo "pid=$pid"; echo "socket=$sock"; exit 0; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1; i=$((i + 1))
-done
-kill "$pid" 2>/dev/null
-echo "error=$(tail -n 3 "$log" 2>/dev/null | tr '\n' ' ')"
+START_SCRIPT = RELAY_FUNCTIONS + r"""
+relay_start "$@"
 """
 
 STOP_SCRIPT = r"""
@@ -126,32 +167,56 @@ def remote_agent_path() -> str:
     return f"{agent_digest()}/relay_agent.py"
 
 
-async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int) -> RelayState:
+async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int, known: dict[str, str] | None = None) -> RelayState:
     """The running relay for `port`, started (and uploaded) if needed; never raises for a remote
-    that cannot run it, only for a broken connection (asyncssh errors, ConnectFailed)."""
+    that cannot run it, only for a broken connection (asyncssh errors, ConnectFailed).
+
+    `known`: the relay_* answers of `up`'s bring-up script, which checked (and perhaps started)
+    the relay already; then only an upload is left to do, if that.
+    """
     path = remote_agent_path()
-    facts = (await run_script(conn, CHECK_SCRIPT, path, str(port))).fields
-    python = facts.get("python", "none")
-    if python == "none":
-        return RelayState(None, reason="the remote has no python3 (3.8 or newer) to run the relay")
-    if python == "old":
-        return RelayState(None, reason=f"the remote python3 is too old for the relay ({facts.get('pyversion', '?')}; 3.8 or newer needed)")
-    socket = f"{facts.get('home', '')}/.local/state/gt-remote/relay-{port}/sock"
-    if len(socket.encode()) > SOCKET_PATH_LIMIT:
-        return RelayState(None, reason=f"the relay socket path {socket} is too long for a Unix socket")
-    running = ascii_int(facts.get("running"))  # isdigit() takes '²', which int() refuses
-    if running is not None:
-        return RelayState(socket, pid=running)
-    if facts.get("installed") != "1":
+    facts = known if known is not None else (await run_script(conn, CHECK_SCRIPT, path, str(port))).fields
+    state = relay_state_from(facts, port)
+    if state is not None:
+        return state
+    python = facts.get("relay_python", "")
+    if facts.get("relay_installed") != "1":
         reason = await _upload(conn, path)
         if reason:
             return RelayState(None, reason=reason)
-    started = (await run_script(conn, START_SCRIPT, python, path, str(port), facts.get("stale", ""))).fields
-    pid = ascii_int(started.get("pid"))
-    if pid is None:
-        return RelayState(None, reason=f"the relay did not start on the remote: {started.get('error', '').strip() or 'no output'}")
-    log.info("relay started on the remote (pid %s)", pid)
-    return RelayState(started.get("socket", socket), pid=pid, started=True)
+    started = (await run_script(conn, START_SCRIPT, python, path, str(port), str(ascii_int(facts.get("relay_stale")) or ""))).fields
+    return _started(started, port, facts) or RelayState(None, reason="the relay did not start on the remote: no output")
+
+
+def relay_state_from(facts: dict[str, str], port: int) -> RelayState | None:
+    """What the check (and perhaps start) found; None when the relay still has to be uploaded or started."""
+    python = facts.get("relay_python", "none")
+    if python == "old":
+        return RelayState(None, reason=f"the remote python3 is too old for the relay ({facts.get('relay_pyversion', '?')}; 3.8 or newer needed)")
+    if not python.startswith("/"):
+        return RelayState(None, reason="the remote has no python3 (3.8 or newer) to run the relay")
+    socket = _socket_path(facts, port)
+    if len(socket.encode()) > SOCKET_PATH_LIMIT:
+        return RelayState(None, reason=f"the relay socket path {socket} is too long for a Unix socket")
+    running = ascii_int(facts.get("relay_running"))
+    if running is not None:
+        return RelayState(socket, pid=running)
+    return _started(facts, port, facts)
+
+
+def _socket_path(facts: dict[str, str], port: int) -> str:
+    return f"{facts.get('relay_home', '')}/.local/state/gt-remote/relay-{port}/sock"
+
+
+def _started(fields: dict[str, str], port: int, facts: dict[str, str]) -> RelayState | None:
+    """A relay_start's answer: the new relay, a reason it did not start, or None if none ran."""
+    pid = ascii_int(fields.get("relay_pid"))
+    if pid is not None:
+        log.info("relay started on the remote (pid %s)", pid)
+        return RelayState(fields.get("relay_socket") or _socket_path(facts, port), pid=pid, started=True)
+    if "relay_error" in fields:
+        return RelayState(None, reason=f"the relay did not start on the remote: {fields['relay_error'].strip() or 'no output'}")
+    return None
 
 
 async def channel_refused(conn: asyncssh.SSHClientConnection, socket: str, timeout: float = 5.0) -> str | None:

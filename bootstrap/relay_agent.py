@@ -313,6 +313,30 @@ class ChannelProtocol(asyncio.Protocol):
             self.stream = None
 
 
+LOOPBACK_HEX = ("0100007F", "00000000", "00000000000000000000000000000000", "0000000000000000FFFF00000100007F")
+
+
+def port_owner_uid(port: int) -> Optional[int]:
+    """The uid of a LISTEN socket taking connections to 127.0.0.1:port, another account's
+    first; None when nothing listens or there is no /proc/net/tcp to ask."""
+    suffix = ":%04X" % port
+    found = None  # type: Optional[int]
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 7 and cols[3] == "0A" and cols[1].endswith(suffix) and cols[1][: -len(suffix)] in LOOPBACK_HEX and cols[7].isdigit():
+                uid = int(cols[7])
+                if uid != os.getuid():
+                    return uid
+                found = uid
+    return found
+
+
 class Relay:
     def __init__(self, port: int) -> None:
         self.port = port
@@ -330,6 +354,10 @@ class Relay:
     async def new_stream(self, channel: ChannelProtocol, stream_id: str, window: float) -> None:
         if stream_id in self.streams or len(stream_id) < 32:
             channel.reply({"error": "bad stream id"})
+            return
+        owner = port_owner_uid(self.port)
+        if owner is not None and owner != os.getuid():  # another account took the port: never dial it
+            channel.reply({"error": "127.0.0.1:%d is held by uid %d, not by this user; not dialled" % (self.port, owner)})
             return
         stream = Stream(self, stream_id, window)
         try:

@@ -87,6 +87,69 @@ noexec_mount_of() {
           if ((path == mp || index(path, mp "/") == 1 || mp == "/") && length(mp) >= length(best)) { best = mp; opts = $4 } }
         END { if ("," opts "," ~ /,noexec,/) print best }' /proc/mounts
 }
+# Who takes connections to 127.0.0.1:$1 ($2: a pid to try first, our server's). Prints
+# listen=none, listen=unknown (no /proc, lsof or ss to ask), or listen_uid (another account's
+# listener first: it may take connections), listen_user for another account, and listen_pid
+# when the listener is this user's process started with --listen-tcp 127.0.0.1:$1.
+# Call it in a subshell: it sets variables.
+port_owner() {
+    me=${me:-$(id -u)}
+    if [ -r /proc/net/tcp ]; then
+        files=/proc/net/tcp; [ -r /proc/net/tcp6 ] && files="$files /proc/net/tcp6"
+        # LISTEN (0A) on 127.0.0.1, 0.0.0.0, :: or ::ffff:127.0.0.1; the uid and inode columns.
+        lines=$(awk -v p="$(printf '%04X' "$1")" '$4 == "0A" { split($2, a, ":"); if (a[2] == p && (a[1] == "0100007F" || a[1] ~ /^0+$/ || a[1] == "0000000000000000FFFF00000100007F")) print $8, "ino", $10 }' $files)
+    elif command -v lsof >/dev/null 2>&1; then
+        lines=$(lsof -nP -iTCP:"$1" -sTCP:LISTEN -Fpu 2>/dev/null | awk '/^p/ { pid = substr($0, 2) } /^u/ { print substr($0, 2), "pid", pid }')
+    elif command -v ss >/dev/null 2>&1; then
+        lines=$(ss -Hltne "sport = :$1" 2>/dev/null | sed -n 's/.*uid:\([0-9]*\).*ino:\([0-9]*\).*/\1 ino \2/p')
+    else
+        echo "listen=unknown"; return 0
+    fi
+    [ -n "$lines" ] || { echo "listen=none"; return 0; }
+    uid=$(printf '%s\n' "$lines" | awk -v me="$me" '$1 != me { print $1; exit }')
+    if [ -n "$uid" ]; then
+        echo "listen_uid=$uid"
+        echo "listen_user=$( (getent passwd "$uid" || grep "^[^:]*:[^:]*:$uid:" /etc/passwd) 2>/dev/null | head -n 1 | cut -d: -f1)"
+        return 0
+    fi
+    echo "listen_uid=$me"
+    printf '%s\n' "$lines" | while read -r _uid kind id; do
+        if [ "$kind" = pid ]; then
+            case " $(cmdline_of "$id") " in *" --listen-tcp 127.0.0.1:$1 "*) echo "listen_pid=$id"; break ;; esac
+            continue
+        fi
+        # Our server's pid first: most checks then need no scan of every process.
+        if [ -n "$2" ] && holds_listener "$2" "$id" "$1"; then echo "listen_pid=$2"; break; fi
+        for pid in $(pgrep -u "$me" -f -- "--listen-tcp 127.0.0.1:$1( |\$)" 2>/dev/null); do
+            if holds_listener "$pid" "$id" "$1"; then echo "listen_pid=$pid"; break 2; fi
+        done
+    done
+}
+# Does pid $1 hold the socket with inode $2, and was it started with --listen-tcp 127.0.0.1:$3?
+holds_listener() {
+    ls -l "/proc/$1/fd" 2>/dev/null | grep -q "socket:\[$2\]" || return 1
+    case " $(tr '\0' ' ' < "/proc/$1/cmdline") " in *" --listen-tcp 127.0.0.1:$3 "*) return 0 ;; esac
+    return 1
+}
+# Leases: a file per supervisor sharing the server on port $1, named $2, holding how many
+# seconds it stays live ($3); each health check writes it again (its mtime is the lease).
+lease_touch() {
+    umask 077
+    [ -d "$state_dir/leases/$1" ] || { mkdir -p "$state_dir/leases/$1" && chmod 700 "$state_dir" "$state_dir/leases" "$state_dir/leases/$1"; } || return 1
+    echo "$3" > "$state_dir/leases/$1/$2"
+}
+# The live leases on port $1 other than $2, as lease=NAME lines; expired ones are removed.
+lease_others() {
+    now=$(date +%s)
+    for f in "$state_dir/leases/$1"/*; do
+        [ -f "$f" ] || continue
+        name=${f##*/}
+        case "$name" in "$2"|*.tmp) continue ;; esac
+        ttl=$(head -c 12 "$f" | tr -cd 0-9); [ -n "$ttl" ] || ttl=60
+        m=$(stat -c %Y "$f" 2>/dev/null || stat -f %m "$f" 2>/dev/null) || continue
+        if [ $((now - m)) -le "$ttl" ]; then echo "lease=$name"; else rm -f "$f"; fi
+    done
+}
 """
 
 WINDOWS_SHELLS = (

@@ -13,7 +13,7 @@ import asyncssh
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, NotOurServer
 from gt_remote.bootstrap import server as remote_server
-from gt_remote.bootstrap.ensure import ServerInfo
+from gt_remote.bootstrap.ensure import ServerInfo, verify_started
 from gt_remote.bootstrap.install import check_platform, upload_server
 from gt_remote.bootstrap.probe import PortState, file_digest, parse_version, port_state, probe
 
@@ -59,4 +59,5 @@ async def replace_server(conn: asyncssh.SSHClientConnection, settings: HostSetti
 async def _start(conn: asyncssh.SSHClientConnection, path: str, settings: HostSettings) -> int:
     pid = await remote_server.start(conn, path, settings.server, settings.remote_port)
     await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name)
+    await verify_started(conn, settings, pid)  # what answered must be ours, not another account's
     return pid

@@ -220,9 +220,10 @@ def _print_for_shell(lines: list[str], command: str, syntax: str) -> None:
 @click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--all", "all_hosts", is_flag=True, help="Stop every host.")
 @click.option("--stop-server", is_flag=True, help="Also stop the remote server, if gt-remote started it (connects again if the tunnel is down).")
+@click.option("--force", is_flag=True, help="With --stop-server: stop it even while other tunnels share it (their panes end).")
 @click.pass_obj
 @user_errors
-def down(g: Globals, host: str | None, all_hosts: bool, stop_server: bool) -> None:
+def down(g: Globals, host: str | None, all_hosts: bool, stop_server: bool, force: bool) -> None:
     """Stop HOST's supervisor; the remote server keeps running unless --stop-server."""
     if host and all_hosts:
         raise UsageError(f"--all stops every host, so it takes no HOST (got {host!r})", f"run 'gt-remote down {shell_word(host)}' for that host, or 'gt-remote down --all' for all")
@@ -235,7 +236,7 @@ def down(g: Globals, host: str | None, all_hosts: bool, stop_server: bool) -> No
     for name in names:
         assert name is not None
         try:
-            tell(lifecycle.down(name, stop_server, lambda other: _settings(g, other), _ssh_config(g)))
+            tell(lifecycle.down(name, stop_server, lambda other: _settings(g, other), _ssh_config(g), force=force))
         except GtRemoteError as error:
             if not all_hosts:
                 raise
@@ -304,6 +305,8 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {shell_word(row['host'])} --server-binary PATH' switches")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         lines.append(f"  streams     {_streams_line(row)}")
+        if row.get("tunnels_sharing_server", 1) > 1:
+            lines.append(f"  shared      the server is shared by {row['tunnels_sharing_server']} tunnels (also {', '.join(row.get('shared_with') or [])})")
         if row.get("next_attempt_at") and row["state"] in ("reconnecting", "failed"):
             lines.append(f"  next attempt at {row['next_attempt_at']}")
         if row.get("last_wake") or row.get("last_recovery_s") is not None:

@@ -77,7 +77,19 @@ async def check_host(settings: HostSettings) -> list[Check]:
         checks.append(Check(f"{settings.server} on the remote", "warn", f"not installed on {settings.name} yet ({facts.os} {facts.arch}); 'up' {how}"))
     else:
         checks.append(Check(f"{settings.server} on the remote", "fail", f"not found on {settings.name} ({facts.os} {facts.arch})", "pass --server-binary or --install-command to 'gt-remote up'"))
+    if facts.wsl:
+        checks.append(check_wsl(settings.name, facts.wsl))
     return checks
+
+
+def check_wsl(host: str, distro: str) -> Check:
+    """A warning: nothing gt-remote can see says whether Windows is set to keep the distro up."""
+    return Check(
+        "WSL2 keeps the distro running",
+        "warn",
+        f"{host} is WSL2 ({distro}): Windows stops an idle distro, and ccmux-server and its panes with it",
+        "set vmIdleTimeout=-1 under [wsl2] in %UserProfile%\\.wslconfig, and run sshd and the server under the distro's systemd (see docs/wsl.md)",
+    )
 
 
 def check_tunnel(name: str, host_checks: list[Check] | None = None) -> Check:

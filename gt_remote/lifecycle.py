@@ -19,7 +19,7 @@ from gt_remote import control, progress
 from gt_remote.base import errors
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.builds import file_digest
-from gt_remote.base.errors import GtRemoteError, NotUp, UsageError, shell_word
+from gt_remote.base.errors import GtRemoteError, NotUp, RemoteError, UsageError, shell_word
 from gt_remote.base.paths import HostFiles, known_host_names, open_private, remembered_host_names
 
 if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must start fast (tests/test_light_cli.py)
@@ -134,6 +134,9 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
             )
         if status is not None:
             _check_same(settings, status)
+            refused = status.get("port_refused")
+            if isinstance(refused, dict):  # another account holds the remote port: no address to hand out
+                raise RemoteError(str(refused.get("cause")), str(refused.get("fix") or ""))
             say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
             # Built here from our own settings (which _check_same matched), never the names the socket sent.
             return export_lines(settings.local_url, settings.server)
@@ -272,7 +275,7 @@ def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[
 # --- down -------------------------------------------------------------------------------
 
 
-def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, ssh_config: str | None = None) -> str:
+def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, ssh_config: str | None = None, force: bool = False) -> str:
     """Stop a host's supervisor (and the remote server if asked and ours); say what happened.
 
     With the tunnel already down, --stop-server connects by itself: with what `up` used
@@ -283,12 +286,14 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
     files = HostFiles(name)
     with HostLock(files, timeout=60):
         pid = control.supervisor_alive(files.pid)
-        reply = control.request(files.control, {"op": "stop", "stop_server": stop_server}, timeout=30 if stop_server else 3)
+        reply = control.request(files.control, {"op": "stop", "stop_server": stop_server, "force": force}, timeout=30 if stop_server else 3)
+        if reply is not None and reply.get("ok") is False and isinstance(reply.get("error"), dict):
+            raise RemoteError(str(reply["error"].get("cause")), str(reply["error"].get("fix") or ""))  # refused: nothing stopped
         if reply is None and pid is None:
             was_known = files.record.exists()
             _clean_stale(files)
             message = f"{name}: already down" + (" (cleaned up after a supervisor that had died)" if was_known else "")
-            return f"{message}; {_stop_server_offline(name, fallback, ssh_config)}" if stop_server else message
+            return f"{message}; {_stop_server_offline(name, fallback, ssh_config, force)}" if stop_server else message
         if reply is None and pid is not None and pid > 0:
             _signal(pid, signal.SIGTERM)
             _signal(pid, signal.SIGCONT)  # a stopped process acts on TERM only once resumed
@@ -297,7 +302,7 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
             _wait_until(lambda: control.supervisor_alive(files.pid) is None, STOP_GRACE)
         _clean_stale(files)
     if stop_server and reply is None:  # the supervisor never answered: stop the server by ourselves
-        return f"{name}: down; {_stop_server_offline(name, fallback, ssh_config)}"
+        return f"{name}: down; {_stop_server_offline(name, fallback, ssh_config, force)}"
     note = (reply or {}).get("server_note") if stop_server else "the remote server keeps running (use --stop-server to stop it)"
     if stop_server and _server_left_running(reply or {}):
         raise errors.ServerStillRunning(
@@ -316,13 +321,13 @@ def _server_left_running(reply: dict[str, Any]) -> bool:
     return reply.get("server_note") != "the remote server was not running"
 
 
-def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config: str | None) -> str:
+def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config: str | None, force: bool = False) -> str:
     from gt_remote import reach
 
     settings = reach.settings_for(name, fallback, ssh_config)
     if settings is None:
         raise NotUp(f"gt-remote has no record of {name}'s remote", f"name it in the config or pass -F: 'gt-remote -F SSH_CONFIG down {shell_word(name)} --stop-server'")
-    return reach.stop_server(settings)
+    return reach.stop_server(settings, force)
 
 
 def all_hosts_with_state() -> list[str]:

@@ -68,13 +68,16 @@ def run_on(settings: HostSettings, action: Callable[[asyncssh.SSHClientConnectio
     return asyncio.run(main())
 
 
-def stop_server(settings: HostSettings) -> str:
+def stop_server(settings: HostSettings, force: bool = False) -> str:
     """Stop the server gt-remote started for this host, found by its pid file there, and its
-    relay (whose streams end with the server anyway); say what happened."""
+    relay (whose streams end with the server anyway); say what happened. Refused while
+    another tunnel holds a live lease on it, unless `force`."""
+    from gt_remote.bootstrap import lease as remote_lease
     from gt_remote.bootstrap import relay as remote_relay
     from gt_remote.bootstrap import server as remote_server
 
     async def stop_both(conn: asyncssh.SSHClientConnection) -> int | None:
+        await remote_lease.check_stop_allowed(conn, settings, force)
         pid = await remote_server.stop(conn, settings.server, settings.remote_port)
         await remote_relay.stop_relay(conn, settings.remote_port)
         return pid

@@ -33,11 +33,13 @@ from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, PingFailed
 from gt_remote.base.paths import HostFiles, open_private, write_private
 from gt_remote.base.sanitize import visible_formatter
+from gt_remote.bootstrap import lease as remote_lease
 from gt_remote.bootstrap import relay as remote_relay
 from gt_remote.bootstrap import remote as remote_scripts
 from gt_remote.bootstrap import server as remote_server
-from gt_remote.bootstrap.ensure import ServerInfo, ensure_server, revive_server
-from gt_remote.bootstrap.probe import ping_remote
+from gt_remote.bootstrap.ensure import ServerInfo, bring_up, revive_server
+from gt_remote.bootstrap.ownership import PortNotOurs, refusal
+from gt_remote.bootstrap.probe import Survey, ping_remote
 from gt_remote.bootstrap.upgrade import replace_server
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
@@ -76,9 +78,12 @@ class Supervisor:
         self.relay = RelayPath(self.link, "", settings.resume_window)  # counters live across relay restarts
         self.resume_reason: str | None = None if settings.resume else "turned off (--no-resume or resume = false in the config)"
         self.relay_started_pid: int | None = None  # started by this bring-up: stopped if it fails
+        self._relay_pid: int | None = None
         self.server: ServerInfo | None = None
         self.server_restarts = 0
         self.server_error: GtRemoteError | None = None
+        self.port_refusal: PortNotOurs | None = None  # the remote port is not the user's: nothing is forwarded
+        self.lease_holders: list[str] = []  # other live tunnels sharing the remote server
         self.rtt_ms: float | None = None
         self._stop = asyncio.Event()
         self._control: asyncio.AbstractServer | None = None
@@ -99,10 +104,13 @@ class Supervisor:
             self.say(f"connecting to {self.settings.destination}")
             conn = await self.link.open()
             remote_scripts.use_install_dir(conn, self.settings.install_dir)
-            self.server = await ensure_server(conn, self.settings, self.say)
-            await self._ensure_relay(conn, at_bring_up=True)
+            relay_path = remote_relay.remote_agent_path() if self.settings.resume else ""
+            lease, ttl = remote_lease.lease_name(self.settings), remote_lease.lease_ttl(self.settings)
+            found = await bring_up(conn, self.settings, self.say, lease, ttl, relay_path, on_survey=self._surveyed)
+            self.server = found.server
+            await self._ensure_relay(conn, at_bring_up=True, known=found.survey.relay)
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
-            self.rtt_ms = await ping_address(self.settings.local, timeout=10.0) * 1000
+            self.rtt_ms = await self._prove_end_to_end(conn) * 1000
             self._control = await control.serve(self.files.control, self._on_request)
         except BaseException:
             await self._abandon()
@@ -111,9 +119,56 @@ class Supervisor:
         reach.remember(self.settings)
         log.info("up: %s -> %s:127.0.0.1:%d", self.settings.local_url, self.settings.destination, self.settings.remote_port)
 
+    def _surveyed(self, survey: Survey) -> None:
+        """Before any decision: what the bring-up script started is stopped again if `up` fails."""
+        self.lease_holders = survey.lease_holders
+        relay = remote_relay.relay_state_from(survey.relay, self.settings.remote_port)
+        if relay is not None and relay.started:
+            self.relay_started_pid = relay.pid
+
+    async def _prove_end_to_end(self, conn: asyncssh.SSHClientConnection) -> float:
+        """A Ping through the local address; beside it, whether sshd lets channels reach the relay.
+
+        Both at once: the channel check costs no round trip of its own. If sshd refuses it,
+        forwarding falls back to plain and the Ping is made again that way.
+        """
+        socket = self.relay.socket_path if self.forwarder.relay is not None else None
+        if socket is None:
+            return await ping_address(self.settings.local, timeout=10.0)
+        ping = asyncio.create_task(ping_address(self.settings.local, timeout=10.0))
+        try:
+            refused = await remote_relay.channel_refused(conn, socket)
+        except BaseException:
+            ping.cancel()
+            raise
+        if refused is None:
+            self.say(f"connections are resumable (relay pid {self._relay_pid})")
+            return await ping
+        ping.cancel()
+        await asyncio.gather(ping, return_exceptions=True)
+        self._plain_forwarding(refused)
+        self.say(f"connections are not resumable: {refused}")
+        return await ping_address(self.settings.local, timeout=10.0)
+
+    def _plain_forwarding(self, reason: str | None) -> None:
+        if self.resume_reason != reason:
+            log.warning("connections are not resumable: %s", reason)
+        self.resume_reason = reason
+        self.forwarder.relay = None
+
+    async def _release_lease(self, conn: asyncssh.SSHClientConnection | None) -> None:
+        """Best effort: a lease left behind expires after a few keepalives anyway."""
+        if conn is None:
+            return
+        try:
+            await asyncio.wait_for(remote_lease.release(conn, self.settings), 5.0)
+        except (GtRemoteError, asyncssh.Error, OSError, TimeoutError) as exc:
+            log.info("could not release the lease: %s", exc)
+
     async def _abandon(self) -> None:
         server = self.server
         conn = self.link.connection
+        await self._release_lease(conn)
         if server and server.started_by_gt_remote and not server.reused and conn is not None:
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port, only_pid=server.pid)
         if self.relay_started_pid is not None and conn is not None:
@@ -140,6 +195,10 @@ class Supervisor:
         while True:
             await asyncio.sleep(self.settings.keepalive)
             conn = self.link.connection
+            if conn is not None:
+                await self._upkeep(conn)
+            if self.port_refusal is not None:
+                conn = None  # never forward to (or Ping) another account's listener
             if conn is not None and self.relay.missing:
                 await self._guarded_relay_check(conn)
             if conn is not None:
@@ -150,6 +209,24 @@ class Supervisor:
                     log.warning("health Ping failed: %s", exc)
                     await self._check_server(conn)
             self._save_record_if_changed()
+
+    async def _upkeep(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Every health check, one script: is the port still the user's; refresh this tunnel's lease."""
+        try:
+            owner, self.lease_holders = await remote_lease.upkeep(conn, self.settings, self.server.pid if self.server else None)
+        except (GtRemoteError, asyncssh.Error, OSError, TimeoutError) as exc:
+            log.warning("port and lease check failed: %s", exc)
+            return
+        self._refuse(refusal(owner, self.settings.name, self.settings.remote_port))
+
+    def _refuse(self, error: PortNotOurs | None) -> None:
+        """Stop forwarding while another account holds the port; go on once it is the user's again."""
+        if error is not None and self.port_refusal is None:
+            log.error("not forwarding: %s", error)
+        elif error is None and self.port_refusal is not None:
+            log.warning("127.0.0.1:%d on %s is the user's again; forwarding again", self.settings.remote_port, self.settings.name)
+        self.port_refusal = error
+        self.forwarder.refusal = error
 
     # --- waking up ------------------------------------------------------------------
 
@@ -188,6 +265,8 @@ class Supervisor:
     async def _check_server(self, conn: asyncssh.SSHClientConnection) -> None:
         try:
             await self._revive(conn)
+        except PortNotOurs as error:
+            self._refuse(error)
         except GtRemoteError as error:
             log.error("remote server check failed: %s", error)
             self.server_error = error
@@ -197,29 +276,32 @@ class Supervisor:
     async def _after_reconnect(self, conn: asyncssh.SSHClientConnection) -> None:
         """Runs on every new connection before it is used; errors count as a failed attempt."""
         remote_scripts.use_install_dir(conn, self.settings.install_dir)
-        await self._revive(conn)
+        try:
+            await self._revive(conn)
+        except PortNotOurs as error:
+            self._refuse(error)  # the link is fine: the health loop sees when the port is ours again
         await self._ensure_relay(conn)
 
-    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False) -> None:
-        """Resumable streams where the relay runs; plain forwarding, with the reason, where not."""
+    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False, known: dict[str, str] | None = None) -> None:
+        """Resumable streams where the relay runs; plain forwarding, with the reason, where not.
+
+        At bring-up the channel check rides beside the end-to-end Ping (_prove_end_to_end)."""
         if not self.settings.resume:
             return
         was_missing, self.relay.missing = self.relay.missing, False
-        state = await remote_relay.ensure_relay(conn, self.settings.remote_port)
-        if state.socket is not None and (at_bring_up or was_missing or self.forwarder.relay is None):
+        state = await remote_relay.ensure_relay(conn, self.settings.remote_port, known)
+        if state.socket is not None and not at_bring_up and (was_missing or self.forwarder.relay is None):
             refused = await remote_relay.channel_refused(conn, state.socket)
             if refused:
                 state = remote_relay.RelayState(None, pid=state.pid, reason=refused, started=state.started)
         if at_bring_up and state.started:
             self.relay_started_pid = state.pid  # stopped again if the bring-up fails
-        if at_bring_up:
-            self.say(f"connections are resumable (relay pid {state.pid})" if state.socket else f"connections are not resumable: {state.reason}")
+        if at_bring_up and state.socket is None:
+            self.say(f"connections are not resumable: {state.reason}")
         if state.socket is None:
-            if self.resume_reason != state.reason:
-                log.warning("connections are not resumable: %s", state.reason)
-            self.resume_reason = state.reason
-            self.forwarder.relay = None
+            self._plain_forwarding(state.reason)
             return
+        self._relay_pid = state.pid
         self.relay.socket_path = state.socket
         self.resume_reason = None
         self.forwarder.relay = self.relay
@@ -235,6 +317,7 @@ class Supervisor:
         assert self.server is not None
         async with self._server_lock:
             revived = await revive_server(conn, self.settings, self.server)
+        self._refuse(None)  # the port is the user's (revive_server checked)
         if revived is not None:
             self.server = revived
             self.server_restarts += 1
@@ -249,6 +332,10 @@ class Supervisor:
         if op == "reconnect":
             return await self._reconnect_request(bool(request.get("force")), float(request.get("wait", RECONNECT_WAIT)))
         if op == "stop":
+            if request.get("stop_server"):
+                shared = await self._shared_refusal(bool(request.get("force")))
+                if shared is not None:
+                    return {"ok": False, "error": shared.to_dict()}
             stopped = await self._stop_remote_server() if request.get("stop_server") else None
             self._stop.set()
             return {"ok": True, **(stopped or {})}
@@ -282,6 +369,17 @@ class Supervisor:
         log.info("upgraded the remote server: pid %s -> %s", old and old.pid, self.server.pid)
         return {"ok": True, "old": old.to_dict() if old else None, "server": self.server.to_dict()}
 
+    async def _shared_refusal(self, force: bool) -> GtRemoteError | None:
+        """`down --stop-server` while another tunnel holds a live lease: refuse, unless forced."""
+        try:
+            conn = await self.link.wait_connected(5.0)
+            await remote_lease.check_stop_allowed(conn, self.settings, force)
+        except remote_lease.ServerShared as error:
+            return error
+        except (GtRemoteError, asyncssh.Error, OSError) as exc:
+            log.warning("could not check the server's other tunnels: %s", exc)
+        return None
+
     async def _stop_remote_server(self) -> dict[str, Any]:
         try:
             conn = await self.link.wait_connected(5.0)
@@ -301,11 +399,11 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         link, server = self.link, self.server
-        last_error = self.server_error or link.last_error
+        last_error = self.port_refusal or self.server_error or link.last_error
         return {
             "host": self.settings.name,
             "destination": self.settings.destination,
-            "state": link.state.value,
+            "state": LinkState.FAILED.value if self.port_refusal else link.state.value,
             "local": self.settings.local_url,
             "remote_port": self.settings.remote_port,
             "supervisor_pid": os.getpid(),
@@ -324,9 +422,12 @@ class Supervisor:
             },
             "settings": json.loads(self.settings.to_json()),
             "last_error": str(last_error) if last_error else None,
+            "port_refused": self.port_refusal.to_dict() if self.port_refusal else None,
             "since": iso(link.since),
             "next_attempt_at": iso(link.next_attempt_at),
             "clients": len(self.forwarder.clients),
+            "tunnels_sharing_server": 1 + len(self.lease_holders),
+            "shared_with": list(self.lease_holders),
             **self.resume_status(),
             "last_wake": self._last_wake_status(),
             "last_recovery_s": None if link.last_recovery_s is None else round(link.last_recovery_s, 3),
@@ -362,7 +463,7 @@ class Supervisor:
         write_private(self.files.record, json.dumps(record, indent=2))
 
     def _save_record_if_changed(self) -> None:
-        key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid)
+        key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid, str(self.port_refusal), tuple(self.lease_holders))
         if key != self._saved:
             try:
                 self._save_record()
@@ -371,6 +472,7 @@ class Supervisor:
                 log.warning("cannot save the status record: %s", exc)
 
     async def _shutdown(self) -> None:
+        await self._release_lease(self.link.connection)
         if self._control is not None:
             self._control.close()
             self.files.control.unlink(missing_ok=True)

@@ -39,6 +39,7 @@ class Forwarder:
         self.client_wait = client_wait
         self.clients: set[_ClientSide | ResumableClient] = set()
         self.relay: RelayPath | None = None  # set while the remote relay runs: new clients get resumable streams
+        self.refusal: GtRemoteError | None = None  # set while the remote port is not the user's: nothing is forwarded
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -72,7 +73,7 @@ class Forwarder:
         return server
 
     def _new_client(self) -> asyncio.Protocol:
-        if self.relay is not None:
+        if self.relay is not None and self.refusal is None:
             return ResumableClient(self.relay, self.clients)
         return _ClientSide(self)
 
@@ -94,6 +95,8 @@ class Forwarder:
 
     async def open_channel(self, client: _ClientSide) -> asyncssh.SSHTCPChannel[bytes]:
         """A direct-tcpip channel to the server for one client, on the current connection."""
+        if self.refusal is not None:
+            raise self.refusal
         conn = await self.link.wait_connected(self.client_wait)
         try:
             channel, _ = await conn.create_connection(lambda: _ServerSide(client), "127.0.0.1", self.remote_port)

@@ -1,0 +1,107 @@
+"""Leases: tunnels that share one remote server know about each other.
+
+Two ssh aliases (or two laptops) that reach the same remote user and port share one
+ccmux-server. Each supervisor keeps a file under the remote state dir,
+`leases/<port>/<laptop>-<alias>`, touched on every health check and live for a few
+keepalives. `down --stop-server` stops the server only when no other lease is live.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import asyncssh
+
+from gt_remote.base.config import HostSettings
+from gt_remote.base.errors import RemoteError
+from gt_remote.bootstrap.ownership import Owner, owner_from
+from gt_remote.bootstrap.remote import run_script
+
+LIVE_KEEPALIVES = 4  # a lease not touched for this many keepalives is gone
+MIN_TTL_S = 15
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_LEASE_NAME = re.compile(r"[A-Za-z0-9._-]{1,120}")
+
+TOUCH_SCRIPT = r"""
+lease_touch "$1" "$2" "$3"
+lease_others "$1" "$2"
+"""
+
+OTHERS_SCRIPT = r"""
+lease_others "$1" "$2"
+"""
+
+# A health check's one script: is the port still ours, and refresh the lease.
+UPKEEP_SCRIPT = r"""
+me=$(id -u)
+echo "uid=$me"
+( port_owner "$1" "$4" )
+lease_touch "$1" "$2" "$3"
+lease_others "$1" "$2"
+"""
+
+RELEASE_SCRIPT = r"""
+rm -f "$state_dir/leases/$1/$2"
+"""
+
+
+def lease_name(settings: HostSettings) -> str:
+    """`<laptop>-<alias>`: names the holder to whoever is refused because of it."""
+    laptop = _UNSAFE.sub("_", socket.gethostname().split(".")[0]) or "laptop"
+    alias = _UNSAFE.sub("_", settings.name).strip("._") or "host"
+    return f"{laptop}-{alias}"[:120]
+
+
+def lease_ttl(settings: HostSettings) -> int:
+    return max(MIN_TTL_S, int(settings.keepalive * LIVE_KEEPALIVES) + 1)
+
+
+def holders(stdout_lines: list[str]) -> list[str]:
+    """The `lease=NAME` lines of a script's output; names outside the safe alphabet are dropped."""
+    names = [line[6:] for line in stdout_lines if line.startswith("lease=")]
+    return sorted({name for name in names if _LEASE_NAME.fullmatch(name)})
+
+
+async def touch(conn: asyncssh.SSHClientConnection, settings: HostSettings) -> list[str]:
+    """Refresh this supervisor's lease; the other live holders."""
+    result = await run_script(conn, TOUCH_SCRIPT, str(settings.remote_port), lease_name(settings), str(lease_ttl(settings)))
+    return holders(result.stdout.splitlines())
+
+
+async def upkeep(conn: asyncssh.SSHClientConnection, settings: HostSettings, server_pid: int | None = None) -> tuple[Owner, list[str]]:
+    """Who holds the port now, and the other live holders; refreshes this tunnel's lease.
+    `server_pid`, the server we know of, is tried first as the listener: cheaper than a scan."""
+    args = (str(settings.remote_port), lease_name(settings), str(lease_ttl(settings)), str(server_pid or ""))
+    result = await run_script(conn, UPKEEP_SCRIPT, *args, timeout=max(10.0, settings.keepalive * 2))
+    return owner_from(result.fields), holders(result.stdout.splitlines())
+
+
+async def others(conn: asyncssh.SSHClientConnection, settings: HostSettings) -> list[str]:
+    result = await run_script(conn, OTHERS_SCRIPT, str(settings.remote_port), lease_name(settings))
+    return holders(result.stdout.splitlines())
+
+
+async def release(conn: asyncssh.SSHClientConnection, settings: HostSettings) -> None:
+    await run_script(conn, RELEASE_SCRIPT, str(settings.remote_port), lease_name(settings), timeout=5.0)
+
+
+class ServerShared(RemoteError):
+    """Another live tunnel uses the server `down --stop-server` was asked to stop."""
+
+
+def shared_refusal(settings: HostSettings, other_holders: list[str]) -> ServerShared:
+    named = ", ".join(other_holders)
+    return ServerShared(
+        f"the server on {settings.name}:127.0.0.1:{settings.remote_port} is shared with {len(other_holders)} other tunnel(s) ({named}); stopping it would end their panes",
+        f"bring those down first, or stop it anyway with 'gt-remote down {settings.name} --stop-server --force'",
+    )
+
+
+async def check_stop_allowed(conn: asyncssh.SSHClientConnection, settings: HostSettings, force: bool) -> None:
+    """Refuse to stop a server another live lease holds, unless forced."""
+    if force:
+        return
+    other_holders = await others(conn, settings)
+    if other_holders:
+        raise shared_refusal(settings, other_holders)
