@@ -185,6 +185,8 @@ def up(g: Globals, host: str, foreground: bool, shell: str, no_resume: bool, **o
     if no_resume:
         overrides["resume"] = False
     settings = _settings(g, host, overrides)
+    if "server_binary" not in overrides:  # the build `gt-remote upgrade` installed wins over the config's
+        settings = lifecycle.with_installed_build(settings, say)
 
     def print_exports(lines: list[str]) -> None:
         _print_for_shell(shell_lines(lines, shell), f"gt-remote up {host}", shell)
@@ -274,7 +276,7 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         server = row.get("server") or {}
         rtt = f"{row['rtt_ms']:.2f} ms" if row.get("rtt_ms") is not None else "-"
         uptime = _duration(row["uptime_s"]) if row.get("uptime_s") is not None else "-"
-        lines.append(f"{row['host']}: {row['state']}")
+        lines.append(f"{row['host']}: {row['state']}" + (f" ({row['step']})" if row.get("step") else ""))
         lines.append(f"  local       {row.get('local') or '-'}  ->  remote 127.0.0.1:{row.get('remote_port') or '-'}")
         described = " ".join(str(part) for part in (server.get("name"), server.get("version")) if part)
         lines.append(f"  server      {described} pid {server.get('pid') or '-'}" + (f" build {server['build']}" if server.get("build") else ""))
@@ -288,7 +290,7 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         if row.get("last_wake") or row.get("last_recovery_s") is not None:
             lines.append(f"  last wake   {_wake_line(row.get('last_wake'))}; last recovery {_seconds(row.get('last_recovery_s'))}")
         if row.get("last_error"):
-            lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
+            lines.append(f"  last error  {row['last_error']}" + ("" if row.get("last_error_past") else f" (since {row.get('since') or '?'})"))
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gt_remote import control, lifecycle
+from gt_remote import lifecycle
 from gt_remote.base.errors import GtRemoteError, UsageError
 from gt_remote.base.paths import HostFiles
 from gt_remote.bootstrap.probe import file_digest
@@ -24,6 +24,7 @@ class Plan:
     binary: str
     digest: str
     running: dict[str, Any]  # the live status's "server"
+    running_binary: str | None = None  # the server_binary the running tunnel was brought up with
 
     @property
     def needed(self) -> bool:
@@ -47,16 +48,18 @@ def plan(host: str, binary: str) -> Plan:
             f"the server {host} uses was not started by gt-remote, so gt-remote will not replace it",
             "stop it yourself on the remote, then run 'gt-remote down' and 'gt-remote up' with --server-binary",
         )
-    return Plan(host, str(path.resolve()), file_digest(str(path)), server)
+    running_binary = (status.get("settings") or {}).get("server_binary")
+    return Plan(host, str(path.resolve()), file_digest(str(path)), server, running_binary)
 
 
 def run(plan_: Plan) -> dict[str, Any]:
     """Ask the supervisor to upload, stop the old server and start the new one; its new status."""
     files = HostFiles(plan_.host)
-    reply = control.request(files.control, {"op": "upgrade", "server_binary": plan_.binary}, timeout=UPGRADE_TIMEOUT)
+    reply = lifecycle.ask(files, {"op": "upgrade", "server_binary": plan_.binary}, timeout=UPGRADE_TIMEOUT)
     if reply is None:
         raise GtRemoteError(f"the supervisor of {plan_.host} did not answer the upgrade", f"see its log: gt-remote logs {plan_.host}")
     if not reply.get("ok"):
         raise lifecycle.error_from_dict(reply.get("error") or {})
     server: dict[str, Any] = reply["server"]
+    lifecycle.remember_installed_build(plan_.host, plan_.binary, plan_.digest, plan_.running_binary)  # the next `up` uses it
     return server

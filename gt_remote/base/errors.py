@@ -130,3 +130,9 @@ class NotOurServer(RemoteError):
 
 class NeedsConfirmation(UsageError):
     """A step that ends the panes' processes, asked for without --yes and without a terminal to ask on."""
+
+
+class Interrupted(GtRemoteError):
+    """SIGINT or SIGTERM during a bring-up: it was cancelled and what it started undone."""
+
+    exit_code = 130
