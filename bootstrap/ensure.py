@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 import asyncssh
 
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import RemotePortBusy, ServerMissing, ServerOnOtherPort, ServerWithoutTcp
+from gt_remote.base.errors import BinaryIncompatible, RemoteError, RemotePortBusy, ServerHung, ServerMissing, ServerOnOtherPort, ServerWithoutTcp
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.install import check_platform, run_install_command, upload_server
-from gt_remote.bootstrap.probe import PortState, RemoteFacts, build_of, file_digest, parse_version, port_state, probe
+from gt_remote.bootstrap.probe import PORT_CHECK_TIMEOUT, PortState, RemoteFacts, build_of, file_digest, parse_version, port_state, probe
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
         return _reuse(facts, settings, digest, say)
     if state is PortState.BUSY:
         raise _port_busy(settings)
+    if state is PortState.SILENT:
+        raise _port_silent(settings, facts)
     if facts.other_port is not None:
         raise _one_server_per_user(settings, facts)
     if facts.pid is not None:
@@ -88,6 +90,8 @@ async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
     if state is PortState.BUSY:
         raise _port_busy(settings)
     facts = await probe(conn, settings.server, settings.remote_port, file_digest(settings.server_binary) if settings.server_binary else "")
+    if state is PortState.SILENT:
+        raise _port_silent(settings, facts)
     if facts.pid is not None:
         # Alive but not answering on TCP: never kill a server that may hold panes.
         raise ServerWithoutTcp(f"{settings.server} (pid {facts.pid}) runs on {settings.name} but does not answer on 127.0.0.1:{settings.remote_port}", "read its log under ~/.local/state/gt-remote/ there")
@@ -119,6 +123,10 @@ def _reuse(facts: RemoteFacts, settings: HostSettings, digest: str, say: Say) ->
 def _not_the_offered_build(facts: RemoteFacts, settings: HostSettings, digest: str) -> str:
     running = f"{facts.running_version or 'unknown version'}, build {facts.running_build or facts.running_path}"
     offered = f"build {digest}"
+    try:
+        check_platform(str(settings.server_binary), settings.name, facts.os, facts.arch)
+    except BinaryIncompatible as error:  # never suggest switching to a build that cannot run there
+        return f"note: {settings.name} keeps running {settings.server} {running}; the offered {offered} cannot run there: {error.cause}"
     return (
         f"note: {settings.name} keeps running {settings.server} {running}, not the offered {settings.server_binary} ({offered}); "
         f"to switch run 'gt-remote upgrade {settings.name} --server-binary {settings.server_binary}' (restarting ends the panes' processes)"
@@ -170,4 +178,17 @@ def _port_busy(settings: HostSettings) -> RemotePortBusy:
     return RemotePortBusy(
         f"127.0.0.1:{settings.remote_port} on {settings.name} is held by a program that is not a ccmux server",
         "pick another port with --remote-port, or stop that program",
+    )
+
+
+def _port_silent(settings: HostSettings, facts: RemoteFacts) -> RemoteError:
+    """Connected, no answer in time: a hung server of ours is not "another program"."""
+    if facts.pid is not None:
+        return ServerHung(
+            f"{settings.server} (pid {facts.pid}) on {settings.name} accepts connections but did not answer a Ping within {PORT_CHECK_TIMEOUT:g} s: hung or overloaded",
+            f"see its log under ~/.local/state/gt-remote/ there; if it stays hung, 'gt-remote down {settings.name} --stop-server' ends it (and its panes)",
+        )
+    return RemotePortBusy(
+        f"127.0.0.1:{settings.remote_port} on {settings.name} accepts connections but nothing answered a ccmux Ping within {PORT_CHECK_TIMEOUT:g} s: a hung server gt-remote did not start, or another program",
+        "check what listens there (ss -ltnp on the remote); pick another port with --remote-port, or stop that program",
     )

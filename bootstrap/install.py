@@ -7,6 +7,8 @@ interrupted upload never leaves a half-written binary where the probe would find
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import struct
@@ -31,6 +33,8 @@ fi
 mv -f "$HOME/$part" "$HOME/$final" && echo "version=$(printf '%s' "$out" | head -n 1)"
 """
 
+
+CANCEL_CLEANUP_TIMEOUT = 10.0
 
 ELF_MACHINES = {3: "i686", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
 UNAME_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "i386": "i686", "i586": "i686", "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64"}
@@ -72,6 +76,11 @@ async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, ser
         await sftp.makedirs(directory, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
         try:
             await sftp.put(local_path, part, progress_handler=progress.upload_reporter())
+        except asyncio.CancelledError:  # Ctrl-C on `up`: the half-written file goes too
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_remove_quietly(sftp, part), CANCEL_CLEANUP_TIMEOUT)
+                await asyncio.wait_for(_rmdir_quietly(sftp, directory), CANCEL_CLEANUP_TIMEOUT)
+            raise
         except (asyncssh.SFTPError, OSError) as exc:
             await _remove_quietly(sftp, part)
             await _rmdir_quietly(sftp, directory)

@@ -366,7 +366,22 @@ class Supervisor:
             return {"ok": True, **(stopped or {})}
         if op == "upgrade":
             return await self._upgrade(str(request.get("server_binary")))
+        if op == "diagnose":
+            return await self._diagnose()
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def _diagnose(self) -> dict[str, Any]:
+        """For `gt-remote ping` after a failed Ping: which hop does not answer? The link, the
+        server (Pinged directly over SSH), or else what lies between (relay or forwarding)."""
+        conn = self.link.connection
+        found: dict[str, Any] = {"ok": True, "state": self.state, "last_error": self._last_error(), "resumable": self.forwarder.relay is not None}
+        if not self.ready or conn is None:
+            return {**found, "link_up": False}
+        try:
+            rtt = await ping_remote(conn, self.settings.remote_port, timeout=3.0)
+            return {**found, "link_up": True, "server_answers": True, "server_rtt_ms": round(rtt * 1000, 3)}
+        except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
+            return {**found, "link_up": True, "server_answers": False, "server_reason": reason(exc)}
 
     async def _upgrade(self, binary: str) -> dict[str, Any]:
         """Replace the running server with another build; the tunnel and its link stay."""

@@ -88,6 +88,12 @@ class RemotePortBusy(RemoteError):
     """The remote port is held by a program that is not a ccmux server."""
 
 
+class ServerHung(RemoteError):
+    """gt-remote's own server accepts connections but does not answer a Ping in time."""
+
+    transient = True
+
+
 class ServerWithoutTcp(RemoteError):
     """A ccmux server runs on the remote without TCP; only a restart can add it."""
 
