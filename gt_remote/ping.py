@@ -56,7 +56,7 @@ def _which_hop(host: str, address: Address, error: PingFailed) -> GtRemoteError:
     if reply is None or not reply.get("ok"):
         return PingFailed(f"{seen}, and the supervisor of {host} did not answer", f"see 'gt-remote status {host}' and 'gt-remote logs {host}'")
     if not reply.get("link_up"):
-        why = f": {reply['last_error']}" if reply.get("last_error") else ""
+        why = f" ({reply['last_cause']})" if reply.get("last_cause") else ""
         return PingFailed(f"{seen}: the tunnel of {host} is {reply.get('state')}{why}", f"it reconnects by itself; 'gt-remote status {host}' shows when")
     if not reply.get("server_answers"):
         return PingFailed(

@@ -299,6 +299,8 @@ class Supervisor:
         self.rtt_ms = None  # the last Ping failed: an old round trip would mislead
         try:
             await self._revive(conn)
+        except ConnectFailed as error:  # the SSH connection failed, not the server: the link reports that
+            log.warning("remote server check interrupted: %s", error)
         except GtRemoteError as error:
             log.error("remote server check failed: %s", error)
             self.server_error = error
@@ -308,6 +310,7 @@ class Supervisor:
     async def _after_reconnect(self, conn: asyncssh.SSHClientConnection) -> None:
         """Runs on every new connection before it is used; errors count as a failed attempt."""
         await self._revive(conn)
+        self.server_error = None  # the server was just checked (and revived if it had died)
         await self._ensure_relay(conn)
 
     async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False) -> None:
@@ -374,7 +377,8 @@ class Supervisor:
         """For `gt-remote ping` after a failed Ping: which hop does not answer? The link, the
         server (Pinged directly over SSH), or else what lies between (relay or forwarding)."""
         conn = self.link.connection
-        found: dict[str, Any] = {"ok": True, "state": self.state, "last_error": self._last_error(), "resumable": self.forwarder.relay is not None}
+        cause = self.link.last_error.cause if self.link.last_error else None
+        found: dict[str, Any] = {"ok": True, "state": self.state, "last_cause": cause, "resumable": self.forwarder.relay is not None}
         if not self.ready or conn is None:
             return {**found, "link_up": False}
         try:
