@@ -101,3 +101,20 @@ def test_ping_while_the_tunnel_reconnects_names_the_tunnel(gt: Gt, ssh_host: Ssh
     assert result.returncode == 1
     line = one_error_line(result.stderr)
     assert "the tunnel of gaming-pc is" in line and "Error" not in line.split("error:", 1)[1], line
+
+
+def test_a_program_that_answers_something_else_is_not_a_ccmux_server(gt: Gt, ssh_host: SshHost) -> None:
+    talker = (
+        "import socket\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', 9999)); s.listen()\n"
+        "while True:\n"
+        "    c, _ = s.accept(); c.sendall(b'HTTP/1.0 400 Bad Request\\r\\n\\r\\n'); c.close()\n"
+    )
+    ssh_host.sh(f"cat > /tmp/talker.py <<'EOF'\n{talker}EOF")
+    ssh_host.spawn("exec python3 /tmp/talker.py")
+    wait_for(lambda: ssh_host.pids("talker.py"), 10, "the talker to run")
+    wait_for(lambda: ssh_host.exec("python3 -c \"import socket; socket.create_connection(('127.0.0.1', 9999))\"")[0] == 0, 10, "port 9999 to be held")
+    result = gt.up(ssh_host, "--local", f"tcp://127.0.0.1:{free_loopback_port()}")
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "127.0.0.1:9999 on gaming-pc is held by a program that is not a ccmux server" in line
