@@ -142,7 +142,7 @@ def live_status(files: HostFiles, timeout: float = 3.0) -> dict[str, Any] | None
 def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Callable[[list[str]], None] | None = None) -> list[str]:
     """Bring a host up (or find it up) and return its export lines."""
     files = HostFiles(settings.name)
-    with HostLock(files) as lock:
+    with _sigterm_interrupts(not foreground), HostLock(files) as lock:
         status = _settled_status(files, say)
         if status is not None and foreground:
             raise GtRemoteError(
@@ -307,8 +307,7 @@ def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
     finally:
         os.close(log_fd)
     try:
-        with _sigterm_interrupts():
-            return _relay_until_ready(proc, files, say)
+        return _relay_until_ready(proc, files, say)
     except KeyboardInterrupt:
         _undo_interrupted(proc, settings.name, say)
         raise
@@ -323,13 +322,17 @@ def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def _sigterm_interrupts(wanted: bool = True) -> Iterator[None]:
     """SIGTERM (a closing terminal, a service manager) cancels the bring-up as Ctrl-C does,
-    instead of killing `up` and leaving its supervisor to finish alone."""
+    instead of killing `up` and leaving its supervisor to finish alone. (`up --foreground`
+    is the supervisor itself and handles both signals in its event loop.)"""
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    if not wanted:
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield

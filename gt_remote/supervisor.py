@@ -98,6 +98,7 @@ class Supervisor:
         self.last_wake_outcome: CheckOutcome | None = None
         self._checking = asyncio.Lock()
         self._wake_checks: set[asyncio.Task[CheckOutcome]] = set()  # held, so they are not collected mid-run
+        self.bring_up_task: asyncio.Task[None] | None = None  # cancelled by SIGINT/SIGTERM or a `stop` request
         self.ready = False  # the bring-up finished: until then `status` says connecting and its step
         self.step = "starting"
         self._starting_server = False  # a server start was begun by this bring-up (stopped if it is cancelled)
@@ -202,6 +203,8 @@ class Supervisor:
         pid file (and so the lock) again, so `status` and `down` still find us."""
         while True:
             await asyncio.sleep(RUNTIME_CHECK_INTERVAL)
+            if self._stop.is_set():
+                return  # shutting down: the files go, and stay gone
             if self._control is None or self._runtime_files_intact():
                 continue
             try:
@@ -364,6 +367,10 @@ class Supervisor:
         if op == "reconnect":
             return await self._reconnect_request(bool(request.get("force")), float(request.get("wait", RECONNECT_WAIT)))
         if op == "stop":
+            if not self.ready and self.bring_up_task is not None:  # `down` from another shell during the bring-up
+                self._stop.set()
+                self.bring_up_task.cancel()
+                return {"ok": True, "server_note": "the bring-up was cancelled; what it started is being undone"}
             stopped = await self._stop_remote_server() if request.get("stop_server") else None
             self._stop.set()
             return {"ok": True, **(stopped or {})}
@@ -563,7 +570,7 @@ class Supervisor:
 async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, Any]], None]) -> None:
     supervisor = Supervisor(settings, say)
     loop = asyncio.get_running_loop()
-    bring_up = asyncio.create_task(supervisor.bring_up())
+    bring_up = supervisor.bring_up_task = asyncio.create_task(supervisor.bring_up())
 
     def stop() -> None:
         """SIGINT/SIGTERM: during the bring-up, cancel it now (it undoes itself); after, stop."""

@@ -264,3 +264,24 @@ def test_build_note_never_suggests_a_build_for_another_machine(gt: Gt, ssh_host:
     assert "gt-remote upgrade gaming-pc" not in result.stderr
 
 
+
+
+def test_troubleshooting_has_a_row_for_each_new_message() -> None:
+    rows_text = (Path(__file__).parent.parent / "docs" / "troubleshooting.md").read_text()
+    for message in (
+        "accepts connections but did not answer a Ping within 3 s: hung or overloaded",
+        "accepts connections but nothing answered a ccmux Ping within 3 s",
+        "interrupted: undoing what this up started on X",
+        "which is still coming up: STEP",
+        "installed by 'gt-remote upgrade'",
+        "cannot run there",
+        "recovered in S s",
+        "the relay there (which carries resumable connections) does not pass it on",
+        "the tunnel of X is reconnecting",
+        "the runtime directory D vanished",
+        "resume window 900.0 (asked: 60.0)",
+    ):
+        assert message in rows_text, message
+    usage = (Path(__file__).parent.parent / "docs" / "usage.md").read_text()
+    assert "exits\n130" in usage or "exits 130" in usage
+    assert "`step`" in usage and "`last_error_past`" in usage
