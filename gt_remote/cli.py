@@ -238,7 +238,7 @@ def reconnect(host: str | None, all_hosts: bool, force: bool) -> None:
     """Check HOST's link now and reconnect it if dead: for sleep and network hooks."""
     if bool(host) == all_hosts:
         raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote reconnect gaming-pc'")
-    names = [name for name in known_host_names() if lifecycle.live_status(HostFiles(name)) is not None] if all_hosts else [host]
+    names = [name for name in known_host_names() if (lifecycle.live_status(HostFiles(name)) or {}).get("state") not in (None, "connecting")] if all_hosts else [host]
     if not names:
         say("no hosts are up")
     healthy = True

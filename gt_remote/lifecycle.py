@@ -482,6 +482,8 @@ def reconnect(name: str, force: bool = False) -> tuple[bool, str]:
         if supervisor_pid(files) is not None:
             raise NotUp(f"the supervisor of {name} does not answer", f"see 'gt-remote status {name}'")
         raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {name})\"' first")
+    if reply.get("coming_up"):
+        raise error_from_dict(reply["error"])
     if not reply.get("ok"):
         raise GtRemoteError(f"the supervisor of {name} refused: {reply.get('error')}", "upgrade gt-remote and restart the tunnel: 'gt-remote down' then 'gt-remote up'")
     return bool(reply["reconnected"]), f"{name}: {_describe_reconnect(reply)}"
@@ -565,6 +567,8 @@ def require_up(name: str) -> dict[str, Any]:
     status = live_status(HostFiles(name))
     if status is None:
         raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {name})\"' first")
+    if status["state"] == "connecting":
+        raise NotUp(f"{name} is still coming up ({status.get('step') or 'connecting'})", f"wait until 'gt-remote status {name}' says up, then try again")
     if status["state"] == "failed":
         raise NotUp(f"{name} has failed: {status['last_error']}", f"fix that, then run 'gt-remote down {name}' and 'gt-remote up {name}'")
     return status

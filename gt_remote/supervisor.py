@@ -363,7 +363,8 @@ class Supervisor:
         if op == "status":
             return {"ok": True, "status": self.status()}
         if not self.ready and op in ("reconnect", "upgrade"):
-            return {"ok": False, "error": f"the tunnel is still coming up ({self.step}); try again once 'gt-remote status' says up"}
+            cause, fix = f"{self.settings.name} is still coming up ({self.step})", f"try again once 'gt-remote status {self.settings.name}' says up"
+            return {"ok": False, "coming_up": True, "error": {"kind": "NotUp", "cause": cause, "fix": fix}}
         if op == "reconnect":
             return await self._reconnect_request(bool(request.get("force")), float(request.get("wait", RECONNECT_WAIT)))
         if op == "stop":

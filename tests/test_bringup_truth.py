@@ -77,6 +77,9 @@ def test_interrupt_while_connecting_to_a_host_that_never_answers(gt: Gt, silent_
         assert row["host"] == name and row["state"] == "connecting" and row["step"] == "connecting"
         text = gt("status")
         assert text.returncode == 1 and text.stdout.splitlines()[0] == f"{name}: connecting (connecting)"
+        for command in (["env", name], ["reconnect", name]):  # not up yet, said so, not "refused"
+            early = gt(*command)
+            assert early.returncode == 1 and f"{name} is still coming up (connecting)" in one_error_line(early.stderr)
         proc.send_signal(signum)  # the `up` this test started, by pid
         wait_for(lambda: proc.poll() is not None, INTERRUPT_DEADLINE, "up to end after the signal")
     finally:
