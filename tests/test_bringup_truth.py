@@ -151,6 +151,29 @@ def test_second_up_from_another_shell_waits_for_the_first_then_shares_it(gt: Gt,
     ping(f"tcp://127.0.0.1:{port}")
 
 
+def test_down_from_another_shell_cancels_a_bring_up_and_undoes_it(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    big = tmp_path / "big" / "ccmux-server"
+    big.parent.mkdir()
+    big.write_text(STANDIN.read_text() + "\n#" + "x" * (200 << 20))
+    big.chmod(0o755)
+    port = free_loopback_port()
+    first = start_up(gt, "gaming-pc", "--server-binary", str(big), "--local", f"tcp://127.0.0.1:{port}", ssh_config=ssh_host.ssh_config)
+    other = other_shell(gt, tmp_path)
+    try:
+        wait_for(lambda: any(str(r.get("step")).startswith("uploading") for r in rows(other)), 60, "the other shell to see the upload")
+        down = other("down", "gaming-pc")
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert down.returncode == 0, down.stderr
+    assert first.returncode == 130 and "interrupted while uploading" in err, err
+    wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 10, "the supervisor to exit")
+    _, partial = ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")
+    assert partial.strip() == ""
+    assert tcp_port_free(port) and rows(gt) == []
+
+
 def test_status_and_down_from_a_shell_with_another_runtime_dir(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
     port = free_loopback_port()
     assert gt.up(ssh_host, "--local", f"tcp://127.0.0.1:{port}").returncode == 0
