@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import logging.handlers
+import math
 import os
 import signal
 import sys
@@ -477,7 +478,7 @@ class Supervisor:
     def _next_attempt_at(self) -> str | None:
         """Only a time still ahead: while an attempt runs there is no next one yet."""
         at = self.link.next_attempt_at
-        return iso(at) if at is not None and at > time.time() and self.link.state is not LinkState.UP else None
+        return iso(math.ceil(at)) if at is not None and at > time.time() and self.link.state is not LinkState.UP else None  # ceil: whole seconds, never shown as past
 
     def status(self) -> dict[str, Any]:
         link, server = self.link, self.server
