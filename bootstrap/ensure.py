@@ -11,11 +11,11 @@ import asyncssh
 
 from gt_remote import progress
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import RemotePortBusy, ServerMissing, ServerOnOtherPort, ServerWithoutTcp, shell_word
+from gt_remote.base.errors import BinaryIncompatible, RemoteError, RemotePortBusy, ServerHung, ServerMissing, ServerOnOtherPort, ServerWithoutTcp, shell_word
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.install import check_platform, run_install_command, upload_server
 from gt_remote.bootstrap.ownership import Holder, Owner, check_owner, refusal
-from gt_remote.bootstrap.probe import PortState, RemoteFacts, Survey, build_of, file_digest, parse_version, port_state, probe, survey
+from gt_remote.bootstrap.probe import PORT_CHECK_TIMEOUT, PortState, RemoteFacts, Survey, build_of, file_digest, parse_version, port_state, probe, survey
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ async def _ensure(conn: asyncssh.SSHClientConnection, settings: HostSettings, fa
         return _reuse(facts, settings, digest, say)
     if state is PortState.BUSY:  # no Ping answer: named as another account's, else as a program that is not ccmux
         raise refused if refused and owner.holder is Holder.FOREIGN else _port_busy(settings)
+    if state is PortState.SILENT:  # connects, never answers: our hung server, else another account's or a silent program
+        raise refused if refused and owner.holder is Holder.FOREIGN else _port_silent(settings, facts)
     if facts.other_port is not None:
         raise _one_server_per_user(settings, facts)
     if facts.pid is not None:
@@ -151,6 +153,8 @@ async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
     if state is PortState.BUSY:
         raise _port_busy(settings)
     facts = await probe(conn, settings.server, settings.remote_port, file_digest(settings.server_binary) if settings.server_binary else "")
+    if state is PortState.SILENT:
+        raise _port_silent(settings, facts)
     if facts.pid is not None:
         # Alive but not answering on TCP: never kill a server that may hold panes.
         raise ServerWithoutTcp(f"{settings.server} (pid {facts.pid}) runs on {settings.name} but does not answer on 127.0.0.1:{settings.remote_port}", "read its log under ~/.local/state/gt-remote/ there")
@@ -182,6 +186,10 @@ def _reuse(facts: RemoteFacts, settings: HostSettings, digest: str, say: Say) ->
 def _not_the_offered_build(facts: RemoteFacts, settings: HostSettings, digest: str) -> str:
     running = f"{facts.running_version or 'unknown version'}, build {facts.running_build or facts.running_path}"
     offered = f"build {digest}"
+    try:
+        check_platform(str(settings.server_binary), settings.name, facts.os, facts.arch)
+    except BinaryIncompatible as error:  # never suggest switching to a build that cannot run there
+        return f"note: {settings.name} keeps running {settings.server} {running}; the offered {offered} cannot run there: {error.cause}"
     return (
         f"note: {settings.name} keeps running {settings.server} {running}, not the offered {settings.server_binary} ({offered}); "
         f"to switch run 'gt-remote upgrade {shell_word(settings.name)} --server-binary {shell_word(settings.server_binary)}' (restarting ends the panes' processes)"
@@ -233,4 +241,17 @@ def _port_busy(settings: HostSettings) -> RemotePortBusy:
     return RemotePortBusy(
         f"127.0.0.1:{settings.remote_port} on {settings.name} is held by a program that is not a ccmux server",
         "pick another port with --remote-port, or stop that program",
+    )
+
+
+def _port_silent(settings: HostSettings, facts: RemoteFacts) -> RemoteError:
+    """Connected, no answer in time: a hung server of ours is not "another program"."""
+    if facts.pid is not None:
+        return ServerHung(
+            f"{settings.server} (pid {facts.pid}) on {settings.name} accepts connections but did not answer a Ping within {PORT_CHECK_TIMEOUT:g} s: hung or overloaded",
+            f"see its log under ~/.local/state/gt-remote/ there; if it stays hung, 'gt-remote down {settings.name} --stop-server' ends it (and its panes)",
+        )
+    return RemotePortBusy(
+        f"127.0.0.1:{settings.remote_port} on {settings.name} accepts connections but nothing answered a ccmux Ping within {PORT_CHECK_TIMEOUT:g} s: a hung server gt-remote did not start, or another program",
+        "check what listens there (ss -ltnp on the remote); pick another port with --remote-port, or stop that program",
     )

@@ -35,6 +35,7 @@ mv -f "$part" "$final" && echo "path=$final" && echo "version=$(printf '%s' "$ou
 """
 
 
+
 ELF_MACHINES = {3: "i686", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
 UNAME_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "i386": "i686", "i586": "i686", "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64"}
 

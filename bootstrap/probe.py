@@ -126,10 +126,14 @@ class RemoteFacts:
         return build_of(self.running_path)
 
 
+PORT_CHECK_TIMEOUT = 3.0
+
+
 class PortState(enum.Enum):
     ANSWERS = "answers"  # a ccmux server answered a Ping
     CLOSED = "closed"  # nothing listens
     BUSY = "busy"  # something listens, and it is not a ccmux server
+    SILENT = "silent"  # something accepts connections, and sent nothing back in time (hung, or not ccmux)
 
 
 def parse_version(output: str | None) -> str | None:
@@ -209,11 +213,19 @@ async def ping_remote(conn: asyncssh.SSHClientConnection, port: int, timeout: fl
         writer.close()
 
 
-async def port_state(conn: asyncssh.SSHClientConnection, port: int, timeout: float = 3.0) -> PortState:
+async def port_state(conn: asyncssh.SSHClientConnection, port: int, timeout: float = PORT_CHECK_TIMEOUT) -> PortState:
+    """What listens on the remote port. A channel that does not even open in time raises
+    TimeoutError: the SSH connection is what does not answer, not the port."""
     try:
-        await ping_remote(conn, port, timeout)
-        return PortState.ANSWERS
+        reader, writer = await asyncio.wait_for(conn.open_connection("127.0.0.1", port), timeout)
     except asyncssh.ChannelOpenError:
         return PortState.CLOSED
-    except (TimeoutError, PingFailed):
+    try:
+        await wire.ping(reader, writer, timeout)
+        return PortState.ANSWERS
+    except wire.NoPong:
+        return PortState.SILENT
+    except PingFailed:
         return PortState.BUSY
+    finally:
+        writer.close()

@@ -15,6 +15,7 @@ with an error saying so, it never fills the laptop's memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shlex
@@ -424,7 +425,22 @@ async def upload(
             report(b"", b"", 0, 0)
         stdin.write_eof()
 
-    return await run_command(conn, command, feed, token, UPLOAD_TIMEOUT)
+    try:
+        return await run_command(conn, command, feed, token, UPLOAD_TIMEOUT)
+    except asyncio.CancelledError:  # Ctrl-C on `up`: the half-written file goes too, within a bound
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(run_script(conn, DISCARD_PART_SCRIPT, kind, sha[:16], name, token), CANCEL_CLEANUP_TIMEOUT)
+        raise
+
+
+CANCEL_CLEANUP_TIMEOUT = 10.0
+# An upload cancelled mid-way: its part file (and the directory, if that is all it held).
+DISCARD_PART_SCRIPT = r"""
+dir="$gt_base/gt-remote/$1/$2"
+rm -f "$dir/.$3.part-$4"
+rmdir "$dir" 2>/dev/null
+:
+"""
 
 
 async def build_intact(conn: asyncssh.SSHClientConnection, path: str) -> bool:

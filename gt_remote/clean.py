@@ -170,7 +170,7 @@ LOCAL_FILES = re.compile(r"^(?P<key>[^.].*?)\.(json|pid|lock|sock|log(\.\d+)?)$"
 def _local_files_by_key() -> dict[str, list[Path]]:
     """The files HostFiles names, grouped by host key; anything else there is left alone."""
     found: dict[str, list[Path]] = {}
-    for directory in (state_dir() / "hosts", state_dir() / "remotes", state_dir() / "logs", runtime_dir()):
+    for directory in (state_dir() / "hosts", state_dir() / "remotes", state_dir() / "builds", state_dir() / "logs", runtime_dir()):
         for path in sorted(directory.iterdir()) if directory.is_dir() else []:
             match = LOCAL_FILES.match(path.name)
             if match and (path.is_file() or path.is_socket()):

@@ -194,6 +194,8 @@ def up(g: Globals, host: str, foreground: bool, shell: str, no_resume: bool, **o
     if no_resume:
         overrides["resume"] = False
     settings = _settings(g, host, overrides)
+    if "server_binary" not in overrides:  # the build `gt-remote upgrade` installed wins over the config's
+        settings = lifecycle.with_installed_build(settings, say)
 
     def print_exports(lines: list[str]) -> None:
         _print_for_shell(shell_lines(lines, shell), f"gt-remote up {shell_word(host)}", shell)
@@ -255,7 +257,7 @@ def reconnect(host: str | None, all_hosts: bool, force: bool) -> None:
     """Check HOST's link now and reconnect it if dead: for sleep and network hooks."""
     if bool(host) == all_hosts:
         raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote reconnect gaming-pc'")
-    names = [name for name in known_host_names() if lifecycle.live_status(HostFiles(name)) is not None] if all_hosts else [host]
+    names = [name for name in known_host_names() if (lifecycle.live_status(HostFiles(name)) or {}).get("state") not in (None, "connecting")] if all_hosts else [host]
     if not names:
         say("no hosts are up")
     healthy = True
@@ -296,7 +298,7 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         if row["state"] == "down":
             lines += _down_lines(row)
             continue
-        lines.append(f"{row['host']}: {row['state']}")
+        lines.append(f"{row['host']}: {row['state']}" + (f" ({row['step']})" if row.get("step") else ""))
         lines.append(f"  local       {row.get('local') or '-'}  ->  remote 127.0.0.1:{row.get('remote_port') or '-'}")
         described = " ".join(str(part) for part in (server.get("name"), server.get("version")) if part)
         lines.append(f"  server      {described} pid {server.get('pid') or '-'}" + (f" build {server['build']}" if server.get("build") else ""))
@@ -312,7 +314,7 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         if row.get("last_wake") or row.get("last_recovery_s") is not None:
             lines.append(f"  last wake   {_wake_line(row.get('last_wake'))}; last recovery {_seconds(row.get('last_recovery_s'))}")
         if row.get("last_error"):
-            lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
+            lines.append(f"  last error  {row['last_error']}" + ("" if row.get("last_error_past") else f" (since {row.get('since') or '?'})"))
     return "\n".join(lines)
 
 

@@ -118,3 +118,46 @@ def hold_pid_lock(pid_path: Path) -> int | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, /proc/PID/stat field 22): with the pid, it
+    names one process for good, as a pid alone does not once it is reused. None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def is_our_supervisor(pid: int, start_time: int | None, host: str) -> bool:
+    """Whether `pid` is still the supervisor of `host` that wrote a record: the same process
+    (start time) running gt-remote's supervisor for that host (its command line)."""
+    if pid <= 0:
+        return False
+    if not os.path.isdir("/proc/self"):  # no /proc (macOS): liveness is all there is to check
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False
+    if start_time is None or process_start_time(pid) != start_time:
+        return False
+    try:
+        args = [arg.decode(errors="replace") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if arg]
+    except OSError:
+        return False
+    return _supervises(args, host)
+
+
+def _supervises(args: list[str], host: str) -> bool:
+    """`python -m gt_remote.supervisor SETTINGS_JSON` or `gt-remote ... up HOST --foreground`."""
+    if "gt_remote.supervisor" in args:
+        try:
+            return bool(json.loads(args[-1]).get("name") == host)
+        except (ValueError, AttributeError):
+            return False
+    return "--foreground" in args and "up" in args and host in args

@@ -12,7 +12,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gt_remote import control, progress
@@ -20,7 +22,7 @@ from gt_remote.base import errors
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, NotUp, RemoteError, UsageError, shell_word
-from gt_remote.base.paths import HostFiles, known_host_names, open_private, remembered_host_names
+from gt_remote.base.paths import HostFiles, known_host_names, open_private, remembered_host_names, write_private
 
 if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must start fast (tests/test_light_cli.py)
     import subprocess
@@ -31,6 +33,8 @@ if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must 
 Say = Callable[[str], None]
 LOCK_TIMEOUT = 600.0
 STOP_GRACE = 5.0
+ANSWER_PATIENCE = 3.0  # a supervisor just started answers on its socket within this
+UNDO_WAIT = 30.0  # how long an interrupted `up` waits for its supervisor to undo the bring-up
 
 
 class HostLock:
@@ -84,7 +88,42 @@ class HostLock:
 
 def _has_state(files: HostFiles) -> bool:
     """Whether gt-remote keeps anything for this host (a mistyped name keeps nothing)."""
-    return files.record.exists() or files.remote.exists() or control.supervisor_alive(files.pid) is not None
+    return files.record.exists() or files.remote.exists() or supervisor_pid(files) is not None
+
+
+# --- finding a host's supervisor from any shell -------------------------------------------
+# The control socket and pid file live in the runtime dir, which differs between shells
+# (su, cron, ssh -T, a unit without XDG_RUNTIME_DIR) and which logind may remove. The record
+# in the state dir says where the supervisor's socket is and which process it is.
+
+
+def _recorded_supervisor(files: HostFiles) -> dict[str, Any]:
+    found = _read_record(files).get("supervisor")
+    return found if isinstance(found, dict) else {}
+
+
+def supervisor_pid(files: HostFiles) -> int | None:
+    """The live supervisor's pid: the lock holder here, else the recorded process once checked
+    to be that very process (start time) and gt-remote's supervisor for this host."""
+    pid = control.supervisor_alive(files.pid)
+    if pid is not None:
+        return pid
+    recorded = _recorded_supervisor(files)
+    other = recorded.get("pid")
+    if isinstance(other, int) and control.is_our_supervisor(other, recorded.get("start_time"), files.name):
+        return other
+    return None
+
+
+def ask(files: HostFiles, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any] | None:
+    """A request to the host's supervisor, at this shell's socket or at the one it recorded."""
+    reply = control.request(files.control, message, timeout)
+    if reply is not None:
+        return reply
+    recorded = _recorded_supervisor(files).get("control")
+    if isinstance(recorded, str) and recorded != str(files.control):
+        return control.request(Path(recorded), message, timeout)
+    return None
 
 
 def error_from_dict(data: dict[str, Any]) -> GtRemoteError:
@@ -96,7 +135,7 @@ def error_from_dict(data: dict[str, Any]) -> GtRemoteError:
 
 
 def live_status(files: HostFiles, timeout: float = 3.0) -> dict[str, Any] | None:
-    reply = control.request(files.control, {"op": "status"}, timeout)
+    reply = ask(files, {"op": "status"}, timeout)
     status = reply.get("status") if reply and reply.get("ok") else None
     return status if _well_formed(status) else None
 
@@ -125,8 +164,8 @@ def _well_formed(status: object) -> bool:
 def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Callable[[list[str]], None] | None = None) -> list[str]:
     """Bring a host up (or find it up) and return its export lines."""
     files = HostFiles(settings.name)
-    with HostLock(files) as lock:
-        status = live_status(files)
+    with _sigterm_interrupts(not foreground), HostLock(files) as lock:
+        status = _settled_status(files, say)
         if status is not None and foreground:
             raise GtRemoteError(
                 f"{settings.name} is already up under another supervisor (pid {status['supervisor_pid']}), so --foreground has nothing to supervise",
@@ -140,7 +179,7 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
             say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
             # Built here from our own settings (which _check_same matched), never the names the socket sent.
             return export_lines(settings.local_url, settings.server)
-        pid = control.supervisor_alive(files.pid)
+        pid = supervisor_pid(files)
         if pid is not None:
             raise GtRemoteError(
                 f"the supervisor of {settings.name} (pid {pid}) is alive but does not answer",
@@ -152,14 +191,39 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
             if foreground:
                 return _run_foreground(settings, lock, on_ready)
             return _spawn(settings, files, say)
-        except GtRemoteError:
+        except (GtRemoteError, KeyboardInterrupt):
             _forget_failed(files, had_log)
             raise
 
 
+def _settled_status(files: HostFiles, say: Say) -> dict[str, Any] | None:
+    """The running supervisor's status once it is past its bring-up; None if there is none.
+
+    A supervisor that is still connecting (started from another shell, or by the login
+    service) is waited for, not reported as up and not mistaken for a stopped one.
+    """
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    patience = time.monotonic() + ANSWER_PATIENCE
+    said = ""
+    while True:
+        status = live_status(files)
+        if status is None and supervisor_pid(files) is not None and time.monotonic() < patience:
+            time.sleep(0.1)  # just started: its socket comes within moments
+            continue
+        if status is None or status.get("state") != "connecting":
+            return status
+        step = status.get("step") or "connecting"
+        if step != said:
+            say(f"waiting for {files.name}'s supervisor (pid {status.get('supervisor_pid')}), which is still coming up: {step}")
+            said = step
+        if time.monotonic() > deadline:
+            raise GtRemoteError(f"the supervisor of {files.name} is still coming up ({step})", f"see 'gt-remote status {files.name}' and 'gt-remote logs {files.name}'")
+        time.sleep(0.2)
+
+
 def _forget_failed(files: HostFiles, had_log: bool) -> None:
     """A failed `up` of a host gt-remote never brought up (a mistyped name) leaves no files."""
-    if files.remote.exists() or control.supervisor_alive(files.pid) is not None:
+    if files.remote.exists() or supervisor_pid(files) is not None:
         return
     files.pid.unlink(missing_ok=True)
     if not had_log:
@@ -169,9 +233,7 @@ def _forget_failed(files: HostFiles, had_log: bool) -> None:
 def _check_same(settings: HostSettings, status: dict[str, Any]) -> None:
     """An option that differs from the running tunnel's is refused, never silently dropped."""
     running = status.get("settings") or {}
-    wanted = {"local": settings.local_url, "remote port": settings.remote_port, "server": settings.server, "keepalive": settings.keepalive}
-    have = {"local": status["local"], "remote port": status["remote_port"], "server": running.get("server", settings.server), "keepalive": running.get("keepalive", settings.keepalive)}
-    differs = [f"{key} {have[key]} (asked: {wanted[key]})" for key in wanted if wanted[key] != have[key]]
+    differs = [f"{label} {have} (asked: {wanted})" for label, have, wanted in _compared(settings, status, running) if have != wanted]
     if differs:
         raise UsageError(
             f"{settings.name} is already up with {', '.join(differs)}",
@@ -181,11 +243,76 @@ def _check_same(settings: HostSettings, status: dict[str, Any]) -> None:
         server = status.get("server") or {}
         digest = file_digest(settings.server_binary)
         if server.get("build") != digest:
-            running = f"{server.get('version') or 'unknown version'}, build {server.get('build') or server.get('path') or 'not uploaded by gt-remote'}"
+            running_build = f"{server.get('version') or 'unknown version'}, build {server.get('build') or server.get('path') or 'not uploaded by gt-remote'}"
             raise UsageError(
-                f"{settings.name} is already up with {settings.server} {running}, not the offered {settings.server_binary} (build {digest})",
+                f"{settings.name} is already up with {settings.server} {running_build}, not the offered {settings.server_binary} (build {digest})",
                 f"run 'gt-remote upgrade {shell_word(settings.name)} --server-binary {shell_word(settings.server_binary)}' to switch (restarting ends the panes' processes)",
             )
+
+
+def _compared(settings: HostSettings, status: dict[str, Any], running: dict[str, Any]) -> list[tuple[str, object, object]]:
+    """(what, the running tunnel's value, the asked value) for each option of `up` that shapes
+    the tunnel. A supervisor from before a setting existed counts as having the asked value."""
+
+    def was(key: str, asked: object) -> object:
+        return running.get(key, asked)
+
+    def resume(value: object) -> str:
+        return "on" if value else "off (--no-resume)"
+
+    return [
+        ("ssh destination", was("destination", settings.destination), settings.destination),
+        ("local", status["local"], settings.local_url),
+        ("remote port", status["remote_port"], settings.remote_port),
+        ("server", was("server", settings.server), settings.server),
+        ("keepalive", was("keepalive", settings.keepalive), settings.keepalive),
+        ("resume", resume(was("resume", settings.resume)), resume(settings.resume)),
+        ("resume window", was("resume_window", settings.resume_window), settings.resume_window),
+        ("install command", was("install_command", settings.install_command), settings.install_command),
+    ]
+
+
+# --- the build `gt-remote upgrade` installed ------------------------------------------------
+
+
+def remember_installed_build(name: str, binary: str, digest: str, running_binary: str | None) -> None:
+    """After an upgrade: `up` (and the login unit) use this build, not the config's older one.
+
+    `replaces` is what the config named when the tunnel came up; a later upgrade keeps it, so
+    the record stands until the config itself names another build.
+    """
+    files = HostFiles(name)
+    previous = _read_json(files.build)
+    replaces = previous.get("replaces") if previous.get("binary") == running_binary else running_binary
+    write_private(files.build, json.dumps({"host": name, "binary": binary, "digest": digest, "replaces": replaces}, indent=2))
+
+
+def with_installed_build(settings: HostSettings, say: Say) -> HostSettings:
+    """The config's server_binary, unless `gt-remote upgrade` installed another build since;
+    a config that names a new build (or a changed build file) ends that."""
+    files = HostFiles(settings.name)
+    record = _read_json(files.build)
+    binary = record.get("binary")
+    if not isinstance(binary, str) or binary == settings.server_binary:
+        return settings
+    if settings.server_binary not in (None, record.get("replaces")):
+        files.build.unlink(missing_ok=True)  # the config changed: it wins from now on
+        return settings
+    if not os.path.isfile(binary) or file_digest(binary) != record.get("digest"):
+        say(f"note: the build 'gt-remote upgrade' installed ({binary}) is gone or changed here; using the config's")
+        return settings
+    say(f"using {binary} (build {record.get('digest')}), installed by 'gt-remote upgrade'; the config's server_binary applies again once you change it")
+    import dataclasses
+
+    return dataclasses.replace(settings, server_binary=binary)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _clean_stale(files: HostFiles) -> None:
@@ -211,14 +338,60 @@ def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
         os.close(log_fd)
     try:
         return _relay_until_ready(proc, files, say)
+    except KeyboardInterrupt:
+        _undo_interrupted(proc, settings.name, say)
+        raise
     except BaseException:
         if proc.poll() is None:
             proc.terminate()
-            proc.wait(10)
+            _wait_quietly(proc, UNDO_WAIT)
         raise
     finally:
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+@contextmanager
+def _sigterm_interrupts(wanted: bool = True) -> Iterator[None]:
+    """SIGTERM (a closing terminal, a service manager) cancels the bring-up as Ctrl-C does,
+    instead of killing `up` and leaving its supervisor to finish alone. (`up --foreground`
+    is the supervisor itself and handles both signals in its event loop.)"""
+    import signal
+
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if not wanted:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _undo_interrupted(proc: subprocess.Popen[bytes], name: str, say: Say) -> None:
+    """Ctrl-C: the supervisor (in its own session, so the terminal's SIGINT missed it) is told
+    at once; it cancels the bring-up and undoes what it started on the remote."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    say(f"interrupted: undoing what this up started on {name}")
+    try:
+        if not _wait_quietly(proc, UNDO_WAIT):
+            say(f"the supervisor (pid {proc.pid}) is still undoing the bring-up; 'gt-remote logs {name}' shows how it ends")
+    except KeyboardInterrupt:
+        say(f"not waiting; the supervisor (pid {proc.pid}) finishes undoing the bring-up by itself")
+
+
+def _wait_quietly(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say) -> list[str]:
@@ -285,8 +458,8 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
 
     files = HostFiles(name)
     with HostLock(files, timeout=60):
-        pid = control.supervisor_alive(files.pid)
-        reply = control.request(files.control, {"op": "stop", "stop_server": stop_server, "force": force}, timeout=30 if stop_server else 3)
+        pid = supervisor_pid(files)
+        reply = ask(files, {"op": "stop", "stop_server": stop_server, "force": force}, timeout=30 if stop_server else 3)
         if reply is not None and reply.get("ok") is False and isinstance(reply.get("error"), dict):
             raise RemoteError(str(reply["error"].get("cause")), str(reply["error"].get("fix") or ""))  # refused: nothing stopped
         if reply is None and pid is None:
@@ -297,9 +470,9 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
         if reply is None and pid is not None and pid > 0:
             _signal(pid, signal.SIGTERM)
             _signal(pid, signal.SIGCONT)  # a stopped process acts on TERM only once resumed
-        if not _wait_until(lambda: control.supervisor_alive(files.pid) is None, STOP_GRACE) and pid:
+        if not _wait_until(lambda: supervisor_pid(files) is None, STOP_GRACE) and pid:
             _signal(pid, signal.SIGKILL)
-            _wait_until(lambda: control.supervisor_alive(files.pid) is None, STOP_GRACE)
+            _wait_until(lambda: supervisor_pid(files) is None, STOP_GRACE)
         _clean_stale(files)
     if stop_server and reply is None:  # the supervisor never answered: stop the server by ourselves
         return f"{name}: down; {_stop_server_offline(name, fallback, ssh_config, force)}"
@@ -360,11 +533,13 @@ RECONNECT_REPLY_TIMEOUT = 30.0  # the supervisor checks (2 s) and waits up to 15
 def reconnect(name: str, force: bool = False) -> tuple[bool, str]:
     """Ask HOST's supervisor to check its link now (after a wake); (link up again, what happened)."""
     files = HostFiles(name)
-    reply = control.request(files.control, {"op": "reconnect", "force": force}, timeout=RECONNECT_REPLY_TIMEOUT)
+    reply = ask(files, {"op": "reconnect", "force": force}, timeout=RECONNECT_REPLY_TIMEOUT)
     if reply is None:
-        if control.supervisor_alive(files.pid) is not None:
+        if supervisor_pid(files) is not None:
             raise NotUp(f"the supervisor of {name} does not answer", f"see 'gt-remote status {shell_word(name)}'")
         raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {shell_word(name)})\"' first")
+    if reply.get("coming_up"):
+        raise error_from_dict(reply["error"])
     if not reply.get("ok"):
         raise GtRemoteError(f"the supervisor of {name} refused: {reply.get('error')}", "upgrade gt-remote and restart the tunnel: 'gt-remote down' then 'gt-remote up'")
     return bool(reply["reconnected"]), f"{name}: {_describe_reconnect(reply)}"
@@ -395,7 +570,7 @@ def host_status(name: str) -> dict[str, Any]:
         return status
     record = _read_record(files)
     last = record.get("status", {})
-    pid = control.supervisor_alive(files.pid)
+    pid = supervisor_pid(files)
     if pid is not None:
         last_error = f"the supervisor (pid {pid}) is alive but does not answer; it may be stopped (SIGSTOP)"
     elif record:
@@ -448,6 +623,8 @@ def require_up(name: str) -> dict[str, Any]:
     status = live_status(HostFiles(name))
     if status is None:
         raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {shell_word(name)})\"' first")
+    if status["state"] == "connecting":
+        raise NotUp(f"{name} is still coming up ({status.get('step') or 'connecting'})", f"wait until 'gt-remote status {shell_word(name)}' says up, then try again")
     if status["state"] == "failed":
         raise NotUp(f"{name} has failed: {status['last_error']}", f"fix that, then run 'gt-remote down {shell_word(name)}' and 'gt-remote up {shell_word(name)}'")
     return status
@@ -456,4 +633,4 @@ def require_up(name: str) -> dict[str, Any]:
 def is_known(name: str) -> bool:
     """Whether gt-remote has any trace of this host: a live supervisor, a record or a log."""
     files = HostFiles(name)
-    return files.record.exists() or files.log.exists() or control.supervisor_alive(files.pid) is not None or files.control.exists()
+    return files.record.exists() or files.log.exists() or supervisor_pid(files) is not None or files.control.exists()

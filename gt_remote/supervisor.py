@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import logging.handlers
+import math
 import os
 import signal
 import sys
@@ -30,8 +31,8 @@ import asyncssh
 from gt_remote import control, progress, reach
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import GtRemoteError, PingFailed
-from gt_remote.base.paths import HostFiles, open_private, write_private
+from gt_remote.base.errors import ConnectFailed, GtRemoteError, Interrupted, PingFailed
+from gt_remote.base.paths import HostFiles, open_private, runtime_path, write_private
 from gt_remote.base.sanitize import visible_formatter
 from gt_remote.bootstrap import lease as remote_lease
 from gt_remote.bootstrap import relay as remote_relay
@@ -54,6 +55,16 @@ Say = Callable[[str], None]
 LOG_MAX_BYTES = 1024 * 1024
 LOG_BACKUPS = 3
 RECONNECT_WAIT = 15.0  # how long `gt-remote reconnect` waits for a dropped link to come back
+RUNTIME_CHECK_INTERVAL = 2.0  # how often the supervisor checks its socket and pid file still exist
+UNDO_TIMEOUT = 20.0  # how long undoing a cancelled bring-up may take on the remote
+STEPS = (("uploading", "uploading"), ("running the install command", "installing the server"), ("starting", "starting server"), ("restarting", "starting server"))
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as words for the log: a bare TimeoutError has no text of its own."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -84,7 +95,9 @@ class Supervisor:
         self.server_error: GtRemoteError | None = None
         self.port_refusal: PortNotOurs | None = None  # the remote port is not the user's: nothing is forwarded
         self.lease_holders: list[str] = []  # other live tunnels sharing the remote server
-        self.rtt_ms: float | None = None
+        self._rtt_ms: float | None = None
+        self._rtt_at = 0.0
+        self._past_loss: tuple[int, float | None, float | None] | None = None
         self._stop = asyncio.Event()
         self._control: asyncio.AbstractServer | None = None
         self._saved: tuple[object, ...] = ()
@@ -93,28 +106,48 @@ class Supervisor:
         self.last_wake_outcome: CheckOutcome | None = None
         self._checking = asyncio.Lock()
         self._wake_checks: set[asyncio.Task[CheckOutcome]] = set()  # held, so they are not collected mid-run
+        self.bring_up_task: asyncio.Task[None] | None = None  # cancelled by SIGINT/SIGTERM or a `stop` request
+        self.ready = False  # the bring-up finished: until then `status` says connecting and its step
+        self.step = "starting"
+        self._starting_server = False  # a server start was begun by this bring-up (stopped if it is cancelled)
+        self._runtime_ids: tuple[int, int] | None = None  # inodes of our control socket and pid file
+        progress.relay_transfers(self._on_transfer)
 
     # --- bring-up -------------------------------------------------------------------
 
     async def bring_up(self) -> None:
-        """Everything `up` promises, or nothing left behind."""
+        """Everything `up` promises, or nothing left behind.
+
+        The control socket answers from the first moment, so `status` (and a second `up`)
+        see `connecting` and the step, not a silent supervisor.
+        """
         await self.forwarder.start()
         progress.steps.debug("forward: listening on %s for 127.0.0.1:%d on the remote", self.settings.local_url, self.settings.remote_port)
         try:
+            await self._serve_control()
+            self._save_record()
+            self._set_step("connecting")
             self.say(f"connecting to {self.settings.destination}")
             conn = await self.link.open()
             remote_scripts.use_install_dir(conn, self.settings.install_dir)
+            self._set_step("checking the remote")
             relay_path = remote_relay.remote_agent_path() if self.settings.resume else ""
             lease, ttl = remote_lease.lease_name(self.settings), remote_lease.lease_ttl(self.settings)
-            found = await bring_up(conn, self.settings, self.say, lease, ttl, relay_path, on_survey=self._surveyed)
+            found = await bring_up(conn, self.settings, self._say_step, lease, ttl, relay_path, on_survey=self._surveyed)
             self.server = found.server
+            self._set_step("starting relay")
             await self._ensure_relay(conn, at_bring_up=True, known=found.survey.relay)
+            self._set_step("checking")
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
             self.rtt_ms = await self._prove_end_to_end(conn) * 1000
-            self._control = await control.serve(self.files.control, self._on_request)
+        except TimeoutError as exc:
+            await self._undo()
+            raise ConnectFailed(f"{self.settings.destination} did not answer in time while {self.step}", "check the network and the remote, then run up again") from exc
         except BaseException:
-            await self._abandon()
+            await self._undo()
             raise
+        self.ready = True
+        self.step = "up"
         self._save_record()
         reach.remember(self.settings)
         log.info("up: %s -> %s:127.0.0.1:%d", self.settings.local_url, self.settings.destination, self.settings.remote_port)
@@ -165,16 +198,96 @@ class Supervisor:
         except (GtRemoteError, asyncssh.Error, OSError, TimeoutError) as exc:
             log.info("could not release the lease: %s", exc)
 
+    def _set_step(self, step: str) -> None:
+        self.step = step
+
+    def _say_step(self, message: str) -> None:
+        """Progress from the server's bring-up also names the step `status` shows."""
+        for prefix, step in STEPS:
+            if message.startswith(prefix):
+                self.step = "uploading 0 %" if step == "uploading" else step
+                self._starting_server = self._starting_server or step == "starting server"
+        self.say(message)
+
+    def _on_transfer(self, done: int, total: int, _elapsed: float) -> None:
+        if not self.ready and self.step.startswith("uploading"):
+            self.step = f"uploading {100 * done // total if total else 100} %"
+
+    async def _undo(self) -> None:
+        """A failed or cancelled bring-up: stop what it started, remove what it wrote."""
+        try:
+            await asyncio.wait_for(self._abandon(), UNDO_TIMEOUT)
+        except (TimeoutError, GtRemoteError, asyncssh.Error, OSError) as exc:
+            log.warning("could not undo everything this bring-up started on the remote: %s", reason(exc))
+            await self.forwarder.close()
+            await self.link.close()
+        finally:
+            self._stop_control()
+            self.files.record.unlink(missing_ok=True)
+
     async def _abandon(self) -> None:
         server = self.server
         conn = self.link.connection
         await self._release_lease(conn)
         if server and server.started_by_gt_remote and not server.reused and conn is not None:
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port, only_pid=server.pid)
+        elif server is None and self._starting_server and conn is not None:
+            # Cancelled while the server started: the pid file for this port names the one we started.
+            await remote_server.stop(conn, self.settings.server, self.settings.remote_port)
         if self.relay_started_pid is not None and conn is not None:
             await remote_relay.stop_relay(conn, self.settings.remote_port, only_pid=self.relay_started_pid)
         await self.forwarder.close()
         await self.link.close()
+
+    # --- the runtime files: control socket and pid file --------------------------------
+
+    async def _serve_control(self) -> None:
+        self._control = await control.serve(self.files.control, self._on_request)
+        self._runtime_ids = (os.stat(self.files.control).st_ino, os.stat(self.files.pid).st_ino)
+
+    def _stop_control(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+            self.files.control.unlink(missing_ok=True)
+
+    def _runtime_files_intact(self) -> bool:
+        try:
+            return self._runtime_ids == (os.stat(self.files.control).st_ino, os.stat(self.files.pid).st_ino)
+        except OSError:
+            return False
+
+    async def keep_runtime_files(self) -> None:
+        """logind removes /run/user/UID at the last logout while we live on: make the socket,
+        pid file (and so the lock) again, so `status` and `down` still find us."""
+        while True:
+            await asyncio.sleep(RUNTIME_CHECK_INTERVAL)
+            if self._stop.is_set():
+                return  # shutting down: the files go, and stay gone
+            if self._control is None or self._runtime_files_intact():
+                continue
+            try:
+                await self._recreate_runtime_files()
+            except OSError as exc:
+                log.error("the runtime directory %s vanished and cannot be made again (%s); stopping", runtime_path(), reason(exc))
+                self.request_stop()
+                return
+
+    async def _recreate_runtime_files(self) -> None:
+        gone = runtime_path()
+        try:
+            self.files.control.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            os.environ.pop("XDG_RUNTIME_DIR", None)  # its parent is gone too: use /tmp/gt-remote-UID
+        if control.hold_pid_lock(self.files.pid) is None:
+            log.error("the runtime directory %s vanished and another supervisor for %s took its place; stopping", gone, self.settings.name)
+            self.request_stop()
+            return
+        if self._control is not None:
+            self._control.close()
+        await self._serve_control()
+        self._save_record()
+        log.warning("the runtime directory %s vanished; made the control socket and pid file again in %s", gone, runtime_path())
 
     # --- running --------------------------------------------------------------------
 
@@ -189,6 +302,10 @@ class Supervisor:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     async def _health_loop(self) -> None:
         """Ping the server through the tunnel; revive it if it died while the link stayed up."""
@@ -206,7 +323,7 @@ class Supervisor:
                     self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
                     self.server_error = None
                 except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
-                    log.warning("health Ping failed: %s", exc)
+                    log.warning("health Ping failed: %s", reason(exc))
                     await self._check_server(conn)
             self._save_record_if_changed()
 
@@ -263,15 +380,18 @@ class Supervisor:
         return {"ok": True, "outcome": outcome.value, "reconnected": reconnected, "state": self.link.state.value, "last_error": str(self.link.last_error) if self.link.last_error else None}
 
     async def _check_server(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.rtt_ms = None  # the last Ping failed: an old round trip would mislead
         try:
             await self._revive(conn)
         except PortNotOurs as error:
             self._refuse(error)
+        except ConnectFailed as error:  # the SSH connection failed, not the server: the link reports that
+            log.warning("remote server check interrupted: %s", error)
         except GtRemoteError as error:
             log.error("remote server check failed: %s", error)
             self.server_error = error
         except (TimeoutError, asyncssh.Error, OSError) as exc:
-            log.warning("remote server check interrupted: %s", exc)  # the link notices a dead connection itself
+            log.warning("remote server check interrupted: %s", reason(exc))  # the link notices a dead connection itself
 
     async def _after_reconnect(self, conn: asyncssh.SSHClientConnection) -> None:
         """Runs on every new connection before it is used; errors count as a failed attempt."""
@@ -280,6 +400,7 @@ class Supervisor:
             await self._revive(conn)
         except PortNotOurs as error:
             self._refuse(error)  # the link is fine: the health loop sees when the port is ours again
+        self.server_error = None  # the server was just checked (and revived if it had died)
         await self._ensure_relay(conn)
 
     async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False, known: dict[str, str] | None = None) -> None:
@@ -311,7 +432,7 @@ class Supervisor:
         try:
             await self._ensure_relay(conn)
         except (GtRemoteError, asyncssh.Error, OSError) as exc:
-            log.warning("relay check failed: %s", exc)
+            log.warning("relay check failed: %s", reason(exc))
 
     async def _revive(self, conn: asyncssh.SSHClientConnection) -> None:
         assert self.server is not None
@@ -329,9 +450,16 @@ class Supervisor:
         op = request.get("op")
         if op == "status":
             return {"ok": True, "status": self.status()}
+        if not self.ready and op in ("reconnect", "upgrade"):
+            cause, fix = f"{self.settings.name} is still coming up ({self.step})", f"try again once 'gt-remote status {self.settings.name}' says up"
+            return {"ok": False, "coming_up": True, "error": {"kind": "NotUp", "cause": cause, "fix": fix}}
         if op == "reconnect":
             return await self._reconnect_request(bool(request.get("force")), float(request.get("wait", RECONNECT_WAIT)))
         if op == "stop":
+            if not self.ready and self.bring_up_task is not None:  # `down` from another shell during the bring-up
+                self._stop.set()
+                self.bring_up_task.cancel()
+                return {"ok": True, "server_note": "the bring-up was cancelled; what it started is being undone"}
             if request.get("stop_server"):
                 shared = await self._shared_refusal(bool(request.get("force")))
                 if shared is not None:
@@ -342,7 +470,23 @@ class Supervisor:
         if op == "upgrade":
             install_dir = request.get("install_dir")
             return await self._upgrade(str(request.get("server_binary")), install_dir if isinstance(install_dir, str) else None)
+        if op == "diagnose":
+            return await self._diagnose()
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    async def _diagnose(self) -> dict[str, Any]:
+        """For `gt-remote ping` after a failed Ping: which hop does not answer? The link, the
+        server (Pinged directly over SSH), or else what lies between (relay or forwarding)."""
+        conn = self.link.connection
+        cause = self.link.last_error.cause if self.link.last_error else None
+        found: dict[str, Any] = {"ok": True, "state": self.state, "last_cause": cause, "resumable": self.forwarder.relay is not None}
+        if not self.ready or conn is None:
+            return {**found, "link_up": False}
+        try:
+            rtt = await ping_remote(conn, self.settings.remote_port, timeout=3.0)
+            return {**found, "link_up": True, "server_answers": True, "server_rtt_ms": round(rtt * 1000, 3)}
+        except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
+            return {**found, "link_up": True, "server_answers": False, "server_reason": reason(exc)}
 
     async def _upgrade(self, binary: str, install_dir: str | None = None) -> dict[str, Any]:
         """Replace the running server with another build; the tunnel and its link stay."""
@@ -397,20 +541,66 @@ class Supervisor:
         reach.forget(self.settings.name)
         return {"server_stopped": pid, "server_note": f"stopped the remote server (pid {pid})" if pid else "the remote server was not running"}
 
+    @property
+    def rtt_ms(self) -> float | None:
+        """The last Ping's round trip, only while the connection it went over is the live one."""
+        link = self.link
+        if self._rtt_ms is None or not self.ready or link.state is not LinkState.UP or self.server_error is not None:
+            return None
+        if link.up_since is not None and self._rtt_at < link.up_since:
+            return None  # measured over a connection that has since been replaced
+        return self._rtt_ms
+
+    @rtt_ms.setter
+    def rtt_ms(self, value: float | None) -> None:
+        self._rtt_ms, self._rtt_at = value, time.time()
+
+    @property
+    def state(self) -> str:
+        return self.link.state.value if self.ready else LinkState.CONNECTING.value
+
+    def _last_error(self) -> str | None:
+        """Now-errors as they are; an outage already recovered from, in the past tense."""
+        if self.server_error is not None:
+            return str(self.server_error)
+        error, link = self.link.last_error, self.link
+        if error is None:
+            return None
+        if not self.ready or link.state is not LinkState.UP:
+            return str(error)
+        if self._past_loss is None or self._past_loss[0] != link.reconnects:
+            recovered = link.last_recovery_s
+            lost_at = link.up_since - recovered if link.up_since is not None and recovered is not None else None
+            self._past_loss = (link.reconnects, lost_at, recovered)
+        _, lost_at, recovered = self._past_loss
+        cause = error.cause
+        if cause.startswith("connection lost"):
+            detail = cause.removeprefix("connection lost").lstrip(": ")
+            cause = f"connection lost at {iso(lost_at) or '?'}" + (f" ({detail})" if detail else "")
+        else:
+            cause = f"{cause} (at {iso(lost_at) or '?'})"
+        return f"{cause}, recovered in {recovered:.2f} s" if recovered is not None else f"{cause}, recovered at {iso(link.up_since)}"
+
+    def _next_attempt_at(self) -> str | None:
+        """Only a time still ahead: while an attempt runs there is no next one yet."""
+        at = self.link.next_attempt_at
+        return iso(math.ceil(at)) if at is not None and at > time.time() and self.link.state is not LinkState.UP else None  # ceil: whole seconds, never shown as past
+
     def status(self) -> dict[str, Any]:
         link, server = self.link, self.server
-        last_error = self.port_refusal or self.server_error or link.last_error
+        rtt = self.rtt_ms
         return {
             "host": self.settings.name,
             "destination": self.settings.destination,
-            "state": LinkState.FAILED.value if self.port_refusal else link.state.value,
+            "state": LinkState.FAILED.value if self.port_refusal else self.state,
+            "step": None if self.ready else self.step,
             "local": self.settings.local_url,
             "remote_port": self.settings.remote_port,
             "supervisor_pid": os.getpid(),
-            "uptime_s": None if link.state != LinkState.UP or link.up_since is None else round(time.time() - link.up_since, 1),
+            "uptime_s": None if not self.ready or link.state != LinkState.UP or link.up_since is None else round(time.time() - link.up_since, 1),
             "reconnects": link.reconnects,
             "server_restarts": self.server_restarts,
-            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "rtt_ms": None if rtt is None else round(rtt, 3),
             "server": {
                 "name": self.settings.server,
                 "pid": server.pid if server else None,
@@ -421,10 +611,11 @@ class Supervisor:
                 "other_build": server.other_build if server else None,
             },
             "settings": json.loads(self.settings.to_json()),
-            "last_error": str(last_error) if last_error else None,
+            "last_error": str(self.port_refusal) if self.port_refusal else self._last_error(),
             "port_refused": self.port_refusal.to_dict() if self.port_refusal else None,
+            "last_error_past": self.server_error is None and link.last_error is not None and self.ready and link.state is LinkState.UP,
             "since": iso(link.since),
-            "next_attempt_at": iso(link.next_attempt_at),
+            "next_attempt_at": self._next_attempt_at(),
             "clients": len(self.forwarder.clients),
             "tunnels_sharing_server": 1 + len(self.lease_holders),
             "shared_with": list(self.lease_holders),
@@ -458,8 +649,14 @@ class Supervisor:
         return {"at": iso(event.at), "kind": event.kind, "detail": event.detail, "outcome": outcome.value if outcome else "checking"}
 
     def _save_record(self) -> None:
-        """What `status` shows if this process dies without a word."""
-        record = {"host": self.settings.name, "settings": json.loads(self.settings.to_json()), "status": self.status()}
+        """What `status` shows if this process dies without a word, and how any shell of this
+        user finds this process: its pid, start time and control socket."""
+        record = {
+            "host": self.settings.name,
+            "settings": json.loads(self.settings.to_json()),
+            "status": self.status(),
+            "supervisor": {"pid": os.getpid(), "start_time": control.process_start_time(os.getpid()), "control": str(self.files.control), "pid_file": str(self.files.pid)},
+        }
         write_private(self.files.record, json.dumps(record, indent=2))
 
     def _save_record_if_changed(self) -> None:
@@ -485,12 +682,30 @@ class Supervisor:
 async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, Any]], None]) -> None:
     supervisor = Supervisor(settings, say)
     loop = asyncio.get_running_loop()
+    bring_up = supervisor.bring_up_task = asyncio.create_task(supervisor.bring_up())
+
+    def stop() -> None:
+        """SIGINT/SIGTERM: during the bring-up, cancel it now (it undoes itself); after, stop."""
+        if not supervisor.stop_requested and not bring_up.done():
+            log.warning("interrupted while %s; undoing what this bring-up started", supervisor.step)
+            bring_up.cancel()
+        supervisor.request_stop()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, supervisor.request_stop)
+        loop.add_signal_handler(signum, stop)
     loop.add_signal_handler(signal.SIGUSR1, lambda: supervisor.on_wake(WakeEvent("signal", "SIGUSR1", time.time())))
-    await supervisor.bring_up()
-    on_ready(supervisor.status())
-    await supervisor.serve_forever()
+    keeper = asyncio.create_task(supervisor.keep_runtime_files())
+    try:
+        try:
+            await bring_up
+        except asyncio.CancelledError:
+            if not supervisor.stop_requested:
+                raise
+            raise Interrupted(f"the bring-up of {settings.name} was interrupted while {supervisor.step}", "nothing it started was left running; run up again when ready") from None
+        on_ready(supervisor.status())
+        await supervisor.serve_forever()
+    finally:
+        keeper.cancel()
 
 
 def setup_logging(files: HostFiles, also_stderr: bool = False) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gt_remote import control, lifecycle
+from gt_remote import lifecycle
 from gt_remote.base import config
 from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, UsageError, shell_word
@@ -26,6 +26,7 @@ class Plan:
     digest: str
     running: dict[str, Any]  # the live status's "server"
     install_dir: str | None = None  # where the new build goes; None: where the host's builds are
+    running_binary: str | None = None  # the server_binary the running tunnel was brought up with
 
     @property
     def needed(self) -> bool:
@@ -51,16 +52,18 @@ def plan(host: str, binary: str, install_dir: str | None = None) -> Plan:
         )
     if install_dir is not None:
         install_dir = config.install_dir_value(install_dir)
-    return Plan(host, str(path.resolve()), file_digest(str(path)), server, install_dir)
+    running_binary = (status.get("settings") or {}).get("server_binary")
+    return Plan(host, str(path.resolve()), file_digest(str(path)), server, install_dir, running_binary)
 
 
 def run(plan_: Plan) -> dict[str, Any]:
     """Ask the supervisor to upload, stop the old server and start the new one; its new status."""
     files = HostFiles(plan_.host)
-    reply = control.request(files.control, {"op": "upgrade", "server_binary": plan_.binary, "install_dir": plan_.install_dir}, timeout=UPGRADE_TIMEOUT)
+    reply = lifecycle.ask(files, {"op": "upgrade", "server_binary": plan_.binary, "install_dir": plan_.install_dir}, timeout=UPGRADE_TIMEOUT)
     if reply is None:
         raise GtRemoteError(f"the supervisor of {plan_.host} did not answer the upgrade", f"see its log: gt-remote logs {shell_word(plan_.host)}")
     if not reply.get("ok"):
         raise lifecycle.error_from_dict(reply.get("error") or {})
     server: dict[str, Any] = reply["server"]
+    lifecycle.remember_installed_build(plan_.host, plan_.binary, plan_.digest, plan_.running_binary)  # the next `up` uses it
     return server

@@ -133,10 +133,10 @@ def test_reconnect_status_fields(gt: Gt, ssh_host: SshHost) -> None:
     assert row["uptime_s"] < 2, "uptime counts from the current link, not from the first bring-up"
     ssh_host.pause()
     try:
-        waiting = wait_for(lambda: (r := status_row(gt))["state"] == "reconnecting" and r, 20, "state reconnecting")
+        # While an attempt runs there is no next one (absent); once it fails, the next is ahead.
+        waiting = wait_for(lambda: (r := status_row(gt))["state"] == "reconnecting" and r["next_attempt_at"] and r, 40, "a next attempt time")
         assert isinstance(waiting, dict)
-        assert waiting["next_attempt_at"] is not None
-        assert datetime.fromisoformat(waiting["next_attempt_at"]).timestamp() >= time.time() - 15
+        assert datetime.fromisoformat(waiting["next_attempt_at"]).timestamp() > time.time() - 1
         assert waiting["uptime_s"] is None
     finally:
         ssh_host.unpause()

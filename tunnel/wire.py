@@ -22,6 +22,10 @@ PONG_VARIANT = 17
 SERVER_STATUS_VARIANT = 1
 
 
+class NoPong(PingFailed):
+    """Connected, and nothing came back in time: a hung or overloaded server, not another program."""
+
+
 class FrameReader(Protocol):
     """asyncio's StreamReader or asyncssh's SSHReader (without importing asyncssh here)."""
 
@@ -71,9 +75,11 @@ async def ping(reader: FrameReader, writer: FrameWriter, timeout: float) -> floa
     try:
         await asyncio.wait_for(_await_variant(reader, PONG_VARIANT), timeout)
     except TimeoutError:
-        raise PingFailed(f"no Pong within {timeout:g} s", "the server is busy or not a ccmux server") from None
-    except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-        raise PingFailed(f"connection closed before a Pong ({exc.__class__.__name__})", "the server is not answering") from None
+        raise NoPong(f"no Pong within {timeout:g} s", "the server is busy or not a ccmux server") from None
+    except asyncio.IncompleteReadError:
+        raise PingFailed("the connection was closed before a Pong came", "the server, or what carries the connection to it, is not answering") from None
+    except (ConnectionError, OSError) as exc:
+        raise PingFailed(f"the connection failed before a Pong came ({exc.strerror or 'reset'})", "the server, or what carries the connection to it, is not answering") from None
     return time.perf_counter() - started
 
 

@@ -115,6 +115,12 @@ class RemotePortBusy(RemoteError):
     """The remote port is held by a program that is not a ccmux server."""
 
 
+class ServerHung(RemoteError):
+    """gt-remote's own server accepts connections but does not answer a Ping in time."""
+
+    transient = True
+
+
 class ServerWithoutTcp(RemoteError):
     """A ccmux server runs on the remote without TCP; only a restart can add it."""
 
@@ -165,3 +171,9 @@ class ServiceNotStarted(GtRemoteError):
 
 class ServerStillRunning(RemoteError):
     """`down --stop-server` stopped the tunnel, but the remote server still runs."""
+
+
+class Interrupted(GtRemoteError):
+    """SIGINT or SIGTERM during a bring-up: it was cancelled and what it started undone."""
+
+    exit_code = 130

@@ -199,6 +199,11 @@ class HostFiles:
         return private_dir(state_dir() / "remotes") / f"{self.key}.json"
 
     @property
+    def build(self) -> Path:
+        """The server build `gt-remote upgrade` installed, which `up` uses until the config names another."""
+        return private_dir(state_dir() / "builds") / f"{self.key}.json"
+
+    @property
     def log(self) -> Path:
         return private_dir(state_dir() / "logs") / f"{self.key}.log"
 
