@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ import asyncssh
 from gt_remote import control, progress, reach
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import GtRemoteError, PingFailed
+from gt_remote.base.errors import GtRemoteError, PingFailed, SupervisorTaskEnded
 from gt_remote.base.paths import HostFiles, write_private
 from gt_remote.bootstrap import relay as remote_relay
 from gt_remote.bootstrap import server as remote_server
@@ -86,6 +86,7 @@ class Supervisor:
         self.last_wake_outcome: CheckOutcome | None = None
         self._checking = asyncio.Lock()
         self._wake_checks: set[asyncio.Task[CheckOutcome]] = set()  # held, so they are not collected mid-run
+        self.exit_cause: str | None = None  # why the watchdog ended the supervisor, for the record
 
     # --- bring-up -------------------------------------------------------------------
 
@@ -120,14 +121,40 @@ class Supervisor:
 
     # --- running --------------------------------------------------------------------
 
+    def _background(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The tasks that keep the tunnel alive; each runs until `down`, and none may end before."""
+        return {
+            "link watcher": self.link.run(),
+            "health loop": self._health_loop(),
+            "wake watcher": WakeWatcher(self.on_wake).run(),
+        }
+
     async def serve_forever(self) -> None:
-        watcher = WakeWatcher(self.on_wake)
-        tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self._health_loop()), asyncio.create_task(watcher.run())]
-        await self._stop.wait()
-        for task in tasks:
+        """Run the background tasks under a watchdog until `down`.
+
+        A task that ends early (a bug, an unexpected exception) would leave a supervisor that
+        says "up" while nothing watches the link or the server. So the first one to end
+        stops everything: its traceback goes to the log, its cause to the record `status`
+        reads, and the process exits non-zero for the service manager to restart it.
+        """
+        tasks = {asyncio.create_task(coro, name=name): name for name, coro in self._background().items()}
+        stop = asyncio.create_task(self._stop.wait(), name="stop request")
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        ended = [task for task in done if task is not stop]
+        for task in [stop, *tasks]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(stop, *tasks, return_exceptions=True)
+        if ended:
+            self.exit_cause = self._task_ended(tasks[ended[0]], ended[0])
         await self._shutdown()
+        if self.exit_cause is not None:
+            raise SupervisorTaskEnded(self.exit_cause, f"the supervisor exits for its service manager to restart it; the traceback is in {self.files.log}")
+
+    def _task_ended(self, name: str, task: asyncio.Task[None]) -> str:
+        error = None if task.cancelled() else task.exception()
+        cause = f"the supervisor's {name} ended unexpectedly: " + (f"{type(error).__name__}: {error}" if error else "it returned")
+        log.error("%s", cause, exc_info=error)
+        return cause
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -293,7 +320,7 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         link, server = self.link, self.server
-        last_error = self.server_error or link.last_error
+        last_error = self.exit_cause or self.server_error or link.last_error
         return {
             "host": self.settings.name,
             "destination": self.settings.destination,
@@ -316,6 +343,7 @@ class Supervisor:
             },
             "settings": json.loads(self.settings.to_json()),
             "last_error": str(last_error) if last_error else None,
+            "exit_cause": self.exit_cause,
             "since": iso(link.since),
             "next_attempt_at": iso(link.next_attempt_at),
             "clients": len(self.forwarder.clients),
@@ -368,8 +396,11 @@ class Supervisor:
             self.files.control.unlink(missing_ok=True)
         await self.forwarder.close()
         await self.link.close()
-        self.files.record.unlink(missing_ok=True)
-        log.info("stopped")
+        if self.exit_cause is None:
+            self.files.record.unlink(missing_ok=True)
+            log.info("stopped")
+        else:  # kept, so `status` names the cause after this process is gone
+            self._save_record()
 
 
 async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, Any]], None]) -> None:
