@@ -137,8 +137,8 @@ class Supervisor:
         stops everything: its traceback goes to the log, its cause to the record `status`
         reads, and the process exits non-zero for the service manager to restart it.
         """
-        tasks = {asyncio.create_task(coro, name=name): name for name, coro in self._background().items()}
-        stop = asyncio.create_task(self._stop.wait(), name="stop request")
+        tasks: dict[asyncio.Future[Any], str] = {asyncio.create_task(coro, name=name): name for name, coro in self._background().items()}
+        stop: asyncio.Future[Any] = asyncio.create_task(self._stop.wait(), name="stop request")
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         ended = [task for task in done if task is not stop]
         for task in [stop, *tasks]:
@@ -150,7 +150,7 @@ class Supervisor:
         if self.exit_cause is not None:
             raise SupervisorTaskEnded(self.exit_cause, f"the supervisor exits for its service manager to restart it; the traceback is in {self.files.log}")
 
-    def _task_ended(self, name: str, task: asyncio.Task[None]) -> str:
+    def _task_ended(self, name: str, task: asyncio.Future[Any]) -> str:
         error = None if task.cancelled() else task.exception()
         cause = f"the supervisor's {name} ended unexpectedly: " + (f"{type(error).__name__}: {error}" if error else "it returned")
         log.error("%s", cause, exc_info=error)
