@@ -68,7 +68,8 @@ def test_connect_handshake(standin: tuple[int, Path]) -> None:
 
 def test_ping_to_a_non_ccmux_port_fails_cleanly() -> None:
     async def scenario() -> None:
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        held: list[asyncio.StreamWriter] = []  # a writer nobody holds is closed when collected (3.13)
+        server = await asyncio.start_server(lambda r, w: held.append(w), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
             await wire.ping_address(wire.TcpAddress("127.0.0.1", port), timeout=0.5)
