@@ -19,7 +19,7 @@ import pytest
 
 from gt_remote.tunnel import wire
 from tests.conftest import Gt
-from tests.testbed import SshHost, wait_for
+from tests.testbed import SshHost, free_loopback_port, wait_for
 
 UPLINK_BYTES_PER_S = 256 * 1024
 STANDIN_ECHO = 0x7FFF0001  # the stand-in echoes this frame back (its benchmark message)
@@ -134,9 +134,10 @@ def row(gt: Gt) -> dict[str, Any]:
 
 
 def test_a_wake_check_during_a_bulk_upload_on_a_slow_uplink_keeps_the_link(gt: Gt, slow_uplink: SshHost) -> None:
-    result = gt.up(slow_uplink, "--keepalive", "30", "--no-resume")  # asyncssh's own keepalive stays out of it
+    local = free_loopback_port()
+    result = gt.up(slow_uplink, "--keepalive", "30", "--no-resume", "--local", f"tcp://127.0.0.1:{local}")  # asyncssh's keepalive stays out of it
     assert result.returncode == 0, result.stderr
-    bulk = BulkEcho(9999)
+    bulk = BulkEcho(local)
     try:
         # The queue is full once the sender is far ahead of what came back: the uplink is the bottleneck.
         wait_for(lambda: bulk.sent - bulk.received > 2 * 1024 * 1024 and bulk.received > 0, 60, "the upload to fill the slow uplink's queue")
