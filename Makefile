@@ -20,7 +20,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 CORE_TESTS := tests/test_addresses.py tests/test_config_policy.py tests/test_wake.py tests/test_wire.py \
-              tests/test_golden_frames.py tests/test_resume.py $(wildcard tests/test_relay*.py)
+              tests/test_golden_frames.py tests/test_watchdog.py tests/test_resume.py $(wildcard tests/test_relay*.py)
 PYTEST_ARGS ?=
 
 .PHONY: test test-core lint demo testbed venv bench clean
