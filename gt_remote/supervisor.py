@@ -50,6 +50,8 @@ Say = Callable[[str], None]
 LOG_MAX_BYTES = 1024 * 1024
 LOG_BACKUPS = 3
 RECONNECT_WAIT = 15.0  # how long `gt-remote reconnect` waits for a dropped link to come back
+RELAY_PING_TIMEOUT = 5.0  # a health Ping through the relay: generous, as misses restart the relay
+RELAY_MISSES_BEFORE_RESTART = 2
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -87,6 +89,12 @@ class Supervisor:
         self._checking = asyncio.Lock()
         self._wake_checks: set[asyncio.Task[CheckOutcome]] = set()  # held, so they are not collected mid-run
         self.exit_cause: str | None = None  # why the watchdog ended the supervisor, for the record
+        self.relay.restart_relay = self._relay_missing  # a new stream that finds no relay starts it at once
+        self.relay_restarts = 0
+        self.last_relay_death: dict[str, Any] | None = None
+        self.relay_error: str | None = None  # the last health Ping through the relay failed: why
+        self._relay_restart: asyncio.Task[None] | None = None  # one restart in flight at a time
+        self._relay_misses = 0  # health Pings in a row that failed through the relay only
 
     # --- bring-up -------------------------------------------------------------------
 
@@ -166,14 +174,45 @@ class Supervisor:
             conn = self.link.connection
             if conn is not None and self.relay.missing:
                 await self._guarded_relay_check(conn)
-            if conn is not None:
+            if conn is not None and not await self._relay_answers():
                 try:
                     self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
                     self.server_error = None
                 except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
                     log.warning("health Ping failed: %s", exc)
                     await self._check_server(conn)
+                else:
+                    await self._relay_failed_alone(conn)
             self._save_record_if_changed()
+
+    async def _relay_failed_alone(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The server answers directly but not through the relay: frozen or wedged. Twice in a
+        row, so one slow hello on a loaded machine does not cost every stream its relay."""
+        if self.relay_error is None or self.link.connection is not conn:
+            self._relay_misses = 0
+            return
+        self._relay_misses += 1
+        if self._relay_misses >= RELAY_MISSES_BEFORE_RESTART:
+            self._relay_misses = 0
+            await self._restart_relay(f"the relay stopped answering ({self.relay_error}) while the server answered directly", stop_first=True)
+
+    async def _relay_answers(self) -> bool:
+        """In resumable mode, Ping the server the way clients reach it: through the local
+        address and a relay stream. A dead or frozen (SIGSTOP) relay fails it while the
+        server itself answers; the caller tells those apart with a direct Ping."""
+        if self.forwarder.relay is None:
+            self.relay_error = None
+            return False
+        try:
+            self.rtt_ms = await ping_address(self.settings.local, timeout=max(RELAY_PING_TIMEOUT, 2 * self.settings.keepalive)) * 1000
+        except (GtRemoteError, OSError) as exc:
+            self.relay_error = str(exc)
+            log.warning("health Ping through the relay failed: %s", exc)
+            return False
+        self.relay_error = None
+        self.server_error = None
+        self._relay_misses = 0
+        return True
 
     # --- waking up ------------------------------------------------------------------
 
@@ -223,10 +262,10 @@ class Supervisor:
         await self._revive(conn)
         await self._ensure_relay(conn)
 
-    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False) -> None:
+    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False) -> remote_relay.RelayState | None:
         """Resumable streams where the relay runs; plain forwarding, with the reason, where not."""
         if not self.settings.resume:
-            return
+            return None
         was_missing, self.relay.missing = self.relay.missing, False
         state = await remote_relay.ensure_relay(conn, self.settings.remote_port)
         if state.socket is not None and (at_bring_up or was_missing or self.forwarder.relay is None):
@@ -242,17 +281,43 @@ class Supervisor:
                 log.warning("connections are not resumable: %s", state.reason)
             self.resume_reason = state.reason
             self.forwarder.relay = None
-            return
+            return state
         self.relay.socket_path = state.socket
         self.resume_reason = None
         self.forwarder.relay = self.relay
+        return state
 
     async def _guarded_relay_check(self, conn: asyncssh.SSHClientConnection) -> None:
         """A stream found no relay while the link stayed up (it was killed): start it again."""
+        await self._restart_relay("a stream found no relay")
+
+    async def _relay_missing(self, cause: str) -> None:
+        """RelayPath's hook: a new stream found no relay. It waits while the relay starts."""
+        await self._restart_relay(cause)
+
+    async def _restart_relay(self, cause: str, stop_first: bool = False) -> None:
+        """Start the relay again; every caller meanwhile waits on the same restart."""
+        if self._relay_restart is None or self._relay_restart.done():
+            self._relay_restart = asyncio.create_task(self._restart_relay_once(cause, stop_first))
+        await asyncio.shield(self._relay_restart)
+
+    async def _restart_relay_once(self, cause: str, stop_first: bool) -> None:
+        conn = self.link.connection
+        if conn is None or not self.settings.resume:
+            return  # the next connection starts it (after_reconnect)
         try:
-            await self._ensure_relay(conn)
+            if stop_first:  # frozen or wedged: SIGTERM, then SIGKILL, which a stopped process cannot ignore
+                await remote_relay.stop_relay(conn, self.settings.remote_port)
+                self.relay.missing = True
+            state = await self._ensure_relay(conn)
         except (GtRemoteError, asyncssh.Error, OSError) as exc:
-            log.warning("relay check failed: %s", exc)
+            log.warning("restarting the relay failed: %s", exc)
+            return
+        if state is not None and state.started:
+            self.relay_restarts += 1
+            self.last_relay_death = {"at": iso(time.time()), "cause": cause}
+            self.relay_error = None
+            log.warning("relay restarted (pid %s), restart #%d: %s", state.pid, self.relay_restarts, cause)
 
     async def _revive(self, conn: asyncssh.SSHClientConnection) -> None:
         assert self.server is not None
@@ -367,6 +432,9 @@ class Supervisor:
             "streams_open": len(self.relay.streams),
             "streams_resumed": self.relay.streams_resumed,
             "bytes_replayed": self.relay.bytes_replayed,
+            "relay_restarts": self.relay_restarts,
+            "last_relay_death": self.last_relay_death,
+            "relay_error": self.relay_error,
         }
 
     def _last_wake_status(self) -> dict[str, Any] | None:
@@ -382,7 +450,7 @@ class Supervisor:
         write_private(self.files.record, json.dumps(record, indent=2))
 
     def _save_record_if_changed(self) -> None:
-        key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid)
+        key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid, self.relay_restarts, self.relay_error)
         if key != self._saved:
             try:
                 self._save_record()
