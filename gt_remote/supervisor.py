@@ -19,6 +19,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -40,8 +41,9 @@ from gt_remote.bootstrap.upgrade import replace_server
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import CheckOutcome, Link, LinkState
-from gt_remote.tunnel.resumable import RelayPath
+from gt_remote.tunnel.resumable import RelayPath, ResumableClient
 from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
+from gt_remote.tunnel.wire import ping as wire_ping
 from gt_remote.tunnel.wire import ping_address
 
 log = logging.getLogger("gt_remote.supervisor")
@@ -90,6 +92,7 @@ class Supervisor:
         self._wake_checks: set[asyncio.Task[CheckOutcome]] = set()  # held, so they are not collected mid-run
         self.exit_cause: str | None = None  # why the watchdog ended the supervisor, for the record
         self.relay.restart_relay = self._relay_missing  # a new stream that finds no relay starts it at once
+        self._probe_path = RelayPath(self.link, "", RELAY_PING_TIMEOUT, restart_relay=self._relay_missing)  # the health Ping's streams
         self.relay_restarts = 0
         self.last_relay_death: dict[str, Any] | None = None
         self.relay_error: str | None = None  # the last health Ping through the relay failed: why
@@ -196,6 +199,23 @@ class Supervisor:
             self._relay_misses = 0
             await self._restart_relay(f"the relay stopped answering ({self.relay_error}) while the server answered directly", stop_first=True)
 
+    async def _ping_through_relay(self, timeout: float) -> float:
+        """A Ping over a relay stream of its own: the stream code clients use, from a socket
+        pair instead of the listener, counted apart so `status` shows only the users' streams."""
+        self._probe_path.socket_path = self.relay.socket_path
+        ours, theirs = socket.socketpair()
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: ResumableClient(self._probe_path, set()), theirs)
+            reader, writer = await asyncio.open_connection(sock=ours)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        try:
+            return await wire_ping(reader, writer, timeout)
+        finally:
+            writer.close()
+
     async def _relay_answers(self) -> bool:
         """In resumable mode, Ping the server the way clients reach it: through the local
         address and a relay stream. A dead or frozen (SIGSTOP) relay fails it while the
@@ -204,7 +224,7 @@ class Supervisor:
             self.relay_error = None
             return False
         try:
-            self.rtt_ms = await ping_address(self.settings.local, timeout=max(RELAY_PING_TIMEOUT, 2 * self.settings.keepalive)) * 1000
+            self.rtt_ms = await self._ping_through_relay(timeout=max(RELAY_PING_TIMEOUT, 2 * self.settings.keepalive)) * 1000
         except (GtRemoteError, OSError) as exc:
             self.relay_error = str(exc)
             log.warning("health Ping through the relay failed: %s", exc)
