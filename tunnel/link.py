@@ -72,7 +72,14 @@ class Link:
         return self._conn if self._ready.is_set() else None
 
     async def wait_connected(self, timeout: float) -> asyncssh.SSHClientConnection:
-        """The live connection; waits up to `timeout` through an outage, then raises."""
+        """The live connection; waits up to `timeout` through an outage, then raises.
+
+        A deadline already passed (timeout <= 0) raises on every Python: asyncio.wait_for
+        with 0 raised on 3.11 but returns a ready result on 3.12+, which would let a stream
+        retry past its window.
+        """
+        if timeout <= 0:
+            raise ConnectFailed("the tunnel stayed down for the whole wait", "see `gt-remote status`")
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
