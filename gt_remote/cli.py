@@ -283,6 +283,8 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {row['host']} --server-binary PATH' switches")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         lines.append(f"  streams     {_streams_line(row)}")
+        if row.get("relay_error") or row.get("last_relay_death"):
+            lines.append(f"  relay       {_relay_line(row)}")
         if row.get("next_attempt_at") and row["state"] in ("reconnecting", "failed"):
             lines.append(f"  next attempt at {row['next_attempt_at']}")
         if row.get("last_wake") or row.get("last_recovery_s") is not None:
@@ -290,6 +292,12 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         if row.get("last_error"):
             lines.append(f"  last error  {row['last_error']} (since {row.get('since') or '?'})")
     return "\n".join(lines)
+
+
+def _relay_line(row: dict[str, Any]) -> str:
+    death = row.get("last_relay_death") or {}
+    restarts = f"restarted {row.get('relay_restarts', 0)} time(s), last at {death.get('at')}: {death.get('cause')}" if death else "not restarted"
+    return f"not answering ({row['relay_error']}); {restarts}" if row.get("relay_error") else restarts
 
 
 def _streams_line(row: dict[str, Any]) -> str:

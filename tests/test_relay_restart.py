@@ -78,6 +78,8 @@ def test_new_clients_after_a_relay_kill_all_get_their_pong(gt: Gt, ssh_host: Ssh
     assert status["relay_restarts"] == 1, status
     assert "a new stream found no relay" in status["last_relay_death"]["cause"], status["last_relay_death"]
     assert len(relay_pids(ssh_host)) == 1 and status["state"] == "up" and status["last_error"] is None
+    shown = gt("status", "gaming-pc").stdout
+    assert "relay       restarted 1 time(s), last at " in shown and ": a new stream found no relay" in shown, shown
 
 
 def test_a_frozen_relay_shows_in_status_and_is_replaced(gt: Gt, ssh_host: SshHost) -> None:
