@@ -363,7 +363,10 @@ def test_buffers_stay_within_caps_while_the_far_side_is_silent(gt: Gt, ssh_host:
     wait_for(answers, 45, "the tunnel to answer again")
     reader = socket.create_connection(("127.0.0.1", PORT), timeout=5)
     reader.setblocking(False)
-    offer_until_full(reader, echo_frame(2, filler=64 * 1024), lambda: relay_stats(ssh_host)["peak_unacked"] >= CAP, "the relay's buffer toward the silent client to fill")
+    # Status requests, not echoes: each 8-byte request brings 51 bytes back, so the replies fill the
+    # relay's cap long before the requests fill the local side's. With echoes both caps are equal,
+    # the acks toward the silent client queue behind its data, and which cap fills first was a race.
+    offer_until_full(reader, GET_SERVER_STATUS * 8192, lambda: relay_stats(ssh_host)["peak_unacked"] >= CAP, "the relay's buffer toward the silent client to fill")
     stats = relay_stats(ssh_host)
     assert CAP <= stats["peak_unacked"] <= CAP + READ_CHUNK, stats
     assert answers(), "another stream stalled behind the full one"
