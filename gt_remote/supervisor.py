@@ -54,6 +54,7 @@ LOG_BACKUPS = 3
 RECONNECT_WAIT = 15.0  # how long `gt-remote reconnect` waits for a dropped link to come back
 RELAY_PING_TIMEOUT = 5.0  # a health Ping through the relay: generous, as misses restart the relay
 RELAY_MISSES_BEFORE_RESTART = 2
+RELAY_RETRY_PAUSE = 0.5  # a stream's next try when its relay check started nothing
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -183,6 +184,7 @@ class Supervisor:
                     self.server_error = None
                 except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
                     log.warning("health Ping failed: %s", exc)
+                    self.relay_error = None  # the server (or the link) failed, not the relay
                     await self._check_server(conn)
                 else:
                     await self._relay_failed_alone(conn)
@@ -217,9 +219,9 @@ class Supervisor:
             writer.close()
 
     async def _relay_answers(self) -> bool:
-        """In resumable mode, Ping the server the way clients reach it: through the local
-        address and a relay stream. A dead or frozen (SIGSTOP) relay fails it while the
-        server itself answers; the caller tells those apart with a direct Ping."""
+        """In resumable mode, Ping the server the way clients reach it: over a relay stream.
+        A dead or frozen (SIGSTOP) relay fails it while the server itself answers; the
+        caller tells those apart with a direct Ping."""
         if self.forwarder.relay is None:
             self.relay_error = None
             return False
@@ -313,7 +315,10 @@ class Supervisor:
 
     async def _relay_missing(self, cause: str) -> None:
         """RelayPath's hook: a new stream found no relay. It waits while the relay starts."""
+        before = self.relay_restarts
         await self._restart_relay(cause)
+        if self.relay_restarts == before:  # none started (one runs, or none can): do not hammer the remote
+            await asyncio.sleep(RELAY_RETRY_PAUSE)
 
     async def _restart_relay(self, cause: str, stop_first: bool = False) -> None:
         """Start the relay again; every caller meanwhile waits on the same restart."""
