@@ -12,6 +12,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -135,11 +136,19 @@ def standin_port() -> Iterator[int]:
     port = free_loopback_port()
     proc = subprocess.Popen([sys.executable, str(STANDIN), "--listen-tcp", f"127.0.0.1:{port}"], env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: (runtime / "ccmux" / "ccmux.sock").exists(), 10, "the stand-in's socket")
+        wait_for(lambda: tcp_answers(port), 20, "the stand-in's TCP listener")  # it binds TCP after its Unix socket
         yield port
     finally:
         proc.terminate()  # the process this fixture started
         proc.wait(10)
+
+
+def tcp_answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def golden(name: str) -> bytes:
