@@ -12,7 +12,6 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 from gt_remote.tunnel import wire
-from tests.testbed import REPO, STANDIN, free_loopback_port, wait_for
+from tests.testbed import REPO, STANDIN, free_loopback_port
 
 # ../shared beside the clone (CI, /work/main); a worktree under ../wt/ finds it one level up.
 GOLDEN_CANDIDATES = [REPO.parent / "shared" / "ccmux-golden-frames.json", REPO.parent.parent / "shared" / "ccmux-golden-frames.json"]
@@ -134,21 +133,23 @@ def test_standin_covers_every_server_message_it_sends() -> None:
 def standin_port() -> Iterator[int]:
     runtime = Path(tempfile.mkdtemp(prefix="gtr-golden-"))
     port = free_loopback_port()
-    proc = subprocess.Popen([sys.executable, str(STANDIN), "--listen-tcp", f"127.0.0.1:{port}"], env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, str(STANDIN), "--listen-tcp", f"127.0.0.1:{port}"], env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: tcp_answers(port), 20, "the stand-in's TCP listener")  # it binds TCP after its Unix socket
+        wait_listening(proc)
         yield port
     finally:
         proc.terminate()  # the process this fixture started
         proc.wait(10)
 
 
-def tcp_answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+def wait_listening(proc: subprocess.Popen[str]) -> None:
+    """Until the stand-in logs its TCP listener (bound after its Unix socket); no probe
+    connection, which its client count would show."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "listening on tcp" in line:
+            return
+    raise AssertionError("the stand-in exited before listening on TCP")
 
 
 def golden(name: str) -> bytes:

@@ -16,7 +16,6 @@ import pytest
 from gt_remote.base.addresses import UnixAddress
 from gt_remote.base.errors import PingFailed
 from gt_remote.tunnel import wire
-from tests.helpers import tcp_port_refuses
 from tests.testbed import STANDIN, free_loopback_port, wait_for
 
 
@@ -27,7 +26,10 @@ def standin() -> Iterator[tuple[int, Path]]:
     proc = subprocess.Popen([sys.executable, str(STANDIN), "--listen-tcp", f"127.0.0.1:{port}"], env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, stderr=subprocess.PIPE, text=True)
     socket_path = runtime / "ccmux" / "ccmux.sock"
     wait_for(socket_path.exists, 10, "the stand-in's socket")
-    wait_for(lambda: not tcp_port_refuses(port), 10, "the stand-in's TCP listener")  # bound after the socket
+    assert proc.stderr is not None
+    for line in proc.stderr:  # until it logs its TCP listener, bound after the socket
+        if "listening on tcp" in line:
+            break
     yield port, socket_path
     proc.terminate()  # the process this fixture started
     proc.wait(10)
