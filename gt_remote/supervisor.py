@@ -99,6 +99,7 @@ class Supervisor:
         self.relay_error: str | None = None  # the last health Ping through the relay failed: why
         self._relay_restart: asyncio.Task[None] | None = None  # one restart in flight at a time
         self._relay_misses = 0  # health Pings in a row that failed through the relay only
+        self._relay_restarts_allowed = True  # until `down --stop-server` stops the relay
 
     # --- bring-up -------------------------------------------------------------------
 
@@ -326,10 +327,18 @@ class Supervisor:
             self._relay_restart = asyncio.create_task(self._restart_relay_once(cause, stop_first))
         await asyncio.shield(self._relay_restart)
 
+    async def _no_more_relay_restarts(self) -> None:
+        """`down --stop-server` stops the relay: no stream or health Ping may start it again
+        afterwards, nor a restart already under way."""
+        self._relay_restarts_allowed = False
+        restart = self._relay_restart
+        if restart is not None and not restart.done():
+            await asyncio.wait([restart])
+
     async def _restart_relay_once(self, cause: str, stop_first: bool) -> None:
         conn = self.link.connection
-        if conn is None or not self.settings.resume:
-            return  # the next connection starts it (after_reconnect)
+        if conn is None or not self.settings.resume or not self._relay_restarts_allowed:
+            return  # the next connection starts it (after_reconnect), or `down` stops it
         try:
             if stop_first:  # frozen or wedged: SIGTERM, then SIGKILL, which a stopped process cannot ignore
                 await remote_relay.stop_relay(conn, self.settings.remote_port)
@@ -392,6 +401,7 @@ class Supervisor:
         return {"ok": True, "old": old.to_dict() if old else None, "server": self.server.to_dict()}
 
     async def _stop_remote_server(self) -> dict[str, Any]:
+        await self._no_more_relay_restarts()
         try:
             conn = await self.link.wait_connected(5.0)
             await remote_relay.stop_relay(conn, self.settings.remote_port)
