@@ -309,6 +309,8 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"  streams     {_streams_line(row)}")
         if row.get("tunnels_sharing_server", 1) > 1:
             lines.append(f"  shared      the server is shared by {row['tunnels_sharing_server']} tunnels (also {', '.join(row.get('shared_with') or [])})")
+        if row.get("relay_error") or row.get("last_relay_death"):
+            lines.append(f"  relay       {_relay_line(row)}")
         if row.get("next_attempt_at") and row["state"] in ("reconnecting", "failed"):
             lines.append(f"  next attempt at {row['next_attempt_at']}")
         if row.get("last_wake") or row.get("last_recovery_s") is not None:
@@ -327,6 +329,12 @@ def _down_lines(row: dict[str, Any]) -> list[str]:
     lines.append(f"  why         {row.get('last_error') or 'no supervisor runs for it (stopped with down, or never brought up)'}")
     lines.append(f"  bring it up with: eval \"$(gt-remote up {shell_word(host)})\"")
     return lines
+
+
+def _relay_line(row: dict[str, Any]) -> str:
+    death = row.get("last_relay_death") or {}
+    restarts = f"restarted {row.get('relay_restarts', 0)} time(s), last at {death.get('at')}: {death.get('cause')}" if death else "not restarted"
+    return f"not answering ({row['relay_error']}); {restarts}" if row.get("relay_error") else restarts
 
 
 def _streams_line(row: dict[str, Any]) -> str:

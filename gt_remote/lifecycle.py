@@ -573,6 +573,8 @@ def host_status(name: str) -> dict[str, Any]:
     pid = supervisor_pid(files)
     if pid is not None:
         last_error = f"the supervisor (pid {pid}) is alive but does not answer; it may be stopped (SIGSTOP)"
+    elif last.get("exit_cause"):  # its watchdog ended it and said why
+        last_error = f"the supervisor (pid {last.get('supervisor_pid')}) exited: {last['exit_cause']}; run 'gt-remote up {name}' to bring the tunnel back"
     elif record:
         last_error = f"the supervisor (pid {last.get('supervisor_pid')}) is not running: it died or was killed; run 'gt-remote up {shell_word(name)}' to bring the tunnel back"
     else:

@@ -20,9 +20,10 @@ import logging.handlers
 import math
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +32,7 @@ import asyncssh
 from gt_remote import control, progress, reach
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import ConnectFailed, GtRemoteError, Interrupted, PingFailed
+from gt_remote.base.errors import ConnectFailed, GtRemoteError, Interrupted, PingFailed, SupervisorTaskEnded
 from gt_remote.base.paths import HostFiles, open_private, runtime_path, write_private
 from gt_remote.base.sanitize import visible_formatter
 from gt_remote.bootstrap import lease as remote_lease
@@ -45,8 +46,9 @@ from gt_remote.bootstrap.upgrade import replace_server
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import CheckOutcome, Link, LinkState
-from gt_remote.tunnel.resumable import RelayPath
+from gt_remote.tunnel.resumable import RelayPath, ResumableClient
 from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
+from gt_remote.tunnel.wire import ping as wire_ping
 from gt_remote.tunnel.wire import ping_address
 
 log = logging.getLogger("gt_remote.supervisor")
@@ -65,6 +67,9 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "no answer in time"
     return str(exc) or type(exc).__name__
+RELAY_PING_TIMEOUT = 5.0  # a health Ping through the relay: generous, as misses restart the relay
+RELAY_MISSES_BEFORE_RESTART = 2
+RELAY_RETRY_PAUSE = 0.5  # a stream's next try when its relay check started nothing
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -112,6 +117,15 @@ class Supervisor:
         self._starting_server = False  # a server start was begun by this bring-up (stopped if it is cancelled)
         self._runtime_ids: tuple[int, int] | None = None  # inodes of our control socket and pid file
         progress.relay_transfers(self._on_transfer)
+        self.exit_cause: str | None = None  # why the watchdog ended the supervisor, for the record
+        self.relay.restart_relay = self._relay_missing  # a new stream that finds no relay starts it at once
+        self._probe_path = RelayPath(self.link, "", RELAY_PING_TIMEOUT, restart_relay=self._relay_missing)  # the health Ping's streams
+        self.relay_restarts = 0
+        self.last_relay_death: dict[str, Any] | None = None
+        self.relay_error: str | None = None  # the last health Ping through the relay failed: why
+        self._relay_restart: asyncio.Task[None] | None = None  # one restart in flight at a time
+        self._relay_misses = 0  # health Pings in a row that failed through the relay only
+        self._relay_restarts_allowed = True  # until `down --stop-server` stops the relay
 
     # --- bring-up -------------------------------------------------------------------
 
@@ -291,14 +305,40 @@ class Supervisor:
 
     # --- running --------------------------------------------------------------------
 
+    def _background(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The tasks that keep the tunnel alive; each runs until `down`, and none may end before."""
+        return {
+            "link watcher": self.link.run(),
+            "health loop": self._health_loop(),
+            "wake watcher": WakeWatcher(self.on_wake).run(),
+        }
+
     async def serve_forever(self) -> None:
-        watcher = WakeWatcher(self.on_wake)
-        tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self._health_loop()), asyncio.create_task(watcher.run())]
-        await self._stop.wait()
-        for task in tasks:
+        """Run the background tasks under a watchdog until `down`.
+
+        A task that ends early (a bug, an unexpected exception) would leave a supervisor that
+        says "up" while nothing watches the link or the server. So the first one to end
+        stops everything: its traceback goes to the log, its cause to the record `status`
+        reads, and the process exits non-zero for the service manager to restart it.
+        """
+        tasks: dict[asyncio.Future[Any], str] = {asyncio.create_task(coro, name=name): name for name, coro in self._background().items()}
+        stop: asyncio.Future[Any] = asyncio.create_task(self._stop.wait(), name="stop request")
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        ended = [task for task in done if task is not stop]
+        for task in [stop, *tasks]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(stop, *tasks, return_exceptions=True)
+        if ended:
+            self.exit_cause = self._task_ended(tasks[ended[0]], ended[0])
         await self._shutdown()
+        if self.exit_cause is not None:
+            raise SupervisorTaskEnded(self.exit_cause, f"the supervisor exits for its service manager to restart it; the traceback is in {self.files.log}")
+
+    def _task_ended(self, name: str, task: asyncio.Future[Any]) -> str:
+        error = None if task.cancelled() else task.exception()
+        cause = f"the supervisor's {name} ended unexpectedly: " + (f"{type(error).__name__}: {error}" if error else "it returned")
+        log.error("%s", cause, exc_info=error)
+        return cause
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -318,13 +358,16 @@ class Supervisor:
                 conn = None  # never forward to (or Ping) another account's listener
             if conn is not None and self.relay.missing:
                 await self._guarded_relay_check(conn)
-            if conn is not None:
+            if conn is not None and not await self._relay_answers():
                 try:
                     self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
                     self.server_error = None
                 except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
                     log.warning("health Ping failed: %s", reason(exc))
+                    self.relay_error = None  # the server (or the link) failed, not the relay
                     await self._check_server(conn)
+                else:
+                    await self._relay_failed_alone(conn)
             self._save_record_if_changed()
 
     async def _upkeep(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -344,6 +387,52 @@ class Supervisor:
             log.warning("127.0.0.1:%d on %s is the user's again; forwarding again", self.settings.remote_port, self.settings.name)
         self.port_refusal = error
         self.forwarder.refusal = error
+
+    async def _relay_failed_alone(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The server answers directly but not through the relay: frozen or wedged. Twice in a
+        row, so one slow hello on a loaded machine does not cost every stream its relay."""
+        if self.relay_error is None or self.link.connection is not conn:
+            self._relay_misses = 0
+            return
+        self._relay_misses += 1
+        if self._relay_misses >= RELAY_MISSES_BEFORE_RESTART:
+            self._relay_misses = 0
+            await self._restart_relay(f"the relay stopped answering ({self.relay_error}) while the server answered directly", stop_first=True)
+
+    async def _ping_through_relay(self, timeout: float) -> float:
+        """A Ping over a relay stream of its own: the stream code clients use, from a socket
+        pair instead of the listener, counted apart so `status` shows only the users' streams."""
+        self._probe_path.socket_path = self.relay.socket_path
+        ours, theirs = socket.socketpair()
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: ResumableClient(self._probe_path, set()), theirs)
+            reader, writer = await asyncio.open_connection(sock=ours)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        try:
+            return await wire_ping(reader, writer, timeout)
+        finally:
+            writer.close()
+
+    async def _relay_answers(self) -> bool:
+        """In resumable mode, Ping the server the way clients reach it: over a relay stream.
+        A dead or frozen (SIGSTOP) relay fails it while the server itself answers; the
+        caller tells those apart with a direct Ping."""
+        if self.forwarder.relay is None:
+            self.relay_error = None
+            return False
+        try:
+            self.rtt_ms = await self._ping_through_relay(timeout=max(RELAY_PING_TIMEOUT, 2 * self.settings.keepalive)) * 1000
+        except (GtRemoteError, OSError) as exc:
+            self.relay_error = str(exc)
+            log.warning("health Ping through the relay failed: %s", exc)
+            return False
+        self.relay_error = None
+        self.server_error = None
+        self._relay_misses = 0
+        return True
 
     # --- waking up ------------------------------------------------------------------
 
@@ -403,12 +492,12 @@ class Supervisor:
         self.server_error = None  # the server was just checked (and revived if it had died)
         await self._ensure_relay(conn)
 
-    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False, known: dict[str, str] | None = None) -> None:
+    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False, known: dict[str, str] | None = None) -> remote_relay.RelayState | None:
         """Resumable streams where the relay runs; plain forwarding, with the reason, where not.
 
         At bring-up the channel check rides beside the end-to-end Ping (_prove_end_to_end)."""
         if not self.settings.resume:
-            return
+            return None
         was_missing, self.relay.missing = self.relay.missing, False
         state = await remote_relay.ensure_relay(conn, self.settings.remote_port, known)
         if state.socket is not None and not at_bring_up and (was_missing or self.forwarder.relay is None):
@@ -421,18 +510,55 @@ class Supervisor:
             self.say(f"connections are not resumable: {state.reason}")
         if state.socket is None:
             self._plain_forwarding(state.reason)
-            return
+            return state
         self._relay_pid = state.pid
         self.relay.socket_path = state.socket
         self.resume_reason = None
         self.forwarder.relay = self.relay
+        return state
 
     async def _guarded_relay_check(self, conn: asyncssh.SSHClientConnection) -> None:
         """A stream found no relay while the link stayed up (it was killed): start it again."""
+        await self._restart_relay("a stream found no relay")
+
+    async def _relay_missing(self, cause: str) -> None:
+        """RelayPath's hook: a new stream found no relay. It waits while the relay starts."""
+        before = self.relay_restarts
+        await self._restart_relay(cause)
+        if self.relay_restarts == before:  # none started (one runs, or none can): do not hammer the remote
+            await asyncio.sleep(RELAY_RETRY_PAUSE)
+
+    async def _restart_relay(self, cause: str, stop_first: bool = False) -> None:
+        """Start the relay again; every caller meanwhile waits on the same restart."""
+        if self._relay_restart is None or self._relay_restart.done():
+            self._relay_restart = asyncio.create_task(self._restart_relay_once(cause, stop_first))
+        await asyncio.shield(self._relay_restart)
+
+    async def _no_more_relay_restarts(self) -> None:
+        """`down --stop-server` stops the relay: no stream or health Ping may start it again
+        afterwards, nor a restart already under way."""
+        self._relay_restarts_allowed = False
+        restart = self._relay_restart
+        if restart is not None and not restart.done():
+            await asyncio.wait([restart])
+
+    async def _restart_relay_once(self, cause: str, stop_first: bool) -> None:
+        conn = self.link.connection
+        if conn is None or not self.settings.resume or not self._relay_restarts_allowed:
+            return  # the next connection starts it (after_reconnect), or `down` stops it
         try:
-            await self._ensure_relay(conn)
+            if stop_first:  # frozen or wedged: SIGTERM, then SIGKILL, which a stopped process cannot ignore
+                await remote_relay.stop_relay(conn, self.settings.remote_port)
+                self.relay.missing = True
+            state = await self._ensure_relay(conn)
         except (GtRemoteError, asyncssh.Error, OSError) as exc:
-            log.warning("relay check failed: %s", reason(exc))
+            log.warning("restarting the relay failed: %s", reason(exc))
+            return
+        if state is not None and state.started:
+            self.relay_restarts += 1
+            self.last_relay_death = {"at": iso(time.time()), "cause": cause}
+            self.relay_error = None
+            log.warning("relay restarted (pid %s), restart #%d: %s", state.pid, self.relay_restarts, cause)
 
     async def _revive(self, conn: asyncssh.SSHClientConnection) -> None:
         assert self.server is not None
@@ -525,6 +651,7 @@ class Supervisor:
         return None
 
     async def _stop_remote_server(self) -> dict[str, Any]:
+        await self._no_more_relay_restarts()
         try:
             conn = await self.link.wait_connected(5.0)
             await remote_relay.stop_relay(conn, self.settings.remote_port)
@@ -611,9 +738,10 @@ class Supervisor:
                 "other_build": server.other_build if server else None,
             },
             "settings": json.loads(self.settings.to_json()),
-            "last_error": str(self.port_refusal) if self.port_refusal else self._last_error(),
+            "last_error": str(self.port_refusal) if self.port_refusal else self.exit_cause or self._last_error(),
             "port_refused": self.port_refusal.to_dict() if self.port_refusal else None,
             "last_error_past": self.server_error is None and link.last_error is not None and self.ready and link.state is LinkState.UP,
+            "exit_cause": self.exit_cause,
             "since": iso(link.since),
             "next_attempt_at": self._next_attempt_at(),
             "clients": len(self.forwarder.clients),
@@ -639,6 +767,9 @@ class Supervisor:
             "streams_open": len(self.relay.streams),
             "streams_resumed": self.relay.streams_resumed,
             "bytes_replayed": self.relay.bytes_replayed,
+            "relay_restarts": self.relay_restarts,
+            "last_relay_death": self.last_relay_death,
+            "relay_error": self.relay_error,
         }
 
     def _last_wake_status(self) -> dict[str, Any] | None:
@@ -660,7 +791,7 @@ class Supervisor:
         write_private(self.files.record, json.dumps(record, indent=2))
 
     def _save_record_if_changed(self) -> None:
-        key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid, str(self.port_refusal), tuple(self.lease_holders))
+        key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid, str(self.port_refusal), tuple(self.lease_holders), self.relay_restarts, self.relay_error)
         if key != self._saved:
             try:
                 self._save_record()
@@ -675,8 +806,11 @@ class Supervisor:
             self.files.control.unlink(missing_ok=True)
         await self.forwarder.close()
         await self.link.close()
-        self.files.record.unlink(missing_ok=True)
-        log.info("stopped")
+        if self.exit_cause is None:
+            self.files.record.unlink(missing_ok=True)
+            log.info("stopped")
+        else:  # kept, so `status` names the cause after this process is gone
+            self._save_record()
 
 
 async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, Any]], None]) -> None:

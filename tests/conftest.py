@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,40 @@ from testcontainers.core.image import DockerImage
 from tests.testbed import BASE_TAG, REPO, TEST_IMAGE, ClientKey, Gt, SshHost, context_hash, start_host
 
 __all__ = ["Gt"]  # tests import the runner from here
+
+HOG_LIMIT_S = 2 * 3600  # the hog ends by itself after this, or when pytest is gone
+HOG = """
+import os, sys, time
+parent, end = os.getppid(), time.monotonic() + float(sys.argv[1])
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, the same one all along
+while time.monotonic() < end and os.getppid() == parent:
+    for _ in range(200000):
+        pass
+"""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cpu-hog",
+        action="store_true",
+        default=os.environ.get("GT_REMOTE_CPU_HOG", "") not in ("", "0"),
+        help="keep one core busy for the whole run (a bounded busy loop this run starts and ends), to prove tests wait on state, not on time; also GT_REMOTE_CPU_HOG=1",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_hog(request: pytest.FixtureRequest) -> Iterator[int | None]:
+    """With --cpu-hog: a busy loop on one core for the session; its pid, ended by pid after."""
+    if not request.config.getoption("--cpu-hog"):
+        yield None
+        return
+    hog = subprocess.Popen([sys.executable, "-c", HOG, str(HOG_LIMIT_S)])
+    try:
+        yield hog.pid
+    finally:
+        hog.kill()  # the process this fixture started, by its pid
+        hog.wait(10)
 
 
 @pytest.fixture(scope="session")

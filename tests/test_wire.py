@@ -26,6 +26,10 @@ def standin() -> Iterator[tuple[int, Path]]:
     proc = subprocess.Popen([sys.executable, str(STANDIN), "--listen-tcp", f"127.0.0.1:{port}"], env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, stderr=subprocess.PIPE, text=True)
     socket_path = runtime / "ccmux" / "ccmux.sock"
     wait_for(socket_path.exists, 10, "the stand-in's socket")
+    assert proc.stderr is not None
+    for line in proc.stderr:  # until it logs its TCP listener, bound after the socket
+        if "listening on tcp" in line:
+            break
     yield port, socket_path
     proc.terminate()  # the process this fixture started
     proc.wait(10)
@@ -68,7 +72,8 @@ def test_connect_handshake(standin: tuple[int, Path]) -> None:
 
 def test_ping_to_a_non_ccmux_port_fails_cleanly() -> None:
     async def scenario() -> None:
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        held: list[asyncio.StreamWriter] = []  # a writer nobody holds is closed when collected (3.13)
+        server = await asyncio.start_server(lambda r, w: held.append(w), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
             await wire.ping_address(wire.TcpAddress("127.0.0.1", port), timeout=0.5)

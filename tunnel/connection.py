@@ -10,7 +10,10 @@ import asyncio
 import logging
 import os
 import socket
+import time
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncssh
 
@@ -150,6 +153,7 @@ async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
         steps.debug("ssh: connecting to %s as %s", target.destination, described.describe() if described else "(ssh_config unreadable)")
     try:
         conn = await asyncssh.connect(host, **options)  # type: ignore[arg-type]
+        _watch_receipts(conn)
         steps.debug("ssh: host key verified; authenticated as %s", conn.get_extra_info("username"))
         return conn
     except asyncssh.HostKeyNotVerifiable as exc:
@@ -191,6 +195,55 @@ def _has_pinned_key(options: asyncssh.SSHClientConnectionOptions) -> bool:
         except (OSError, ValueError, asyncssh.Error):
             continue
     return False
+
+
+class Receipts:
+    """When a connection last received bytes, any bytes: proof that the peer is alive.
+
+    A keepalive reply can wait seconds behind a bulk transfer on a slow uplink, while the
+    peer's data and window adjustments keep arriving. Liveness counts those too, so a busy
+    link never looks dead (asyncssh's own keepalive counter is reset by them as well).
+    """
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.total = 0
+
+    def note(self, count: int) -> None:
+        self.last = time.monotonic()
+        self.total += count
+
+    def quiet_since(self, start: float) -> float:
+        """Seconds without a received byte, counted from `start` at the earliest."""
+        return time.monotonic() - max(start, self.last)
+
+
+_receipts: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, Receipts] = weakref.WeakKeyDictionary()
+
+
+def receipts(conn: asyncssh.SSHClientConnection) -> Receipts | None:
+    """The receipts of a connection made by connect(); None for one made elsewhere."""
+    return _receipts.get(conn)
+
+
+def _watch_receipts(conn: asyncssh.SSHClientConnection) -> None:
+    """Count every byte the transport hands the connection, before asyncssh parses it.
+
+    asyncssh has no hook for this; its transport calls the connection's data_received, so an
+    instance attribute in front of the method sees every read. Its keepalive counter counts
+    unanswered keepalives in a row; bytes arriving prove the peer alive, so they reset it too.
+    """
+    seen = Receipts()
+    _receipts[conn] = seen
+    parse = conn.data_received
+
+    def data_received(data: bytes, datatype: Any = None) -> None:
+        seen.note(len(data))
+        if getattr(conn, "_keepalive_count", 0):
+            conn._keepalive_count = 0
+        parse(data, datatype)
+
+    setattr(conn, "data_received", data_received)  # noqa: B010 - an instance attribute in front of the method
 
 
 def lost_reason(conn: asyncssh.SSHClientConnection) -> str:

@@ -17,14 +17,15 @@ from collections.abc import Awaitable, Callable
 import asyncssh
 
 from gt_remote.base.errors import ConnectFailed, GtRemoteError
-from gt_remote.tunnel.connection import SshTarget, classify, connect, lost_reason
+from gt_remote.tunnel.connection import SshTarget, classify, connect, lost_reason, receipts
 from gt_remote.tunnel.policy import reconnect_policy
 
 log = logging.getLogger(__name__)
 
 FINAL_RETRY_INTERVAL = 60.0
 UNEXPECTED_RETRY_INTERVAL = 5.0
-CHECK_TIMEOUT = 2.0  # an SSH round trip after a wake: a live link answers well within this
+CHECK_TIMEOUT = 2.0  # an SSH round trip after a wake: a live link answers, or sends something, well within this
+CHECK_LIMIT = 20.0  # bytes kept arriving all along without the answer: the link is alive, stop waiting
 
 AfterConnect = Callable[[asyncssh.SSHClientConnection], Awaitable[None]]
 
@@ -71,7 +72,14 @@ class Link:
         return self._conn if self._ready.is_set() else None
 
     async def wait_connected(self, timeout: float) -> asyncssh.SSHClientConnection:
-        """The live connection; waits up to `timeout` through an outage, then raises."""
+        """The live connection; waits up to `timeout` through an outage, then raises.
+
+        A deadline already passed (timeout <= 0) raises on every Python: asyncio.wait_for
+        with 0 raised on 3.11 but returns a ready result on 3.12+, which would let a stream
+        retry past its window.
+        """
+        if timeout <= 0:
+            raise ConnectFailed("the tunnel stayed down for the whole wait", "see `gt-remote status`")
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
@@ -93,15 +101,15 @@ class Link:
             self._incident_at = time.monotonic()
 
     async def check(self, timeout: float = CHECK_TIMEOUT, force: bool = False) -> CheckOutcome:
-        """One SSH round trip within `timeout`; no answer drops the link so it reconnects now."""
+        """One SSH round trip; `timeout` s with neither an answer nor any byte received drops the link so it reconnects now."""
         conn = self.connection
         if conn is None:
             self._retry_now.set()  # cut a backoff wait short: the network may be back
             return CheckOutcome.RECONNECTING
         try:
-            await asyncio.wait_for(round_trip(conn), timeout)
+            await answer_or_silence(conn, timeout)
         except (TimeoutError, asyncssh.Error, OSError):
-            self.drop(conn, f"no answer to an SSH round trip within {timeout:g} s")
+            self.drop(conn, f"no answer to an SSH round trip within {timeout:g} s, and no bytes received meanwhile")
             return CheckOutcome.DROPPED
         if conn is not self._conn or not self._ready.is_set():
             return CheckOutcome.RECONNECTING  # it died while we asked
@@ -218,6 +226,32 @@ class Link:
         if self._conn is not None:
             self._conn.close()
             await self._conn.wait_closed()
+
+
+async def answer_or_silence(conn: asyncssh.SSHClientConnection, timeout: float, limit: float = CHECK_LIMIT) -> None:
+    """An SSH round trip, waited for while the connection keeps receiving bytes.
+
+    The answer can queue behind a bulk upload on a slow uplink; the data and window
+    adjustments arriving meanwhile prove the peer alive. Raises TimeoutError only after
+    `timeout` seconds with nothing received at all.
+    """
+    seen = receipts(conn)
+    if seen is None:
+        await asyncio.wait_for(round_trip(conn), timeout)
+        return
+    started = time.monotonic()
+    answer = asyncio.ensure_future(round_trip(conn))
+    try:
+        while not answer.done():
+            quiet = seen.quiet_since(started)
+            if quiet >= timeout:
+                raise TimeoutError
+            if time.monotonic() - started >= limit:
+                return  # bytes arrived all along: alive, however late the answer
+            await asyncio.wait([answer], timeout=min(timeout - quiet, limit - (time.monotonic() - started)))
+        answer.result()
+    finally:
+        answer.cancel()
 
 
 async def round_trip(conn: asyncssh.SSHClientConnection) -> None:

@@ -15,6 +15,7 @@ import logging
 import secrets
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -55,6 +56,8 @@ class RelayPath:
     bytes_replayed: int = 0
     peak_unacked: int = 0
     missing: bool = False  # a new stream found no relay: the supervisor checks it again
+    # Set by the supervisor: start the relay again (one restart for all the streams that ask).
+    restart_relay: Callable[[str], Awaitable[None]] | None = None
 
     def buffered(self) -> int:
         return sum(len(stream.unacked) for stream in self.streams)
@@ -167,7 +170,14 @@ class ResumableClient(asyncio.Protocol):
                 connection_alive = conn is self.path.link.connection and not conn.is_closed()
                 if isinstance(exc, asyncssh.ChannelOpenError) and connection_alive:
                     self.path.missing = True
-                    raise StreamGone(f"the relay is not there ({exc.reason})") from None
+                    if resuming or self.path.restart_relay is None:
+                        raise StreamGone(f"the relay is not there ({exc.reason})") from None
+                    # A new stream: have the relay started at once and try again within the hello's time.
+                    deadline = deadline or time.monotonic() + HELLO_TIMEOUT
+                    await self.path.restart_relay(f"a new stream found no relay ({exc.reason})")
+                    if time.monotonic() >= deadline:
+                        raise StreamGone(f"the relay did not come back within {HELLO_TIMEOUT:g} s") from None
+                    continue
                 if deadline is None:
                     # A new stream: retry only a connection that died under it, within the hello's time.
                     if connection_alive:

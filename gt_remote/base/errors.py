@@ -131,6 +131,12 @@ class ServerNotAnswering(RemoteError):
     transient = True
 
 
+class SupervisorTaskEnded(GtRemoteError):
+    """A background task of the supervisor ended while it should run: the watchdog's exit."""
+
+    transient = True
+
+
 class PingFailed(GtRemoteError):
     """A ccmux Ping got no Pong."""
 
