@@ -21,6 +21,7 @@ import logging
 import secrets
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -36,7 +37,8 @@ BUDGET = 64 * 1024 * 1024  # unacknowledged bytes across all streams: then the l
 ACK_EVERY = 512 * 1024
 ACK_DELAY = 0.05
 FRAME_DATA = 256 * 1024  # the most data one frame carries
-HIGH_WATER = 256 * 1024  # a channel's write buffer beyond this: stop writing, keep it in unacked
+HIGH_WATER = 128 * 1024  # a channel's write buffer beyond this: stop writing, keep it in unacked
+SMALL = 16 * 1024  # small reads are merged, so a trickle of bytes is not a pile of objects
 HELLO_TIMEOUT = 15.0
 CLOSE_WAIT = 2.0  # `down`: how long to wait for the link to tell the relay about detached streams
 HEADER = struct.Struct(">cI")
@@ -51,6 +53,55 @@ def frame(kind: bytes, payload: bytes = b"") -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
 
 
+Chunk = bytes | memoryview
+
+
+class Outbox:
+    """Bytes sent and not yet acknowledged, kept as the chunks they came in: appending and
+    acknowledging never copy what is kept (a bytearray would move all of it on each)."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.head = 0  # acknowledged bytes at the start of chunks[0]
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, data: bytes, pending: deque[Chunk]) -> None:
+        """Keep `data`; also queue it in `pending` (the part the channel has not had)."""
+        chunks = self.chunks
+        self.size += len(data)
+        if chunks and len(chunks[-1]) + len(data) <= SMALL and (pending[-1] is chunks[-1] if pending else True):
+            merged = chunks[-1] + data
+            chunks[-1] = merged
+            if pending:
+                pending[-1] = merged
+            return
+        chunks.append(data)
+        pending.append(data)
+
+    def drop(self, count: int) -> None:
+        """The peer acknowledged `count` more bytes."""
+        self.size -= count
+        count += self.head
+        chunks = self.chunks
+        while chunks and count >= len(chunks[0]):
+            count -= len(chunks.popleft())
+        self.head = count if chunks else 0
+
+    def all(self) -> deque[Chunk]:
+        """Everything unacknowledged, for a replay (views, no copies)."""
+        replay: deque[Chunk] = deque(self.chunks)
+        if replay and self.head:
+            replay[0] = memoryview(self.chunks[0])[self.head :]
+        return replay
+
+    def clear(self) -> None:
+        self.chunks = deque()
+        self.head = self.size = 0
+
+
 class StreamGone(Exception):
     """The far end no longer knows the stream (relay restarted, server gone): close cleanly."""
 
@@ -60,11 +111,13 @@ class FrameError(ValueError):
 
 
 class FrameReader:
-    """Splits a byte stream into (type, payload) frames; sans-IO, bounded by `limit`."""
+    """Splits a byte stream into (type, payload) frames; sans-IO, bounded by `limit` (and the
+    first frame, the hello or its reply, by `first_limit`)."""
 
-    def __init__(self, limit: int = MAX_FRAME) -> None:
+    def __init__(self, limit: int = MAX_FRAME, first_limit: int | None = None) -> None:
         self.buffer = bytearray()
         self.limit = limit
+        self.first_limit = first_limit
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         buffered = bool(self.buffer)
@@ -78,12 +131,14 @@ class FrameReader:
         try:
             while size - start >= HEADER.size:
                 kind, length = HEADER.unpack_from(view, start)
-                if length > self.limit:
-                    raise FrameError(f"the relay sent a frame of {length} bytes (at most {self.limit})")
+                limit = self.limit if self.first_limit is None else self.first_limit
+                if length > limit:
+                    raise FrameError(f"the relay sent a frame of {length} bytes (at most {limit})")
                 end = start + HEADER.size + length
                 if end > size:
                     break
                 frames.append((kind, view[start + HEADER.size : end].tobytes()))
+                self.first_limit = None
                 start = end
         finally:
             view.release()
@@ -219,17 +274,20 @@ class ResumableClient(asyncio.Protocol):
         self.channel: asyncssh.SSHUNIXChannel[bytes] | None = None
         self.attached = False
         self.writable = True  # the channel's write buffer is under its high-water mark
-        self.unacked = bytearray()  # client -> server bytes the relay has not acknowledged
+        self.unacked = Outbox()  # client -> server bytes the relay has not acknowledged
+        self.pending: deque[Chunk] = deque()  # of those, what the current channel has not had
+        self.inbox: deque[bytes] = deque()  # server -> client bytes the client's socket has not taken
+        self.inbox_size = 0
         self.acked = 0
         self.sent = 0
-        self.flushed = 0  # bytes written to the current channel
         self.sent_eof = False
         self.eof_flushed = False
         self.received = 0  # positions (bytes, and one for the end) received from the relay
+        self.received_eof = False
+        self.client_full = False
         self.ack_sent = 0
         self.ack_timer: asyncio.TimerHandle | None = None
         self.last_rx = time.monotonic()  # the last frame from the relay: the window runs from here
-        self.client_paused_us = False  # the client's socket buffer is full
         self.reading_paused = False
         self.budget_paused = False
         self.client_gone = False
@@ -249,15 +307,15 @@ class ResumableClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         size = len(data)
-        self.unacked += data
         self.sent += size
         path = self.path
         path.unacked_total += size
-        channel = self.channel
-        if self.attached and self.writable and channel is not None and self.flushed + size == self.sent and size <= FRAME_DATA:
-            self._send(HEADER.pack(b"D", size) + data)  # the hot path: one write, no slicing
-            self.flushed = self.sent
+        if self.attached and self.writable and not self.pending:
+            self.unacked.append(data, self.pending)
+            self.pending.clear()
+            self._send(HEADER.pack(b"D", size) + data)  # the hot path: one write, no copy kept
         else:
+            self.unacked.append(data, self.pending)
             self.flush()
         if len(self.unacked) > path.peak_unacked:
             path.peak_unacked = len(self.unacked)
@@ -270,14 +328,12 @@ class ResumableClient(asyncio.Protocol):
         return True  # half-close: the client may still read the replies
 
     def pause_writing(self) -> None:
-        self.client_paused_us = True
-        if self.channel is not None:
-            self.channel.pause_reading()
+        self.client_full = True  # its resume_writing acknowledges; no timer meanwhile
 
     def resume_writing(self) -> None:
-        self.client_paused_us = False
-        if self.channel is not None:
-            self.channel.resume_reading()
+        self.client_full = False
+        self._drain_inbox()
+        self._send_ack()  # the client took what was waiting: the relay may send more
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client_gone = True
@@ -383,13 +439,11 @@ class ResumableClient(asyncio.Protocol):
         self._acknowledged(peer_received)
         self.attached = True
         self.writable = True
-        self.flushed = self.acked
+        self.pending = self.unacked.all()
         self.eof_flushed = peer_received > self.sent
         if self.resuming:
             self.path.bytes_replayed += self.sent - self.acked
         self.flush()
-        if self.client_paused_us:
-            channel.pause_reading()
         return peer_received, replaying
 
     def channel_lost(self, channel: asyncssh.SSHUNIXChannel[bytes]) -> None:
@@ -415,7 +469,11 @@ class ResumableClient(asyncio.Protocol):
         if kind == b"D":
             self.received += len(payload)
             if self.transport is not None and not self.client_gone:
-                self.transport.write(payload)
+                if self.client_full or self.inbox:
+                    self.inbox.append(payload)
+                    self.inbox_size += len(payload)
+                else:
+                    self.transport.write(payload)
             if self.received - self.ack_sent >= ACK_EVERY:
                 self._send_ack()
             elif self.ack_timer is None:
@@ -424,8 +482,10 @@ class ResumableClient(asyncio.Protocol):
             self._acknowledged(ACK.unpack(payload)[0])
         elif kind == b"E":
             self.received += 1
+            self.received_eof = True
             self._send_ack()
-            self._close_client()  # the server ended the session: end the client's too
+            if not self.inbox:
+                self._close_client()  # the server ended the session: end the client's too
         elif kind == b"C":
             self.finished = True
             self._close_client()
@@ -443,32 +503,37 @@ class ResumableClient(asyncio.Protocol):
         """Write what the channel has not had yet, as far as its buffer takes it."""
         if not self.attached or self.channel is None:
             return
-        while self.flushed < self.sent and self.writable and self.channel is not None:
-            start = self.flushed - self.acked
-            size = min(self.sent - self.flushed, FRAME_DATA)
-            self._send(HEADER.pack(b"D", size) + self.unacked[start : start + size])
-            self.flushed += size
-        if self.sent_eof and not self.eof_flushed and self.flushed == self.sent:
+        pending = self.pending
+        while pending and self.writable and self.channel is not None:
+            chunk = pending.popleft()
+            self._send(HEADER.pack(b"D", len(chunk)) + chunk)
+        if self.sent_eof and not self.eof_flushed and not pending:
             self.eof_flushed = True
             self._send(frame(b"E"))
 
     def _send_ack(self) -> None:
+        """Acknowledge what the client's socket took, not what waits in its buffer: the relay
+        then sends no more than CAP ahead of the client, while the channel is always read (so
+        acks never queue behind data the client is not taking)."""
         if self.ack_timer is not None:
             self.ack_timer.cancel()
             self.ack_timer = None
-        if self.attached and self.received != self.ack_sent:
-            self.ack_sent = self.received
-            self._send(b"A\x00\x00\x00\x08" + ACK.pack(self.received))
+        transport = self.transport
+        waiting = 0 if transport is None or self.client_gone else self.inbox_size + transport.get_write_buffer_size()
+        delivered = self.received - waiting - (1 if waiting and self.received_eof else 0)
+        if self.attached and delivered > self.ack_sent:
+            self.ack_sent = delivered
+            self._send(b"A\x00\x00\x00\x08" + ACK.pack(delivered))
+        if waiting and not self.finished and not self.client_full:
+            self.ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._send_ack)
 
     def _acknowledged(self, count: int) -> None:
         count_bytes = min(count, self.sent)
         if count_bytes > self.acked:
             done = count_bytes - self.acked
-            del self.unacked[:done]
+            self.unacked.drop(done)
             self.acked = count_bytes
             self.path.unacked_total -= done
-            if self.flushed < self.acked:
-                self.flushed = self.acked
             self.path.after_ack()
         self.update_reading()
 
@@ -499,11 +564,28 @@ class ResumableClient(asyncio.Protocol):
             channel.close()
         self.lost.set()
 
+    def _drain_inbox(self) -> None:
+        """Give the client what waited for its socket, then the server's end if it came."""
+        transport = self.transport
+        if transport is None or self.client_gone:
+            self.inbox.clear()
+            self.inbox_size = 0
+            return
+        while self.inbox and not self.client_full:
+            chunk = self.inbox.popleft()
+            self.inbox_size -= len(chunk)
+            transport.write(chunk)
+        if self.received_eof and not self.inbox:
+            self._close_client()
+
     def _release(self) -> None:
-        """Give the buffer back (and its share of the budget) once the stream is over."""
+        """Give the buffers back (and their share of the budget) once the stream is over."""
+        self.pending.clear()
+        self.inbox.clear()
+        self.inbox_size = 0
         if self.unacked:
             self.path.unacked_total -= len(self.unacked)
-            self.unacked = bytearray()
+            self.unacked.clear()
             self.path.after_ack()
 
 
@@ -514,7 +596,7 @@ class _RelayChannel(asyncssh.SSHUNIXSession[bytes]):
     def __init__(self, stream: ResumableClient, reply: asyncio.Future[tuple[int, int]]) -> None:
         self.stream = stream
         self.reply = reply
-        self.reader = FrameReader(MAX_REPLY)
+        self.reader = FrameReader(MAX_FRAME, MAX_REPLY)
         self.channel: asyncssh.SSHUNIXChannel[bytes] | None = None
 
     def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
@@ -537,7 +619,6 @@ class _RelayChannel(asyncssh.SSHUNIXSession[bytes]):
             kind, payload = frames.pop(0)
             assert self.channel is not None
             self.reply.set_result(self.stream.on_reply(self.channel, kind, payload))
-            self.reader.limit = MAX_FRAME
         stream = self.stream
         if self.channel is stream.channel:
             for kind, payload in frames:
