@@ -233,8 +233,8 @@ class RelayPath:
 
     async def close_detached(self, wait: float = CLOSE_WAIT) -> int:
         """`down`: streams waiting for the link will never be resumed; have the relay release
-        their server connections now. Unreachable within `wait`, the relay does it itself one
-        window after the last heartbeat."""
+        their server connections now. With the link down (or no answer within `wait`), the
+        relay does it itself one window after the last heartbeat."""
         if self._heartbeats is not None:
             self._heartbeats.cancel()
         detached = [s for s in self.streams if not s.attached and not s.finished]
@@ -243,8 +243,11 @@ class RelayPath:
         if not detached or not self.socket_path:
             return 0
         ids = [stream.id for stream in detached]
+        conn = self.link.connection
+        if conn is None:  # shutting down, the link no longer reconnects
+            log.info("the link is down: the relay closes %d detached stream(s) one resume window after their last heartbeat", len(ids))
+            return 0
         try:
-            conn = await self.link.wait_connected(wait)
             reader, writer = await asyncio.wait_for(conn.open_unix_connection(self.socket_path), wait)
             try:
                 writer.write(frame(b"H", json.dumps({"op": "close", "ids": ids}).encode()))
@@ -391,6 +394,8 @@ class ResumableClient(asyncio.Protocol):
                 raise StreamGone("closed at shutdown")
             remaining = HELLO_TIMEOUT if deadline is None else max(0.0, deadline - time.monotonic())
             conn = await self.path.link.wait_connected(remaining)
+            if self.finished:
+                raise StreamGone("closed at shutdown")
             try:
                 await self._hello(conn, resuming)
                 return
