@@ -49,6 +49,20 @@ DEFAULT_WINDOW = 900.0
 HEARTBEAT_FRAME = HEADER.pack(b"K", 0)
 
 
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None: a busy stream's freed buffers go back to the system."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: the allocator keeps its own policy
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+TRIM_AFTER = 1024 * 1024  # a stream that moved this much gives its memory back when it ends
+
+
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
     return HEADER.pack(kind, len(payload)) + payload
 
@@ -294,6 +308,7 @@ class ResumableClient(asyncio.Protocol):
         self.reading_paused = False
         self.budget_paused = False
         self.client_gone = False
+        self.trimmed = False
         self.finished = False
         self.lost = asyncio.Event()
         self.resuming = False
@@ -592,6 +607,9 @@ class ResumableClient(asyncio.Protocol):
             self.path.unacked_total -= len(self.unacked)
             self.unacked.clear()
             self.path.after_ack()
+        if MALLOC_TRIM is not None and self.sent + self.received >= TRIM_AFTER and not self.trimmed:
+            self.trimmed = True
+            asyncio.get_running_loop().call_later(0.1, MALLOC_TRIM, 0)  # once the transports let go
 
 
 class _RelayChannel(asyncssh.SSHUNIXSession[bytes]):
