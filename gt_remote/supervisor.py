@@ -804,6 +804,7 @@ class Supervisor:
         if self._control is not None:
             self._control.close()
             self.files.control.unlink(missing_ok=True)
+        await self.relay.close_detached()  # streams waiting for the link end now, not after the window
         await self.forwarder.close()
         await self.link.close()
         if self.exit_cause is None:

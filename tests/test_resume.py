@@ -414,6 +414,23 @@ def test_bad_resume_window_is_one_line_error(gt: Gt) -> None:
     assert "resume window 0.0 is not a positive number of seconds" in one_error_line(result.stderr)
 
 
+def test_infinite_nan_or_too_long_resume_window_is_refused(gt: Gt) -> None:
+    """The relay accepts at most a day; inf and nan would never end a stream."""
+    for value in ("inf", "nan", "86401"):
+        result = gt("up", "gaming-pc", "--resume-window", value)
+        assert result.returncode == 2, (value, result.stderr)
+        assert "is not a positive number of seconds up to 86400" in one_error_line(result.stderr)
+
+
+def test_resume_window_in_the_config_is_checked_too(gt: Gt) -> None:
+    config = gt.home / ".config/gt-remote/config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[hosts.gaming-pc]\nresume_window = inf\n')
+    result = gt("up", "gaming-pc")
+    assert result.returncode == 2, result.stderr
+    assert "resume window inf is not a positive number of seconds" in one_error_line(result.stderr)
+
+
 def test_relay_agent_is_python_3_8_syntax_and_stdlib_only() -> None:
     """It runs on the remote's own python3, which may be as old as 3.8."""
     import ast

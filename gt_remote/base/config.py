@@ -190,9 +190,15 @@ def _keepalive(value: Any) -> float:
     return float(value)
 
 
+MAX_RESUME_WINDOW = 24 * 3600.0  # what the remote relay accepts
+
+
 def _resume_window(value: Any) -> float:
-    if not _positive(value):
-        raise UsageError(f"resume window {value!r} is not a positive number of seconds", "use e.g. --resume-window 900 (15 minutes)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_RESUME_WINDOW:  # NaN fails too
+        raise UsageError(
+            f"resume window {value!r} is not a positive number of seconds up to {MAX_RESUME_WINDOW:g} (a day)",
+            "use e.g. --resume-window 900 (15 minutes)",
+        )
     return float(value)
 
 

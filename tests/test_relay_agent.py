@@ -1,0 +1,372 @@
+"""The uploaded relay, run as the remote runs it: its own file under the oldest Python it
+claims (3.8), real Unix and TCP sockets, no SSH. A small echo server stands in for
+ccmux-server; the test speaks the relay's frames itself, as the supervisor would."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gt_remote.bootstrap.relay import AGENT
+from tests.testbed import wait_for
+
+PYTHON_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"
+HEADER = struct.Struct(">cI")
+
+
+class EchoServer:
+    """A TCP server on loopback that echoes, and counts the connections it holds open."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = 0
+        self.total = 0
+        self.silent = False  # accept, but never read (a server that stalls)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.open += 1
+                self.total += 1
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        try:
+            while True:
+                if self.silent:
+                    threading.Event().wait(0.05)
+                    continue
+                data = conn.recv(65536)
+                if not data:
+                    break
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            with self._lock:
+                self.open -= 1
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@dataclass
+class Channel:
+    """One connection to the relay's socket, speaking frames."""
+
+    sock: socket.socket
+    buffer: bytearray = field(default_factory=bytearray)
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        self.sock.sendall(HEADER.pack(kind, len(payload)) + payload)
+
+    def hello(self, **fields: object) -> None:
+        self.send(b"H", json.dumps(fields).encode())
+
+    def frame(self, timeout: float = 10.0) -> tuple[bytes, bytes]:
+        """The next frame; EOFError when the relay closed the channel."""
+        self.sock.settimeout(timeout)
+        while True:
+            if len(self.buffer) >= HEADER.size:
+                kind, length = HEADER.unpack_from(self.buffer)
+                if len(self.buffer) >= HEADER.size + length:
+                    payload = bytes(self.buffer[HEADER.size : HEADER.size + length])
+                    del self.buffer[: HEADER.size + length]
+                    return kind, payload
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("the relay closed the channel")
+            self.buffer += chunk
+
+    def reply(self) -> dict[str, object]:
+        kind, payload = self.frame()
+        assert kind == b"R", (kind, payload)
+        return dict(json.loads(payload))
+
+    def data(self, size: int) -> bytes:
+        """`size` bytes of D frames (acks and heartbeats in between are skipped)."""
+        got = bytearray()
+        while len(got) < size:
+            kind, payload = self.frame()
+            if kind == b"D":
+                got += payload
+            else:
+                assert kind in (b"A", b"K"), kind
+        return bytes(got)
+
+    def closed(self) -> bool:
+        """Frames until EOF; True once the relay has closed the channel."""
+        try:
+            while True:
+                self.frame()
+        except EOFError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Relay:
+    proc: subprocess.Popen[bytes]
+    path: str
+    server: EchoServer
+
+    def channel(self) -> Channel:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(self.path)
+        return Channel(sock)
+
+    def stats(self) -> dict[str, object]:
+        channel = self.channel()
+        channel.hello(op="stats")
+        try:
+            return channel.reply()
+        finally:
+            channel.close()
+
+    def log(self) -> str:
+        return Path(self.path).with_name("log").read_text()
+
+
+def stream_id(n: int) -> str:
+    return f"{n:032x}"
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    assert PYTHON_38.exists(), f"{PYTHON_38} is missing: the relay must be tested under the oldest Python it claims"
+    server = EchoServer()
+    directory = tempfile.mkdtemp(prefix="gtr-relay-")
+    path = os.path.join(directory, "sock")
+    with open(os.path.join(directory, "log"), "wb") as log:
+        proc = subprocess.Popen([str(PYTHON_38), str(AGENT), "--socket", path, "--port", str(server.port)], stdout=log, stderr=log)
+    try:
+        wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 30, "the relay to listen")
+        assert proc.poll() is None, Path(directory, "log").read_text()
+        yield Relay(proc, path, server)
+    finally:
+        proc.terminate()  # our own child, by pid
+        proc.wait(10)
+        server.close()
+
+
+def test_relay_runs_under_python_3_8() -> None:
+    version = subprocess.run([str(PYTHON_38), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == "(3, 8)"
+
+
+def test_new_stream_carries_data_both_ways(relay: Relay) -> None:
+    channel = relay.channel()
+    channel.hello(op="new", id=stream_id(1), window=60, heartbeat=1)
+    assert channel.reply() == {"received": 0, "replaying": 0}
+    channel.send(b"D", b"ping")
+    assert channel.data(4) == b"ping"
+    kind, payload = channel.frame()  # the relay acknowledges what it passed on
+    assert (kind, payload) == (b"A", struct.pack(">Q", 4))
+    channel.send(b"K")
+    assert channel.frame() == (b"K", b""), "a heartbeat is answered"
+    channel.close()
+
+
+def test_resume_replays_what_the_client_missed(relay: Relay) -> None:
+    first = relay.channel()
+    first.hello(op="new", id=stream_id(2), window=60, heartbeat=1)
+    first.reply()
+    first.send(b"D", b"hello ")
+    first.send(b"D", b"world")
+    wait_for(lambda: relay.stats()["unacked_total"] == 11, 10, "the echo to reach the relay")
+    first.close()  # the path dies before the client read the echo
+    wait_for(lambda: relay.stats()["channels"] == 1, 10, "the relay to see the channel go (only the asker is left)")
+    second = relay.channel()
+    second.hello(op="resume", id=stream_id(2), received=6)  # the client had only "hello "
+    answer = second.reply()
+    assert answer == {"received": 11, "replaying": 5}, answer
+    assert second.data(5) == b"world"
+    second.send(b"A", struct.pack(">Q", 11))
+    second.send(b"D", b"!")
+    assert second.data(1) == b"!"
+    assert relay.server.total == 1, "a resume must not dial the server again"
+    stats = relay.stats()
+    assert stats["resumes"] == 1 and stats["bytes_replayed"] == 5
+    second.close()
+
+
+def test_resume_of_an_unknown_stream_is_refused(relay: Relay) -> None:
+    channel = relay.channel()
+    channel.hello(op="resume", id=stream_id(3), received=0)
+    assert channel.reply() == {"error": "unknown"}
+    assert channel.closed()
+
+
+def test_close_frame_releases_the_server_connection(relay: Relay) -> None:
+    channel = relay.channel()
+    channel.hello(op="new", id=stream_id(4), window=60)
+    channel.reply()
+    wait_for(lambda: relay.server.open == 1, 10, "the server to see the stream")
+    channel.send(b"C")
+    assert channel.closed()
+    wait_for(lambda: relay.server.open == 0, 10, "the server connection to be closed")
+    assert relay.stats()["streams"] == 0
+
+
+def test_close_op_ends_detached_streams(relay: Relay) -> None:
+    ids = [stream_id(10), stream_id(11)]
+    for one in ids:
+        channel = relay.channel()
+        channel.hello(op="new", id=one, window=600)
+        channel.reply()
+        channel.close()
+    wait_for(lambda: relay.server.open == 2, 10, "two server connections")
+    closer = relay.channel()
+    closer.hello(op="close", ids=[*ids, stream_id(12)])
+    assert closer.reply() == {"closed": 2}
+    wait_for(lambda: relay.server.open == 0, 10, "the detached streams' server connections to close")
+
+
+def test_window_runs_from_the_last_frame_not_from_the_channel(relay: Relay) -> None:
+    """A channel that stays open but silent (a partition sshd has not noticed) does not keep
+    the stream: the window runs from the last frame, and heartbeats keep an idle one."""
+    beating, silent = relay.channel(), relay.channel()
+    beating.hello(op="new", id=stream_id(20), window=1.5, heartbeat=0.5)
+    beating.reply()
+    silent.hello(op="new", id=stream_id(21), window=1.5, heartbeat=0.5)
+    silent.reply()
+    wait_for(lambda: relay.server.open == 2, 10, "two server connections")
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.3):
+            beating.send(b"K")
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        assert silent.closed(), "the silent stream's channel is closed when its window ends"
+        wait_for(lambda: relay.server.open == 1, 10, "the silent stream's server connection to close")
+        assert "nothing from the laptop for" in relay.log()
+        # The beating stream outlived its window several times over and still works.
+        wait_for(lambda: beating.frame()[0] == b"K", 10, "a heartbeat answer")
+        assert relay.server.open == 1
+    finally:
+        stop.set()
+        beater.join(5)
+    beating.send(b"D", b"still here")
+    assert beating.data(10) == b"still here"
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        b'{"op": "new", "id": "' + b"a" * 32 + b'", "window": 1' + b"0" * 400 + b"}",
+        b'{"op": "new", "id": "' + b"b" * 32 + b'", "window": 1e999}',
+        b'{"op": "new", "id": "' + b"c" * 32 + b'", "window": NaN}',
+        b'{"op": "new", "id": "' + b"d" * 32 + b'", "window": -1}',
+        b'{"op": "new", "id": "' + b"e" * 32 + b'", "window": 86401}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"nope": 1}',
+        b'{"op": "resume", "id": "' + b"f" * 32 + b'", "received": true}',
+        b'{"op": "new", "id": "short"}',
+        b"\xff\xfe not utf-8",
+        b"[1, 2]",
+    ],
+    ids=["400-digit-window", "infinite-window", "nan-window", "negative-window", "window-over-a-day", "nested-json", "no-op", "bool-count", "short-id", "not-utf8", "not-an-object"],
+)
+def test_malformed_hello_is_answered_and_closed(relay: Relay, hello: bytes) -> None:
+    channel = relay.channel()
+    channel.send(b"H", hello)
+    answer = channel.reply()
+    assert "error" in answer, answer
+    assert channel.closed()
+    assert relay.server.total == 0
+    assert relay.stats()["streams"] == 0, "the relay keeps serving"
+
+
+def test_oversized_or_wrong_first_frame_is_answered_and_closed(relay: Relay) -> None:
+    big = relay.channel()
+    big.sock.sendall(HEADER.pack(b"H", 1024 * 1024))  # announces a 1 MiB hello
+    assert "error" in big.reply()
+    assert big.closed()
+    data_first = relay.channel()
+    data_first.send(b"D", b"x")
+    assert data_first.reply() == {"error": "expected a hello"}
+    assert relay.stats()["channels"] == 1  # only the asker
+
+
+def test_pending_hellos_are_capped(relay: Relay) -> None:
+    """Channels that never finish their hello cannot pile up (nor their half-sent bytes)."""
+    idle = [relay.channel() for _ in range(64)]
+    for channel in idle:
+        channel.sock.sendall(HEADER.pack(b"H", 100) + b"{")  # half a hello
+    wait_for(lambda: "too many hellos" in str(_answer(relay)), 10, "a new channel to be refused while 64 hellos are pending")
+    for channel in idle:
+        channel.close()
+    wait_for(lambda: "streams" in _answer(relay), 10, "the relay to serve again once they are gone")
+    assert relay.stats()["channels"] == 1
+
+
+def _answer(relay: Relay) -> dict[str, object]:
+    """What a stats hello gets now (an error while the relay is full)."""
+    channel = relay.channel()
+    try:
+        channel.hello(op="stats")
+        return channel.reply()
+    finally:
+        channel.close()
+
+
+def test_stalled_reader_is_capped_and_released(relay: Relay) -> None:
+    """A client that never reads: the relay holds at most CAP (plus one read) and, once the
+    stream closes, nothing."""
+    channel = relay.channel()
+    channel.hello(op="new", id=stream_id(30), window=60)
+    channel.reply()
+    block = b"x" * 65536
+    cap = 4 * 1024 * 1024
+    sent = 0
+    channel.sock.setblocking(False)
+    while relay.stats()["peak_unacked"] < cap:  # the echo fills the relay; we never read
+        try:
+            sent += channel.sock.send(HEADER.pack(b"D", len(block)) + block)
+        except BlockingIOError:
+            wait_for(lambda: relay.stats()["peak_unacked"] >= cap or _writable(channel.sock), 30, "room to send, or the cap")
+    stats = relay.stats()
+    assert cap <= int(stats["peak_unacked"]) <= cap + 256 * 1024, stats
+    channel.sock.setblocking(True)
+    channel.close()
+    closer = relay.channel()
+    closer.hello(op="close", ids=[stream_id(30)])
+    assert closer.reply() == {"closed": 1}
+    assert relay.stats()["unacked_total"] == 0
+
+
+def _writable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([], [sock], [], 0.2)[1])
+
+
+def test_a_hello_that_never_comes_is_answered_within_the_deadline(relay: Relay) -> None:
+    channel = relay.channel()
+    channel.sock.sendall(HEADER.pack(b"H", 50) + b'{"op": ')  # and then nothing
+    kind, payload = channel.frame(timeout=60)  # HELLO_DEADLINE is 10 s; a loaded machine may be late
+    assert kind == b"R" and "no hello within" in json.loads(payload)["error"]
+    assert channel.closed()

@@ -1,0 +1,161 @@
+"""Resumable streams against silent partitions, a killed supervisor, `down` in an outage, a
+hostile relay reply and clients that never read: real containers, real SSH.
+
+Timing bounds here are the feature (the resume window counted from the last heartbeat), so
+they are checked with generous slack, and every wait is on observable state."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import time
+from pathlib import Path
+
+from tests.conftest import Gt
+from tests.helpers import answers
+from tests.test_resume import CAP, PING, PONG, PORT, bring_up, echo_frame, expect_clean_close, offer_until_full, recv_frame, relay_pids, relay_stats, row, server_clients_inside
+from tests.testbed import SshHost, wait_for
+
+WINDOW = 6.0
+KEEPALIVE = 1.0
+SLACK = 6.0  # a loaded machine: docker exec, the stand-in noticing the close
+
+
+def attached_client() -> socket.socket:
+    client = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+    client.sendall(PING)
+    assert recv_frame(client) == PONG
+    return client
+
+
+def supervisor_log(gt: Gt) -> str:
+    return "".join(path.read_text() for path in (gt.home / ".local/state/gt-remote/logs").glob("*.log"))
+
+
+def test_silent_partition_leaves_no_ghost_on_the_remote(gt: Gt, host_factory) -> None:  # type: ignore[no-untyped-def]
+    """sshd never notices a silent partition; the relay still lets go of the server
+    connection one window after the last heartbeat, and the laptop ends the client then too."""
+    host = host_factory(own_network=True)
+    bring_up(gt, host, "--resume-window", f"{WINDOW:g}")
+    client = attached_client()
+    assert server_clients_inside(host) == 1
+    host.disconnect()
+    lost_at = time.monotonic()
+    try:
+        wait_for(lambda: server_clients_inside(host) == 0, WINDOW + KEEPALIVE + SLACK, "the relay to release the server connection one window after the last heartbeat")
+        released = time.monotonic() - lost_at
+        print(f"released {released:.1f} s after the partition (window {WINDOW:g} s)")
+        assert relay_stats(host)["streams"] == 0
+        expect_clean_close(client)
+        assert time.monotonic() - lost_at < WINDOW + 30, "the laptop must count the window from the last frame, not from noticing"
+        wait_for(lambda: "nothing from the relay for" in supervisor_log(gt), 10, "the log to say how long the relay was silent")
+    finally:
+        host.connect()
+        client.close()
+
+
+def test_killed_supervisor_releases_the_server_connections(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host, "--resume-window", f"{WINDOW:g}")
+    clients = [attached_client() for _ in range(3)]
+    assert server_clients_inside(ssh_host) == 3
+    pid = row(gt)["supervisor_pid"]
+    assert pid in gt.supervisor_pids()  # the supervisor this test started
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: server_clients_inside(ssh_host) == 0, WINDOW + KEEPALIVE + SLACK, "the relay to release every server connection after window + keepalive")
+    print(f"released {time.monotonic() - killed_at:.1f} s after kill -9 (window {WINDOW:g} s)")
+    for client in clients:
+        client.close()
+
+
+def test_down_during_an_outage_ends_the_streams_with_the_window_not_after_it(gt: Gt, ssh_host: SshHost) -> None:
+    """`down` while the remote is unreachable: the relay cannot be told, and still releases the
+    server connection one window after the last heartbeat, not one window after it next
+    hears from sshd."""
+    window = 10.0
+    bring_up(gt, ssh_host, "--resume-window", f"{window:g}")
+    client = attached_client()
+    ssh_host.pause()
+    paused_at = time.monotonic()
+    try:
+        wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "the silent link to be noticed")
+        assert gt("down", "gaming-pc").returncode == 0
+        # The window (from the last heartbeat, before the pause) runs out while paused.
+        wait_for(lambda: time.monotonic() > paused_at + window + KEEPALIVE, window + 30, "the resume window to pass")
+    finally:
+        ssh_host.unpause()
+    unpaused_at = time.monotonic()
+    wait_for(lambda: server_clients_inside(ssh_host) == 0, window * 0.8, "the relay to release the server connection at once (its window had passed)")
+    print(f"released {time.monotonic() - unpaused_at:.1f} s after the remote came back")
+    client.close()
+
+
+def test_bad_relay_reply_ends_that_stream_not_the_link(gt: Gt, ssh_host: SshHost) -> None:
+    """A relay (or whatever holds its socket) that answers `{"nope": 1}`: the client gets a
+    clean close, the SSH connection stays, plain traffic on it still flows."""
+    bring_up(gt, ssh_host)
+    [pid] = relay_pids(ssh_host)
+    socket_path = f"/home/gamer/.local/state/gt-remote/relay-{PORT}/sock"
+    fake = (
+        "import json, os, socket, struct\n"
+        f"path = {socket_path!r}\n"
+        "os.path.exists(path) and os.unlink(path)\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind(path); s.listen()\n"
+        "while True:\n"
+        "    c, _ = s.accept(); c.recv(65536)\n"
+        "    body = json.dumps({'nope': 1}).encode()\n"
+        "    c.sendall(b'R' + struct.pack('>I', len(body)) + body)\n"
+    )
+    ssh_host.kill(pid)
+    ssh_host.spawn(f"exec python3 -c {shlex.quote(fake)}")
+    wait_for(lambda: ssh_host.exec(f"test -S {socket_path} && pgrep -f 'nope'")[0] == 0, 10, "the fake relay to listen")
+    reconnects = row(gt)["reconnects"]
+    for _ in range(3):
+        client = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+        client.sendall(PING)
+        expect_clean_close(client)  # EOF, not a reset, not a hang
+        client.close()
+    wait_for(lambda: "the relay's reply has no byte counts" in supervisor_log(gt), 10, "the log to name the bad reply")
+    status = row(gt)
+    assert status["reconnects"] == reconnects and status["state"] == "up", "one bad reply must not drop the SSH connection"
+
+
+def rss_kib_inside(host: SshHost, pid: int) -> int:
+    return int(host.sh(f"awk '/VmRSS/ {{print $2}}' /proc/{pid}/status"))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_clients_that_never_read_stay_within_the_budget_and_memory_comes_back(gt: Gt, ssh_host: SshHost) -> None:
+    bring_up(gt, ssh_host)
+    [relay_pid] = relay_pids(ssh_host)
+    supervisor_pid = row(gt)["supervisor_pid"]
+    wait_for(answers, 15, "the tunnel to answer")
+    relay_before, supervisor_before = rss_kib_inside(ssh_host, relay_pid), rss_kib(supervisor_pid)
+    readers = []
+    for n in range(4):
+        reader = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+        reader.setblocking(False)
+        readers.append(reader)
+        offer_until_full(reader, echo_frame(n, filler=64 * 1024), lambda n=n: len(relay_stats(ssh_host)["unacked"]) > n and max(relay_stats(ssh_host)["unacked"].values()) >= CAP and sorted(relay_stats(ssh_host)["unacked"].values())[-n - 1] >= CAP, f"stalled stream {n + 1} to fill the relay's cap")
+    stats = relay_stats(ssh_host)
+    budget = int(stats["budget"])
+    relay_full, supervisor_full = rss_kib_inside(ssh_host, relay_pid), rss_kib(supervisor_pid)
+    print(f"relay {relay_before} -> {relay_full} KiB, supervisor {supervisor_before} -> {supervisor_full} KiB, relay holds {stats['unacked_total']} bytes")
+    assert int(stats["peak_unacked_total"]) <= budget
+    assert (relay_full - relay_before) * 1024 <= budget, "the relay grew past the budget"
+    assert (supervisor_full - supervisor_before) * 1024 <= budget, "the supervisor grew past the budget"
+    assert answers(), "another stream stalled behind the full ones"
+    for reader in readers:
+        reader.close()
+    wait_for(lambda: relay_stats(ssh_host)["streams"] == 0, 30, "the stalled streams to close")
+    wait_for(lambda: rss_kib_inside(ssh_host, relay_pid) - relay_before < 8 * 1024, 30, "the relay's memory to come back")
+    wait_for(lambda: rss_kib(supervisor_pid) - supervisor_before < 16 * 1024, 30, "the supervisor's memory to come back")
+    print(f"after: relay {rss_kib_inside(ssh_host, relay_pid)} KiB, supervisor {rss_kib(supervisor_pid)} KiB")
