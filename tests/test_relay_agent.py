@@ -152,13 +152,14 @@ def stream_id(n: int) -> str:
 
 
 @pytest.fixture
-def relay() -> Iterator[Relay]:
+def relay(request: pytest.FixtureRequest) -> Iterator[Relay]:
     assert PYTHON_38.exists(), f"{PYTHON_38} is missing: the relay must be tested under the oldest Python it claims"
     server = EchoServer()
     directory = tempfile.mkdtemp(prefix="gtr-relay-")
     path = os.path.join(directory, "sock")
+    extra = list(getattr(request, "param", []))
     with open(os.path.join(directory, "log"), "wb") as log:
-        proc = subprocess.Popen([str(PYTHON_38), str(AGENT), "--socket", path, "--port", str(server.port)], stdout=log, stderr=log)
+        proc = subprocess.Popen([str(PYTHON_38), str(AGENT), "--socket", path, "--port", str(server.port), *extra], stdout=log, stderr=log)
     try:
         wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 30, "the relay to listen")
         assert proc.poll() is None, Path(directory, "log").read_text()
@@ -370,3 +371,39 @@ def test_a_hello_that_never_comes_is_answered_within_the_deadline(relay: Relay) 
     kind, payload = channel.frame(timeout=60)  # HELLO_DEADLINE is 10 s; a loaded machine may be late
     assert kind == b"R" and "no hello within" in json.loads(payload)["error"]
     assert channel.closed()
+
+
+@pytest.mark.parametrize("relay", [["--budget", str(6 * 1024 * 1024)]], indirect=True)
+def test_total_budget_stops_the_largest_stream(relay: Relay) -> None:
+    """Two clients that never read, each allowed 4 MiB: past a 6 MiB budget in all, the relay
+    stops reading the server of the stream that holds the most, and the total stays put."""
+    budget, read = 6 * 1024 * 1024, 256 * 1024
+    channels = []
+    for n in (40, 41):
+        channel = relay.channel()
+        channel.hello(op="new", id=stream_id(n), window=60)
+        channel.reply()
+        channel.sock.setblocking(False)
+        channels.append(channel)
+    block = b"y" * 65536
+    frame = HEADER.pack(b"D", len(block)) + block
+    sent = [0, 0]
+
+    def offer() -> bool:
+        for i, channel in enumerate(channels):
+            if sent[i] < 8 * 1024 * 1024:
+                try:
+                    channel.sock.send(frame)
+                    sent[i] += len(block)
+                except BlockingIOError:
+                    pass
+        return int(relay.stats()["unacked_total"]) >= budget
+
+    wait_for(offer, 60, "the two stalled streams to reach the budget", interval=0)
+    for _ in range(50):  # keep offering: the total must not grow past the budget by more than a read per stream
+        offer()
+    stats = relay.stats()
+    assert int(stats["peak_unacked_total"]) <= budget + 2 * read, stats
+    assert max(stats["unacked"].values()) <= 4 * 1024 * 1024 + read  # type: ignore[union-attr]
+    for channel in channels:
+        channel.close()
