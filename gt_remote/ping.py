@@ -66,7 +66,7 @@ def _which_hop(host: str, address: Address, error: PingFailed) -> GtRemoteError:
     if reply.get("resumable"):
         return PingFailed(
             f"{seen}, though the server on {host} answers over SSH: the relay there (which carries resumable connections) does not pass it on",
-            f"'gt-remote reconnect {host} --force' starts the relay again; 'gt-remote logs {host}' says why it stopped",
+            f"the health check replaces a relay that stops answering within two keepalives; 'gt-remote logs {shell_word(host)}' says why it stopped",
         )
     return PingFailed(
         f"{seen}, though the server on {host} answers over SSH: the tunnel's forwarding does not pass it on",

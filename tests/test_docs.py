@@ -267,12 +267,21 @@ CLICK_SOURCES = "\n".join((Path(click.__file__).parent / name).read_text() for n
 # Stand-ins the troubleshooting table uses for values only known at run time (a host X, a
 # port P, a server's name or version, a platform, another tool's own words).
 PLACEHOLDERS = re.compile(
-    r"\b(?:[A-Z]{1,2}\d?|HOST|PORT|PATH|PID|GASTOWN_CCMUX_ADDR)\b|\.\.\.|<[^>]*>|ccmux-server|Linux|x86_64|aarch64|Python 3\.x"
+    r"\b(?:[A-Z]{1,2}\d?|HOST|PORT|PATH|PID|STEP|NAME|FILE|DISTRO|LAPTOP-ALIAS|GASTOWN_CCMUX_ADDR)\b|\b\d+(?:\.\d+)?\b|\.\.\.|<[^>]*>|ccmux-server|Linux|x86_64|aarch64|Python 3\.x"
     r"|user@HostName:port|activating|Failed to connect to bus|last wake network|gt-remote (?:[a-z]+ )?--help|systemctl --user enable --now gt-remote-"
     r"|: |; |\(|\)|'|\[|\]"
 )
 # Messages assembled from parts, so no literal holds the fragment: where they are made.
-COMPOSED = {"is already up with local": "lifecycle._check_same joins each differing option after 'is already up with'"}
+COMPOSED = {
+    "is already up with local": "lifecycle._check_same joins each differing option after 'is already up with'",
+    "is already up with resume window": "lifecycle._check_same, as above",
+    "gt-remote cannot create": "install.upload_server: 'gt-remote ' and the upload script's 'cannot create DIR'",
+    "cmd.exe, not a POSIX shell, so gt-remote cannot run anything there": "remote.py names the shell (Windows' cmd.exe, Windows PowerShell) before ', not a POSIX shell'",
+    "the offered build": "ensure._not_the_offered_build: 'the offered {offered}', offered being 'build H2'",
+    "is reconnecting": "ping.py: 'the tunnel of X is {state}'",
+    "belongs to another user": "paths._user names 'another user (NAME, uid N)' after 'belongs to'",
+    "prints text from ~/.bashrc for non-interactive commands, which breaks rsync": "sync.py names the start-up file of the shell it found",
+}
 
 
 def troubleshooting_messages() -> list[str]:

@@ -60,14 +60,14 @@ def inject_faults(host: SshHost, stop: threading.Event, log: list[str]) -> None:
         index += 1
         if fault == "kill-sshd":
             for pid in host.pids("sshd: gamer"):
-                host.kill(pid)
+                host.exec(f"kill -KILL {pid}")  # a session's child dies with its parent: gone already is fine
         elif fault == "pause":
             host.pause()
             stop.wait(4.0)  # the fault's length: beyond keepalive x 3
             host.unpause()
         elif fault == "kill-server":
             for pid in host.pids(f"{STANDIN_PATTERN}9999"):
-                host.kill(pid)
+                host.exec(f"kill -KILL {pid}")
         log.append(fault)
 
 
