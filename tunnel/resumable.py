@@ -219,8 +219,11 @@ class RelayPath:
             self._heartbeats = asyncio.ensure_future(self._beat())
 
     async def _beat(self) -> None:
-        """One heartbeat per attached stream each keepalive: the relay's window restarts."""
-        while True:
+        """One heartbeat per attached stream each keepalive: the relay's window restarts.
+
+        Ends once no stream is left, so an idle tunnel keeps no task for it; the next
+        stream starts it again (start_heartbeats, called after the stream is registered)."""
+        while self.streams:
             await asyncio.sleep(self.heartbeat_interval)
             for stream in list(self.streams):
                 stream.heartbeat()
