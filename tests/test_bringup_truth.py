@@ -188,6 +188,24 @@ def test_status_and_down_from_a_shell_with_another_runtime_dir(gt: Gt, ssh_host:
     assert tcp_port_free(port)
 
 
+def test_status_and_down_from_a_shell_without_xdg_runtime_dir(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """cron, `su`, `ssh -T`: no XDG_RUNTIME_DIR, so this shell's runtime dir is $TMPDIR/gt-remote-UID
+    (a private TMPDIR here, so the machine's /tmp is not touched); the record still leads to the supervisor."""
+    port = free_loopback_port()
+    assert gt.up(ssh_host, "--local", f"tcp://127.0.0.1:{port}").returncode == 0
+    [pid] = supervisor_processes(gt.env["XDG_RUNTIME_DIR"])
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir(mode=0o700)
+    bare = Gt(gt.home, Path(gt.env["XDG_RUNTIME_DIR"]))
+    bare.env = {key: value for key, value in gt.env.items() if key != "XDG_RUNTIME_DIR"} | {"TMPDIR": str(tmpdir)}
+    [row] = rows(bare, "gaming-pc")
+    assert row["state"] == "up" and row["supervisor_pid"] == pid
+    down = bare("down", "gaming-pc")
+    assert down.returncode == 0 and "already down" not in down.stderr, down.stderr
+    wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 10, "the supervisor to stop")
+    assert tcp_port_free(port)
+
+
 def test_supervisor_remakes_its_runtime_files_when_the_directory_vanishes(gt: Gt, ssh_host: SshHost) -> None:
     port = free_loopback_port()
     assert gt.up(ssh_host, "--local", f"tcp://127.0.0.1:{port}").returncode == 0
