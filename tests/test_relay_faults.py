@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.conftest import Gt
 from tests.helpers import answers
-from tests.test_resume import CAP, PING, PONG, PORT, bring_up, echo_frame, expect_clean_close, offer_until_full, recv_frame, relay_pids, relay_stats, row, server_clients_inside
+from tests.test_resume import CAP, GET_SERVER_STATUS, PING, PONG, PORT, bring_up, expect_clean_close, offer_until_full, recv_frame, relay_pids, relay_stats, row, server_clients_inside
 from tests.testbed import SshHost, wait_for
 
 WINDOW = 6.0
@@ -144,7 +144,7 @@ def test_clients_that_never_read_stay_within_the_budget_and_memory_comes_back(gt
         reader = socket.create_connection(("127.0.0.1", PORT), timeout=5)
         reader.setblocking(False)
         readers.append(reader)
-        offer_until_full(reader, echo_frame(n, filler=64 * 1024), lambda n=n: len(relay_stats(ssh_host)["unacked"]) > n and max(relay_stats(ssh_host)["unacked"].values()) >= CAP and sorted(relay_stats(ssh_host)["unacked"].values())[-n - 1] >= CAP, f"stalled stream {n + 1} to fill the relay's cap")
+        offer_until_full(reader, GET_SERVER_STATUS * 8192, lambda n=n: len(relay_stats(ssh_host)["unacked"]) > n and max(relay_stats(ssh_host)["unacked"].values()) >= CAP and sorted(relay_stats(ssh_host)["unacked"].values())[-n - 1] >= CAP, f"stalled stream {n + 1} to fill the relay's cap")
     stats = relay_stats(ssh_host)
     budget = int(stats["budget"])
     relay_full, supervisor_full = rss_kib_inside(ssh_host, relay_pid), rss_kib(supervisor_pid)
