@@ -22,6 +22,7 @@ from gt_remote.bootstrap.probe import facts_from_fields, survey
 from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN, answers, exports, one_error_line, supervisor_processes
+from tests.test_resume import relay_request
 from tests.testbed import STANDIN, USER, SshHost, combined_ssh_config, free_loopback_port, wait_for
 
 PORT = 9999
@@ -147,20 +148,7 @@ def test_the_relay_does_not_dial_another_accounts_listener(gt: Gt, ssh_host: Ssh
         ssh_host.kill(pid)
     wait_for(lambda: not our_server_pids(ssh_host), 10, "our server to die")
     squat(ssh_host)
-    asker = (
-        "import json, os, socket, struct\n"
-        "s = socket.socket(socket.AF_UNIX)\n"
-        f"s.connect(os.path.expanduser('~/.local/state/gt-remote/relay-{PORT}/sock'))\n"
-        "body = json.dumps({'op': 'new', 'id': 'a' * 32, 'window': 60}).encode()\n"
-        "s.sendall(b'H' + struct.pack('>I', len(body)) + body)\n"
-        "data = b''\n"
-        "while True:\n"
-        "    chunk = s.recv(65536)\n"
-        "    if not chunk: break\n"
-        "    data += chunk\n"
-        "print(data[5:].decode())\n"
-    )
-    reply = json.loads(ssh_host.sh(f"python3 -c {shlex.quote(asker)}", user=USER))
+    reply = relay_request(ssh_host, {"op": "new", "id": "a" * 32, "window": 60})
     assert f"held by uid {uid}" in reply["error"], reply
 
 

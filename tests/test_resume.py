@@ -116,11 +116,16 @@ def wait_recovered(gt: Gt, reconnects: int, timeout: float = 45) -> None:
 
 def relay_stats(host: SshHost) -> dict[str, Any]:
     """What the relay itself reports, asked on its socket inside the container."""
+    return relay_request(host, {"op": "stats"})
+
+
+def relay_request(host: SshHost, message: dict[str, Any]) -> dict[str, Any]:
+    """One hello to the relay on its socket inside the container, as the login user; its reply."""
     asker = (
         "import json, socket, struct, os\n"
         "s = socket.socket(socket.AF_UNIX)\n"
         f"s.connect(os.path.expanduser('~/.local/state/gt-remote/relay-{PORT}/sock'))\n"
-        "body = json.dumps({'op': 'stats'}).encode()\n"
+        f"body = json.dumps({message!r}).encode()\n"
         "s.sendall(b'H' + struct.pack('>I', len(body)) + body)\n"
         "data = b''\n"
         "while True:\n"
