@@ -31,7 +31,10 @@ if [ "$rc" -ne 0 ]; then
     echo "output=$(printf '%s' "$out" | head -n 1)"
     exit 0
 fi
-mv -f "$part" "$final" && echo "path=$final" && echo "version=$(printf '%s' "$out" | head -n 1)"
+version_line=$(printf '%s\n' "$out" | head -n 1)
+# The build's --version answer, kept beside it (see version_of): the next probe runs nothing to learn it.
+[ -n "$version_line" ] && (umask 077; printf '%s\n' "$version_line" > "$final.version")
+mv -f "$part" "$final" && echo "path=$final" && echo "version=$version_line"
 """
 
 

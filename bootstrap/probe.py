@@ -39,7 +39,8 @@ elif [ -z "$digest" ]; then
     fi
 fi
 echo "path=$found"
-if [ -n "$found" ]; then echo "version=$("$found" --version 2>&1 | head -n 1)"; fi
+version=""
+if [ -n "$found" ]; then version=$(version_of "$found"); echo "version=$version"; fi
 echo "arch=$(uname -m)"
 echo "os=$(uname -s)"
 # WSL2: Windows stops an idle distro, and the server with it.
@@ -55,7 +56,12 @@ if [ -f "$pidfile" ]; then
         server_pid=$pid
         # The build it runs: the word of its command line that names the server program.
         for word in $(cmdline_of "$pid"); do
-            case "$word" in */"$server") echo "running=$word"; [ -x "$word" ] && echo "running_version=$("$word" --version 2>&1 | head -n 1)"; break ;; esac
+            case "$word" in */"$server")
+                echo "running=$word"
+                if [ "$word" = "$found" ]; then echo "running_version=$version"
+                elif [ -x "$word" ]; then echo "running_version=$(version_of "$word")"; fi
+                break ;;
+            esac
         done
     fi
 fi

@@ -49,7 +49,11 @@ esac
 install_root="$gt_base/gt-remote/servers"
 relay_root="$gt_base/gt-remote/relay"
 state_dir="$HOME/.local/state/gt-remote"
-cmdline_of() { ps -o args= -p "$1" 2>/dev/null || tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; }
+# A process's command line: from /proc where there is one (a read, where ps is a program to
+# start), else from ps (macOS, the BSDs).
+cmdline_of() {
+    if [ -r "/proc/$1/cmdline" ]; then tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; else ps -o args= -p "$1" 2>/dev/null; fi
+}
 # Is pid $1 alive and a server we started for port $2?
 is_our_server() {
     [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 1
@@ -79,6 +83,19 @@ build_intact() {
     [ -n "$got" ] || return 0
     case $got in "$want"*) return 0 ;; esac
     return 1
+}
+# The first line of `$1 --version`. A build under install_root lives in a directory named by
+# its content hash, so its answer cannot change: it is kept beside it ($1.version, written at
+# upload or on first ask) and a warm `up` starts no server process just to learn a version.
+version_of() {
+    case "$1" in "$install_root"/*/*) if [ -f "$1.version" ]; then head -n 1 "$1.version"; return 0; fi ;; esac
+    version_out=$("$1" --version 2>&1) || { printf '%s\n' "$version_out" | head -n 1; return 0; }
+    version_line=$(printf '%s\n' "$version_out" | head -n 1)
+    printf '%s\n' "$version_line"
+    case "$1" in "$install_root"/*/*)
+        [ -n "$version_line" ] && (umask 077; printf '%s\n' "$version_line" > "$1.version.$$" && mv -f "$1.version.$$" "$1.version") 2>/dev/null ;;
+    esac
+    return 0
 }
 # The mount point holding path $1, if that mount forbids running programs (noexec).
 noexec_mount_of() {

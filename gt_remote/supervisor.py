@@ -27,6 +27,10 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+# First, before anything imports asyncssh: it then loads without ctypes' compiler runs (see there).
+import gt_remote.tunnel.quick_import  # noqa: F401
+
+# isort: split
 import asyncssh
 
 from gt_remote import control, progress, reach

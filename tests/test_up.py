@@ -32,8 +32,8 @@ def test_up_uploads_starts_and_exports(gt: Gt, ssh_host: SshHost) -> None:
     # The remote server binds loopback only: 127.0.0.1:9999 is 0100007F:270F in /proc/net/tcp.
     listening = ssh_host.sh("awk '$4 == \"0A\" {print $2}' /proc/net/tcp").split()
     assert "0100007F:270F" in listening and "00000000:270F" not in listening
-    # No partial upload left beside the binary.
-    assert ssh_host.sh("ls -A /home/gamer/.local/share/gt-remote/servers/*/").split() == ["ccmux-server"]
+    # No partial upload left beside the binary; only its --version answer, kept for the next probe.
+    assert ssh_host.sh("ls -A /home/gamer/.local/share/gt-remote/servers/*/").split() == ["ccmux-server", "ccmux-server.version"]
 
 
 def test_up_reuses_a_running_server(gt: Gt, ssh_host: SshHost) -> None:
@@ -233,3 +233,22 @@ def test_foreground_mode_serves_until_terminated(gt: Gt, ssh_host: SshHost) -> N
         proc.terminate()  # the process this test started, by its pid
         assert proc.wait(10) == 0
     assert tcp_port_free(9999)
+
+
+def test_a_warm_up_runs_no_server_process_to_learn_its_version(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """An uploaded build's `--version` answer is kept beside it (its directory is named by its
+    content hash, so the answer cannot change): later probes read it instead of starting the
+    program, which for a slow-starting server was most of a warm `up`."""
+    counting = tmp_path / "ccmux-server"
+    counting.write_text(STANDIN.read_text().replace(
+        "import uuid\n",
+        "import uuid\nif sys.argv[1:2] == ['--version']:\n    open(os.path.expanduser('~/version-asked'), 'a').write('asked\\n')\n", 1))
+    counting.chmod(0o755)
+    first = gt("up", "gaming-pc", "--server-binary", str(counting), ssh_config=ssh_host.ssh_config)
+    assert first.returncode == 0, first.stderr
+    assert gt("down", "gaming-pc").returncode == 0
+    again = gt("-v", "up", "gaming-pc", "--server-binary", str(counting), ssh_config=ssh_host.ssh_config)
+    assert again.returncode == 0, again.stderr
+    assert "reusing the running ccmux-server" in again.stderr and "version 0.1.1" in again.stderr
+    # Once, when the upload was checked; never again.
+    assert ssh_host.sh("cat /home/gamer/version-asked", user="gamer").split() == ["asked"]

@@ -1,0 +1,59 @@
+"""The supervisor imports asyncssh without ctypes' compiler runs, and finds liboqs as before."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from gt_remote.tunnel.quick_import import might_be_installed, quick
+
+PROBE = "import ctypes.util, sys; {imports}; import asyncssh.crypto.pq as pq; print(pq._oqs_lib)"
+
+
+def run_with_recording_compiler(tmp_path: Path, imports: str) -> tuple[str, bool]:
+    """Run an import in a fresh Python whose PATH starts with a gcc and an ld that record being
+    run: what asyncssh's liboqs lookup found, and whether it started the compiler for it."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir(exist_ok=True)
+    record = tmp_path / "compiler-ran"
+    record.unlink(missing_ok=True)
+    for tool in ("gcc", "cc", "ld"):
+        (fake_bin / tool).write_text(f"#!/bin/sh\necho {tool} >> {record}\nexit 1\n")
+        (fake_bin / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip(), record.exists()
+
+
+def test_the_supervisor_imports_asyncssh_without_running_the_compiler(tmp_path: Path) -> None:
+    found_plain, compiler_plain = run_with_recording_compiler(tmp_path, "pass")
+    found_quick, compiler_quick = run_with_recording_compiler(tmp_path, "import gt_remote.supervisor")
+    assert found_quick == found_plain  # the same liboqs (or none) as asyncssh finds on its own
+    if not might_be_installed("oqs") and not might_be_installed("liboqs"):
+        assert compiler_plain, "the check is void: a plain import of asyncssh did not run the compiler here"
+        assert not compiler_quick
+
+
+def test_a_library_the_loader_cannot_see_is_not_installed(tmp_path: Path) -> None:
+    cache = tmp_path / "ld.so.cache"
+    cache.write_bytes(b"glibc-ld.so.cache1.1\0libc.so.6\0/lib/x86_64-linux-gnu/libc.so.6\0")
+    assert not might_be_installed("gtremote-nothing", cache, {})
+    lookups: list[str] = []
+    real = lambda name: lookups.append(name) or "libc.so.6"  # noqa: E731
+    assert quick(real)("oqs") is None or might_be_installed("oqs")
+    assert quick(real)("c") == "libc.so.6" and lookups[-1] == "c"  # other names: ctypes' own search
+
+
+def test_a_library_the_loader_can_see_goes_to_ctypes_search(tmp_path: Path) -> None:
+    cache = tmp_path / "ld.so.cache"
+    cache.write_bytes(b"glibc-ld.so.cache1.1\0libgtremote-cached.so.5\0/usr/lib/libgtremote-cached.so.5\0")
+    assert might_be_installed("gtremote-cached", cache, {})
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "libgtremote-path.so.1").write_bytes(b"")
+    assert might_be_installed("gtremote-path", cache, {"LD_LIBRARY_PATH": f"/nonexistent:{libs}"})
+    assert not might_be_installed("gtremote-path", cache, {})
+    assert might_be_installed("gtremote-anything", tmp_path / "no-cache-here", {})  # no cache (musl): ctypes decides
