@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
+import _socket  # socket.py's wrappers and enums cost `status` 3 ms of imports; a blocking Unix socket needs none of them
 import fcntl
 import json
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +55,7 @@ MAX_REPLY_BYTES = 4 * 1024 * 1024  # a status is a few KiB; anything past this i
 def request(path: Path, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any] | None:
     """Ask a supervisor; None when nobody answers (no socket, dead, or stopped) or the answer
     is not one reply object (over MAX_REPLY_BYTES, not JSON, not a JSON object)."""
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     client.settimeout(timeout)
     try:
         client.connect(str(path))

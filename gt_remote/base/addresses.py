@@ -10,7 +10,7 @@ import ipaddress
 import os
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gt_remote.base.errors import AddressError
 from gt_remote.base.sanitize import ascii_int
@@ -20,8 +20,9 @@ TCP_EXAMPLE = "tcp://127.0.0.1:9999"
 UNIX_EXAMPLE = "unix:///run/user/1000/gaming-pc.sock"
 
 
-@dataclass(frozen=True)
-class TcpAddress:
+# NamedTuples, not dataclasses: this module is on the path of `gt-remote env` in every new
+# shell, and a dataclass costs that path the dataclasses import and half a millisecond each.
+class TcpAddress(NamedTuple):
     host: str
     port: int
 
@@ -40,8 +41,7 @@ class TcpAddress:
             return False
 
 
-@dataclass(frozen=True)
-class UnixAddress:
+class UnixAddress(NamedTuple):
     path: str
 
     @property

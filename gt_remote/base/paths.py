@@ -19,8 +19,8 @@ import os
 import pwd
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from gt_remote.base.errors import UnsafeDirectory, UsageError
 from gt_remote.base.sanitize import visible
@@ -177,9 +177,9 @@ def host_key(name: str) -> str:
     return safe
 
 
-@dataclass(frozen=True)
-class HostFiles:
-    """The local files that belong to one host's supervisor."""
+class HostFiles(NamedTuple):
+    """The local files that belong to one host's supervisor (a NamedTuple: light to define,
+    on the path of every short command)."""
 
     name: str
 
