@@ -151,6 +151,16 @@ def stream_id(n: int) -> str:
     return f"{n:032x}"
 
 
+def accepts(path: str) -> bool:
+    """Does a Unix socket at `path` take a connection now?"""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 @pytest.fixture
 def relay(request: pytest.FixtureRequest) -> Iterator[Relay]:
     assert PYTHON_38.exists(), f"{PYTHON_38} is missing: the relay must be tested under the oldest Python it claims"
@@ -161,7 +171,8 @@ def relay(request: pytest.FixtureRequest) -> Iterator[Relay]:
     with open(os.path.join(directory, "log"), "wb") as log:
         proc = subprocess.Popen([str(PYTHON_38), str(AGENT), "--socket", path, "--port", str(server.port), *extra], stdout=log, stderr=log)
     try:
-        wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 30, "the relay to listen")
+        # A connect, not the file: the socket exists once bound, a moment before it listens.
+        wait_for(lambda: accepts(path) or proc.poll() is not None, 30, "the relay to listen")
         assert proc.poll() is None, Path(directory, "log").read_text()
         yield Relay(proc, path, server)
     finally:
