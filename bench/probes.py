@@ -89,6 +89,22 @@ def private_kib(pid: int) -> int:
     return total
 
 
+def rss_by_mapping(pid: int) -> dict[str, int]:
+    """Where a process's RSS is, in KiB: "anonymous" (the heap: for Python, its objects and the
+    code of every imported module) and each mapped file by name, from /proc/PID/smaps."""
+    found: dict[str, int] = {}
+    name = "anonymous"
+    with open(f"/proc/{pid}/smaps") as handle:
+        for line in handle:
+            head = line.split(maxsplit=6)
+            if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:  # a mapping's first line
+                path = head[5].strip() if len(head) > 5 else ""
+                name = os.path.basename(path) if path.startswith("/") else "anonymous"
+            elif head[0] == "Rss:":
+                found[name] = found.get(name, 0) + int(head[1])
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()

@@ -330,11 +330,12 @@ def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
     cpu = {name: [100 * (after[t] - before[t]) / plan.idle_s for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
     rss = {name: [sum(probes.rss_kib(p) for p in t.pids()) for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
     private = {name: [sum(probes.private_kib(p) for p in t.pids()) for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
+    maps = probes.rss_by_mapping(gts[0].pids()[0])  # one idle supervisor: where its RSS is
     connections = {"gt-remote": memory_with_connections(gts[0], plan.connections), "autossh + ssh": memory_with_connections(autos[0], plan.connections)}
     bed.gt.ssh_config = None
     say("scale: " + ", ".join(f"{k} {probes.median(v) / 1024:.1f} MiB" for k, v in rss.items()))
     return {"cpu_percent": cpu, "rss_kib": rss, "private_kib": private, "rss_with_connections_kib": connections, "hosts": plan.hosts,
-            "idle_s": plan.idle_s, "import_rss_kib": import_floor(bed.gt)}
+            "idle_s": plan.idle_s, "import_rss_kib": import_floor(bed.gt), "supervisor_rss_by_mapping_kib": maps}
 
 
 def import_floor(gt: Gt) -> dict[str, list[int]]:
