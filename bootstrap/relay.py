@@ -9,6 +9,7 @@ is kept for `status` and `doctor`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -152,6 +153,7 @@ class RelayState:
     pid: int | None = None
     reason: str | None = None
     started: bool = False  # by this call, not reused
+    uploaded: bool = False  # by this call: a failed bring-up removes it again (remove_upload)
 
     @property
     def usable(self) -> bool:
@@ -180,12 +182,14 @@ async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int, known: dic
     if state is not None:
         return state
     python = facts.get("relay_python", "")
-    if facts.get("relay_installed") != "1":
+    uploaded = facts.get("relay_installed") != "1"
+    if uploaded:
         reason = await _upload(conn, path)
         if reason:
             return RelayState(None, reason=reason)
     started = (await run_script(conn, START_SCRIPT, python, path, str(port), str(ascii_int(facts.get("relay_stale")) or ""))).fields
-    return _started(started, port, facts) or RelayState(None, reason="the relay did not start on the remote: no output")
+    state = _started(started, port, facts) or RelayState(None, reason="the relay did not start on the remote: no output")
+    return dataclasses.replace(state, uploaded=uploaded)
 
 
 def relay_state_from(facts: dict[str, str], port: int) -> RelayState | None:
@@ -249,6 +253,21 @@ async def _upload(conn: asyncssh.SSHClientConnection, path: str) -> str | None:
     if fields.get("placed") != "1":
         return "placing the relay on the remote failed"
     return None
+
+
+# A failed bring-up takes back the agent it uploaded, unless a relay (another tunnel's) runs it.
+REMOVE_UPLOAD_SCRIPT = r"""
+agent="$relay_root/$1"
+command -v pgrep >/dev/null 2>&1 || { echo "removed=0"; exit 0; }
+if pgrep -f -- "$agent --socket" >/dev/null 2>&1; then echo "removed=0"; exit 0; fi
+rm -f "$agent" && rmdir "${agent%/*}" 2>/dev/null
+echo "removed=1"
+"""
+
+
+async def remove_upload(conn: asyncssh.SSHClientConnection) -> bool:
+    """Remove the agent this gt-remote uploaded, when no relay runs it; True if removed."""
+    return (await run_script(conn, REMOVE_UPLOAD_SCRIPT, remote_agent_path())).fields.get("removed") == "1"
 
 
 async def stop_relay(conn: asyncssh.SSHClientConnection, port: int, only_pid: int | None = None) -> int | None:

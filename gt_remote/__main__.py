@@ -1,5 +1,5 @@
-from gt_remote.cli import main
-from gt_remote.completion import COMPLETE_VAR
+from gt_remote.cli import run
 
-# The name users type, so usage lines and shell completion match the installed command.
-main(prog_name="gt-remote", complete_var=COMPLETE_VAR)
+# `python -m gt_remote` is the installed command: the same name in usage lines and completion,
+# the same exit.
+run()

@@ -130,6 +130,7 @@ class Supervisor:
         self._relay_restart: asyncio.Task[None] | None = None  # one restart in flight at a time
         self._relay_misses = 0  # health Pings in a row that failed through the relay only
         self._relay_restarts_allowed = True  # until `down --stop-server` stops the relay
+        self._relay_setup: asyncio.Task[remote_relay.RelayState | None] | None = None  # the bring-up's, beside the server's
 
     # --- bring-up -------------------------------------------------------------------
 
@@ -151,10 +152,11 @@ class Supervisor:
             self._set_step("checking the remote")
             relay_path = remote_relay.remote_agent_path() if self.settings.resume else ""
             lease, ttl = remote_lease.lease_name(self.settings), remote_lease.lease_ttl(self.settings)
-            found = await bring_up(conn, self.settings, self._say_step, lease, ttl, relay_path, on_survey=self._surveyed)
+            found = await bring_up(conn, self.settings, self._say_step, lease, ttl, relay_path, on_survey=lambda survey: self._surveyed(conn, survey))
             self.server = found.server
             self._set_step("starting relay")
-            await self._ensure_relay(conn, at_bring_up=True, known=found.survey.relay)
+            if self._relay_setup is not None:
+                await self._relay_setup
             self._set_step("checking")
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
             self.rtt_ms = await self._prove_end_to_end(conn) * 1000
@@ -170,12 +172,18 @@ class Supervisor:
         reach.remember(self.settings)
         log.info("up: %s -> %s:127.0.0.1:%d", self.settings.local_url, self.settings.destination, self.settings.remote_port)
 
-    def _surveyed(self, survey: Survey) -> None:
-        """Before any decision: what the bring-up script started is stopped again if `up` fails."""
+    def _surveyed(self, conn: asyncssh.SSHClientConnection, survey: Survey) -> None:
+        """Before any decision: what the bring-up script started is stopped again if `up` fails.
+
+        The relay is set up from here, beside the server's install and start rather than after
+        them: the two are independent (the relay dials the port only when a stream opens), and
+        on a fresh remote each is an upload and a program start."""
         self.lease_holders = survey.lease_holders
         relay = remote_relay.relay_state_from(survey.relay, self.settings.remote_port)
         if relay is not None and relay.started:
             self.relay_started_pid = relay.pid
+        if self.settings.resume:
+            self._relay_setup = asyncio.ensure_future(self._ensure_relay(conn, at_bring_up=True, known=survey.relay))
 
     async def _prove_end_to_end(self, conn: asyncssh.SSHClientConnection) -> float:
         """A Ping through the local address; beside it, whether sshd lets channels reach the relay.
@@ -244,6 +252,10 @@ class Supervisor:
             self.files.record.unlink(missing_ok=True)
 
     async def _abandon(self) -> None:
+        relay_uploaded = False
+        if self._relay_setup is not None:  # let it finish: then relay_started_pid names what it started
+            [setup] = await asyncio.gather(self._relay_setup, return_exceptions=True)
+            relay_uploaded = isinstance(setup, remote_relay.RelayState) and setup.uploaded
         server = self.server
         conn = self.link.connection
         await self._release_lease(conn)
@@ -254,6 +266,8 @@ class Supervisor:
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port)
         if self.relay_started_pid is not None and conn is not None:
             await remote_relay.stop_relay(conn, self.settings.remote_port, only_pid=self.relay_started_pid)
+        if relay_uploaded and conn is not None:
+            await remote_relay.remove_upload(conn)  # set up beside the server's, it must not outlive a failed up
         await self.forwarder.close()
         await self.link.close()
 
