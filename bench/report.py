@@ -235,7 +235,10 @@ def bring_up_markdown(bring: dict[str, Any]) -> list[str]:
         f"on its own here, as `gt-remote --version`) and then its supervisor, whose imports (asyncssh and cryptography) "
         f"take {imports:.2f} s on their own (`python -c 'import gt_remote.supervisor'`). A C `ssh` pays none of that start-up. "
         + (f"Cold `up` took {cold:.2f} s against {cold_ref:.2f} s: one SSH connection does what the sequence does in five "
-           "(check, mkdir, scp, start, forward)." if cold < cold_ref else
+           "(check, mkdir, scp, start, forward), and it also installs and starts the relay, beside the server's start. "
+           "What `up` does that the sequence does not: it learns the server's version (kept beside an uploaded build, "
+           "so a warm `up` starts no program for it), checks who owns the port and renews its lease, all in the one "
+           "bring-up script." if cold < cold_ref else
            f"Cold `up` took {cold:.2f} s against {cold_ref:.2f} s for the sequence's five connections."),
         "",
     ]
