@@ -32,8 +32,7 @@ if [ "$rc" -ne 0 ]; then
     exit 0
 fi
 version_line=$(printf '%s\n' "$out" | head -n 1)
-# The build's --version answer, kept beside it (see version_of): the next probe runs nothing to learn it.
-[ -n "$version_line" ] && (umask 077; printf '%s\n' "$version_line" > "$final.version")
+keep_version "$final" "$version_line"  # the next probe runs nothing to learn it (see version_of)
 mv -f "$part" "$final" && echo "path=$final" && echo "version=$version_line"
 """
 

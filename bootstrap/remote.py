@@ -89,12 +89,16 @@ build_intact() {
 # upload or on first ask) and a warm `up` starts no server process just to learn a version.
 version_of() {
     case "$1" in "$install_root"/*/*) if [ -f "$1.version" ]; then head -n 1 "$1.version"; return 0; fi ;; esac
-    version_out=$("$1" --version 2>&1) || { printf '%s\n' "$version_out" | head -n 1; return 0; }
+    if version_out=$("$1" --version 2>&1); then ran=1; else ran=0; fi
     version_line=$(printf '%s\n' "$version_out" | head -n 1)
     printf '%s\n' "$version_line"
-    case "$1" in "$install_root"/*/*)
-        [ -n "$version_line" ] && (umask 077; printf '%s\n' "$version_line" > "$1.version.$$" && mv -f "$1.version.$$" "$1.version") 2>/dev/null ;;
-    esac
+    # Only an answer is kept: a failure (noexec, a missing library) may be mended later.
+    [ "$ran" = 1 ] && case "$1" in "$install_root"/*/*) keep_version "$1" "$version_line" ;; esac
+    return 0
+}
+# Keep $2, build $1's --version answer, beside it (private, replaced in one rename).
+keep_version() {
+    [ -n "$2" ] && (umask 077; printf '%s\n' "$2" > "$1.version.$$" && mv -f "$1.version.$$" "$1.version") 2>/dev/null
     return 0
 }
 # The mount point holding path $1, if that mount forbids running programs (noexec).
