@@ -22,8 +22,9 @@ from gt_remote.bootstrap import remote
 # Runs right after UPLOAD_SCRIPT verified the bytes ($part, $final, $dir set there).
 CHECK_AND_PLACE = r"""
 chmod 755 "$part" || { rm -f "$part"; rmdir "$dir" 2>/dev/null; echo "error=chmod failed"; exit 0; }
-out=$("$part" --version 2>&1); rc=$?
+out=$("$part" --version 2>/dev/null); rc=$?  # the answer is stdout, as version_of keeps it
 if [ "$rc" -ne 0 ]; then
+    out=$("$part" --version 2>&1)  # why it failed, from either stream
     echo "noexec=$(noexec_mount_of "$part")"
     rm -f "$part"
     rmdir "$dir" 2>/dev/null  # only if empty: no empty install directory left behind
@@ -32,8 +33,9 @@ if [ "$rc" -ne 0 ]; then
     exit 0
 fi
 version_line=$(printf '%s\n' "$out" | head -n 1)
+mv -f "$part" "$final" || exit 0  # no path= line: the caller reports the failed placement
 keep_version "$final" "$version_line"  # the next probe runs nothing to learn it (see version_of)
-mv -f "$part" "$final" && echo "path=$final" && echo "version=$version_line"
+echo "path=$final"; echo "version=$version_line"
 """
 
 

@@ -258,8 +258,13 @@ async def _upload(conn: asyncssh.SSHClientConnection, path: str) -> str | None:
 # A failed bring-up takes back the agent it uploaded, unless a relay (another tunnel's) runs it.
 REMOVE_UPLOAD_SCRIPT = r"""
 agent="$relay_root/$1"
-command -v pgrep >/dev/null 2>&1 || { echo "removed=0"; exit 0; }
-if pgrep -f -- "$agent --socket" >/dev/null 2>&1; then echo "removed=0"; exit 0; fi
+[ -d /proc/self ] || { echo "removed=0"; exit 0; }  # no /proc to look in: keep it
+# Every command line, matched as a fixed string (pgrep -f reads the path as a regular expression),
+# handed to awk in its environment: in its arguments, awk's own command line would match.
+if cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\000' ' ' \
+    | WANTED="$agent --socket " awk 'index($0, ENVIRON["WANTED"]) { found = 1 } END { exit !found }'; then
+    echo "removed=0"; exit 0
+fi
 rm -f "$agent" && rmdir "${agent%/*}" 2>/dev/null
 echo "removed=1"
 """

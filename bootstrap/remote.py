@@ -88,8 +88,9 @@ build_intact() {
 # its content hash, so its answer cannot change: it is kept beside it ($1.version, written at
 # upload or on first ask) and a warm `up` starts no server process just to learn a version.
 version_of() {
-    case "$1" in "$install_root"/*/*) if [ -f "$1.version" ]; then head -n 1 "$1.version"; return 0; fi ;; esac
-    if version_out=$("$1" --version 2>&1); then ran=1; else ran=0; fi
+    case "$1" in "$install_root"/*/*) if [ -s "$1.version" ]; then head -n 1 "$1.version"; return 0; fi ;; esac
+    # The answer is stdout (a loader's warning on stderr is not a version); a failure says why on either.
+    if version_out=$("$1" --version 2>/dev/null); then ran=1; else ran=0; version_out=$("$1" --version 2>&1); fi
     version_line=$(printf '%s\n' "$version_out" | head -n 1)
     printf '%s\n' "$version_line"
     # Only an answer is kept: a failure (noexec, a missing library) may be mended later.
