@@ -155,8 +155,8 @@ class Supervisor:
             found = await bring_up(conn, self.settings, self._say_step, lease, ttl, relay_path, on_survey=lambda survey: self._surveyed(conn, survey))
             self.server = found.server
             self._set_step("starting relay")
-            if self._relay_setup is not None:
-                await self._relay_setup
+            if self._relay_setup is not None:  # shielded: a Ctrl-C lets it finish, so _abandon knows what it started
+                await asyncio.shield(self._relay_setup)
             self._set_step("checking")
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
             self.rtt_ms = await self._prove_end_to_end(conn) * 1000
@@ -252,10 +252,8 @@ class Supervisor:
             self.files.record.unlink(missing_ok=True)
 
     async def _abandon(self) -> None:
-        relay_uploaded = False
-        if self._relay_setup is not None:  # let it finish: then relay_started_pid names what it started
-            [setup] = await asyncio.gather(self._relay_setup, return_exceptions=True)
-            relay_uploaded = isinstance(setup, remote_relay.RelayState) and setup.uploaded
+        """The server and the lease first; then, once the relay's setup has finished (it may be
+        an upload: _undo's time limit bounds the wait), the relay it started and its upload."""
         server = self.server
         conn = self.link.connection
         await self._release_lease(conn)
@@ -264,6 +262,10 @@ class Supervisor:
         elif server is None and self._starting_server and conn is not None:
             # Cancelled while the server started: the pid file for this port names the one we started.
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port)
+        relay_uploaded = False
+        if self._relay_setup is not None:  # let it finish: then relay_started_pid names what it started
+            [setup] = await asyncio.gather(self._relay_setup, return_exceptions=True)
+            relay_uploaded = isinstance(setup, remote_relay.RelayState) and setup.uploaded
         if self.relay_started_pid is not None and conn is not None:
             await remote_relay.stop_relay(conn, self.settings.remote_port, only_pid=self.relay_started_pid)
         if relay_uploaded and conn is not None:
