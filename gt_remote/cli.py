@@ -597,15 +597,28 @@ def run() -> None:
         if "threading" in sys.modules and sys.modules["threading"].active_count() > 1:
             raise
         code = _exit_status(done.code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (BrokenPipeError, ValueError):  # the reader went away (`gt-remote status | head`): as Python would
-        code = code or 120
+    if not _flushed():
+        code = code or 120  # as Python's own exit: output that could not be written
     import atexit
 
     atexit._run_exitfuncs()
+    _flushed()  # what the atexit handlers wrote
     os._exit(code)
+
+
+def _flushed() -> bool:
+    """Flush stdout and stderr, each on its own; False if one of them could not be written
+    (the reader went away, as in `gt-remote status | head`, or a full disk). A stream that
+    was closed before the command started (`>&-`) is None here, and nothing to flush."""
+    ok = True
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            ok = False
+    return ok
 
 
 def _exit_status(code: object) -> int:

@@ -60,6 +60,14 @@ def test_help_and_version_still_exit_0(gt: Gt) -> None:
     assert gt("-V").stdout.startswith("gt-remote, version")
 
 
+def test_a_closed_output_is_not_a_crash(gt: Gt) -> None:
+    """`gt-remote -V >&-` (stdout closed before the command started): Python has no stdout
+    object at all, and the command's own exit must not trip over it."""
+    closed = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "gt_remote", "-V"],
+                            env=gt.env, capture_output=True, text=True, timeout=120)
+    assert (closed.returncode, closed.stderr) == (0, "")
+
+
 # --- status of an unknown host ------------------------------------------------------------
 
 
