@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
-from gt_remote.tunnel.quick_import import might_be_installed, quick
+from gt_remote.tunnel.quick_import import DEFAULT_DIRS, might_be_installed, quick
 
 PROBE = "import ctypes.util, sys; {imports}; import asyncssh.crypto.pq as pq; print(pq._oqs_lib)"
 
@@ -57,3 +58,11 @@ def test_a_library_the_loader_can_see_goes_to_ctypes_search(tmp_path: Path) -> N
     assert might_be_installed("gtremote-path", cache, {"LD_LIBRARY_PATH": f"/nonexistent:{libs}"})
     assert not might_be_installed("gtremote-path", cache, {})
     assert might_be_installed("gtremote-anything", tmp_path / "no-cache-here", {})  # no cache (musl): ctypes decides
+
+
+def test_the_loader_s_multiarch_directories_are_searched() -> None:
+    """Debian and Ubuntu's loader searches /usr/lib/x86_64-linux-gnu by default: a liboqs
+    installed there (make install, no ldconfig) is loadable, so it must reach ctypes' search."""
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    assert multiarch, "this test bed's Python names its multiarch triplet"
+    assert {f"/lib/{multiarch}", f"/usr/lib/{multiarch}"} <= set(DEFAULT_DIRS)

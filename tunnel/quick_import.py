@@ -17,12 +17,14 @@ from __future__ import annotations
 import ctypes.util
 import os
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
 SKIPPABLE = frozenset({"oqs", "liboqs"})  # the names asyncssh asks for
 LOADER_CACHE = Path("/etc/ld.so.cache")
-DEFAULT_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib")
+_MULTIARCH = sysconfig.get_config_var("MULTIARCH") or ""  # Debian's x86_64-linux-gnu: its loader searches these too
+DEFAULT_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib", *((f"/lib/{_MULTIARCH}", f"/usr/lib/{_MULTIARCH}") if _MULTIARCH else ()))
 
 FindLibrary = Callable[[str], "str | None"]
 
