@@ -22,17 +22,15 @@ from gt_remote.bootstrap import remote
 # Runs right after UPLOAD_SCRIPT verified the bytes ($part, $final, $dir set there).
 CHECK_AND_PLACE = r"""
 chmod 755 "$part" || { rm -f "$part"; rmdir "$dir" 2>/dev/null; echo "error=chmod failed"; exit 0; }
-out=$("$part" --version 2>/dev/null); rc=$?  # the answer is stdout, as version_of keeps it
+ask_version "$part"; rc=$?
 if [ "$rc" -ne 0 ]; then
-    out=$("$part" --version 2>&1)  # why it failed, from either stream
     echo "noexec=$(noexec_mount_of "$part")"
     rm -f "$part"
     rmdir "$dir" 2>/dev/null  # only if empty: no empty install directory left behind
     echo "rc=$rc"; echo "arch=$(uname -m)"; echo "os=$(uname -s)"
-    echo "output=$(printf '%s' "$out" | head -n 1)"
+    echo "output=$version_line"
     exit 0
 fi
-version_line=$(printf '%s\n' "$out" | head -n 1)
 mv -f "$part" "$final" || exit 0  # no path= line: the caller reports the failed placement
 keep_version "$final" "$version_line"  # the next probe runs nothing to learn it (see version_of)
 echo "path=$final"; echo "version=$version_line"

@@ -84,17 +84,22 @@ build_intact() {
     case $got in "$want"*) return 0 ;; esac
     return 1
 }
+# Run `$1 --version`: its status, and the first line of its answer in $version_line. The answer
+# is stdout (a loader's warning on stderr is not a version); a failure says why on either stream.
+ask_version() {
+    version_out=$("$1" --version 2>/dev/null) && { version_line=$(printf '%s\n' "$version_out" | head -n 1); return 0; }
+    version_rc=$?
+    version_line=$("$1" --version 2>&1 | head -n 1)
+    return "$version_rc"
+}
 # The first line of `$1 --version`. A build under install_root lives in a directory named by
 # its content hash, so its answer cannot change: it is kept beside it ($1.version, written at
 # upload or on first ask) and a warm `up` starts no server process just to learn a version.
 version_of() {
     case "$1" in "$install_root"/*/*) if [ -s "$1.version" ]; then head -n 1 "$1.version"; return 0; fi ;; esac
-    # The answer is stdout (a loader's warning on stderr is not a version); a failure says why on either.
-    if version_out=$("$1" --version 2>/dev/null); then ran=1; else ran=0; version_out=$("$1" --version 2>&1); fi
-    version_line=$(printf '%s\n' "$version_out" | head -n 1)
-    printf '%s\n' "$version_line"
     # Only an answer is kept: a failure (noexec, a missing library) may be mended later.
-    [ "$ran" = 1 ] && case "$1" in "$install_root"/*/*) keep_version "$1" "$version_line" ;; esac
+    if ask_version "$1"; then case "$1" in "$install_root"/*/*) keep_version "$1" "$version_line" ;; esac; fi
+    printf '%s\n' "$version_line"
     return 0
 }
 # Keep $2, build $1's --version answer, beside it (private, replaced in one rename).
