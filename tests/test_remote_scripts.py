@@ -13,9 +13,9 @@ from gt_remote.bootstrap.remote import script_text
 
 def run(script: str, install_dir: Path, *args: str) -> dict[str, str]:
     text = script_text(script, args, str(install_dir), token="t0ken")
-    result = subprocess.run(["sh", "-s"], input=text, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["sh", "-s"], input=text.encode(), capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    return remote.parse_fields(result.stdout.split(remote.MARKER_PREFIX + "t0ken", 1)[1])
+    return remote._result(result.returncode, result.stdout, result.stderr, "t0ken").fields  # read as run_script reads it
 
 
 def uploaded_agent(install_dir: Path) -> Path:
