@@ -245,12 +245,16 @@ def bring_up(bed: Bed, plan: Plan) -> dict[str, Any]:
     return results
 
 
+# What `python -m gt_remote.supervisor` imports before it starts: its modules, without Python's OpenSSL (gt_remote/base/lean.py).
+SUPERVISOR_IMPORTS = "from gt_remote.base.lean import leave_out_openssl; leave_out_openssl(); import gt_remote.supervisor"
+
+
 def start_up_costs(gt: Gt, plan: Plan) -> dict[str, list[float]]:
     """What starting the two Python processes of `up` costs on this machine, as references for
     the breakdown: the command (like `gt-remote --version`) and the supervisor's imports."""
     env = {key: value for key, value in gt.env.items() if key != "PYTHONDONTWRITEBYTECODE"}
     cases = {"command start-up (gt-remote --version)": [*cli.command_line(), "--version"],
-             "supervisor imports (python -c 'import gt_remote.supervisor')": [sys.executable, "-c", "import gt_remote.supervisor"]}
+             "supervisor imports (what its process imports, without starting it)": [sys.executable, "-c", SUPERVISOR_IMPORTS]}
     out: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(1 + max(3, plan.reps)):  # the first fills the bytecode cache and is not kept
         for name, argv in cases.items():
@@ -339,9 +343,11 @@ def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
 
 
 def import_floor(gt: Gt) -> dict[str, list[int]]:
-    """Peak RSS of a Python that only imports the supervisor's modules, and of bare Python."""
+    """Peak RSS of a Python that only imports the supervisor's modules (as its process does, and
+    with Python's OpenSSL bindings as an importer has them), and of bare Python."""
     env = {key: value for key, value in gt.env.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    cases = {"supervisor": [sys.executable, "-c", "import gt_remote.supervisor"], "python": [sys.executable, "-c", "pass"]}
+    cases = {"supervisor": [sys.executable, "-c", SUPERVISOR_IMPORTS], "supervisor_with_openssl": [sys.executable, "-c", "import gt_remote.supervisor"],
+             "python": [sys.executable, "-c", "pass"]}
     return {name: [cli.run_once(argv, env)[1] for _ in range(3)] for name, argv in cases.items()}
 
 

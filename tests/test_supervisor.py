@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gt_remote.tunnel import wire
 from tests.conftest import Gt
 from tests.helpers import answers, ping, supervisor_processes
@@ -99,6 +101,24 @@ def test_sigkilled_supervisor_shows_down_and_up_recovers(gt: Gt, ssh_host: SshHo
     assert f"reusing the running ccmux-server (pid {first['server']['pid']})" in again.stderr
     ping(LOCAL)
     assert row(gt)["state"] == "up"
+
+
+@pytest.mark.parametrize("algorithms", [(), ("Ciphers aes128-ctr", "MACs hmac-sha2-256-etm@openssh.com")], ids=["default", "hmac"])
+def test_supervisor_process_leaves_out_pythons_openssl(gt: Gt, ssh_host: SshHost, algorithms: tuple[str, ...]) -> None:
+    """One supervisor per host, all day: Python's ssl and _hashlib (the system's libssl and
+    libcrypto, about 5 MiB each time) stay out of its process. Its SSH still connects, checks
+    the host key and reconnects on hashlib's built-in hashes, also with a cipher that needs an
+    HMAC (hmac's pure-Python construction then signs every packet)."""
+    ssh_host.extra_config.extend(algorithms)
+    ssh_host.write_ssh_config()
+    status = bring_up(gt, ssh_host)
+    maps = Path(f"/proc/{status['supervisor_pid']}/maps").read_text()
+    loaded = sorted({line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/_ssl." in line or "/_hashlib." in line or "/libssl.so" in line})
+    assert loaded == [], f"the supervisor loaded {loaded}"
+    ping(LOCAL)
+    drop_connection(ssh_host)
+    wait_for(lambda: (s := row(gt))["state"] == "up" and s["reconnects"] >= 1, 45, "a reconnect")
+    ping(LOCAL)
 
 
 def test_sigstopped_supervisor_recovers_by_itself(gt: Gt, ssh_host: SshHost) -> None:
