@@ -43,6 +43,19 @@ def test_authentication_refused(gt: Gt, ssh_host: SshHost) -> None:
     assert_nothing_left(gt)
 
 
+def test_no_common_algorithm(gt: Gt, ssh_host: SshHost) -> None:
+    """A MAC (or cipher, or key exchange) the host does not offer: the kind is named, and the
+    fix points at ssh_config, not at the network."""
+    ssh_host.extra_config.extend(["Ciphers aes128-ctr", "MACs hmac-md5"])  # a cipher that needs a MAC; a MAC OpenSSH dropped
+    ssh_host.write_ssh_config()
+    result = gt.up(ssh_host)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "gaming-pc and this machine share no algorithm: No matching MAC algorithm" in line, line
+    assert "MACs" in line and "ssh_config" in line and "network" not in line
+    assert_nothing_left(gt)
+
+
 def test_changed_host_key(gt: Gt, ssh_host: SshHost) -> None:
     ssh_host.pin_wrong_host_key()
     result = gt.up(ssh_host)

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncssh
 
-from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, SshError, UnknownHost, shell_word
+from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, NoCommonAlgorithm, SshError, UnknownHost, shell_word
 from gt_remote.base.sanitize import ascii_int
 
 KEEPALIVE_COUNT_MAX = 3
@@ -273,6 +273,12 @@ def classify(exc: BaseException, destination: str) -> GtRemoteError:
         )
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return _host_key_error(destination, None)
+    if isinstance(exc, asyncssh.KeyExchangeFailed):
+        return NoCommonAlgorithm(
+            f"{destination} and this machine share no algorithm: {exc.reason}",
+            "allow one that both support with Ciphers, MACs, KexAlgorithms or HostKeyAlgorithms in your ssh_config for this host, "
+            "or in the remote's sshd_config",
+        )
     if isinstance(exc, ConnectionRefusedError):
         return ConnectFailed(f"{destination} refused the connection", "is sshd running there, and is the port right?")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):

@@ -77,6 +77,11 @@ class HostKeyRejected(SshError):
     """The server's host key is unknown or has changed: never bypassed."""
 
 
+class NoCommonAlgorithm(SshError):
+    """The two ends share no cipher, MAC, key exchange or host key type: retrying cannot help
+    until one side's settings change."""
+
+
 class ConnectFailed(SshError):
     """Refused, reset, timed out or lost: the network may come back."""
 
