@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import asyncssh
 
 from gt_remote.base.builds import build_of
-from gt_remote.base.builds import file_digest as file_digest  # its home is base.builds (light); still importable from here
 from gt_remote.base.errors import PingFailed
 from gt_remote.base.sanitize import ascii_int, visible
 from gt_remote.bootstrap import relay as relay_script
+from gt_remote.bootstrap.digest import file_digest as file_digest  # what the supervisor's modules import it as
 from gt_remote.bootstrap.lease import holders
 from gt_remote.bootstrap.ownership import Owner, owner_from
 from gt_remote.bootstrap.remote import run_script

@@ -415,6 +415,9 @@ def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say
 
 
 def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
+    from gt_remote.base.lean import leave_out_openssl
+
+    leave_out_openssl()  # this process is now a supervisor for as long as the service runs, as a detached one is
     import asyncio
 
     from gt_remote import notify, supervisor

@@ -58,3 +58,19 @@ def test_an_empty_kept_version_is_asked_again(tmp_path: Path) -> None:
     build = build_with_a_noisy_loader(tmp_path)
     Path(f"{build}.version").write_text("")
     assert run('echo "version=$(version_of "$1")"', tmp_path, str(build)) == {"version": "ccmux-server 0.1.1"}
+
+
+def test_the_supervisors_digest_is_the_one_the_remote_checks(tmp_path: Path) -> None:
+    """The supervisor hashes a build on cryptography's OpenSSL (its process has no hashlib
+    OpenSSL): the same SHA-256 as sha256sum, which the upload's check runs on the remote, and as
+    hashlib's, which the light commands use. The file spans several read blocks and ends mid-block."""
+    import os
+
+    from gt_remote.base import builds
+    from gt_remote.bootstrap import digest
+
+    build = tmp_path / "ccmux-server"
+    build.write_bytes(os.urandom(3 * (1 << 20) + 12345))
+    remote_answer = subprocess.run(["sha256sum", str(build)], capture_output=True, text=True, check=True).stdout.split()[0]
+    assert digest.file_sha256(str(build)) == remote_answer == builds.file_sha256(str(build))
+    assert digest.file_digest(str(build)) == remote_answer[:16]

@@ -6,23 +6,36 @@ binary against a running tunnel's build in the light command process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 
-def file_sha256(path: str) -> str:
-    """The whole SHA-256 of a file: what the remote checks an upload against."""
-    import hashlib  # only `up --server-binary` and `upgrade` hash a file; the other commands skip its cost
+class Sha256(Protocol):
+    """What file_sha256 needs of a SHA-256: hashlib's interface."""
 
-    sha = hashlib.sha256()
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def file_sha256(path: str, new: Callable[[], Sha256] | None = None) -> str:
+    """The whole SHA-256 of a file: what the remote checks an upload against. `new` makes the
+    hash; hashlib's by default (the supervisor passes one that uses OpenSSL: bootstrap/digest.py)."""
+    if new is None:
+        import hashlib  # only `up --server-binary` and `upgrade` hash a file; the other commands skip its cost
+
+        new = hashlib.sha256
+    sha = new()
     with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             sha.update(block)
     return sha.hexdigest()
 
 
-def file_digest(path: str) -> str:
+def file_digest(path: str, new: Callable[[], Sha256] | None = None) -> str:
     """Names the versioned install directory, so one binary is uploaded once."""
-    return file_sha256(path)[:16]
+    return file_sha256(path, new)[:16]
 
 
 def build_of(path: str | None) -> str | None:

@@ -10,9 +10,10 @@ Without `_hashlib`, hashlib uses those built-in versions and hmac uses its pure-
 construction. Nothing else changes: asyncssh and OpenSSH still agree on an AEAD cipher
 first, which needs no HMAC.
 
-Only the supervisor's own process calls this (`python -m gt_remote.supervisor`), and it does
-so before anything imports asyncio. A process that imports the supervisor (the tests,
-`up --foreground`) keeps its modules.
+Only a process that is a supervisor calls this, before it imports asyncio:
+`python -m gt_remote.supervisor`, which `up` starts detached, and `up --foreground`, which a
+service manager runs. A process that only imports the supervisor, such as the tests, keeps
+its modules.
 """
 
 from __future__ import annotations
