@@ -245,8 +245,8 @@ def bring_up(bed: Bed, plan: Plan) -> dict[str, Any]:
     return results
 
 
-# What `python -m gt_remote.supervisor` imports before it starts: its modules, without Python's OpenSSL (gt_remote/base/lean.py).
-SUPERVISOR_IMPORTS = "from gt_remote.base.lean import leave_out_openssl; leave_out_openssl(); import gt_remote.supervisor"
+# What `python -m gt_remote.supervisor` imports before it starts: its modules, less what it leaves out (gt_remote/base/lean.py).
+SUPERVISOR_IMPORTS = "from gt_remote.base.lean import leave_out_unused; leave_out_unused(); import gt_remote.supervisor"
 
 
 def start_up_costs(gt: Gt, plan: Plan) -> dict[str, list[float]]:
@@ -344,9 +344,9 @@ def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
 
 def import_floor(gt: Gt) -> dict[str, list[int]]:
     """Peak RSS of a Python that only imports the supervisor's modules (as its process does, and
-    with Python's OpenSSL bindings as an importer has them), and of bare Python."""
+    as a plain importer has them, with what that process leaves out), and of bare Python."""
     env = {key: value for key, value in gt.env.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    cases = {"supervisor": [sys.executable, "-c", SUPERVISOR_IMPORTS], "supervisor_with_openssl": [sys.executable, "-c", "import gt_remote.supervisor"],
+    cases = {"supervisor": [sys.executable, "-c", SUPERVISOR_IMPORTS], "supervisor_untrimmed": [sys.executable, "-c", "import gt_remote.supervisor"],
              "python": [sys.executable, "-c", "pass"]}
     return {name: [cli.run_once(argv, env)[1] for _ in range(3)] for name, argv in cases.items()}
 

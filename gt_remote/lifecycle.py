@@ -415,9 +415,9 @@ def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say
 
 
 def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
-    from gt_remote.base.lean import leave_out_openssl
+    from gt_remote.base.lean import leave_out_unused
 
-    leave_out_openssl()  # this process is now a supervisor for as long as the service runs, as a detached one is
+    leave_out_unused()  # this process is now a supervisor for as long as the service runs, as a detached one is
     import asyncio
 
     from gt_remote import notify, supervisor

@@ -13,9 +13,9 @@ reports progress as JSON lines on stdout until the tunnel is up, or in-process w
 from __future__ import annotations
 
 if __name__ == "__main__":  # this process is a supervisor: before asyncio, leave out what it never uses (see there)
-    from gt_remote.base.lean import leave_out_openssl
+    from gt_remote.base.lean import leave_out_unused
 
-    leave_out_openssl()
+    leave_out_unused()
 
 # isort: split
 import asyncio
