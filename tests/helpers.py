@@ -75,6 +75,13 @@ def supervisor_processes(runtime_dir: str) -> list[int]:
     return found
 
 
+def openssl_mapped(pid: int) -> list[str]:
+    """Python's OpenSSL bindings (and the system's libssl) in a process's memory map, by file name:
+    what a supervisor's process leaves out (gt_remote/base/lean.py)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return sorted({line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/_ssl." in line or "/_hashlib." in line or "/libssl.so" in line})
+
+
 def assert_nothing_left(gt, port: int = 9999) -> None:  # type: ignore[no-untyped-def]
     """After a failed `up`: no supervisor, no control socket, no record, the port free."""
     runtime = Path(gt.env["XDG_RUNTIME_DIR"])
