@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -56,9 +57,16 @@ EVAL_COMMANDS = ("up", "env")  # their stdout is run by a shell: a failure must 
 
 
 def fail_the_eval() -> None:
-    """Give `eval "$(gt-remote up HOST)"` a failing line, unless a person reads stdout."""
-    if not sys.stdout.isatty():
+    """Give `eval "$(gt-remote up HOST)"` a failing line, unless a person reads stdout.
+
+    If stdout cannot be written (a full disk, a reader gone), no shell will run that line
+    anyway: the error itself, on stderr, is what must still be said."""
+    if sys.stdout is None or sys.stdout.isatty():
+        return
+    try:
         click.echo(shells.FAILURE_LINE)
+    except OSError:
+        pass
 
 
 def one_line_usage_error(error: click.ClickException) -> str:
@@ -93,7 +101,33 @@ class OneLineErrors(click.Group):
         except click.Abort:
             click.echo("gt-remote: interrupted", err=True)
             sys.exit(130)
+        except OSError as error:
+            if not _stdout_unwritable(error):
+                raise
+            click.echo(f"gt-remote: error: {cannot_write_output(error)}", err=True)
+            sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _stdout_unwritable(error: OSError) -> bool:
+    """Whether `error` came from writing stdout: every line this CLI prints goes through
+    click.echo, so its frame in the traceback, printing without err=True, says so. (click
+    itself ends quietly, exit 1, when the reader went away: EPIPE never gets here.)"""
+    echo_frame = None
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code is click.echo.__code__:
+            echo_frame = trace.tb_frame
+        trace = trace.tb_next
+    return echo_frame is not None and not echo_frame.f_locals.get("err")
+
+
+def cannot_write_output(error: OSError) -> str:
+    """`gt-remote status > /dev/full`: the cause and the fix, not click's traceback."""
+    cause = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write the output: {cause}; free space where it goes, or redirect it elsewhere"
+    return f"cannot write the output: {cause}; redirect it to a file or a terminal that can take it"
 
 
 def _moved_under_a_service(option: str) -> str:

@@ -68,6 +68,32 @@ def test_a_closed_output_is_not_a_crash(gt: Gt) -> None:
     assert (closed.returncode, closed.stderr) == (0, "")
 
 
+@pytest.mark.parametrize("args", [["-V"], ["--help"], ["status"], ["completion", "bash"]])
+def test_an_output_that_cannot_be_written_is_one_line(gt: Gt, args: list[str]) -> None:
+    """`gt-remote status > /dev/full`: the cause and the fix on stderr, not click's traceback."""
+    full = subprocess.run(["sh", "-c", 'exec "$@" > /dev/full', "sh", sys.executable, "-m", "gt_remote", *args],
+                          env=gt.env, capture_output=True, text=True, timeout=120)
+    assert full.returncode == 1
+    assert full.stderr == "gt-remote: error: cannot write the output: No space left on device; free space where it goes, or redirect it elsewhere\n"
+
+
+def _gone_reader() -> Any:
+    """A pipe's writing end whose reader went away: writing it gets EPIPE."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    return os.fdopen(writer, "w")
+
+
+def test_env_still_says_why_when_its_output_cannot_be_written(gt: Gt) -> None:
+    """The failing line for `eval` cannot be written either; the error on stderr still is."""
+    for name, open_output in {"a full disk": lambda: open("/dev/full", "w"), "a reader that is gone": _gone_reader}.items():
+        with open_output() as output:
+            failed = subprocess.run([sys.executable, "-m", "gt_remote", "env", "gamign-pc"], stdout=output,
+                                    env=gt.env, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert failed.returncode == 1, name
+        assert failed.stderr == "gt-remote: error: gamign-pc is not up; run 'eval \"$(gt-remote up gamign-pc)\"' first\n", name
+
+
 # --- status of an unknown host ------------------------------------------------------------
 
 
