@@ -154,6 +154,7 @@ async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
     try:
         conn = await asyncssh.connect(host, **options)  # type: ignore[arg-type]
         _watch_receipts(conn)
+        _send_chaff_only_for_cbc(conn)
         steps.debug("ssh: host key verified; authenticated as %s", conn.get_extra_info("username"))
         return conn
     except asyncssh.HostKeyNotVerifiable as exc:
@@ -244,6 +245,39 @@ def _watch_receipts(conn: asyncssh.SSHClientConnection) -> None:
         parse(data, datatype)
 
     setattr(conn, "data_received", data_received)  # noqa: B010 - an instance attribute in front of the method
+
+
+MSG_IGNORE = 2  # RFC 4253 §11.2
+EMPTY_STRING = b"\x00\x00\x00\x00"  # an SSH string of no bytes
+
+
+def chaff_protects(cipher: str) -> bool:
+    """Whether an empty SSH_MSG_IGNORE before each packet protects anything with `cipher`.
+
+    It is RFC 4251 §9.3.1's countermeasure for CBC mode, whose chosen-plaintext attack relies
+    on each packet's IV being the last ciphertext block before it. Counter modes and the AEAD
+    ciphers (chacha20-poly1305, AES-GCM: OpenSSH's defaults) have no such IV to predict."""
+    return "cbc" in cipher.lower()
+
+
+def _send_chaff_only_for_cbc(conn: asyncssh.SSHClientConnection) -> None:
+    """Leave out asyncssh's empty SSH_MSG_IGNORE before every packet, except under CBC.
+
+    asyncssh sends one before each packet once keys are in place, whatever the cipher. With
+    a non-CBC cipher it protects nothing, and it doubles the cost of each small message: one
+    more packet encrypted and sent here (with its own random padding and send call), one more
+    for sshd to read and decrypt. An interactive pane is mostly small messages. asyncssh has no
+    setting for it; it sends the packet through its own send_packet, so an instance attribute
+    in front of the method sees it (as _watch_receipts does for data_received).
+    """
+    send_packet = conn.send_packet
+
+    def send_packet_without_chaff(pkttype: int, *args: bytes, **kwargs: Any) -> None:
+        if pkttype == MSG_IGNORE and args == (EMPTY_STRING,) and not chaff_protects(conn.get_extra_info("send_cipher") or "cbc"):
+            return
+        send_packet(pkttype, *args, **kwargs)
+
+    setattr(conn, "send_packet", send_packet_without_chaff)  # noqa: B010 - an instance attribute in front of the method
 
 
 def lost_reason(conn: asyncssh.SSHClientConnection) -> str:
