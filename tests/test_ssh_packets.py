@@ -1,9 +1,11 @@
-"""What a small message costs on gt-remote's SSH connection: one packet, not two.
+"""What a small message costs on gt-remote's SSH connection: one packet, not two, on AES-GCM.
 
 asyncssh sends an empty SSH_MSG_IGNORE before every packet, a countermeasure only CBC
 ciphers need. gt-remote's connections leave it out with any other cipher (every message of
 an interactive pane then costs one packet to encrypt, send, read and decrypt instead of two)
 and keep it with CBC. Checked against a real sshd, from asyncssh's own log of what it sent.
+With AES in hardware and no `Ciphers` in ssh_config, the connection prefers AES-GCM, which
+costs asyncssh less per packet than chacha20-poly1305 (tunnel/ciphers.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import Counter
 import asyncssh
 import pytest
 
+from gt_remote.tunnel.ciphers import aes_in_hardware, preferred_ciphers
 from gt_remote.tunnel.connection import SshTarget, chaff_protects, connect
 from tests.testbed import SshHost, wait_for
 
@@ -95,3 +98,43 @@ def test_cbc_keeps_its_ignore_packets(ssh_host: SshHost) -> None:
     assert cipher == "aes128-cbc"
     assert sent["MSG_CHANNEL_DATA"] == MESSAGES
     assert sent["MSG_IGNORE"] >= MESSAGES, sent
+
+
+# --- which cipher -------------------------------------------------------------------------
+
+DEFAULTS = [b"chacha20-poly1305@openssh.com", b"aes256-gcm@openssh.com", b"aes128-gcm@openssh.com", b"aes256-ctr"]
+
+
+def test_aes_gcm_goes_first_with_aes_in_hardware() -> None:
+    assert preferred_ciphers(DEFAULTS, None, True) == ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com",
+                                                       "chacha20-poly1305@openssh.com", "aes256-ctr"]
+
+
+@pytest.mark.parametrize(("configured", "hardware"), [("chacha20-poly1305@openssh.com", True), ("+aes128-cbc", True), (None, False)])
+def test_ssh_config_or_a_cpu_without_aes_keeps_asyncssh_order(configured: str | None, hardware: bool) -> None:
+    assert preferred_ciphers(DEFAULTS, configured, hardware) is None
+
+
+async def _cipher_of(target: SshTarget) -> str:
+    conn = await connect(target)
+    try:
+        return str(conn.get_extra_info("send_cipher"))
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+def test_the_connection_uses_aes_gcm_unless_ssh_config_says(ssh_host: SshHost) -> None:
+    """The default, against a real sshd; then a `Ciphers` line in ssh_config, which wins."""
+    target = SshTarget("gaming-pc", ssh_config=str(ssh_host.ssh_config))
+    expected = "aes256-gcm@openssh.com" if aes_in_hardware() else "chacha20-poly1305@openssh.com"
+    assert asyncio.run(_cipher_of(target)) == expected
+    ssh_host.extra_config.append("Ciphers chacha20-poly1305@openssh.com,aes256-gcm@openssh.com")
+    ssh_host.write_ssh_config()
+    assert asyncio.run(_cipher_of(target)) == "chacha20-poly1305@openssh.com"
+
+
+def test_this_machine_reports_aes_instructions_as_its_cpuinfo_does() -> None:
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = next(line for line in cpuinfo if line.startswith(("flags", "Features")))
+    assert aes_in_hardware() is ("aes" in flags.split(":", 1)[1].split())

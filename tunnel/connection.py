@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
+from asyncssh.encryption import get_default_encryption_algs
 
 from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, NoCommonAlgorithm, SshError, UnknownHost, shell_word
 from gt_remote.base.sanitize import ascii_int
+from gt_remote.tunnel.ciphers import aes_in_hardware, preferred_ciphers
 
 KEEPALIVE_COUNT_MAX = 3
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -143,6 +145,9 @@ async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
     resolved = _resolved_options(host, options)
     if resolved is not None:
         options["connect_timeout"] = options["login_timeout"] = effective_connect_timeout(target, resolved.config)
+        ciphers = preferred_ciphers(get_default_encryption_algs(), resolved.config.get("Ciphers", None), aes_in_hardware())
+        if ciphers is not None:  # only where ssh_config has no Ciphers line: the user's choice wins
+            options["encryption_algs"] = ciphers
     if resolved is not None and resolved.known_hosts is None:
         raise HostKeyRejected(
             f"the ssh_config for {target.destination} turns host key checking off (UserKnownHostsFile none)",
@@ -155,7 +160,7 @@ async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
         conn = await asyncssh.connect(host, **options)  # type: ignore[arg-type]
         _watch_receipts(conn)
         _send_chaff_only_for_cbc(conn)
-        steps.debug("ssh: host key verified; authenticated as %s", conn.get_extra_info("username"))
+        steps.debug("ssh: host key verified; authenticated as %s; cipher %s", conn.get_extra_info("username"), conn.get_extra_info("send_cipher"))
         return conn
     except asyncssh.HostKeyNotVerifiable as exc:
         raise _host_key_error(target.destination, resolved) from exc
