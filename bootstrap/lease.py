@@ -2,8 +2,8 @@
 
 Two ssh aliases (or two laptops) that reach the same remote user and port share one
 ccmux-server. Each supervisor keeps a file under the remote state dir,
-`leases/<port>/<laptop>-<alias>`, touched on every health check and live for a few
-keepalives. `down --stop-server` stops the server only when no other lease is live.
+`leases/<port>/<laptop>-<alias>`, touched at least every LEASE_TOUCH_KEEPALIVES health checks
+and live for twice that. `down --stop-server` stops the server only when no other lease is live.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from gt_remote.base.errors import RemoteError
 from gt_remote.bootstrap.ownership import Owner, owner_from
 from gt_remote.bootstrap.remote import run_script
 
-LIVE_KEEPALIVES = 4  # a lease not touched for this many keepalives is gone
+LEASE_TOUCH_KEEPALIVES = 3  # a supervisor touches its lease at least this often (its health checks)
+LIVE_KEEPALIVES = 6  # a lease not touched for this many keepalives is gone: twice the touch interval
 MIN_TTL_S = 15
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _LEASE_NAME = re.compile(r"[A-Za-z0-9._-]{1,120}")

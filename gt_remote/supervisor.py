@@ -133,6 +133,8 @@ class Supervisor:
         self.relay_restarts = 0
         self.last_relay_death: dict[str, Any] | None = None
         self.relay_error: str | None = None  # the last health Ping through the relay failed: why
+        self._relay_vouched = False  # the last health Ping went through the relay, which checked the port's holder
+        self._last_upkeep = 0.0  # loop time of the last port-and-lease script
         self._relay_restart: asyncio.Task[None] | None = None  # one restart in flight at a time
         self._relay_misses = 0  # health Pings in a row that failed through the relay only
         self._relay_restarts_allowed = True  # until `down --stop-server` stops the relay
@@ -374,30 +376,53 @@ class Supervisor:
         return self._stop.is_set()
 
     async def _health_loop(self) -> None:
-        """Ping the server through the tunnel; revive it if it died while the link stayed up."""
+        """Ping the server through the tunnel; revive it if it died while the link stayed up.
+
+        The port-and-lease script runs on the remote only when it has to: it starts the
+        login shell (and its start-up files) and a dozen small programs each time, and the
+        relay already checks who holds the port whenever it dials it, the health Ping's
+        stream included. So after a health Ping through the relay, the next check skips the
+        script until the lease needs touching (remote_lease.LEASE_TOUCH_KEEPALIVES); without a
+        relay, or when its Ping fails, the script runs every time, before any direct Ping."""
         while True:
             await asyncio.sleep(self.settings.keepalive)
             conn = self.link.connection
-            if conn is not None:
+            checked_port = False
+            if conn is not None and (not self._relay_vouched or self._lease_touch_due()):
                 await self._upkeep(conn)
+                checked_port = True
             if self.port_refusal is not None:
                 conn = None  # never forward to (or Ping) another account's listener
             if conn is not None and self.relay.missing:
                 await self._guarded_relay_check(conn)
-            if conn is not None and not await self._relay_answers():
-                try:
-                    self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
-                    self.server_error = None
-                except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
-                    log.warning("health Ping failed: %s", reason(exc))
-                    self.relay_error = None  # the server (or the link) failed, not the relay
-                    await self._check_server(conn)
+            self._relay_vouched = conn is not None and await self._relay_answers()
+            if conn is not None and not self._relay_vouched:
+                if not checked_port:
+                    await self._upkeep(conn)  # who holds the port, before a direct Ping goes to it
+                if self.port_refusal is not None:
+                    self.relay_error = None  # the relay refused the port for the same reason
                 else:
-                    await self._relay_failed_alone(conn)
+                    await self._ping_directly(conn)
             self._save_record_if_changed()
 
+    def _lease_touch_due(self) -> bool:
+        return asyncio.get_running_loop().time() - self._last_upkeep >= remote_lease.LEASE_TOUCH_KEEPALIVES * self.settings.keepalive - 0.5
+
+    async def _ping_directly(self, conn: asyncssh.SSHClientConnection) -> None:
+        """A Ping straight to the server's port: the server down, or only the relay?"""
+        try:
+            self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
+            self.server_error = None
+        except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
+            log.warning("health Ping failed: %s", reason(exc))
+            self.relay_error = None  # the server (or the link) failed, not the relay
+            await self._check_server(conn)
+        else:
+            await self._relay_failed_alone(conn)
+
     async def _upkeep(self, conn: asyncssh.SSHClientConnection) -> None:
-        """Every health check, one script: is the port still the user's; refresh this tunnel's lease."""
+        """One script: is the port still the user's; refresh this tunnel's lease."""
+        self._last_upkeep = asyncio.get_running_loop().time()
         try:
             owner, self.lease_holders = await remote_lease.upkeep(conn, self.settings, self.server.pid if self.server else None)
         except (GtRemoteError, asyncssh.Error, OSError, TimeoutError) as exc:
