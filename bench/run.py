@@ -118,8 +118,8 @@ def say(message: str) -> None:
 
 def kill_connections(host: SshHost) -> None:
     pids = host.pids("sshd: gamer")
-    if pids:
-        host.sh("kill -KILL " + " ".join(str(pid) for pid in pids))  # one exec: every tunnel hit at once
+    if pids:  # one exec: every tunnel hit at once; one that ended since it was listed is no failure
+        host.exec("kill -KILL " + " ".join(str(pid) for pid in pids) + " 2>/dev/null")
 
 
 def measure_after_fault(tunnels: list[Tunnel], since: float, cap: float) -> dict[str, float | None]:
@@ -158,8 +158,13 @@ def recovery(bed: Bed, plan: Plan) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
 
+    failures: list[BaseException] = []
+
     def run(name: str, *args: Any) -> None:
-        out[name] = recovery_run(bed, plan, *args)
+        try:
+            out[name] = recovery_run(bed, plan, *args)
+        except BaseException as exc:  # re-raised below: the run ends with its cause, not a KeyError in the report
+            failures.append(exc)
 
     threads = [
         threading.Thread(target=run, args=("kill", "kill-pc", kill_connections, plan.kill_cap_s, plan.kill_spacing_s)),
@@ -169,6 +174,8 @@ def recovery(bed: Bed, plan: Plan) -> dict[str, Any]:
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:
+        raise failures[0]
     return out
 
 

@@ -406,6 +406,7 @@ class Supervisor:
             self._save_record_if_changed()
 
     def _lease_touch_due(self) -> bool:
+        """Half a second of slack: checks are a keepalive apart, so the third one is due."""
         return asyncio.get_running_loop().time() - self._last_upkeep >= remote_lease.LEASE_TOUCH_KEEPALIVES * self.settings.keepalive - 0.5
 
     async def _ping_directly(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -422,12 +423,12 @@ class Supervisor:
 
     async def _upkeep(self, conn: asyncssh.SSHClientConnection) -> None:
         """One script: is the port still the user's; refresh this tunnel's lease."""
-        self._last_upkeep = asyncio.get_running_loop().time()
         try:
             owner, self.lease_holders = await remote_lease.upkeep(conn, self.settings, self.server.pid if self.server else None)
         except (GtRemoteError, asyncssh.Error, OSError, TimeoutError) as exc:
             log.warning("port and lease check failed: %s", exc)
-            return
+            return  # not counted as a touch: the next health check tries again
+        self._last_upkeep = asyncio.get_running_loop().time()
         self._refuse(refusal(owner, self.settings.name, self.settings.remote_port))
 
     def _refuse(self, error: PortNotOurs | None) -> None:
