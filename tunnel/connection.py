@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
+from asyncssh.constants import MSG_IGNORE
 from asyncssh.encryption import get_default_encryption_algs
+from asyncssh.packet import String
 
 from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, NoCommonAlgorithm, SshError, UnknownHost, shell_word
 from gt_remote.base.sanitize import ascii_int
@@ -252,8 +254,7 @@ def _watch_receipts(conn: asyncssh.SSHClientConnection) -> None:
     setattr(conn, "data_received", data_received)  # noqa: B010 - an instance attribute in front of the method
 
 
-MSG_IGNORE = 2  # RFC 4253 §11.2
-EMPTY_STRING = b"\x00\x00\x00\x00"  # an SSH string of no bytes
+EMPTY_STRING = String(b"")  # the ignore packet's payload as asyncssh sends it
 
 
 def chaff_protects(cipher: str) -> bool:
