@@ -4,12 +4,17 @@ Two ssh aliases (or two laptops) that reach the same remote user and port share 
 ccmux-server. Each supervisor keeps a file under the remote state dir,
 `leases/<port>/<laptop>-<alias>`, touched at least every LEASE_TOUCH_KEEPALIVES health checks
 and live for twice that. `down --stop-server` stops the server only when no other lease is live.
+
+A health check touches it through the relay when there is one (its lease op writes the same
+file and reads the others the same way): that starts no login shell on the remote. The
+remote script does it otherwise, and whenever the relay cannot.
 """
 
 from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Iterable
 
 import asyncssh
 
@@ -17,6 +22,7 @@ from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import RemoteError
 from gt_remote.bootstrap.ownership import Owner, owner_from
 from gt_remote.bootstrap.remote import run_script
+from gt_remote.tunnel.resumable import StreamGone, relay_request
 
 LEASE_TOUCH_KEEPALIVES = 3  # a supervisor touches its lease at least this often (its health checks)
 LIVE_KEEPALIVES = 6  # a lease not touched for this many keepalives is gone: twice the touch interval
@@ -60,14 +66,29 @@ def lease_ttl(settings: HostSettings) -> int:
 
 def holders(stdout_lines: list[str]) -> list[str]:
     """The `lease=NAME` lines of a script's output; names outside the safe alphabet are dropped."""
-    names = [line[6:] for line in stdout_lines if line.startswith("lease=")]
-    return sorted({name for name in names if _LEASE_NAME.fullmatch(name)})
+    return safe_names(line[6:] for line in stdout_lines if line.startswith("lease="))
+
+
+def safe_names(names: Iterable[object]) -> list[str]:
+    """Lease names as the remote gave them, sorted; any outside the safe alphabet is dropped."""
+    return sorted({name for name in names if isinstance(name, str) and _LEASE_NAME.fullmatch(name)})
 
 
 async def touch(conn: asyncssh.SSHClientConnection, settings: HostSettings) -> list[str]:
     """Refresh this supervisor's lease; the other live holders."""
     result = await run_script(conn, TOUCH_SCRIPT, str(settings.remote_port), lease_name(settings), str(lease_ttl(settings)))
     return holders(result.stdout.splitlines())
+
+
+async def touch_through_relay(conn: asyncssh.SSHClientConnection, socket_path: str, settings: HostSettings) -> list[str]:
+    """Refresh this supervisor's lease with the relay's lease op; the other live holders.
+    StreamGone when the relay cannot (the caller runs the script instead)."""
+    hello = {"op": "lease", "name": lease_name(settings), "ttl": lease_ttl(settings)}
+    answer = await relay_request(conn, socket_path, hello, timeout=max(5.0, settings.keepalive))
+    names = answer.get("holders")
+    if not isinstance(names, list):
+        raise StreamGone("the relay's lease reply names no holders")
+    return safe_names(names)
 
 
 async def upkeep(conn: asyncssh.SSHClientConnection, settings: HostSettings, server_pid: int | None = None) -> tuple[Owner, list[str]]:

@@ -77,9 +77,9 @@ relay_start() {
     if [ -f "$log" ] && [ "$(wc -c < "$log")" -gt 1048576 ]; then mv -f "$log" "$log.1"; fi
     rm -f "$sock"
     if command -v setsid >/dev/null 2>&1; then
-        setsid nohup "$1" "$relay_root/$2" --socket "$sock" --port "$3" </dev/null >>"$log" 2>&1 &
+        setsid nohup "$1" "$relay_root/$2" --socket "$sock" --port "$3" --leases "$state_dir/leases/$3" </dev/null >>"$log" 2>&1 &
     else
-        nohup "$1" "$relay_root/$2" --socket "$sock" --port "$3" </dev/null >>"$log" 2>&1 &
+        nohup "$1" "$relay_root/$2" --socket "$sock" --port "$3" --leases "$state_dir/leases/$3" </dev/null >>"$log" 2>&1 &
     fi
     pid=$!
     echo "$pid" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"

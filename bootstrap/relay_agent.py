@@ -11,8 +11,9 @@ until the supervisor reattaches it (RESUME) or the resume window ends.
 Wire format on a channel, both ways: 1-byte type, 4-byte big-endian length, payload.
   H hello (JSON, at most MAX_HELLO bytes, within HELLO_DEADLINE of the channel opening):
       {"op": "new", "id", "window", "heartbeat"} | {"op": "resume", "id", "received"}
-      | {"op": "close", "ids": [...]} | {"op": "stats"}
-  R reply (JSON: {"received": N, "replaying": N} | {"closed": N} | {"error": TEXT})
+      | {"op": "close", "ids": [...]} | {"op": "stats"} | {"op": "lease", "name", "ttl"}
+  R reply (JSON: {"received": N, "replaying": N} | {"closed": N} | {"holders": [...]}
+      | {"error": TEXT})
   D data   E end of data (counts as one position)   A ack (8-byte received count)   C close
   K heartbeat: the laptop sends one each keepalive, the relay answers with one
 Both ends count positions sent and received, keep what the other has not acknowledged
@@ -20,6 +21,10 @@ Both ends count positions sent and received, keep what the other has not acknowl
 replay it after a resume. The resume window runs from the last frame received on the
 stream, not from when sshd notices a dead channel: after a silent partition or a killed
 supervisor, the server connection is released within window + one keepalive.
+
+The lease op (relay started with --leases DIR) keeps a supervisor's lease, the file the
+remote script's lease_touch writes (bootstrap/lease.py), and answers with the other live
+holders, as its lease_others does: an idle tunnel's health checks then start no shell.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import json
 import math
 import os
 import signal
+import stat
 import string
 import struct
 import sys
@@ -54,6 +60,9 @@ MAX_STREAMS = 1024
 MAX_CHANNELS = MAX_STREAMS + 256
 MAX_PENDING_HELLOS = 64
 MAX_POSITION = 1 << 62
+MAX_LEASE_TTL = 24 * 3600
+LEASE_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
+DEFAULT_LEASE_TTL = 60  # a lease file without a number in it, as lease_others reads it
 HEARTBEAT = b"K"
 
 
@@ -131,6 +140,19 @@ def _position(value: Any) -> int:
     return value
 
 
+def _lease_name(value: Any) -> str:
+    """A file name in the leases directory: no path, no dot file (the temporaries are those)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 120 or value.startswith(".") or not set(value) <= LEASE_NAME_CHARS:
+        raise HelloError("bad lease name")
+    return value
+
+
+def _lease_ttl(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_LEASE_TTL:
+        raise HelloError("ttl must be a whole number of seconds, more than 0 and at most %d" % MAX_LEASE_TTL)
+    return value
+
+
 def parse_hello(payload: bytes) -> Dict[str, Any]:
     """A hello's fields, checked; HelloError names what is wrong. Sans-IO, for the fuzzer too."""
     try:
@@ -157,6 +179,8 @@ def parse_hello(payload: bytes) -> Dict[str, Any]:
         if not isinstance(ids, list) or len(ids) > MAX_STREAMS:
             raise HelloError("ids must be a list of at most %d stream ids" % MAX_STREAMS)
         return {"op": "close", "ids": [_stream_id(one) for one in ids]}
+    if op == "lease":
+        return {"op": "lease", "name": _lease_name(request.get("name")), "ttl": _lease_ttl(request.get("ttl"))}
     raise HelloError("unknown op")
 
 
@@ -549,6 +573,8 @@ class ChannelProtocol(asyncio.Protocol):
                 self.reply(self.relay.stats())
             elif op == "close":
                 self.reply({"closed": self.relay.close_streams(request["ids"])})
+            elif op == "lease":
+                self.reply({"holders": self.relay.keep_lease(request["name"], request["ttl"])})
             else:
                 self.relay.resume_stream(self, request["id"], request["received"])
                 self._attached()
@@ -628,10 +654,53 @@ def port_owner_uid(port: int) -> Optional[int]:
     return found
 
 
+def touch_lease(directory: str, name: str, ttl: int) -> None:
+    """Write `ttl` to the lease file, fresh: as lease_touch does, whole or not at all."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    temporary = os.path.join(directory, "." + name + ".tmp")  # lease_others skips dot files
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("%d\n" % ttl)
+    os.replace(temporary, os.path.join(directory, name))
+
+
+def live_leases(directory: str, mine: str, now: Optional[float] = None) -> List[str]:
+    """The other leases still within their ttl, as lease_others finds them; it removes the
+    expired ones, and so does this."""
+    now_s = int(time.time() if now is None else now)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    holders = []
+    for name in names:
+        if name == mine or name.startswith(".") or name.endswith(".tmp"):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue  # only files are leases (a fifo would block the read)
+            with open(path, "rb") as handle:
+                digits = bytes(c for c in handle.read(12) if 48 <= c <= 57)
+                modified = int(os.fstat(handle.fileno()).st_mtime)
+        except OSError:
+            continue
+        ttl = int(digits) if digits else DEFAULT_LEASE_TTL
+        if now_s - modified <= ttl:
+            holders.append(name)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    return holders
+
+
 class Relay:
-    def __init__(self, port: int, budget: int = BUDGET) -> None:
+    def __init__(self, port: int, budget: int = BUDGET, leases: Optional[str] = None) -> None:
         self.port = port
         self.budget = budget
+        self.leases = leases  # the directory of this port's leases, or None: no lease op
         self.streams: Dict[str, Stream] = {}
         self.started = time.time()
         self.streams_total = 0
@@ -722,6 +791,16 @@ class Relay:
             self.log("closed %d stream(s) on request" % closed)
         return closed
 
+    def keep_lease(self, name: str, ttl: int) -> List[str]:
+        """Refresh `name`'s lease; the other live holders of the port's server."""
+        if self.leases is None:
+            raise HelloError("this relay keeps no leases (started without --leases)")
+        try:
+            touch_lease(self.leases, name, ttl)
+            return live_leases(self.leases, name)
+        except OSError as exc:
+            raise HelloError("cannot keep the lease: %s" % (exc.strerror or exc)) from None
+
     def stats(self) -> Dict[str, object]:
         return {
             "pid": os.getpid(),
@@ -755,8 +834,8 @@ MALLOC_TRIM = _malloc_trim()
 TRIM_AFTER = 1024 * 1024  # a stream that moved this much gives its memory back when it closes
 
 
-async def serve(socket_path: str, port: int, budget: int = BUDGET) -> None:
-    relay = Relay(port, budget)
+async def serve(socket_path: str, port: int, budget: int = BUDGET, leases: Optional[str] = None) -> None:
+    relay = Relay(port, budget, leases)
     directory = os.path.dirname(socket_path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -789,8 +868,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--budget", type=int, default=BUDGET, help="unacknowledged bytes across all streams")
+    parser.add_argument("--leases", help="the directory of this port's leases (the lease op)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.socket, args.port, args.budget))
+    asyncio.run(serve(args.socket, args.port, args.budget, args.leases))
     return 0
 
 

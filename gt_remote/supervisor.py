@@ -56,7 +56,7 @@ from gt_remote.bootstrap.upgrade import replace_server
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import CheckOutcome, Link, LinkState
-from gt_remote.tunnel.resumable import RelayPath, ResumableClient
+from gt_remote.tunnel.resumable import RelayPath, ResumableClient, StreamGone
 from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
 from gt_remote.tunnel.wire import ping as wire_ping
 from gt_remote.tunnel.wire import ping_address
@@ -134,7 +134,8 @@ class Supervisor:
         self.last_relay_death: dict[str, Any] | None = None
         self.relay_error: str | None = None  # the last health Ping through the relay failed: why
         self._relay_vouched = False  # the last health Ping went through the relay, which checked the port's holder
-        self._last_upkeep = 0.0  # loop time of the last port-and-lease script
+        self._last_upkeep = 0.0  # loop time of the last lease touch: the script's, or the relay's
+        self._relay_keeps_lease = True  # the relay's lease op worked last time (a change is logged)
         self._relay_restart: asyncio.Task[None] | None = None  # one restart in flight at a time
         self._relay_misses = 0  # health Pings in a row that failed through the relay only
         self._relay_restarts_allowed = True  # until `down --stop-server` stops the relay
@@ -382,12 +383,16 @@ class Supervisor:
         login shell (and its start-up files) and a dozen small programs each time, and the
         relay already checks who holds the port whenever it dials it, the health Ping's
         stream included. So after a health Ping through the relay, the next check skips the
-        script until the lease needs touching (remote_lease.LEASE_TOUCH_KEEPALIVES); without a
-        relay, or when its Ping fails, the script runs every time, before any direct Ping."""
+        script until the lease needs touching (remote_lease.LEASE_TOUCH_KEEPALIVES), and the
+        relay's lease op touches it then: an idle tunnel starts no shell on the remote at all.
+        Without a relay, or when its Ping or its lease op fails, the script runs, before any
+        direct Ping."""
         while True:
             await asyncio.sleep(self.settings.keepalive)
             conn = self.link.connection
             checked_port = False
+            if conn is not None and self._relay_vouched and self._lease_touch_due():
+                await self._touch_lease_through_relay(conn)
             if conn is not None and (not self._relay_vouched or self._lease_touch_due()):
                 await self._upkeep(conn)
                 checked_port = True
@@ -420,6 +425,19 @@ class Supervisor:
             await self._check_server(conn)
         else:
             await self._relay_failed_alone(conn)
+
+    async def _touch_lease_through_relay(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The lease, refreshed by the relay: no shell started on the remote. On failure the
+        touch stays due, so the script does it in the same health check."""
+        try:
+            self.lease_holders = await remote_lease.touch_through_relay(conn, self.relay.socket_path, self.settings)
+        except StreamGone as exc:
+            if self._relay_keeps_lease:
+                log.warning("the relay could not touch the lease (%s); the remote script does, until it can again", exc)
+            self._relay_keeps_lease = False
+            return
+        self._relay_keeps_lease = True
+        self._last_upkeep = asyncio.get_running_loop().time()
 
     async def _upkeep(self, conn: asyncssh.SSHClientConnection) -> None:
         """One script: is the port still the user's; refresh this tunnel's lease."""

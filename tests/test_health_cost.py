@@ -2,40 +2,86 @@
 
 The port-and-lease script starts the login shell (with its start-up files, which on a gaming
 PC may be slow) and a dozen small programs. With resumable streams, the health Ping goes
-through the relay, which checks who holds the port as it dials; the script then runs only
-when the lease needs touching, every third health check. Counted against the relay's own
-count of health-Ping streams, so the test follows health checks, not the clock. That a squat
-is still caught is tests/test_bringup.py's job (test_a_squatted_port_is_never_forwarded_to).
+through the relay, which checks who holds the port as it dials, and the relay's lease op
+refreshes the lease: an idle tunnel then starts no shell at all. The script comes back
+whenever the relay cannot do its part. Shell starts are counted by the account's own
+start-up file, against the relay's count of health-Ping streams, so the tests follow health
+checks, not the clock. That a squat is still caught is tests/test_bringup.py's job
+(test_a_squatted_port_is_never_forwarded_to).
 """
 
 from __future__ import annotations
+
+import shlex
 
 from gt_remote.bootstrap.lease import LEASE_TOUCH_KEEPALIVES
 from tests.conftest import Gt
 from tests.test_resume import relay_request
 from tests.testbed import SshHost, free_loopback_port, wait_for
 
-LEASE = "/home/gamer/.local/state/gt-remote/leases/9999"
+USER = "gamer"
+LEASES = f"/home/{USER}/.local/state/gt-remote/leases/9999"
+STARTS = f"/home/{USER}/.shell-starts"
 CHECKS = 9
 
 
+def count_shell_starts(host: SshHost) -> None:
+    """The first line of ~/.bashrc appends a line to ~/.shell-starts: bash reads it for every
+    command sshd runs, before anything else of it (Debian's returns early when not interactive)."""
+    line = f"echo start >> {STARTS}"
+    host.sh(f"printf '%s\\n' {shlex.quote(line)} | cat - /home/{USER}/.bashrc > /tmp/bashrc.new && cat /tmp/bashrc.new > /home/{USER}/.bashrc", user=USER)
+
+
+def shell_starts(host: SshHost) -> int:
+    return int(host.sh(f"cat {STARTS} 2>/dev/null | wc -l", user=USER).strip())
+
+
 def lease_touched_at(host: SshHost) -> str:
-    """The lease file's modification time, to the nanosecond: each script run writes it."""
-    return host.sh(f"stat -c %.9Y {LEASE}/*", user="gamer").strip()
+    """The lease file's modification time, to the nanosecond: each touch changes it."""
+    return host.sh(f"stat -c %.9Y {LEASES}/*", user=USER).strip()
 
 
-def test_an_idle_resumable_tunnel_runs_the_remote_script_every_third_check(gt: Gt, ssh_host: SshHost) -> None:
-    result = gt.up(ssh_host, "--keepalive", "1", "--local", f"tcp://127.0.0.1:{free_loopback_port()}")
+def up_resumable(gt: Gt, host: SshHost) -> None:
+    result = gt.up(host, "--keepalive", "1", "--local", f"tcp://127.0.0.1:{free_loopback_port()}")
     assert result.returncode == 0, result.stderr
     [status] = gt.status("gaming-pc")
     assert status["resumable"] is True
-    first = relay_request(ssh_host, {"op": "stats"})["streams_total"]
-    touches = {lease_touched_at(ssh_host)}
 
-    def checks_done() -> bool:  # each health check opens one relay stream for its Ping
-        touches.add(lease_touched_at(ssh_host))
-        return relay_request(ssh_host, {"op": "stats"})["streams_total"] - first >= CHECKS
 
-    wait_for(checks_done, 60, f"{CHECKS} health checks")
-    runs = len(touches) - 1  # the first value was there before the window
-    assert 1 <= runs <= CHECKS // LEASE_TOUCH_KEEPALIVES + 1, f"{runs} script runs over {CHECKS} health checks"
+def health_checks(host: SshHost) -> int:
+    """Health checks so far: each opens one relay stream for its Ping."""
+    return int(relay_request(host, {"op": "stats"})["streams_total"])
+
+
+def over_checks(host: SshHost, count: int) -> tuple[int, int]:
+    """(shell starts, lease touches) over the next `count` health checks. The first check after
+    `up` runs the script whatever the relay does (nothing vouched for the port yet): skipped."""
+    wait_for(lambda: health_checks(host) >= 2, 60, "the first health checks")
+    first, starts = health_checks(host), shell_starts(host)
+    touches = {lease_touched_at(host)}
+
+    def done() -> bool:
+        touches.add(lease_touched_at(host))
+        return health_checks(host) - first >= count
+
+    wait_for(done, 60, f"{count} health checks")
+    return shell_starts(host) - starts, len(touches) - 1  # the first value was there before
+
+
+def test_an_idle_resumable_tunnel_starts_no_shell_on_the_remote(gt: Gt, ssh_host: SshHost) -> None:
+    count_shell_starts(ssh_host)
+    up_resumable(gt, ssh_host)
+    assert shell_starts(ssh_host) > 0, "up's own scripts start the shell: the counter counts"
+    starts, touches = over_checks(ssh_host, CHECKS)
+    assert starts == 0, f"{starts} shell starts over {CHECKS} health checks"
+    assert touches >= CHECKS // LEASE_TOUCH_KEEPALIVES - 1, f"the lease was touched {touches} times over {CHECKS} health checks"
+    assert ssh_host.sh(f"cat {LEASES}/*", user=USER).strip().isdigit(), "the lease holds its ttl, as the script writes it"
+
+
+def test_when_the_relay_cannot_keep_the_lease_the_remote_script_does(gt: Gt, ssh_host: SshHost) -> None:
+    count_shell_starts(ssh_host)
+    up_resumable(gt, ssh_host)
+    ssh_host.sh(f"chmod 500 {LEASES}", user=USER)  # the relay writes a new file; the script rewrites the old one
+    starts, touches = over_checks(ssh_host, CHECKS)
+    assert 2 <= starts <= CHECKS // LEASE_TOUCH_KEEPALIVES + 1, f"{starts} script runs over {CHECKS} health checks"
+    assert touches >= 2, "the script kept the lease fresh"

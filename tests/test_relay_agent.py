@@ -130,18 +130,27 @@ class Relay:
     path: str
     server: EchoServer
 
+    @property
+    def directory(self) -> Path:
+        """The relay's own temporary directory ("{dir}" in the fixture's arguments)."""
+        return Path(self.path).parent
+
+    def ask(self, **hello: object) -> dict[str, object]:
+        """One hello on a channel of its own, and the reply (the relay closes the channel)."""
+        channel = self.channel()
+        channel.hello(**hello)
+        try:
+            return channel.reply()
+        finally:
+            channel.close()
+
     def channel(self) -> Channel:
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(self.path)
         return Channel(sock)
 
     def stats(self) -> dict[str, object]:
-        channel = self.channel()
-        channel.hello(op="stats")
-        try:
-            return channel.reply()
-        finally:
-            channel.close()
+        return self.ask(op="stats")
 
     def log(self) -> str:
         return Path(self.path).with_name("log").read_text()
@@ -167,7 +176,7 @@ def relay(request: pytest.FixtureRequest) -> Iterator[Relay]:
     server = EchoServer()
     directory = tempfile.mkdtemp(prefix="gtr-relay-")
     path = os.path.join(directory, "sock")
-    extra = list(getattr(request, "param", []))
+    extra = [arg.replace("{dir}", directory) for arg in getattr(request, "param", [])]
     with open(os.path.join(directory, "log"), "wb") as log:
         proc = subprocess.Popen([str(PYTHON_38), str(AGENT), "--socket", path, "--port", str(server.port), *extra], stdout=log, stderr=log)
     try:
@@ -418,3 +427,83 @@ def test_total_budget_stops_the_largest_stream(relay: Relay) -> None:
     assert max(stats["unacked"].values()) <= 4 * 1024 * 1024 + read  # type: ignore[union-attr]
     for channel in channels:
         channel.close()
+
+
+# --- leases -------------------------------------------------------------------------------
+
+LEASES = "{dir}/home/.local/state/gt-remote/leases/9999"  # where relay_start points --leases
+
+
+def shell_leases(home: Path, script: str, *args: str) -> list[str]:
+    """The remote script's own lease functions (the prelude), run under the local sh with HOME
+    set as on the remote; the lease= lines they print."""
+    from gt_remote.bootstrap.remote import script_text
+
+    result = subprocess.run(["sh", "-s"], input=script_text(script, args).encode(), capture_output=True, timeout=60, env={**os.environ, "HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    return sorted(line[6:] for line in result.stdout.decode().splitlines() if line.startswith("lease="))
+
+
+@pytest.mark.parametrize("relay", [["--leases", LEASES]], indirect=True)
+def test_the_lease_op_keeps_the_lease_the_remote_script_reads(relay: Relay) -> None:
+    home = relay.directory / "home"
+    leases = home / ".local/state/gt-remote/leases/9999"
+    shell_leases(home, 'lease_touch 9999 other-pc 30')  # another tunnel, through the script
+    assert relay.ask(op="lease", name="laptop-gaming-pc", ttl=16) == {"holders": ["other-pc"]}
+    mine = leases / "laptop-gaming-pc"
+    assert mine.read_text() == "16\n"
+    assert mine.stat().st_mode & 0o777 == 0o600 and leases.stat().st_mode & 0o777 == 0o700
+    assert shell_leases(home, 'lease_others 9999 other-pc') == ["laptop-gaming-pc"], "the script sees the relay's lease"
+    before = mine.stat().st_mtime_ns
+    os.utime(mine, ns=(before - 10**9, before - 10**9))
+    relay.ask(op="lease", name="laptop-gaming-pc", ttl=16)
+    assert mine.stat().st_mtime_ns > before - 10**9, "a touch renews the lease"
+
+
+@pytest.mark.parametrize("relay", [["--leases", LEASES]], indirect=True)
+def test_the_lease_op_drops_expired_leases_and_skips_what_is_not_one(relay: Relay) -> None:
+    leases = relay.directory / "home/.local/state/gt-remote/leases/9999"
+    leases.mkdir(parents=True, mode=0o700)
+    (leases / "live-pc").write_text("60\n")
+    expired = leases / "gone-pc"
+    expired.write_text("15\n")
+    os.utime(expired, (1, 1))
+    (leases / "no-ttl-pc").write_text("")  # no number: 60 s, as lease_others reads it
+    (leases / "half.tmp").write_text("60\n")
+    (leases / ".hidden").write_text("60\n")
+    (leases / "dir-pc").mkdir()
+    os.mkfifo(leases / "fifo-pc")  # reading it would block the relay
+    assert relay.ask(op="lease", name="laptop-gaming-pc", ttl=16) == {"holders": ["live-pc", "no-ttl-pc"]}
+    assert not expired.exists(), "an expired lease is removed, as lease_others removes it"
+    assert relay.stats()["streams"] == 0, "the relay keeps serving"
+
+
+@pytest.mark.parametrize("relay", [["--leases", LEASES]], indirect=True)
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"name": "..", "ttl": 16},
+        {"name": "../escaped", "ttl": 16},
+        {"name": "a/b", "ttl": 16},
+        {"name": ".hidden", "ttl": 16},
+        {"name": "", "ttl": 16},
+        {"name": "x" * 121, "ttl": 16},
+        {"name": ["laptop"], "ttl": 16},
+        {"name": "laptop-pc", "ttl": 0},
+        {"name": "laptop-pc", "ttl": True},
+        {"name": "laptop-pc", "ttl": 1.5},
+        {"name": "laptop-pc", "ttl": 86401},
+        {"name": "laptop-pc"},
+    ],
+    ids=["dot-dot", "parent-path", "slash", "dot-file", "empty", "too-long", "not-a-string", "zero-ttl", "bool-ttl", "float-ttl", "ttl-over-a-day", "no-ttl"],
+)
+def test_a_bad_lease_hello_is_refused_and_writes_nothing(relay: Relay, fields: dict[str, object]) -> None:
+    answer = relay.ask(op="lease", **fields)
+    assert "error" in answer, answer
+    written = sorted(str(path.relative_to(relay.directory)) for path in relay.directory.rglob("*"))
+    assert written == ["log", "sock"], written
+
+
+def test_a_relay_started_without_a_leases_directory_refuses_the_lease_op(relay: Relay) -> None:
+    answer = relay.ask(op="lease", name="laptop-gaming-pc", ttl=16)
+    assert "keeps no leases" in str(answer.get("error")), answer

@@ -40,12 +40,14 @@ json_values = st.recursive(
 hello_like = st.fixed_dictionaries(
     {},
     optional={
-        "op": st.sampled_from(["new", "resume", "close", "stats", "nope"]) | json_values,
+        "op": st.sampled_from(["new", "resume", "close", "stats", "lease", "nope"]) | json_values,
         "id": st.text(alphabet="0123456789abcdef", min_size=30, max_size=66) | json_values,
         "window": st.integers(min_value=-(10**400), max_value=10**400) | st.floats(allow_nan=True, allow_infinity=True) | json_values,
         "heartbeat": st.floats(allow_nan=True, allow_infinity=True) | json_values,
         "received": st.integers(min_value=-(10**30), max_value=10**30) | json_values,
         "ids": st.lists(st.text(alphabet="0123456789abcdef", min_size=32, max_size=32), max_size=3) | json_values,
+        "name": st.text(alphabet="abc./-_\x00", max_size=130) | json_values,
+        "ttl": st.integers(min_value=-(10**30), max_value=10**30) | json_values,
     },
 )
 payloads = st.one_of(
@@ -100,12 +102,16 @@ def test_parse_hello_accepts_or_names_the_problem(payload: bytes) -> None:
     except agent.HelloError as error:
         assert str(error)
         return
-    assert request["op"] in {"new", "resume", "close", "stats"}
+    assert request["op"] in {"new", "resume", "close", "stats", "lease"}
     if request["op"] == "new":
         assert 0 < request["window"] <= agent.MAX_WINDOW and 0 <= request["heartbeat"] <= 3600
         assert isinstance(request["window"], float) and request["window"] == request["window"]  # finite, not NaN
     if request["op"] == "resume":
         assert isinstance(request["received"], int) and 0 <= request["received"] <= agent.MAX_POSITION
+    if request["op"] == "lease":  # a name that stays a file of the leases directory
+        name = request["name"]
+        assert isinstance(name, str) and 1 <= len(name) <= 120 and not name.startswith(".") and "/" not in name and "\x00" not in name
+        assert isinstance(request["ttl"], int) and not isinstance(request["ttl"], bool) and 0 < request["ttl"] <= agent.MAX_LEASE_TTL
 
 
 class FakeTransport(asyncio.Transport):

@@ -187,6 +187,29 @@ def parse_reply(kind: bytes, payload: bytes, acked: int, most: int) -> tuple[int
     return received, max(0, min(replaying, CAP + MAX_FRAME))
 
 
+async def relay_request(conn: asyncssh.SSHClientConnection, socket_path: str, hello: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One of the relay's ops besides streams (close, stats, lease): the hello on a channel of
+    its own, and the reply. StreamGone for every way it can fail, the relay's refusal included."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await conn.open_unix_connection(socket_path)
+            try:
+                writer.write(frame(b"H", json.dumps(hello).encode()))
+                kind, length = HEADER.unpack(await reader.readexactly(HEADER.size))
+                if kind != b"R" or length > MAX_REPLY:
+                    raise StreamGone(f"the relay answered with a {kind!r} frame of {length} bytes, not a reply")
+                answer = json.loads(await reader.readexactly(length))
+            finally:
+                writer.close()
+    except (GtRemoteError, asyncssh.Error, OSError, TimeoutError, ValueError, RecursionError, asyncio.IncompleteReadError) as exc:
+        raise StreamGone(f"the relay did not answer: {str(exc) or type(exc).__name__}") from None
+    if not isinstance(answer, dict):
+        raise StreamGone("the relay's reply is not a JSON object")
+    if "error" in answer:
+        raise StreamGone(f"the relay refused: {str(answer['error'])[:200]}")
+    return answer
+
+
 @dataclass
 class RelayPath:
     """Where resumable streams go, and what `status` counts about them."""
@@ -268,20 +291,12 @@ class RelayPath:
             log.info("the link is down: the relay closes %d detached stream(s) one resume window after their last heartbeat", len(ids))
             return 0
         try:
-            reader, writer = await asyncio.wait_for(conn.open_unix_connection(self.socket_path), wait)
-            try:
-                writer.write(frame(b"H", json.dumps({"op": "close", "ids": ids}).encode()))
-                header = await asyncio.wait_for(reader.readexactly(HEADER.size), wait)
-                kind, length = HEADER.unpack(header)
-                if kind != b"R" or length > MAX_REPLY:
-                    raise StreamGone("unexpected answer")
-                answer = json.loads(await asyncio.wait_for(reader.readexactly(length), wait))
-            finally:
-                writer.close()
-        except (GtRemoteError, StreamGone, asyncssh.Error, OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+            answer = await relay_request(conn, self.socket_path, {"op": "close", "ids": ids}, wait)
+        except StreamGone as exc:
             log.info("could not tell the relay to close %d detached stream(s) (%s); it closes them one resume window after their last heartbeat", len(ids), exc)
             return 0
-        closed = int(answer.get("closed", 0)) if isinstance(answer, dict) and isinstance(answer.get("closed"), int) else 0
+        closed = answer.get("closed")
+        closed = closed if isinstance(closed, int) and not isinstance(closed, bool) else 0
         log.info("the relay closed %d detached stream(s) at shutdown", closed)
         return closed
 
