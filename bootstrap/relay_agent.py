@@ -35,6 +35,7 @@ import json
 import math
 import os
 import signal
+import socket
 import stat
 import string
 import struct
@@ -632,12 +633,75 @@ class ChannelProtocol(asyncio.Protocol):
 
 LOOPBACK_HEX = ("0100007F", "00000000", "00000000000000000000000000000000", "0000000000000000FFFF00000100007F")
 
+# Linux's sock_diag over netlink, as `ss` asks: only the listening sockets, each with its uid.
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST_DUMP = 0x301  # NLM_F_REQUEST | NLM_F_DUMP
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+TCPF_LISTEN = 1 << 10
+NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+DIAG_REQUEST = struct.Struct("=BBBBI48x")  # family, protocol, extensions, pad, states, a zero socket id
+DIAG_PORT_AND_SOURCE = struct.Struct(">H2x16s")  # from the reply's socket id: source port, source address
+DIAG_UID_AT, DIAG_MESSAGE_SIZE = 64, 72  # inet_diag_msg: its uid's offset, its size
+LOOPBACK_SOURCES = {
+    2: (bytes((127, 0, 0, 1)), bytes(4)),  # AF_INET: 127.0.0.1, 0.0.0.0
+    10: (bytes(16), bytes(10) + b"\xff\xff" + bytes((127, 0, 0, 1))),  # AF_INET6: ::, ::ffff:127.0.0.1
+}
+
 
 def port_owner_uid(port: int) -> Optional[int]:
     """The uid of a LISTEN socket taking connections to 127.0.0.1:port, another account's
-    first; None when nothing listens or there is no /proc/net/tcp to ask."""
+    first; None when nothing listens or there is nothing to ask. Asked over netlink: reading
+    /proc/net/tcp walks every socket bucket of the host, milliseconds for each new stream."""
+    try:
+        uids = listener_uids(port)
+    except (OSError, AttributeError, struct.error):  # no sock_diag (not Linux, a sandbox): /proc
+        return port_owner_uid_from_proc(port)
+    return _owner_among(uids)
+
+
+def _owner_among(uids: List[int]) -> Optional[int]:
+    others = [uid for uid in uids if uid != os.getuid()]
+    return others[0] if others else (uids[0] if uids else None)
+
+
+def listener_uids(port: int) -> List[int]:
+    """The uids of the TCP listeners on port that take connections to 127.0.0.1, from sock_diag."""
+    uids = []  # type: List[int]
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as diag:
+        diag.settimeout(5.0)
+        for family in (socket.AF_INET, socket.AF_INET6):
+            request = DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, TCPF_LISTEN)
+            diag.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST_DUMP, family, 0) + request)
+            uids += _dumped_uids(diag, family, port)
+    return uids
+
+
+def _dumped_uids(diag: socket.socket, family: int, port: int) -> List[int]:
+    uids = []  # type: List[int]
+    while True:
+        data = diag.recv(65536)
+        offset = 0
+        while offset + NLMSG_HEADER.size <= len(data):
+            length, kind = NLMSG_HEADER.unpack_from(data, offset)[:2]
+            if kind == NLMSG_DONE:
+                return uids
+            if kind == NLMSG_ERROR or length < NLMSG_HEADER.size + DIAG_MESSAGE_SIZE or offset + length > len(data):
+                raise OSError("sock_diag answered with an error or a short message")
+            body = offset + NLMSG_HEADER.size
+            source_port, source = DIAG_PORT_AND_SOURCE.unpack_from(data, body + 4)
+            address = source[:4] if family == socket.AF_INET else source
+            if source_port == port and address in LOOPBACK_SOURCES[family]:
+                uids.append(struct.unpack_from("=I", data, body + DIAG_UID_AT)[0])
+            offset += (length + 3) & ~3
+        if not data:
+            raise OSError("sock_diag closed before the end of its answer")
+
+
+def port_owner_uid_from_proc(port: int) -> Optional[int]:
+    """The same answer from /proc/net/tcp and tcp6, where netlink cannot be asked."""
     suffix = ":%04X" % port
-    found = None  # type: Optional[int]
+    uids = []  # type: List[int]
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as handle:
@@ -647,11 +711,8 @@ def port_owner_uid(port: int) -> Optional[int]:
         for row in rows:
             cols = row.split()
             if len(cols) > 7 and cols[3] == "0A" and cols[1].endswith(suffix) and cols[1][: -len(suffix)] in LOOPBACK_HEX and cols[7].isdigit():
-                uid = int(cols[7])
-                if uid != os.getuid():
-                    return uid
-                found = uid
-    return found
+                uids.append(int(cols[7]))
+    return _owner_among(uids)
 
 
 def touch_lease(directory: str, name: str, ttl: int) -> None:

@@ -507,3 +507,34 @@ def test_a_bad_lease_hello_is_refused_and_writes_nothing(relay: Relay, fields: d
 def test_a_relay_started_without_a_leases_directory_refuses_the_lease_op(relay: Relay) -> None:
     answer = relay.ask(op="lease", name="laptop-gaming-pc", ttl=16)
     assert "keeps no leases" in str(answer.get("error")), answer
+
+
+# --- who holds the port -----------------------------------------------------------------------
+
+OWNER_PROBE = """
+import importlib.util, json, socket, sys
+spec = importlib.util.spec_from_file_location("agent", sys.argv[1])
+agent = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(agent)
+family = socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET
+listener = socket.socket(family)
+listener.bind((sys.argv[2], 0))
+listener.listen()
+port = listener.getsockname()[1]
+print(json.dumps([agent.listener_uids(port), agent.port_owner_uid(port), agent.port_owner_uid_from_proc(port)]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("address", "takes_loopback"),
+    [("127.0.0.1", True), ("0.0.0.0", True), ("::", True), ("::ffff:127.0.0.1", True), ("::1", False), ("127.0.0.2", False)],
+)
+def test_the_port_owner_comes_from_sock_diag_and_agrees_with_proc(address: str, takes_loopback: bool) -> None:
+    """Under the oldest Python the relay claims: netlink's answer (what the relay asks as it
+    dials) is the listener's uid exactly when /proc/net/tcp's is."""
+    result = subprocess.run([str(PYTHON_38), "-c", OWNER_PROBE, str(AGENT), address], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from_netlink, owner, from_proc = json.loads(result.stdout)
+    me = os.getuid()
+    assert from_netlink == ([me] if takes_loopback else [])
+    assert owner == from_proc == (me if takes_loopback else None)
