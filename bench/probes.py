@@ -45,6 +45,19 @@ async def ping_rtts(port: int, count: int) -> list[float]:
         writer.close()
 
 
+async def connect_and_ping(port: int) -> float:
+    """A new connection's first answer, in microseconds: connect, one Ping, its Pong. What a
+    client that connects for each request waits (the tunnel opens a channel, and in
+    resumable mode the relay dials the server)."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await wire.ping(reader, writer, 5.0)
+        return (time.perf_counter() - started) * 1e6
+    finally:
+        writer.close()
+
+
 def echo_frame(size: int) -> bytes:
     payload = struct.pack("<I", STANDIN_ECHO) + bytes(size - 4)
     return struct.pack(">I", len(payload)) + payload

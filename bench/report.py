@@ -434,21 +434,38 @@ def recovery_markdown(recovery: dict[str, Any], plan: dict[str, Any]) -> list[st
     ]
 
 
+def _connect_cell(connects: dict[str, list[float]] | None, name: str) -> str:
+    """A table cell: the median time from connecting to the first Pong, where it was measured."""
+    if not connects:
+        return ""
+    return f" {median(connects[name]) / 1000:.2f} ms |" if connects.get(name) else " |"
+
+
+def _connects_line(connects: dict[str, list[float]] | None, plan: dict[str, Any]) -> str:
+    if not connects:
+        return ""
+    count = len(next(iter(connects.values())))
+    return (f" New connection + first Ping: {count} connections per path, each timed from its connect to the Pong of its "
+            "first Ping (what a client that connects per request waits: a new channel, and in resumable mode the relay "
+            "dialling the server).")
+
+
 def data_path_markdown(results: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     rtt, tput = results["data_path"]["rtt_us"], results["data_path"]["throughput_mib_s"]
+    connects = results["data_path"].get("connect_us")
     out = [
         "",
         "## 3. Data path",
         "",
         f"{plan['pings']} sequential Pings per path (interleaved in rounds), and echo throughput with {plan['frames']} frames of "
         f"1 MiB in flight (the stand-in's echo message), median of {plan['throughput_runs']} runs. The unforwarded baseline is a "
-        f"second stand-in published on a loopback port by Docker.{_default_mode(results)}",
+        f"second stand-in published on a loopback port by Docker.{_default_mode(results)}{_connects_line(connects, plan)}",
         "",
-        "| path | RTT p50 | RTT p99 | throughput |",
-        "| --- | --- | --- | --- |",
+        "| path | RTT p50 | RTT p99 | throughput |" + (" new connection + first Ping, p50 |" if connects else ""),
+        "| --- | --- | --- | --- |" + (" --- |" if connects else ""),
     ]
     for name in rtt:
-        out.append(f"| {name} | {median(rtt[name]):.0f} µs | {percentile(rtt[name], 99):.0f} µs | {median(tput[name]):.1f} MiB/s |")
+        out.append(f"| {name} | {median(rtt[name]):.0f} µs | {percentile(rtt[name], 99):.0f} µs | {median(tput[name]):.1f} MiB/s |" + _connect_cell(connects, name))
     gap = median(rtt["gt-remote"]) - median(rtt["ssh -L"])
     out += [
         "",
@@ -514,6 +531,30 @@ def scale_markdown(scale: dict[str, Any]) -> list[str]:
                 "One supervisor process serving several hosts would share the base, at the price of one host's crash "
                 "reaching the others.")
     out.append("")
+    if "remote_idle" in scale:
+        out += _remote_idle_lines(scale["remote_idle"])
+    return out
+
+
+def _remote_idle_lines(remote: dict[str, dict[str, float]]) -> list[str]:
+    """What one idle tunnel costs the remote (the gaming PC), each tool alone on a container."""
+    seconds = min(row["seconds"] for row in remote.values())
+    out = [
+        f"What one idle tunnel costs the remote, each tool alone on a container of its own with a server running, keepalive 5 s, "
+        f"over {seconds:.0f} s: the processes (and threads) started there, from the last pid the container handed out, and "
+        "the CPU of everything the container ran, from its cgroup (so processes that have already ended count too).",
+        "",
+        "| per idle tunnel, on the remote | processes started per minute | CPU (% of a core) |",
+        "| --- | --- | --- |",
+    ]
+    out += [f"| {name} | {row['processes_per_min']:.1f} | {row['cpu_percent']:.3f} % |" for name, row in remote.items()]
+    out += [
+        "",
+        "gt-remote's health check Pings the server through the relay each keepalive, and the relay's lease op keeps the "
+        "lease every third; neither starts a process. A shell (with the account's start-up files) and the small programs "
+        "of the port-and-lease script run only without a relay, or when the relay cannot do its part.",
+        "",
+    ]
     return out
 
 
@@ -584,24 +625,26 @@ def attached_markdown(attached: dict[str, Any], plan: dict[str, Any]) -> list[st
                        f"{' '.join(seconds(v) for v in floor)} | |")
         out += ["", *_status_lines(by_tool)]
     rtt, tput = attached["cost"]["rtt_us"], attached["cost"]["throughput_mib_s"]
+    connects = attached["cost"].get("connect_us")
     plain_rtt, plain_tput = median(rtt[PLAIN]), median(tput[PLAIN])
     out += [
         "**What resumable mode costs**, on an idle tunnel before the faults: sequential Pings and echo throughput "
-        f"({plan['pings']} Pings per path, {plan['frames']} frames of 1 MiB, as in section 3), through the same container.",
+        f"({plan['pings']} Pings per path, {plan['frames']} frames of 1 MiB, as in section 3), through the same "
+        f"container.{_connects_line(connects, plan)}",
         "",
         "Resumable mode carries each stream through the relay on the remote (a Unix-socket channel to the relay, which "
         "holds the server connection, with sequence numbers and acknowledgements) instead of a channel straight to the "
         "server's TCP port.",
         "",
-        "| path | RTT p50 | RTT p99 | throughput | RTT p50 / plain | throughput / plain |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| path | RTT p50 | RTT p99 | throughput | RTT p50 / plain | throughput / plain |" + (" new connection + first Ping, p50 |" if connects else ""),
+        "| --- | --- | --- | --- | --- | --- |" + (" --- |" if connects else ""),
     ]
     for name in (RESUMABLE, PLAIN, "ssh -L"):
         if name not in rtt:
-            out.append(f"| {name} | not available | | | | |")
+            out.append(f"| {name} | not available | | | | |" + (" |" if connects else ""))
             continue
         out.append(f"| {name} | {median(rtt[name]):.0f} µs | {percentile(rtt[name], 99):.0f} µs | {median(tput[name]):.1f} MiB/s | "
-                   f"{median(rtt[name]) / plain_rtt:.2f} | {median(tput[name]) / plain_tput:.2f} |")
+                   f"{median(rtt[name]) / plain_rtt:.2f} | {median(tput[name]) / plain_tput:.2f} |" + _connect_cell(connects, name))
     out.append("")
     return out
 

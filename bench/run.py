@@ -52,10 +52,11 @@ class Plan:
     cli_reps: int = 15  # interleaved runs of each short command
     cost_pings: int = 10_000  # round trips whose CPU is counted
     cost_mib: int = 1024  # MiB echoed whose CPU is counted
+    connects: int = 200  # new connections, each with one Ping, per path
 
 
 SMOKE = Plan(reps=1, pause_s=4.0, pings=50, frames=4, throughput_runs=1, idle_s=3.0, connections=(1, 10), hosts=2,
-             attached_reps=1, outage_s=5.0, stall_cap_s=10.0, cli_reps=2, cost_pings=200, cost_mib=16)
+             attached_reps=1, outage_s=5.0, stall_cap_s=10.0, cli_reps=2, cost_pings=200, cost_mib=16, connects=4)
 
 
 @dataclass
@@ -293,11 +294,15 @@ def measure_paths(paths: dict[str, int], plan: Plan) -> dict[str, dict[str, list
     for _ in range(rounds):
         for name, port in paths.items():
             rtts[name] += asyncio.run(probes.ping_rtts(port, max(1, plan.pings // rounds)))
+    connects: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, port in paths.items():
+            connects[name] += [asyncio.run(probes.connect_and_ping(port)) for _ in range(max(1, plan.connects // rounds))]
     throughput: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(plan.throughput_runs):
         for name, port in paths.items():
             throughput[name].append(asyncio.run(probes.echo_throughput(port, plan.frames)))
-    return {"rtt_us": rtts, "throughput_mib_s": throughput}
+    return {"rtt_us": rtts, "throughput_mib_s": throughput, "connect_us": connects}
 
 
 # --- 4. scale ---------------------------------------------------------------------------
@@ -326,7 +331,38 @@ def memory_with_connections(tunnel: Tunnel, counts: tuple[int, ...]) -> dict[int
     return rss
 
 
+def remote_counters(host: SshHost) -> tuple[float, float, int]:
+    """(when, CPU seconds of everything the container ran, from its cgroup, so processes that
+    already ended count; the last pid its namespace handed out, that of this read's own `cat`).
+
+    The pid is read with nsenter, which forks exactly one process into the namespace: a
+    `docker exec` costs the namespace half a dozen pids of its own (runc's threads)."""
+    container = host.wrapped
+    stats = container.stats(stream=False)
+    when = time.monotonic()
+    container.reload()  # its attributes as the engine has them now, the running init's pid among them
+    init = container.attrs["State"]["Pid"]
+    loadavg = subprocess.run(["nsenter", "-t", str(init), "-p", "-m", "cat", "/proc/loadavg"], capture_output=True, text=True, check=True).stdout
+    return when, stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9, int(loadavg.split()[-1])
+
+
+def remote_idle_cost(before: dict[str, tuple[float, float, int]], after: dict[str, tuple[float, float, int]]) -> dict[str, dict[str, float]]:
+    """Per tool: processes (and threads) started on its remote per minute, and the remote's CPU
+    in % of a core. The later read's own `cat` is not counted."""
+    out = {}
+    for name, (start, cpu_before, pid_before) in before.items():
+        end, cpu_after, pid_after = after[name]
+        seconds = end - start
+        out[name] = {"processes_per_min": (pid_after - pid_before - 1) * 60 / seconds, "cpu_percent": 100 * (cpu_after - cpu_before) / seconds, "seconds": seconds}
+    return out
+
+
 def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
+    # What one idle tunnel costs its remote: each tool alone on a container, both with a server
+    # running. Started first, so they are past bring-up when the window opens.
+    alone = {"gt-remote": bed.host("idle-gt-pc"), "autossh + ssh": serving(bed.host("idle-autossh-pc"))}
+    bed.keep(start_gt_remote(bed.gt, alone["gt-remote"], 5.0, name="idle gt-remote"))
+    bed.keep(start_autossh(alone["autossh + ssh"], 5.0))
     host = bed.host("scale-pc")
     aliases = [f"scale-{i}" for i in range(1, plan.hosts + 1)]
     config = bed.work / "scale_ssh_config"  # one container, named once per simulated host
@@ -335,9 +371,11 @@ def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
     gts = [bed.keep(start_gt_remote(bed.gt, host, 5.0, alias=alias)) for alias in aliases]
     autos = [bed.keep(start_autossh(host, 5.0, alias=alias, ssh_config=config)) for alias in aliases]
     everyone = gts + autos
+    remote_before = {name: remote_counters(h) for name, h in alone.items()}
     before = {t: sum(probes.cpu_seconds(p) for p in t.pids()) for t in everyone}
     time.sleep(plan.idle_s)  # the idle window being measured
     after = {t: sum(probes.cpu_seconds(p) for p in t.pids()) for t in everyone}
+    remote = remote_idle_cost(remote_before, {name: remote_counters(h) for name, h in alone.items()})
     cpu = {name: [100 * (after[t] - before[t]) / plan.idle_s for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
     rss = {name: [sum(probes.rss_kib(p) for p in t.pids()) for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
     private = {name: [sum(probes.private_kib(p) for p in t.pids()) for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
@@ -346,7 +384,7 @@ def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
     bed.gt.ssh_config = None
     say("scale: " + ", ".join(f"{k} {probes.median(v) / 1024:.1f} MiB" for k, v in rss.items()))
     return {"cpu_percent": cpu, "rss_kib": rss, "private_kib": private, "rss_with_connections_kib": connections, "hosts": plan.hosts,
-            "idle_s": plan.idle_s, "import_rss_kib": import_floor(bed.gt), "supervisor_rss_by_mapping_kib": maps}
+            "idle_s": plan.idle_s, "import_rss_kib": import_floor(bed.gt), "supervisor_rss_by_mapping_kib": maps, "remote_idle": remote}
 
 
 def import_floor(gt: Gt) -> dict[str, list[int]]:
