@@ -159,3 +159,68 @@ def test_clients_that_never_read_stay_within_the_budget_and_memory_comes_back(gt
     wait_for(lambda: rss_kib_inside(ssh_host, relay_pid) - relay_before < 8 * 1024, 30, "the relay's memory to come back")
     wait_for(lambda: rss_kib(supervisor_pid) - supervisor_before < 16 * 1024, 30, "the supervisor's memory to come back")
     print(f"after: relay {rss_kib_inside(ssh_host, relay_pid)} KiB, supervisor {rss_kib(supervisor_pid)} KiB")
+
+
+# A relay that answers a new stream's hello only once the client's first bytes have come with
+# it, then forwards them to the server: no real relay waits so, but it shows which side waits.
+RELAY_THAT_WAITS_FOR_THE_BYTES = r"""
+import json, os, socket, struct, sys, threading
+path, port = sys.argv[1], int(sys.argv[2])
+os.path.exists(path) and os.unlink(path)
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen()
+
+def frame(kind, body):
+    return kind + struct.pack(">I", len(body)) + body
+
+def serve(channel):
+    channel.settimeout(60)
+    data, frames = b"", []
+    try:
+        while len(frames) < 2:
+            chunk = channel.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+            while len(data) >= 5 and len(data) >= 5 + struct.unpack(">I", data[1:5])[0]:
+                size = struct.unpack(">I", data[1:5])[0]
+                frames.append((data[:1], data[5:5 + size]))
+                data = data[5 + size:]
+            if frames and json.loads(frames[0][1]).get("op") != "new":
+                channel.sendall(frame(b"R", b'{"error": "not served here"}'))
+                return
+        if frames[1][0] != b"D":
+            return
+        server = socket.create_connection(("127.0.0.1", port))
+        server.sendall(frames[1][1])
+        answer = server.recv(65536)
+        channel.sendall(frame(b"R", b'{"received": 0, "replaying": 0}') + frame(b"D", answer))
+        while channel.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        channel.close()
+
+while True:
+    threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+"""
+
+
+def test_a_new_streams_first_bytes_go_with_its_hello(gt: Gt, ssh_host: SshHost) -> None:
+    """The relay keeps the frames that come after a hello until it has dialled the server, so
+    the supervisor sends a new stream's bytes at once, not one round trip after the hello.
+    Against a relay that answers only once those bytes have come, the Ping is answered; a
+    supervisor that waited for the answer first would wait out its hello time and close."""
+    bring_up(gt, ssh_host)
+    [pid] = relay_pids(ssh_host)
+    socket_path = f"/home/gamer/.local/state/gt-remote/relay-{PORT}/sock"
+    ssh_host.kill(pid)
+    ssh_host.spawn(f"exec python3 -c {shlex.quote(RELAY_THAT_WAITS_FOR_THE_BYTES)} {socket_path} {PORT}")
+    connects = f"import socket; socket.socket(socket.AF_UNIX).connect({socket_path!r})"
+    wait_for(lambda: ssh_host.exec(f"python3 -c {shlex.quote(connects)}", user="gamer")[0] == 0, 10, "the stand-in relay to listen")
+    with socket.create_connection(("127.0.0.1", PORT), timeout=10) as client:
+        client.sendall(PING)
+        assert recv_frame(client) == PONG
+    assert relay_pids(ssh_host) == [], "answered by the stand-in, not by a relay started again"

@@ -469,29 +469,44 @@ class ResumableClient(asyncio.Protocol):
         else:
             hello = {"op": "new", "id": self.id, "window": self.path.window, "heartbeat": self.path.heartbeat_interval}
         channel.write(frame(b"H", json.dumps(hello).encode()))
+        if not resuming:
+            self._send_with_the_hello()
         try:
             _, replaying = await asyncio.wait_for(asyncio.shield(reply), HELLO_TIMEOUT)
         except BaseException:
             self.channel = None  # its late connection_lost must not start another resume
             self.attached = False
             channel.abort()
+            if self.finished:
+                raise StreamGone("the client closed before the relay answered") from None
             raise
         if resuming:
             self.path.streams_resumed += 1
             self.path.bytes_replayed += replaying
 
-    def on_reply(self, channel: asyncssh.SSHUNIXChannel[bytes], kind: bytes, payload: bytes) -> tuple[int, int]:
-        """The relay's answer, in order with the frames after it: replay what it lacks."""
-        peer_received, replaying = parse_reply(kind, payload, self.acked, self.sent + (1 if self.sent_eof else 0))
-        self.last_rx = time.monotonic()
-        self._acknowledged(peer_received)
+    def _send_with_the_hello(self) -> None:
+        """A new stream's bytes follow its hello at once, not a round trip later: the relay keeps
+        the frames that come after a hello until it has dialled the server. Everything not
+        acknowledged goes, so a hello retried on a new channel carries it all again."""
         self.attached = True
         self.writable = True
         self.pending = self.unacked.all()
-        self.eof_flushed = peer_received > self.sent
-        if self.resuming:
-            self.path.bytes_replayed += self.sent - self.acked
+        self.eof_flushed = False
         self.flush()
+
+    def on_reply(self, channel: asyncssh.SSHUNIXChannel[bytes], kind: bytes, payload: bytes) -> tuple[int, int]:
+        """The relay's answer, in order with the frames after it: on a resume, replay what it
+        lacks (a new stream's bytes are on their way already)."""
+        peer_received, replaying = parse_reply(kind, payload, self.acked, self.sent + (1 if self.sent_eof else 0))
+        self.last_rx = time.monotonic()
+        self._acknowledged(peer_received)
+        if self.resuming:
+            self.attached = True
+            self.writable = True
+            self.pending = self.unacked.all()
+            self.eof_flushed = peer_received > self.sent
+            self.path.bytes_replayed += self.sent - self.acked
+            self.flush()
         return peer_received, replaying
 
     def channel_lost(self, channel: asyncssh.SSHUNIXChannel[bytes]) -> None:
