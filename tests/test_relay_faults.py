@@ -224,3 +224,17 @@ def test_a_new_streams_first_bytes_go_with_its_hello(gt: Gt, ssh_host: SshHost) 
         client.sendall(PING)
         assert recv_frame(client) == PONG
     assert relay_pids(ssh_host) == [], "answered by the stand-in, not by a relay started again"
+
+
+def test_clients_that_close_at_once_leave_nothing_on_the_remote(gt: Gt, ssh_host: SshHost) -> None:
+    """A client that sends and closes before the relay has answered its stream's hello (a
+    port check, an impatient script): its bytes and its close went with the hello, and the
+    relay, once it has dialled, ends that server connection too."""
+    bring_up(gt, ssh_host)
+    before = server_clients_inside(ssh_host)
+    for _ in range(10):
+        client = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+        client.sendall(PING)
+        client.close()
+    wait_for(lambda: relay_stats(ssh_host)["streams"] == 0 and server_clients_inside(ssh_host) == before, 30, "the relay and the server to let go of every stream")
+    assert relay_stats(ssh_host)["streams_total"] >= 10

@@ -473,11 +473,11 @@ class ResumableClient(asyncio.Protocol):
             self._send_with_the_hello()
         try:
             _, replaying = await asyncio.wait_for(asyncio.shield(reply), HELLO_TIMEOUT)
-        except BaseException:
+        except BaseException as exc:
             self.channel = None  # its late connection_lost must not start another resume
             self.attached = False
             channel.abort()
-            if self.finished:
+            if self.finished and isinstance(exc, Exception):  # a cancellation stays one
                 raise StreamGone("the client closed before the relay answered") from None
             raise
         if resuming:
