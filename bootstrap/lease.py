@@ -57,7 +57,8 @@ def lease_name(settings: HostSettings) -> str:
     """`<laptop>-<alias>`: names the holder to whoever is refused because of it."""
     laptop = _UNSAFE.sub("_", socket.gethostname().split(".")[0]) or "laptop"
     alias = _UNSAFE.sub("_", settings.name).strip("._") or "host"
-    return f"{laptop}-{alias}"[:120]
+    name = f"{laptop}-{alias}"[:120]
+    return name[:-4] + "_tmp" if name.endswith(".tmp") else name  # *.tmp: what every lister skips
 
 
 def lease_ttl(settings: HostSettings) -> int:

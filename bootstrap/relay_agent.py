@@ -42,7 +42,7 @@ import struct
 import sys
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
 
 CAP = 4 * 1024 * 1024  # unacknowledged bytes per stream and direction
 BUDGET = 64 * 1024 * 1024  # unacknowledged bytes across all streams: then the largest stops
@@ -142,9 +142,9 @@ def _position(value: Any) -> int:
 
 
 def _lease_name(value: Any) -> str:
-    """A file name in the leases directory: no path, no dot file (the temporaries are those)."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 120 or value.startswith(".") or not set(value) <= LEASE_NAME_CHARS:
-        raise HelloError("bad lease name")
+    """A file name in the leases directory: no path, no dot file and no *.tmp (temporaries)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 120 or value.startswith(".") or value.endswith(".tmp") or not set(value) <= LEASE_NAME_CHARS:
+        raise HelloError("bad lease name")  # a .tmp name would be skipped by every lister
     return value
 
 
@@ -431,7 +431,8 @@ class Stream:
         if self.closed:
             return
         self.closed = True
-        self.relay.streams.pop(self.id, None)
+        if self.relay.streams.get(self.id) is self:  # a stream refused for its id is not the one registered
+            del self.relay.streams[self.id]
         self.relay.unacked_total -= len(self.unacked)
         self.unacked.clear()  # its memory goes back now, not when the last reference does
         self.pending.clear()
@@ -638,6 +639,7 @@ NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST_DUMP = 0x301  # NLM_F_REQUEST | NLM_F_DUMP
 NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_DUMP_INTR = 0x10  # the socket tables changed during the dump: it may have missed some
 TCPF_LISTEN = 1 << 10
 NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 DIAG_REQUEST = struct.Struct("=BBBBI48x")  # family, protocol, extensions, pad, states, a zero socket id
@@ -669,7 +671,7 @@ def listener_uids(port: int) -> List[int]:
     """The uids of the TCP listeners on port that take connections to 127.0.0.1, from sock_diag."""
     uids = []  # type: List[int]
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as diag:
-        diag.settimeout(5.0)
+        diag.settimeout(1.0)  # it answers at once; this only bounds a kernel that never does
         for family in (socket.AF_INET, socket.AF_INET6):
             request = DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, TCPF_LISTEN)
             diag.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST_DUMP, family, 0) + request)
@@ -683,8 +685,12 @@ def _dumped_uids(diag: socket.socket, family: int, port: int) -> List[int]:
         data = diag.recv(65536)
         offset = 0
         while offset + NLMSG_HEADER.size <= len(data):
-            length, kind = NLMSG_HEADER.unpack_from(data, offset)[:2]
+            length, kind, flags = NLMSG_HEADER.unpack_from(data, offset)[:3]
+            if flags & NLM_F_DUMP_INTR:
+                raise OSError("sock_diag's dump was interrupted")
             if kind == NLMSG_DONE:
+                if length >= NLMSG_HEADER.size + 4 and struct.unpack_from("=i", data, offset + NLMSG_HEADER.size)[0] < 0:
+                    raise OSError("sock_diag's dump ended with an error")
                 return uids
             if kind == NLMSG_ERROR or length < NLMSG_HEADER.size + DIAG_MESSAGE_SIZE or offset + length > len(data):
                 raise OSError("sock_diag answered with an error or a short message")
@@ -739,13 +745,25 @@ def live_leases(directory: str, mine: str, now: Optional[float] = None) -> List[
             continue
         path = os.path.join(directory, name)
         try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                continue  # only files are leases (a fifo would block the read)
-            with open(path, "rb") as handle:
-                digits = bytes(c for c in handle.read(12) if 48 <= c <= 57)
-                modified = int(os.fstat(handle.fileno()).st_mtime)
+            found = os.lstat(path)
         except OSError:
             continue
+        if not stat.S_ISREG(found.st_mode):
+            continue  # only files are leases
+        modified, digits = int(found.st_mtime), b""
+        try:  # never blocks (a fifo swapped in), never follows a link swapped in
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            pass  # unreadable: no ttl in it, as lease_others reads such a file
+        else:
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                digits = bytes(c for c in os.read(fd, 12) if 48 <= c <= 57)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         ttl = int(digits) if digits else DEFAULT_LEASE_TTL
         if now_s - modified <= ttl:
             holders.append(name)
@@ -772,7 +790,7 @@ class Relay:
         self.peak_unacked_total = 0
         self.channels = 0
         self.pending_hellos = 0
-        self.dialing = 0
+        self.dialing: Set[str] = set()  # the ids of new streams whose server is being dialled
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -798,10 +816,10 @@ class Relay:
                     stream.update_reading()
 
     async def new_stream(self, channel: ChannelProtocol, stream_id: str, window: float) -> None:
-        if stream_id in self.streams:
+        if stream_id in self.streams or stream_id in self.dialing:  # one stream, one server connection
             channel.reply({"error": "bad stream id"})
             return
-        if len(self.streams) + self.dialing >= MAX_STREAMS:
+        if len(self.streams) + len(self.dialing) >= MAX_STREAMS:
             channel.reply({"error": "too many streams (at most %d)" % MAX_STREAMS})
             return
         owner = port_owner_uid(self.port)
@@ -809,7 +827,7 @@ class Relay:
             channel.reply({"error": "127.0.0.1:%d is held by uid %d, not by this user; not dialled" % (self.port, owner)})
             return
         stream = Stream(self, stream_id, window)
-        self.dialing += 1
+        self.dialing.add(stream_id)
         try:
             await asyncio.wait_for(asyncio.get_running_loop().create_connection(lambda: ServerProtocol(stream), "127.0.0.1", self.port), HELLO_DEADLINE)
         except (OSError, asyncio.TimeoutError) as exc:
@@ -818,7 +836,7 @@ class Relay:
             channel.reply({"error": "cannot reach 127.0.0.1:%d: %s" % (self.port, reason)})
             return
         finally:
-            self.dialing -= 1
+            self.dialing.discard(stream_id)
         if channel.transport is None:  # the channel died while we dialled
             stream.close()
             return

@@ -538,3 +538,88 @@ def test_the_port_owner_comes_from_sock_diag_and_agrees_with_proc(address: str, 
     me = os.getuid()
     assert from_netlink == ([me] if takes_loopback else [])
     assert owner == from_proc == (me if takes_loopback else None)
+
+
+MANY_LISTENERS_PROBE = """
+import importlib.util, json, socket, sys
+spec = importlib.util.spec_from_file_location("agent", sys.argv[1])
+agent = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(agent)
+listeners = []
+for _ in range(int(sys.argv[2])):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listeners.append(listener)
+last = listeners[-1].getsockname()[1]
+print(json.dumps([agent.listener_uids(last), agent.port_owner_uid_from_proc(last)]))
+"""
+
+
+def test_sock_diag_answers_that_span_many_datagrams_are_read_to_the_end() -> None:
+    """Hundreds of listeners make the kernel answer in many datagrams: the last one opened is
+    still found, as /proc finds it."""
+    result = subprocess.run([str(PYTHON_38), "-c", MANY_LISTENERS_PROBE, str(AGENT), "600"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [[os.getuid()], os.getuid()]
+
+
+class SilentListener:
+    """A port whose listener never accepts and whose queue is full: a dial to it hangs."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.port = self.listener.getsockname()[1]
+        self.queued = [socket.create_connection(("127.0.0.1", self.port), timeout=5)]  # Linux queues backlog + 1
+
+    def close(self) -> None:
+        for sock in self.queued:
+            sock.close()
+        self.listener.close()
+
+
+def test_a_stream_id_being_dialled_is_not_dialled_again() -> None:
+    """A new stream's hello retried on another channel while the first dial still runs (the
+    SSH connection died under it) is refused, not dialled a second time: one stream, one
+    server connection, and its bytes delivered once."""
+    silent = SilentListener()
+    directory = tempfile.mkdtemp(prefix="gtr-relay-")
+    path = os.path.join(directory, "sock")
+    with open(os.path.join(directory, "log"), "wb") as log:
+        proc = subprocess.Popen([str(PYTHON_38), str(AGENT), "--socket", path, "--port", str(silent.port)], stdout=log, stderr=log)
+    try:
+        wait_for(lambda: accepts(path) or proc.poll() is not None, 30, "the relay to listen")
+        relay = Relay(proc, path, EchoServer())
+        first = relay.channel()
+        first.hello(op="new", id=stream_id(7), window=60, heartbeat=1)
+        wait_for(lambda: relay.stats()["channels"] == 2, 10, "the first hello to be dialling")  # it and the asker
+        second = relay.channel()
+        second.hello(op="new", id=stream_id(7), window=60, heartbeat=1)
+        assert second.reply() == {"error": "bad stream id"}
+        first.close()
+        second.close()
+        relay.server.close()
+    finally:
+        proc.terminate()  # our own child, by pid
+        proc.wait(10)
+        silent.close()
+
+
+def test_a_lease_name_is_never_one_the_listers_skip() -> None:
+    from gt_remote.base.config import HostSettings
+    from gt_remote.bootstrap.lease import lease_name
+
+    name = lease_name(HostSettings(name="box.tmp", destination="box", local_url="tcp://127.0.0.1:9999"))
+    assert name.endswith("-box_tmp"), name
+    loaded = load_agent_here()
+    assert loaded._lease_name(name) == name
+
+
+def load_agent_here():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("relay_agent_for_names", AGENT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
