@@ -361,8 +361,7 @@ def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
     # What one idle tunnel costs its remote: each tool alone on a container, both with a server
     # running. Started first, so they are past bring-up when the window opens.
     alone = {"gt-remote": bed.host("idle-gt-pc"), "autossh + ssh": serving(bed.host("idle-autossh-pc"))}
-    bed.keep(start_gt_remote(bed.gt, alone["gt-remote"], 5.0, name="idle gt-remote"))
-    bed.keep(start_autossh(alone["autossh + ssh"], 5.0))
+    lone_tunnels = [bed.keep(start_gt_remote(bed.gt, alone["gt-remote"], 5.0, name="idle gt-remote")), bed.keep(start_autossh(alone["autossh + ssh"], 5.0))]
     host = bed.host("scale-pc")
     aliases = [f"scale-{i}" for i in range(1, plan.hosts + 1)]
     config = bed.work / "scale_ssh_config"  # one container, named once per simulated host
@@ -376,6 +375,8 @@ def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
     time.sleep(plan.idle_s)  # the idle window being measured
     after = {t: sum(probes.cpu_seconds(p) for p in t.pids()) for t in everyone}
     remote = remote_idle_cost(remote_before, {name: remote_counters(h) for name, h in alone.items()})
+    for tunnel in lone_tunnels:  # measured: they do not load the sections after this one
+        tunnel.stop()
     cpu = {name: [100 * (after[t] - before[t]) / plan.idle_s for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
     rss = {name: [sum(probes.rss_kib(p) for p in t.pids()) for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
     private = {name: [sum(probes.private_kib(p) for p in t.pids()) for t in group] for name, group in (("gt-remote", gts), ("autossh + ssh", autos))}
