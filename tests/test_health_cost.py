@@ -68,12 +68,21 @@ def over_checks(host: SshHost, count: int) -> tuple[int, int]:
     return shell_starts(host) - starts, len(touches) - 1  # the first value was there before
 
 
+def failed_relay_pings(gt: Gt) -> int:
+    """Health Pings through the relay that failed, from the supervisor's log: after each, the
+    script rightly runs (a machine loaded past the Ping's time limit)."""
+    logs = (gt.home / ".local/state/gt-remote/logs").glob("*.log")
+    return sum(path.read_text().count("health Ping through the relay failed") for path in logs)
+
+
 def test_an_idle_resumable_tunnel_starts_no_shell_on_the_remote(gt: Gt, ssh_host: SshHost) -> None:
     count_shell_starts(ssh_host)
     up_resumable(gt, ssh_host)
     assert shell_starts(ssh_host) > 0, "up's own scripts start the shell: the counter counts"
+    failed_before = failed_relay_pings(gt)
     starts, touches = over_checks(ssh_host, CHECKS)
-    assert starts == 0, f"{starts} shell starts over {CHECKS} health checks"
+    excused = failed_relay_pings(gt) - failed_before
+    assert starts <= excused, f"{starts} shell starts over {CHECKS} health checks, {excused} of them after a failed relay Ping"
     assert touches >= CHECKS // LEASE_TOUCH_KEEPALIVES - 1, f"the lease was touched {touches} times over {CHECKS} health checks"
     assert ssh_host.sh(f"cat {LEASES}/*", user=USER).strip().isdigit(), "the lease holds its ttl, as the script writes it"
 
