@@ -441,7 +441,7 @@ def _connect_cell(connects: dict[str, list[float]] | None, name: str) -> str:
     return f" {median(connects[name]) / 1000:.2f} ms |" if connects.get(name) else " |"
 
 
-def _connects_line(connects: dict[str, list[float]] | None, plan: dict[str, Any]) -> str:
+def _connects_line(connects: dict[str, list[float]] | None) -> str:
     if not connects:
         return ""
     count = len(next(iter(connects.values())))
@@ -459,7 +459,7 @@ def data_path_markdown(results: dict[str, Any], plan: dict[str, Any]) -> list[st
         "",
         f"{plan['pings']} sequential Pings per path (interleaved in rounds), and echo throughput with {plan['frames']} frames of "
         f"1 MiB in flight (the stand-in's echo message), median of {plan['throughput_runs']} runs. The unforwarded baseline is a "
-        f"second stand-in published on a loopback port by Docker.{_default_mode(results)}{_connects_line(connects, plan)}",
+        f"second stand-in published on a loopback port by Docker.{_default_mode(results)}{_connects_line(connects)}",
         "",
         "| path | RTT p50 | RTT p99 | throughput |" + (" new connection + first Ping, p50 |" if connects else ""),
         "| --- | --- | --- | --- |" + (" --- |" if connects else ""),
@@ -630,7 +630,7 @@ def attached_markdown(attached: dict[str, Any], plan: dict[str, Any]) -> list[st
     out += [
         "**What resumable mode costs**, on an idle tunnel before the faults: sequential Pings and echo throughput "
         f"({plan['pings']} Pings per path, {plan['frames']} frames of 1 MiB, as in section 3), through the same "
-        f"container.{_connects_line(connects, plan)}",
+        f"container.{_connects_line(connects)}",
         "",
         "Resumable mode carries each stream through the relay on the remote (a Unix-socket channel to the relay, which "
         "holds the server connection, with sequence numbers and acknowledgements) instead of a channel straight to the "

@@ -30,11 +30,6 @@ MIN_TTL_S = 15
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _LEASE_NAME = re.compile(r"[A-Za-z0-9._-]{1,120}")
 
-TOUCH_SCRIPT = r"""
-lease_touch "$1" "$2" "$3"
-lease_others "$1" "$2"
-"""
-
 OTHERS_SCRIPT = r"""
 lease_others "$1" "$2"
 """
@@ -73,12 +68,6 @@ def holders(stdout_lines: list[str]) -> list[str]:
 def safe_names(names: Iterable[object]) -> list[str]:
     """Lease names as the remote gave them, sorted; any outside the safe alphabet is dropped."""
     return sorted({name for name in names if isinstance(name, str) and _LEASE_NAME.fullmatch(name)})
-
-
-async def touch(conn: asyncssh.SSHClientConnection, settings: HostSettings) -> list[str]:
-    """Refresh this supervisor's lease; the other live holders."""
-    result = await run_script(conn, TOUCH_SCRIPT, str(settings.remote_port), lease_name(settings), str(lease_ttl(settings)))
-    return holders(result.stdout.splitlines())
 
 
 async def touch_through_relay(conn: asyncssh.SSHClientConnection, socket_path: str, settings: HostSettings) -> list[str]:

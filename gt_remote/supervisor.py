@@ -391,9 +391,7 @@ class Supervisor:
             await asyncio.sleep(self.settings.keepalive)
             conn = self.link.connection
             checked_port = False
-            if conn is not None and self._relay_vouched and self._lease_touch_due():
-                await self._touch_lease_through_relay(conn)
-            if conn is not None and (not self._relay_vouched or self._lease_touch_due()):
+            if conn is not None and not await self._relay_kept_port_and_lease(conn):
                 await self._upkeep(conn)
                 checked_port = True
             if self.port_refusal is not None:
@@ -409,6 +407,13 @@ class Supervisor:
                 else:
                     await self._ping_directly(conn)
             self._save_record_if_changed()
+
+    async def _relay_kept_port_and_lease(self, conn: asyncssh.SSHClientConnection) -> bool:
+        """Can this check skip the script? Yes when the last health Ping went through the relay
+        (which checked the port as it dialled) and the lease is not due, or the relay touched it."""
+        if not self._relay_vouched:
+            return False
+        return not self._lease_touch_due() or await self._touch_lease_through_relay(conn)
 
     def _lease_touch_due(self) -> bool:
         """Half a second of slack: checks are a keepalive apart, so the third one is due."""
@@ -426,18 +431,19 @@ class Supervisor:
         else:
             await self._relay_failed_alone(conn)
 
-    async def _touch_lease_through_relay(self, conn: asyncssh.SSHClientConnection) -> None:
-        """The lease, refreshed by the relay: no shell started on the remote. On failure the
-        touch stays due, so the script does it in the same health check."""
+    async def _touch_lease_through_relay(self, conn: asyncssh.SSHClientConnection) -> bool:
+        """The lease, refreshed by the relay: no shell started on the remote. False when the
+        relay could not; the touch stays due, so the script does it in the same health check."""
         try:
             self.lease_holders = await remote_lease.touch_through_relay(conn, self.relay.socket_path, self.settings)
         except StreamGone as exc:
             if self._relay_keeps_lease:
                 log.warning("the relay could not touch the lease (%s); the remote script does, until it can again", exc)
             self._relay_keeps_lease = False
-            return
+            return False
         self._relay_keeps_lease = True
         self._last_upkeep = asyncio.get_running_loop().time()
+        return True
 
     async def _upkeep(self, conn: asyncssh.SSHClientConnection) -> None:
         """One script: is the port still the user's; refresh this tunnel's lease."""

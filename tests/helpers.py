@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import stat
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from gt_remote.base.addresses import parse_address
 from gt_remote.base.errors import PingFailed
@@ -114,3 +117,15 @@ def silent_server(path: Path, log_line: str = "") -> Path:
     )
     path.chmod(0o755)
     return path
+
+
+def load_agent() -> ModuleType:
+    """The uploaded relay's file as a module, for its sans-IO parts (gt-remote never imports it)."""
+    from gt_remote.bootstrap.relay import AGENT
+
+    spec = importlib.util.spec_from_file_location("relay_agent_under_test", AGENT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclass-free, but `from __future__ import annotations` wants a home
+    spec.loader.exec_module(module)
+    return module

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gt_remote.bootstrap.relay import AGENT
+from tests.helpers import load_agent
 from tests.testbed import wait_for
 
 PYTHON_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"
@@ -517,12 +518,23 @@ spec = importlib.util.spec_from_file_location("agent", sys.argv[1])
 agent = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(agent)
 family = socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET
-listener = socket.socket(family)
-listener.bind((sys.argv[2], 0))
-listener.listen()
-port = listener.getsockname()[1]
+listeners = []
+for _ in range(int(sys.argv[3])):
+    listeners.append(socket.socket(family))
+    listeners[-1].bind((sys.argv[2], 0))
+    listeners[-1].listen()
+port = listeners[-1].getsockname()[1]
 print(json.dumps([agent.listener_uids(port), agent.port_owner_uid(port), agent.port_owner_uid_from_proc(port)]))
 """
+
+
+def owner_answers(address: str, listeners: int = 1) -> tuple[list[int], int | None, int | None]:
+    """Under the oldest Python the relay claims, with `listeners` listening on `address`, for the
+    last one opened: (sock_diag's uids, the relay's answer, /proc's answer)."""
+    result = subprocess.run([str(PYTHON_38), "-c", OWNER_PROBE, str(AGENT), address, str(listeners)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from_netlink, owner, from_proc = json.loads(result.stdout)
+    return from_netlink, owner, from_proc
 
 
 @pytest.mark.parametrize(
@@ -530,38 +542,18 @@ print(json.dumps([agent.listener_uids(port), agent.port_owner_uid(port), agent.p
     [("127.0.0.1", True), ("0.0.0.0", True), ("::", True), ("::ffff:127.0.0.1", True), ("::1", False), ("127.0.0.2", False)],
 )
 def test_the_port_owner_comes_from_sock_diag_and_agrees_with_proc(address: str, takes_loopback: bool) -> None:
-    """Under the oldest Python the relay claims: netlink's answer (what the relay asks as it
-    dials) is the listener's uid exactly when /proc/net/tcp's is."""
-    result = subprocess.run([str(PYTHON_38), "-c", OWNER_PROBE, str(AGENT), address], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    from_netlink, owner, from_proc = json.loads(result.stdout)
+    """Netlink's answer (what the relay asks as it dials) is the listener's uid exactly when
+    /proc/net/tcp's is."""
+    from_netlink, owner, from_proc = owner_answers(address)
     me = os.getuid()
     assert from_netlink == ([me] if takes_loopback else [])
     assert owner == from_proc == (me if takes_loopback else None)
 
 
-MANY_LISTENERS_PROBE = """
-import importlib.util, json, socket, sys
-spec = importlib.util.spec_from_file_location("agent", sys.argv[1])
-agent = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(agent)
-listeners = []
-for _ in range(int(sys.argv[2])):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    listeners.append(listener)
-last = listeners[-1].getsockname()[1]
-print(json.dumps([agent.listener_uids(last), agent.port_owner_uid_from_proc(last)]))
-"""
-
-
 def test_sock_diag_answers_that_span_many_datagrams_are_read_to_the_end() -> None:
     """Hundreds of listeners make the kernel answer in many datagrams: the last one opened is
     still found, as /proc finds it."""
-    result = subprocess.run([str(PYTHON_38), "-c", MANY_LISTENERS_PROBE, str(AGENT), "600"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [[os.getuid()], os.getuid()]
+    assert owner_answers("127.0.0.1", listeners=600) == ([os.getuid()], os.getuid(), os.getuid())
 
 
 class SilentListener:
@@ -611,15 +603,4 @@ def test_a_lease_name_is_never_one_the_listers_skip() -> None:
 
     name = lease_name(HostSettings(name="box.tmp", destination="box", local_url="tcp://127.0.0.1:9999"))
     assert name.endswith("-box_tmp"), name
-    loaded = load_agent_here()
-    assert loaded._lease_name(name) == name
-
-
-def load_agent_here():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("relay_agent_for_names", AGENT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    assert load_agent()._lease_name(name) == name

@@ -5,28 +5,15 @@ a typed error or an answered-and-closed channel: no other exception, no hang, bo
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import struct
-import sys
-from types import ModuleType
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gt_remote.bootstrap.relay import AGENT
 from gt_remote.tunnel import resumable
-
-
-def load_agent() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("relay_agent_under_test", AGENT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclass-free, but `from __future__ import annotations` wants a home
-    spec.loader.exec_module(module)
-    return module
-
+from tests.helpers import load_agent
 
 agent = load_agent()
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
