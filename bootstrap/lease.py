@@ -70,15 +70,17 @@ def safe_names(names: Iterable[object]) -> list[str]:
     return sorted({name for name in names if isinstance(name, str) and _LEASE_NAME.fullmatch(name)})
 
 
-async def touch_through_relay(conn: asyncssh.SSHClientConnection, socket_path: str, settings: HostSettings) -> list[str]:
-    """Refresh this supervisor's lease with the relay's lease op; the other live holders.
+async def touch_through_relay(conn: asyncssh.SSHClientConnection, socket_path: str, settings: HostSettings) -> tuple[list[str], int | None]:
+    """Refresh this supervisor's lease with the relay's lease op: the other live holders, and
+    how many streams the relay holds for this supervisor (its lease name owns them).
     StreamGone when the relay cannot (the caller runs the script instead)."""
     hello = {"op": "lease", "name": lease_name(settings), "ttl": lease_ttl(settings)}
     answer = await relay_request(conn, socket_path, hello, timeout=max(5.0, settings.keepalive))
     names = answer.get("holders")
     if not isinstance(names, list):
         raise StreamGone("the relay's lease reply names no holders")
-    return safe_names(names)
+    streams = answer.get("streams")
+    return safe_names(names), streams if isinstance(streams, int) and not isinstance(streams, bool) and streams >= 0 else None
 
 
 async def upkeep(conn: asyncssh.SSHClientConnection, settings: HostSettings, server_pid: int | None = None) -> tuple[Owner, list[str]]:

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncssh
 
 from gt_remote.base.sanitize import ascii_int
-from gt_remote.bootstrap import remote
+from gt_remote.bootstrap import relay_build, remote
 from gt_remote.bootstrap.remote import run_script
 
 log = logging.getLogger(__name__)
 
-AGENT = Path(__file__).with_name("relay_agent.py")
 SOCKET_PATH_LIMIT = 100  # sun_path is 104 to 108 bytes
 
 # Shell functions for checking and starting the relay; `up` runs them inside its one
@@ -161,12 +158,12 @@ class RelayState:
 
 
 def agent_digest() -> str:
-    return hashlib.sha256(AGENT.read_bytes()).hexdigest()[:16]
+    return relay_build.digest()
 
 
 def remote_agent_path() -> str:
     """Relative to $relay_root (<install dir>/gt-remote/relay on the remote)."""
-    return f"{agent_digest()}/relay_agent.py"
+    return f"{agent_digest()}/{relay_build.NAME}"
 
 
 async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int, known: dict[str, str] | None = None) -> RelayState:
@@ -241,13 +238,14 @@ async def _upload(conn: asyncssh.SSHClientConnection, path: str) -> str | None:
     """Send it over an exec channel (never SFTP, which a chatty login shell corrupts), verified
     there for size and SHA-256 under a temporary name, then renamed: never a half-written or
     altered agent in place, and nothing left behind on a full disk."""
-    result = await remote.upload(conn, str(AGENT), "relay", AGENT.name, then=PLACE_SCRIPT)
+    agent = relay_build.agent()
+    result = await remote.upload(conn, agent, "relay", relay_build.NAME, then=PLACE_SCRIPT)
     fields = result.fields
     error = fields.get("error")
     if error in ("write", "size"):
         free = remote.ascii_int(fields.get("free"), 15)
         shown = f"{free} KiB free there" if free is not None else "free space there unknown"
-        return f"uploading the relay failed (disk full? {shown}, {(AGENT.stat().st_size + 1023) // 1024} KiB needed); the partial file was removed"
+        return f"uploading the relay failed (disk full? {shown}, {(len(agent) + 1023) // 1024} KiB needed); the partial file was removed"
     if error:
         return f"uploading the relay failed ({remote.visible(error)})"
     if fields.get("placed") != "1":

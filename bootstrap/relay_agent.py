@@ -1,26 +1,17 @@
 #!/usr/bin/env python3
 """gt-remote's relay: keeps each client's server connection open while the SSH path is down.
 
-Uploaded to the remote and run there with the system python3 (3.8 or newer, stdlib only);
-gt-remote never imports it (tunnel/resumable.py holds the laptop's end, with its own copy of
-the frame helpers). It listens on a Unix socket (0600, in a 0700 directory) that the local
-supervisor reaches through an SSH direct-streamlocal channel, and dials only 127.0.0.1:PORT.
-Each stream is one channel; when a channel dies the stream waits, holding the server socket,
-until the supervisor reattaches it (RESUME) or the resume window ends.
+Uploaded to the remote and run there with the system python3 (3.8 or newer, stdlib only):
+the uploaded file is built (bootstrap/relay_build.py) from the stream core,
+gt_remote/protocol/stream.py, put in place of its import below, and this file. The core
+holds the protocol (frames, hellos, positions, replay, acks, windows, flow control and the
+budget); this file only moves bytes between it and the sockets.
 
-Wire format on a channel, both ways: 1-byte type, 4-byte big-endian length, payload.
-  H hello (JSON, at most MAX_HELLO bytes, within HELLO_DEADLINE of the channel opening):
-      {"op": "new", "id", "window", "heartbeat"} | {"op": "resume", "id", "received"}
-      | {"op": "close", "ids": [...]} | {"op": "stats"} | {"op": "lease", "name", "ttl"}
-  R reply (JSON: {"received": N, "replaying": N} | {"closed": N} | {"holders": [...]}
-      | {"error": TEXT})
-  D data   E end of data (counts as one position)   A ack (8-byte received count)   C close
-  K heartbeat: the laptop sends one each keepalive, the relay answers with one
-Both ends count positions sent and received, keep what the other has not acknowledged
-(at most CAP bytes per stream, BUDGET in all, then they stop reading their socket) and
-replay it after a resume. The resume window runs from the last frame received on the
-stream, not from when sshd notices a dead channel: after a silent partition or a killed
-supervisor, the server connection is released within window + one keepalive.
+It listens on a Unix socket (0600, in a 0700 directory) that the local supervisor reaches
+through an SSH direct-streamlocal channel, and dials only 127.0.0.1:PORT, after checking
+that the port's listener is this user's. Each stream is one channel; when a channel dies
+the stream waits, holding the server socket, until the supervisor reattaches it (resume)
+or the resume window ends. The wire format is described in the core.
 
 The lease op (relay started with --leases DIR) keeps a supervisor's lease, the file the
 remote script's lease_touch writes (bootstrap/lease.py), and answers with the other live
@@ -32,454 +23,232 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import signal
 import socket
 import stat
-import string
 import struct
 import sys
 import time
-from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional
 
-CAP = 4 * 1024 * 1024  # unacknowledged bytes per stream and direction
-BUDGET = 64 * 1024 * 1024  # unacknowledged bytes across all streams: then the largest stops
-ACK_EVERY = 512 * 1024  # acknowledge at least this often...
-ACK_DELAY = 0.05  # ...and this soon after data arrives
-FRAME_DATA = 256 * 1024  # the most data one frame carries
-HIGH_WATER = 128 * 1024  # a socket's write buffer beyond this: stop writing, keep it in our queues
-SMALL = 16 * 1024  # small reads are merged, so a trickle of bytes is not a pile of objects
-HEADER = struct.Struct(">cI")
-ACK = struct.Struct(">Q")
-MAX_FRAME = 1024 * 1024
-MAX_HELLO = 16 * 1024
+from gt_remote.protocol.stream import (
+    BUDGET,
+    CAP,
+    HIGH_WATER,
+    LINGER,
+    MAX_FRAME,
+    MAX_HELLO,
+    MAX_STREAMS,
+    TRIM_AFTER,
+    Budget,
+    FrameError,
+    FrameReader,
+    HelloError,
+    Stream,
+    StreamTable,
+    frame,
+    parse_hello,
+)
+
 HELLO_DEADLINE = 10.0  # a channel that has not sent a whole hello by then is closed
-MAX_WINDOW = 24 * 3600.0
-MAX_STREAMS = 1024
 MAX_CHANNELS = MAX_STREAMS + 256
 MAX_PENDING_HELLOS = 64
-MAX_POSITION = 1 << 62
-MAX_LEASE_TTL = 24 * 3600
-LEASE_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
 DEFAULT_LEASE_TTL = 60  # a lease file without a number in it, as lease_others reads it
-HEARTBEAT = b"K"
 
 
-class FrameError(ValueError):
-    """The bytes on a channel are not frames: the channel is closed, never the relay."""
-
-
-class HelloError(ValueError):
-    """A hello the relay will not serve: answered with the reason, then closed."""
-
-
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return HEADER.pack(kind, len(payload)) + payload
-
-
-class FrameReader:
-    """Splits a byte stream into (type, payload) frames; sans-IO, bounded by `limit` (and the
-    first frame, the hello or its reply, by `first_limit`)."""
-
-    def __init__(self, limit: int = MAX_FRAME, first_limit: Optional[int] = None) -> None:
-        self.buffer = bytearray()
-        self.limit = limit
-        self.first_limit = first_limit
-
-    def feed(self, data: bytes) -> List[Tuple[bytes, bytes]]:
-        buffered = bool(self.buffer)
-        if buffered:
-            self.buffer += data
-            view = memoryview(self.buffer)
-        else:
-            view = memoryview(data)  # the common case: frames straight from `data`, no buffering
-        frames = []
-        start, size = 0, len(view)
-        try:
-            while size - start >= HEADER.size:
-                kind, length = HEADER.unpack_from(view, start)
-                limit = self.limit if self.first_limit is None else self.first_limit
-                if length > limit:
-                    raise FrameError("a frame of %d bytes (at most %d)" % (length, limit))
-                end = start + HEADER.size + length
-                if end > size:
-                    break
-                frames.append((kind, view[start + HEADER.size : end].tobytes()))
-                self.first_limit = None
-                start = end
-        finally:
-            view.release()
-        if buffered:
-            del self.buffer[:start]
-        elif start < size:
-            self.buffer += data[start:]
-        return frames
-
-
-def _seconds(value: Any, name: str, most: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise HelloError("%s must be a number of seconds" % name)
-    if isinstance(value, int) and not 0 < value <= most:  # no float(): a 400-digit int overflows
-        raise HelloError("%s must be more than 0 and at most %g s" % (name, most))
-    seconds = float(value)
-    if not (math.isfinite(seconds) and 0 < seconds <= most):
-        raise HelloError("%s must be more than 0 and at most %g s" % (name, most))
-    return seconds
-
-
-def _stream_id(value: Any) -> str:
-    if not isinstance(value, str) or not 32 <= len(value) <= 64 or not all(c in string.hexdigits for c in value):
-        raise HelloError("bad stream id")
-    return value
-
-
-def _position(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
-        raise HelloError("received must be a byte count")
-    return value
-
-
-def _lease_name(value: Any) -> str:
-    """A file name in the leases directory: no path, no dot file and no *.tmp (temporaries)."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 120 or value.startswith(".") or value.endswith(".tmp") or not set(value) <= LEASE_NAME_CHARS:
-        raise HelloError("bad lease name")  # a .tmp name would be skipped by every lister
-    return value
-
-
-def _lease_ttl(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_LEASE_TTL:
-        raise HelloError("ttl must be a whole number of seconds, more than 0 and at most %d" % MAX_LEASE_TTL)
-    return value
-
-
-def parse_hello(payload: bytes) -> Dict[str, Any]:
-    """A hello's fields, checked; HelloError names what is wrong. Sans-IO, for the fuzzer too."""
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None: after a busy stream ends, its freed buffers go back to
+    the system instead of staying in the heap."""
     try:
-        request = json.loads(payload.decode("utf-8"))
-    except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
-        raise HelloError("malformed hello: not JSON") from None
-    if not isinstance(request, dict):
-        raise HelloError("malformed hello: not a JSON object")
-    op = request.get("op")
-    if op == "stats":
-        return {"op": "stats"}
-    if op == "new":
-        heartbeat = request.get("heartbeat")
-        return {
-            "op": "new",
-            "id": _stream_id(request.get("id")),
-            "window": _seconds(request.get("window", 900), "window", MAX_WINDOW),
-            "heartbeat": 0.0 if heartbeat is None else _seconds(heartbeat, "heartbeat", 3600.0),
-        }
-    if op == "resume":
-        return {"op": "resume", "id": _stream_id(request.get("id")), "received": _position(request.get("received"))}
-    if op == "close":
-        ids = request.get("ids")
-        if not isinstance(ids, list) or len(ids) > MAX_STREAMS:
-            raise HelloError("ids must be a list of at most %d stream ids" % MAX_STREAMS)
-        return {"op": "close", "ids": [_stream_id(one) for one in ids]}
-    if op == "lease":
-        return {"op": "lease", "name": _lease_name(request.get("name")), "ttl": _lease_ttl(request.get("ttl"))}
-    raise HelloError("unknown op")
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except Exception:  # noqa: BLE001 - not glibc: the allocator keeps its own policy
+        return None
 
 
-Chunk = Union[bytes, memoryview]
+MALLOC_TRIM = _malloc_trim()
 
 
-class Outbox:
-    """Bytes sent and not yet acknowledged, kept as the chunks they came in: appending and
-    acknowledging never copy what is kept (a bytearray would move all of it on each)."""
+class Pipe:
+    """One stream's sockets at the relay: the server connection, the channel attached now,
+    and one timer for whatever the core says is due next. It holds no protocol state."""
 
-    def __init__(self) -> None:
-        self.chunks: Deque[bytes] = deque()
-        self.head = 0  # acknowledged bytes at the start of chunks[0]
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def append(self, data: bytes, pending: Deque[Chunk]) -> None:
-        """Keep `data`; also queue it in `pending` (the part the channel has not had)."""
-        chunks = self.chunks
-        self.size += len(data)
-        if chunks and len(chunks[-1]) + len(data) <= SMALL and (pending[-1] is chunks[-1] if pending else True):
-            merged = chunks[-1] + data
-            chunks[-1] = merged
-            if pending:
-                pending[-1] = merged
-            return
-        chunks.append(data)
-        pending.append(data)
-
-    def drop(self, count: int) -> None:
-        """The peer acknowledged `count` more bytes."""
-        self.size -= count
-        count += self.head
-        chunks = self.chunks
-        while chunks and count >= len(chunks[0]):
-            count -= len(chunks.popleft())
-        self.head = count if chunks else 0
-
-    def all(self) -> Deque[Chunk]:
-        """Everything unacknowledged, for a replay (views, no copies)."""
-        replay: Deque[Chunk] = deque(self.chunks)
-        if replay and self.head:
-            replay[0] = memoryview(self.chunks[0])[self.head :]
-        return replay
-
-    def clear(self) -> None:
-        self.chunks = deque()
-        self.head = self.size = 0
-
-
-class Stream:
-    """One client's stream: the server socket and whichever channel is attached now."""
-
-    def __init__(self, relay: Relay, stream_id: str, window: float) -> None:
+    def __init__(self, relay: Relay, core: Stream) -> None:
         self.relay = relay
-        self.loop = asyncio.get_running_loop()
-        self.id = stream_id
-        self.window = window
+        self.loop = relay.loop
+        self.core = core
+        core.io = self
         self.server: Optional[asyncio.Transport] = None
         self.channel: Optional[ChannelProtocol] = None
-        self.unacked = Outbox()  # server -> client bytes the client has not acknowledged
-        self.pending: Deque[Chunk] = deque()  # of those, what the current channel has not had
-        self.inbox: Deque[bytes] = deque()  # client -> server bytes the server's socket has not taken
-        self.inbox_size = 0
-        self.acked = 0  # bytes the client has acknowledged
-        self.sent = 0  # bytes read from the server
-        self.sent_eof = False  # the server ended its side (one more position)
-        self.eof_flushed = False
-        self.received = 0  # positions received from the client
-        self.received_eof = False
-        self.ack_sent = 0
-        self.ack_timer: Optional[asyncio.TimerHandle] = None
-        self.last_rx = self.loop.time()  # the window runs from here
-        self.expiry: Optional[asyncio.TimerHandle] = self.loop.call_at(self.last_rx + window, self._expiry_due)
-        self.reading_paused = False
-        self.budget_paused = False
-        self.server_full = False  # the server socket's buffer is over its high-water mark
-        self.closed = False
+        self.reading = True  # the server socket is read
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer_at = 0.0
+        self.ended = False
 
-    # --- the channel -------------------------------------------------------------------
+    def server_buffered(self) -> int:
+        server = self.server
+        return server.get_write_buffer_size() if server is not None and not server.is_closing() else 0
 
-    def attach(self, channel: ChannelProtocol, peer_received: int) -> bool:
-        """Replay what the client has not received; False if it claims more than we sent."""
-        if not self.acked <= peer_received <= self.sent + (1 if self.sent_eof else 0):
-            return False
+    def pump(self) -> None:
+        """Move what the core has for the channel and the server; act on what it decided."""
+        core = self.core
+        data = core.to_channel()
+        while data:
+            channel = self.channel
+            if channel is not None:
+                channel.send(data)
+            data = core.to_channel()
+        server = self.server
+        if server is not None and not server.is_closing():
+            data = core.to_app()
+            if data:
+                server.write(data)
+            if core.eof_for_app:
+                core.gave_eof()
+                if server.can_write_eof():
+                    server.write_eof()
+        self.apply_reading()
+        for other in core.budget.take_changed():
+            if other.io is not None and other.io is not self:
+                other.io.apply_reading()
+        if core.finished:
+            self.end()
+            return
+        due = core.deadline
+        if due is not None and (self.timer is None or due < self.timer_at):
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = due
+            self.timer = self.loop.call_at(due, self._due)
+
+    def apply_reading(self) -> None:
+        server = self.server
+        if server is None or server.is_closing() or self.core.reading == self.reading:
+            return
+        self.reading = self.core.reading
+        if self.reading:
+            server.resume_reading()
+        else:
+            server.pause_reading()
+
+    def _due(self) -> None:
+        self.timer = None
+        self.core.tick(self.loop.time(), self.server_buffered())
+        self.pump()
+
+    def on_frames(self, frames: List[Any]) -> None:
+        self.core.on_frames(frames, self.loop.time(), self.server_buffered())
+        self.pump()
+
+    async def dial(self, channel: ChannelProtocol) -> None:
+        """A new stream's server connection, after checking who listens on the port."""
+        port = self.relay.port
+        owner = port_owner_uid(port)
+        if owner is not None and owner != os.getuid():  # another account took the port: never dial it
+            self.refuse("127.0.0.1:%d is held by uid %d, not by this user; not dialled" % (port, owner))
+            return
+        try:
+            await asyncio.wait_for(self.loop.create_connection(lambda: ServerProtocol(self), "127.0.0.1", port), HELLO_DEADLINE)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.refuse("cannot reach 127.0.0.1:%d: %s" % (port, getattr(exc, "strerror", None) or str(exc) or "timed out"))
+            return
+        core = self.core
+        if self.ended:  # closed while it dialled (`down`, its window)
+            if self.server is not None:
+                self.server.close()
+            return
+        core.app_writable = True
+        if self.channel is channel and not core.attached:
+            core.attach(0, 0, self.loop.time())
+        self.pump()
+
+    def refuse(self, reason: str) -> None:
+        """The server cannot be had: the channel that asked is told why; a channel that
+        resumed the stream meanwhile gets its close."""
+        channel = self.channel
+        if channel is not None and not self.core.attached:
+            self.channel = None
+            channel.reply({"error": reason})
+        self.core.close(reason)
+        self.pump()
+
+    def take_channel(self, channel: ChannelProtocol) -> None:
         old, self.channel = self.channel, channel
         if old is not None and old is not channel:
-            old.stream = None
+            old.pipe = None
             old.abort()  # its sshd may be hung: do not keep its unsent bytes waiting
-        self.last_rx = self.loop.time()
-        self._acknowledged(peer_received)
-        self.pending = self.unacked.all()
-        self.eof_flushed = peer_received > self.sent
-        replaying = self.sent - self.acked
-        self.relay.bytes_replayed += replaying
-        channel.send(frame(b"R", json.dumps({"received": self.received, "replaying": replaying}).encode()))
-        self.flush()
-        return True
 
-    def detach(self, channel: ChannelProtocol) -> None:
-        """The channel died; the window keeps running from the last frame it carried."""
+    def lose_channel(self, channel: ChannelProtocol) -> None:
         if channel is self.channel:
             self.channel = None
+            self.core.detach()
+            self.pump()
 
-    def _expiry_due(self) -> None:
-        self.expiry = None
-        if self.closed:
+    def end(self) -> None:
+        """The core is done: forget the stream, close its channel, and let the server go
+        with a clean close (its end, then its socket once it ends too, or after a linger)."""
+        if self.ended:
             return
-        due = self.last_rx + self.window
-        now = self.loop.time()
-        if now < due:  # frames came since: look again when the window from the last one ends
-            self.expiry = self.loop.call_at(due, self._expiry_due)
-            return
-        self.relay.log("stream %s: nothing from the laptop for %.0f s (window %g s): closing it" % (self.id[:8], now - self.last_rx, self.window))
-        self.close()
-
-    def on_frame(self, kind: bytes, payload: bytes) -> None:
-        self.last_rx = self.loop.time()
-        if kind == b"D":
-            self.received += len(payload)
-            if self.server is not None:
-                if self.server_full or self.inbox:
-                    self.inbox.append(payload)
-                    self.inbox_size += len(payload)
-                else:
-                    self.server.write(payload)
-            if self.received - self.ack_sent >= ACK_EVERY:
-                self._send_ack()
-            elif self.ack_timer is None:
-                self.ack_timer = self.loop.call_later(ACK_DELAY, self._send_ack)
-        elif kind == HEARTBEAT:
-            if self.channel is not None:
-                self.channel.send(HEARTBEAT_FRAME)
-        elif kind == b"A" and len(payload) == ACK.size:
-            self._acknowledged(ACK.unpack(payload)[0])
-            self._maybe_done()
-        elif kind == b"E":
-            if not self.received_eof:
-                self.received += 1
-                self.received_eof = True
-                self.drain_inbox()
-            self._send_ack()
-            self._maybe_done()
-        elif kind == b"C":
-            self.close()
-
-    def _send_ack(self) -> None:
-        """Acknowledge what the server's socket took, not what waits in its buffer: the laptop
-        then sends no more than CAP ahead of the server, while the channel is always read (so
-        acks never queue behind data the server is not taking, which would deadlock an echo)."""
-        if self.ack_timer is not None:
-            self.ack_timer.cancel()
-            self.ack_timer = None
-        waiting = self.inbox_size + (self.server.get_write_buffer_size() if self.server is not None else 0)
-        if waiting and self.received_eof:
-            waiting += 1  # the end goes out after the buffer
-        delivered = self.received - waiting
-        if self.channel is not None and delivered > self.ack_sent:
-            self.ack_sent = delivered
-            self.channel.send(b"A\x00\x00\x00\x08" + ACK.pack(delivered))
-        if waiting and not self.closed and not self.server_full:
-            self.ack_timer = self.loop.call_later(ACK_DELAY, self._send_ack)
-
-    def _acknowledged(self, count: int) -> None:
-        count_bytes = min(count, self.sent)
-        if count_bytes > self.acked:
-            done = count_bytes - self.acked
-            self.unacked.drop(done)
-            self.acked = count_bytes
-            self.relay.unacked_total -= done
-            self.relay.after_ack()
-        self.update_reading()
-
-    def _maybe_done(self) -> None:
-        """Both directions ended and the client has all of ours: nothing left to resume."""
-        if self.received_eof and self.sent_eof and self.acked == self.sent and self.channel is not None:
-            self.close()
-
-    def flush(self) -> None:
-        """Write what the channel has not had yet, as far as its buffer takes it."""
-        channel = self.channel
-        if channel is None:
-            return
-        pending = self.pending
-        while pending and channel.writable:
-            chunk = pending.popleft()
-            channel.send(HEADER.pack(b"D", len(chunk)) + chunk)
-        if self.sent_eof and not self.eof_flushed and not pending:
-            self.eof_flushed = True
-            channel.send(frame(b"E"))
-
-    # --- the server socket -------------------------------------------------------------
-
-    def from_server(self, data: bytes) -> None:
-        size = len(data)
-        self.sent += size
-        self.relay.unacked_total += size
-        channel = self.channel
-        if channel is not None and channel.writable and not self.pending:
-            self.unacked.append(data, self.pending)
-            self.pending.clear()
-            channel.send(HEADER.pack(b"D", size) + data)  # the hot path: one write, no copy kept
-        else:
-            self.unacked.append(data, self.pending)
-            self.flush()
-        if len(self.unacked) > self.relay.peak_unacked:
-            self.relay.peak_unacked = len(self.unacked)
-        self.update_reading()
-        self.relay.check_budget()
-
-    def update_reading(self) -> None:
-        """Read the server while this stream is under its cap and not stopped by the budget."""
-        server = self.server
-        if server is None:
-            return
-        if not self.reading_paused and (self.budget_paused or len(self.unacked) >= CAP):
-            self.reading_paused = True
-            server.pause_reading()
-        elif self.reading_paused and not self.budget_paused and len(self.unacked) < CAP // 2:
-            self.reading_paused = False
-            server.resume_reading()
-
-    def drain_inbox(self) -> None:
-        """Give the server what waited for its socket, then the client's end if it came."""
-        server = self.server
-        if server is None:
-            return
-        while self.inbox and not self.server_full:
-            chunk = self.inbox.popleft()
-            self.inbox_size -= len(chunk)
-            server.write(chunk)
-        if self.received_eof and not self.inbox and server.can_write_eof() and not server.is_closing():
-            server.write_eof()
-
-    def server_eof(self) -> None:
-        self.sent_eof = True
-        self.flush()
-
-    def server_lost(self, exc: Optional[Exception]) -> None:
-        self.server = None
-        if exc is not None or not self.sent_eof:
-            self.close()  # a reset: nothing to resume; the client learns it now or on RESUME
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.relay.streams.get(self.id) is self:  # a stream refused for its id is not the one registered
-            del self.relay.streams[self.id]
-        self.relay.unacked_total -= len(self.unacked)
-        self.unacked.clear()  # its memory goes back now, not when the last reference does
-        self.pending.clear()
-        self.inbox.clear()
-        self.inbox_size = 0
-        for timer in (self.ack_timer, self.expiry):
-            if timer is not None:
-                timer.cancel()
-        if self.server is not None:
-            self.server.close()
+        self.ended = True
+        core, relay = self.core, self.relay
+        relay.table.forget(core)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         channel, self.channel = self.channel, None
         if channel is not None:
-            channel.send(frame(b"C"))
-            channel.stream = None
+            channel.pipe = None
             channel.close()
-        self.relay.after_ack()
-        if MALLOC_TRIM is not None and self.sent + self.received >= TRIM_AFTER:
-            self.loop.call_soon(MALLOC_TRIM, 0)  # after the transports have let go of their buffers
-
-
-HEARTBEAT_FRAME = frame(HEARTBEAT)
+        server = self.server
+        if server is not None and not server.is_closing():
+            if server.can_write_eof():
+                server.write_eof()
+            server.resume_reading()  # read (and drop) what it still sends, so it gets FIN, not RST
+            self.loop.call_later(LINGER, server.close)
+        if core.why and core.why != "ended":
+            relay.log("stream %s ended: %s" % (core.id[:8], core.why))
+        if MALLOC_TRIM is not None and core.sent + core.received >= TRIM_AFTER:
+            self.loop.call_later(0.1, MALLOC_TRIM, 0)  # once the transports let go of their buffers
 
 
 class ServerProtocol(asyncio.Protocol):
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.stream.server = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+        self.pipe.server = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.stream.from_server(data)
+        pipe = self.pipe
+        core = pipe.core
+        core.app_data(data)
+        if len(core.outbox) > pipe.relay.peak_unacked:
+            pipe.relay.peak_unacked = len(core.outbox)
+        pipe.pump()
 
     def eof_received(self) -> bool:
-        self.stream.server_eof()
+        self.pipe.core.app_eof()
+        self.pipe.pump()
+        if self.pipe.ended and self.pipe.server is not None:
+            self.pipe.server.close()  # lingering, and now it has ended too
         return True
 
     def pause_writing(self) -> None:
-        self.stream.server_full = True  # its resume_writing acknowledges; no timer meanwhile
+        self.pipe.core.app_writable = False  # its resume_writing acknowledges; no timer meanwhile
 
     def resume_writing(self) -> None:
-        self.stream.server_full = False
-        self.stream.drain_inbox()
-        self.stream._send_ack()  # the server took what was waiting: the laptop may send more
+        pipe = self.pipe
+        pipe.core.app_drained(pipe.server_buffered(), pipe.loop.time())
+        pipe.pump()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.stream.server_lost(exc)
+        pipe = self.pipe
+        pipe.server = None
+        pipe.core.app_closed()
+        pipe.pump()
 
 
 class ChannelProtocol(asyncio.Protocol):
@@ -489,12 +258,9 @@ class ChannelProtocol(asyncio.Protocol):
         self.relay = relay
         self.reader = FrameReader(MAX_FRAME, MAX_HELLO)
         self.transport: Optional[asyncio.Transport] = None
-        self.stream: Optional[Stream] = None
+        self.pipe: Optional[Pipe] = None
         self.greeted = False
-        self.answered = False  # the hello is served: frames go to the stream
         self.pending = False  # counted in the relay's pending hellos
-        self.writable = True
-        self.backlog: List[Tuple[bytes, bytes]] = []  # frames that came with the hello
         self.deadline: Optional[asyncio.TimerHandle] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -515,21 +281,14 @@ class ChannelProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
     def pause_writing(self) -> None:
-        self.writable = False
+        if self.pipe is not None:
+            self.pipe.core.channel_writable = False
 
     def resume_writing(self) -> None:
-        self.writable = True
-        if self.stream is not None:
-            self.stream.flush()
+        if self.pipe is not None:
+            self.pipe.core.channel_writable = True
+            self.pipe.pump()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -542,68 +301,39 @@ class ChannelProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             frames = self.reader.feed(data)
+            if not self.greeted and frames:
+                self._greet(*frames.pop(0))
+            pipe = self.pipe
+            if pipe is not None and frames:
+                pipe.on_frames(frames)
         except FrameError as error:
             if self.greeted:
-                self.abort()
+                self.abort()  # the stream waits for a channel that speaks the protocol
             else:
                 self.refuse(str(error))
-            return
-        if not self.answered:  # the hello is not answered yet: what came with it waits
-            self.backlog += frames
-            if not self.greeted and self.backlog:
-                self._greet(*self.backlog.pop(0))
-            return
-        stream = self.stream
-        if stream is not None:
-            for kind, payload in frames:
-                stream.on_frame(kind, payload)
 
     def _greet(self, kind: bytes, payload: bytes) -> None:
         """The first frame: whatever is wrong with it is answered with an error, then closed."""
         self.greeted = True
         self._hello_done()
-        self.pause_reading()  # frames after the hello wait until the stream is attached
         try:
             if kind != b"H":
                 raise HelloError("expected a hello")
             request = parse_hello(payload)
             op = request["op"]
-            if op == "new":
-                asyncio.ensure_future(self._new(request))
-                return
-            if op == "stats":
-                self.reply(self.relay.stats())
+            if op in ("new", "resume"):
+                self.relay.open_stream(self, request)
+            elif op == "stats":
+                self.reply(self.relay.stats(request["owner"]))
             elif op == "close":
-                self.reply({"closed": self.relay.close_streams(request["ids"])})
-            elif op == "lease":
-                self.reply({"holders": self.relay.keep_lease(request["name"], request["ttl"])})
+                self.reply({"closed": self.relay.close_streams(request["ids"], request["owner"])})
             else:
-                self.relay.resume_stream(self, request["id"], request["received"])
-                self._attached()
+                self.reply({"holders": self.relay.keep_lease(request["name"], request["ttl"]), "streams": len(self.relay.table.of_owner(request["name"]))})
         except HelloError as error:
             self.reply({"error": str(error)})
         except Exception as exc:  # noqa: BLE001 - a hello never kills the relay or hangs the channel
             self.relay.log("hello failed: %r" % (exc,))
             self.reply({"error": "malformed hello"})
-
-    async def _new(self, request: Dict[str, Any]) -> None:
-        try:
-            await self.relay.new_stream(self, request["id"], max(request["window"], 2 * request["heartbeat"]))
-            self._attached()
-        except Exception as exc:  # noqa: BLE001
-            self.relay.log("new stream failed: %r" % (exc,))
-            self.reply({"error": "the relay could not open the stream"})
-
-    def _attached(self) -> None:
-        """The hello is answered: the frames that came with it, then the channel's own."""
-        backlog, self.backlog = self.backlog, []
-        self.answered = True
-        stream = self.stream
-        if stream is not None:
-            for kind, payload in backlog:
-                stream.on_frame(kind, payload)
-        if self.stream is not None:
-            self.resume_reading()
 
     def _hello_done(self) -> None:
         if self.deadline is not None:
@@ -627,9 +357,9 @@ class ChannelProtocol(asyncio.Protocol):
         self._hello_done()
         self.relay.channels -= 1
         self.transport = None
-        if self.stream is not None:
-            self.stream.detach(self)
-            self.stream = None
+        pipe, self.pipe = self.pipe, None
+        if pipe is not None:
+            pipe.lose_channel(self)
 
 
 LOOPBACK_HEX = ("0100007F", "00000000", "00000000000000000000000000000000", "0000000000000000FFFF00000100007F")
@@ -778,97 +508,47 @@ def live_leases(directory: str, mine: str, now: Optional[float] = None) -> List[
 class Relay:
     def __init__(self, port: int, budget: int = BUDGET, leases: Optional[str] = None) -> None:
         self.port = port
-        self.budget = budget
+        self.loop = asyncio.get_running_loop()
+        self.budget = Budget(budget)
+        self.table = StreamTable(self.budget)
         self.leases = leases  # the directory of this port's leases, or None: no lease op
-        self.streams: Dict[str, Stream] = {}
         self.started = time.time()
-        self.streams_total = 0
-        self.resumes = 0
         self.bytes_replayed = 0
         self.peak_unacked = 0
-        self.unacked_total = 0
-        self.peak_unacked_total = 0
         self.channels = 0
         self.pending_hellos = 0
-        self.dialing: Set[str] = set()  # the ids of new streams whose server is being dialled
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         print("%s relay: %s" % (stamp, message), file=sys.stderr, flush=True)
 
-    def check_budget(self) -> None:
-        """Past the budget, the stream holding the most stops being read until acks come."""
-        if self.unacked_total > self.peak_unacked_total:
-            self.peak_unacked_total = self.unacked_total
-        if self.unacked_total <= self.budget:
+    def open_stream(self, channel: ChannelProtocol, request: Dict[str, Any]) -> None:
+        """A new or resumed stream on this channel; a new one is answered once dialled."""
+        existing = self.table.streams.get(request["id"])
+        replayed = existing.replayed if existing is not None else 0
+        core, answer = self.table.greet(request, self.loop.time())
+        if core is None:
+            channel.send(answer)
+            channel.close()
             return
-        reading = [s for s in self.streams.values() if not s.budget_paused and s.server is not None]
-        if reading:
-            largest = max(reading, key=lambda s: len(s.unacked))
-            largest.budget_paused = True
-            largest.update_reading()
+        pipe = core.io if core.io is not None else Pipe(self, core)
+        pipe.take_channel(channel)
+        channel.pipe = pipe
+        if existing is None:
+            asyncio.ensure_future(pipe.dial(channel))
+            return
+        self.bytes_replayed += core.replayed - replayed
+        pipe.pump()
 
-    def after_ack(self) -> None:
-        if self.unacked_total <= self.budget // 2:
-            for stream in list(self.streams.values()):
-                if stream.budget_paused:
-                    stream.budget_paused = False
-                    stream.update_reading()
-
-    async def new_stream(self, channel: ChannelProtocol, stream_id: str, window: float) -> None:
-        if stream_id in self.streams or stream_id in self.dialing:  # one stream, one server connection
-            channel.reply({"error": "bad stream id"})
-            return
-        if len(self.streams) + len(self.dialing) >= MAX_STREAMS:
-            channel.reply({"error": "too many streams (at most %d)" % MAX_STREAMS})
-            return
-        owner = port_owner_uid(self.port)
-        if owner is not None and owner != os.getuid():  # another account took the port: never dial it
-            channel.reply({"error": "127.0.0.1:%d is held by uid %d, not by this user; not dialled" % (self.port, owner)})
-            return
-        stream = Stream(self, stream_id, window)
-        self.dialing.add(stream_id)
-        try:
-            await asyncio.wait_for(asyncio.get_running_loop().create_connection(lambda: ServerProtocol(stream), "127.0.0.1", self.port), HELLO_DEADLINE)
-        except (OSError, asyncio.TimeoutError) as exc:
-            stream.close()
-            reason = getattr(exc, "strerror", None) or str(exc) or "timed out"
-            channel.reply({"error": "cannot reach 127.0.0.1:%d: %s" % (self.port, reason)})
-            return
-        finally:
-            self.dialing.discard(stream_id)
-        if channel.transport is None:  # the channel died while we dialled
-            stream.close()
-            return
-        self.streams[stream_id] = stream
-        self.streams_total += 1
-        channel.stream = stream
-        stream.attach(channel, 0)
-
-    def resume_stream(self, channel: ChannelProtocol, stream_id: str, received: int) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            channel.reply({"error": "unknown"})
-            return
-        channel.stream = stream
-        if not stream.attach(channel, received):
-            channel.stream = None
-            stream.close()
-            channel.reply({"error": "unknown"})
-            return
-        self.resumes += 1
-
-    def close_streams(self, ids: List[str]) -> int:
-        """`gt-remote down`: these streams will not be resumed, release their servers now."""
-        closed = 0
-        for stream_id in ids:
-            stream = self.streams.get(stream_id)
-            if stream is not None:
-                stream.close()
-                closed += 1
-        if closed:
-            self.log("closed %d stream(s) on request" % closed)
-        return closed
+    def close_streams(self, ids: List[str], owner: str = "") -> int:
+        """`gt-remote down`: these streams (or all of this owner's) will not be resumed."""
+        cores = self.table.of_owner(owner) if owner else [self.table.streams[i] for i in ids if i in self.table.streams]
+        for core in cores:
+            core.close("closed on request")
+            core.io.pump()
+        if cores:
+            self.log("closed %d stream(s) on request" % len(cores))
+        return len(cores)
 
     def keep_lease(self, name: str, ttl: int) -> List[str]:
         """Refresh `name`'s lease; the other live holders of the port's server."""
@@ -880,37 +560,25 @@ class Relay:
         except OSError as exc:
             raise HelloError("cannot keep the lease: %s" % (exc.strerror or exc)) from None
 
-    def stats(self) -> Dict[str, object]:
-        return {
+    def stats(self, owner: str = "") -> Dict[str, object]:
+        streams = self.table.streams
+        answer = {
             "pid": os.getpid(),
-            "streams": len(self.streams),
-            "streams_total": self.streams_total,
-            "resumes": self.resumes,
+            "streams": len(streams),
+            "streams_total": self.table.total,
+            "resumes": self.table.resumes,
             "bytes_replayed": self.bytes_replayed,
             "peak_unacked": self.peak_unacked,
-            "peak_unacked_total": self.peak_unacked_total,
-            "unacked_total": self.unacked_total,
+            "peak_unacked_total": self.budget.peak,
+            "unacked_total": self.budget.total,
             "cap": CAP,
-            "budget": self.budget,
+            "budget": self.budget.limit,
             "channels": self.channels,
-            "unacked": {sid[:8]: len(stream.unacked) for sid, stream in self.streams.items()},
-        }
-
-
-def _malloc_trim() -> Any:
-    """glibc's malloc_trim, or None: after a busy stream closes, its freed buffers go back to
-    the system instead of staying in the heap (a fixed mmap threshold would do it too, but
-    costs a third of the throughput)."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None).malloc_trim
-    except Exception:  # noqa: BLE001 - not glibc: the allocator keeps its own policy
-        return None
-
-
-MALLOC_TRIM = _malloc_trim()
-TRIM_AFTER = 1024 * 1024  # a stream that moved this much gives its memory back when it closes
+            "unacked": {sid[:8]: len(core.outbox) for sid, core in streams.items()},
+        }  # type: Dict[str, object]
+        if owner:
+            answer["owner_streams"] = len(self.table.of_owner(owner))
+        return answer
 
 
 async def serve(socket_path: str, port: int, budget: int = BUDGET, leases: Optional[str] = None) -> None:
@@ -933,8 +601,9 @@ async def serve(socket_path: str, port: int, budget: int = BUDGET, leases: Optio
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     server.close()
-    for stream in list(relay.streams.values()):
-        stream.close()
+    for core in list(relay.table.streams.values()):
+        core.close("the relay stopped")
+        core.io.pump()
     try:
         os.unlink(socket_path)
     except OSError:

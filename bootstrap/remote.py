@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import io
 import os
 import secrets
 import shlex
@@ -419,21 +421,21 @@ echo "uploaded=$got"
 
 async def upload(
     conn: asyncssh.SSHClientConnection,
-    local_path: str,
+    local_path: str | bytes,
     kind: str,
     name: str,
     then: str = "",
     report: Callable[[bytes, bytes, int, int], None] | None = None,
 ) -> ScriptResult:
-    """Send `local_path` to <install dir>/gt-remote/<kind>/<first 16 hex of its SHA-256>/<name>
+    """Send `local_path` (or bytes built in memory) to <install dir>/gt-remote/<kind>/<first 16 hex of its SHA-256>/<name>
     over an exec channel (never SFTP, which a chatty login shell corrupts), verified there,
     then run `then` (with $part and $final set) to check and place it.
 
     Answers: `uploaded=N` once verified, or `error=write|size|sha256|...` with `free=KiB`
     (the partial file and an empty directory are removed).
     """
-    size = os.path.getsize(local_path)
-    sha = file_sha256(local_path)
+    size = len(local_path) if isinstance(local_path, bytes) else os.path.getsize(local_path)
+    sha = hashlib.sha256(local_path).hexdigest() if isinstance(local_path, bytes) else file_sha256(local_path)
     token = secrets.token_hex(8)
     script = UPLOAD_SCRIPT + then
     command, text = data_command(script, (kind, sha[:16], name, str(size), sha, token), install_dir_of(conn), token)
@@ -441,7 +443,7 @@ async def upload(
     async def feed(stdin: asyncssh.SSHWriter[bytes]) -> None:
         stdin.write(text)
         done = 0
-        with open(local_path, "rb") as handle:
+        with io.BytesIO(local_path) if isinstance(local_path, bytes) else open(local_path, "rb") as handle:
             while block := handle.read(UPLOAD_BLOCK):
                 stdin.write(block)
                 await stdin.drain()

@@ -374,7 +374,9 @@ def _relay_line(row: dict[str, Any]) -> str:
 def _streams_line(row: dict[str, Any]) -> str:
     if not row.get("resumable"):
         return f"not resumable: {row.get('resumable_reason') or 'unknown'}"
-    return f"resumable, {row.get('streams_open', 0)} open, {row.get('streams_resumed', 0)} resumed, {row.get('bytes_replayed', 0)} bytes replayed"
+    on_relay = row.get("relay_streams")
+    held = f" ({on_relay} on the relay)" if isinstance(on_relay, int) else ""
+    return f"resumable, {row.get('streams_open', 0)} open{held}, {row.get('streams_resumed', 0)} resumed, {row.get('bytes_replayed', 0)} bytes replayed"
 
 
 def _wake_line(wake: dict[str, Any] | None) -> str:

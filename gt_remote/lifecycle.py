@@ -602,6 +602,7 @@ def host_status(name: str) -> dict[str, Any]:
         "resumable_reason": "the tunnel is down",
         "resume_window_s": None,
         "streams_open": 0,
+        "relay_streams": None,
         "streams_resumed": last.get("streams_resumed", 0),
         "bytes_replayed": last.get("bytes_replayed", 0),
         "last_wake": last.get("last_wake"),

@@ -101,7 +101,8 @@ class Supervisor:
         target = SshTarget(settings.destination, settings.ssh_config, settings.keepalive)
         self.link = Link(target, after_reconnect=self._after_reconnect)
         self.forwarder = Forwarder(settings.local, settings.remote_port, self.link)
-        self.relay = RelayPath(self.link, "", settings.resume_window)  # counters live across relay restarts
+        owner = remote_lease.lease_name(settings)  # the relay closes this supervisor's streams by it at `down`
+        self.relay = RelayPath(self.link, "", settings.resume_window, owner=owner)  # counters live across relay restarts
         self.resume_reason: str | None = None if settings.resume else "turned off (--no-resume or resume = false in the config)"
         self.relay_started_pid: int | None = None  # started by this bring-up: stopped if it fails
         self._relay_pid: int | None = None
@@ -129,7 +130,7 @@ class Supervisor:
         progress.relay_transfers(self._on_transfer)
         self.exit_cause: str | None = None  # why the watchdog ended the supervisor, for the record
         self.relay.restart_relay = self._relay_missing  # a new stream that finds no relay starts it at once
-        self._probe_path = RelayPath(self.link, "", RELAY_PING_TIMEOUT, restart_relay=self._relay_missing)  # the health Ping's streams
+        self._probe_path = RelayPath(self.link, "", RELAY_PING_TIMEOUT, owner=owner, restart_relay=self._relay_missing)  # the health Ping's streams
         self.relay_restarts = 0
         self.last_relay_death: dict[str, Any] | None = None
         self.relay_error: str | None = None  # the last health Ping through the relay failed: why
@@ -435,7 +436,7 @@ class Supervisor:
         """The lease, refreshed by the relay: no shell started on the remote. False when the
         relay could not; the touch stays due, so the script does it in the same health check."""
         try:
-            self.lease_holders = await remote_lease.touch_through_relay(conn, self.relay.socket_path, self.settings)
+            self.lease_holders, self.relay.relay_streams = await remote_lease.touch_through_relay(conn, self.relay.socket_path, self.settings)
         except StreamGone as exc:
             if self._relay_keeps_lease:
                 log.warning("the relay could not touch the lease (%s); the remote script does, until it can again", exc)
@@ -841,6 +842,7 @@ class Supervisor:
             "resumable_reason": self.resume_reason,
             "resume_window_s": self.settings.resume_window,
             "streams_open": len(self.relay.streams),
+            "relay_streams": self.relay.relay_streams,
             "streams_resumed": self.relay.streams_resumed,
             "bytes_replayed": self.relay.bytes_replayed,
             "relay_restarts": self.relay_restarts,

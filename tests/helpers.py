@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import os
 import socket
 import stat
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -119,11 +121,18 @@ def silent_server(path: Path, log_line: str = "") -> Path:
     return path
 
 
-def load_agent() -> ModuleType:
-    """The uploaded relay's file as a module, for its sans-IO parts (gt-remote never imports it)."""
-    from gt_remote.bootstrap.relay import AGENT
+@functools.cache
+def agent_file() -> Path:
+    """The relay exactly as it is uploaded (bootstrap/relay_build.py), as a file of this test
+    run's own, so tests run what the remote runs: the built file, not its sources."""
+    from gt_remote.bootstrap import relay_build
 
-    spec = importlib.util.spec_from_file_location("relay_agent_under_test", AGENT)
+    return relay_build.write(Path(tempfile.mkdtemp(prefix="gtr-agent-")))
+
+
+def load_agent() -> ModuleType:
+    """The uploaded relay's file as a module, for its parts that need no sockets."""
+    spec = importlib.util.spec_from_file_location("relay_agent_under_test", agent_file())
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclass-free, but `from __future__ import annotations` wants a home

@@ -133,3 +133,15 @@ def test_every_module_of_gt_remote_stands_in_a_layer() -> None:
     named = {part.strip() for layer in CONTRACT["layers"] for part in layer.replace(":", "|").split("|")}
     modules = {f"gt_remote.{info.name}" for info in pkgutil.iter_modules(gt_remote.__path__) if info.name != "__main__"}
     assert modules - named == set()
+
+
+def test_the_installed_package_builds_the_relay_this_checkout_builds(installed: Path, tmp_path: Path) -> None:
+    """What the package ships makes the same uploaded relay, byte for byte (so the same hash
+    on the remote), and that file runs under the oldest Python the relay claims."""
+    from gt_remote.bootstrap import relay_build
+
+    script = "import sys; from pathlib import Path; from gt_remote.bootstrap import relay_build as b; sys.stdout.write(str(b.write(Path(sys.argv[1]))))"
+    built = subprocess.run([str(installed / "bin/python"), "-I", "-c", script, str(tmp_path / "out")], capture_output=True, text=True, check=True, cwd=tmp_path, timeout=60).stdout
+    assert Path(built).read_bytes() == relay_build.agent()
+    python_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"
+    assert subprocess.run([str(python_38), "-I", built, "--help"], capture_output=True, cwd=tmp_path, timeout=60).returncode == 0

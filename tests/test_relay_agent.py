@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gt_remote.bootstrap.relay import AGENT
-from tests.helpers import load_agent
+from tests.helpers import agent_file, load_agent
 from tests.testbed import wait_for
 
 PYTHON_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"
@@ -179,7 +178,7 @@ def relay(request: pytest.FixtureRequest) -> Iterator[Relay]:
     path = os.path.join(directory, "sock")
     extra = [arg.replace("{dir}", directory) for arg in getattr(request, "param", [])]
     with open(os.path.join(directory, "log"), "wb") as log:
-        proc = subprocess.Popen([str(PYTHON_38), str(AGENT), "--socket", path, "--port", str(server.port), *extra], stdout=log, stderr=log)
+        proc = subprocess.Popen([str(PYTHON_38), str(agent_file()), "--socket", path, "--port", str(server.port), *extra], stdout=log, stderr=log)
     try:
         # A connect, not the file: the socket exists once bound, a moment before it listens.
         wait_for(lambda: accepts(path) or proc.poll() is not None, 30, "the relay to listen")
@@ -199,11 +198,11 @@ def test_relay_runs_under_python_3_8() -> None:
 def test_new_stream_carries_data_both_ways(relay: Relay) -> None:
     channel = relay.channel()
     channel.hello(op="new", id=stream_id(1), window=60, heartbeat=1)
-    assert channel.reply() == {"received": 0, "replaying": 0}
+    assert channel.reply() == {"received": 0, "consumed": 0, "replaying": 0}
     channel.send(b"D", b"ping")
     assert channel.data(4) == b"ping"
-    kind, payload = channel.frame()  # the relay acknowledges what it passed on
-    assert (kind, payload) == (b"A", struct.pack(">Q", 4))
+    kind, payload = channel.frame()  # the relay acknowledges what arrived and what its server took
+    assert (kind, payload) == (b"A", struct.pack(">QQ", 4, 4))
     channel.send(b"K")
     assert channel.frame() == (b"K", b""), "a heartbeat is answered"
     channel.close()
@@ -219,11 +218,11 @@ def test_resume_replays_what_the_client_missed(relay: Relay) -> None:
     first.close()  # the path dies before the client read the echo
     wait_for(lambda: relay.stats()["channels"] == 1, 10, "the relay to see the channel go (only the asker is left)")
     second = relay.channel()
-    second.hello(op="resume", id=stream_id(2), received=6)  # the client had only "hello "
+    second.hello(op="resume", id=stream_id(2), received=6, consumed=6)  # the client had only "hello "
     answer = second.reply()
-    assert answer == {"received": 11, "replaying": 5}, answer
+    assert answer == {"received": 11, "consumed": 11, "replaying": 5}, answer
     assert second.data(5) == b"world"
-    second.send(b"A", struct.pack(">Q", 11))
+    second.send(b"A", struct.pack(">QQ", 11, 11))
     second.send(b"D", b"!")
     assert second.data(1) == b"!"
     assert relay.server.total == 1, "a resume must not dial the server again"
@@ -450,7 +449,7 @@ def test_the_lease_op_keeps_the_lease_the_remote_script_reads(relay: Relay) -> N
     home = relay.directory / "home"
     leases = home / ".local/state/gt-remote/leases/9999"
     shell_leases(home, 'lease_touch 9999 other-pc 30')  # another tunnel, through the script
-    assert relay.ask(op="lease", name="laptop-gaming-pc", ttl=16) == {"holders": ["other-pc"]}
+    assert relay.ask(op="lease", name="laptop-gaming-pc", ttl=16) == {"holders": ["other-pc"], "streams": 0}
     mine = leases / "laptop-gaming-pc"
     assert mine.read_text() == "16\n"
     assert mine.stat().st_mode & 0o777 == 0o600 and leases.stat().st_mode & 0o777 == 0o700
@@ -474,7 +473,7 @@ def test_the_lease_op_drops_expired_leases_and_skips_what_is_not_one(relay: Rela
     (leases / ".hidden").write_text("60\n")
     (leases / "dir-pc").mkdir()
     os.mkfifo(leases / "fifo-pc")  # reading it would block the relay
-    assert relay.ask(op="lease", name="laptop-gaming-pc", ttl=16) == {"holders": ["live-pc", "no-ttl-pc"]}
+    assert relay.ask(op="lease", name="laptop-gaming-pc", ttl=16) == {"holders": ["live-pc", "no-ttl-pc"], "streams": 0}
     assert not expired.exists(), "an expired lease is removed, as lease_others removes it"
     assert relay.stats()["streams"] == 0, "the relay keeps serving"
 
@@ -531,7 +530,7 @@ print(json.dumps([agent.listener_uids(port), agent.port_owner_uid(port), agent.p
 def owner_answers(address: str, listeners: int = 1) -> tuple[list[int], int | None, int | None]:
     """Under the oldest Python the relay claims, with `listeners` listening on `address`, for the
     last one opened: (sock_diag's uids, the relay's answer, /proc's answer)."""
-    result = subprocess.run([str(PYTHON_38), "-c", OWNER_PROBE, str(AGENT), address, str(listeners)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(PYTHON_38), "-c", OWNER_PROBE, str(agent_file()), address, str(listeners)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     from_netlink, owner, from_proc = json.loads(result.stdout)
     return from_netlink, owner, from_proc
@@ -578,7 +577,7 @@ def test_a_stream_id_being_dialled_is_not_dialled_again() -> None:
     directory = tempfile.mkdtemp(prefix="gtr-relay-")
     path = os.path.join(directory, "sock")
     with open(os.path.join(directory, "log"), "wb") as log:
-        proc = subprocess.Popen([str(PYTHON_38), str(AGENT), "--socket", path, "--port", str(silent.port)], stdout=log, stderr=log)
+        proc = subprocess.Popen([str(PYTHON_38), str(agent_file()), "--socket", path, "--port", str(silent.port)], stdout=log, stderr=log)
     try:
         wait_for(lambda: accepts(path) or proc.poll() is not None, 30, "the relay to listen")
         relay = Relay(proc, path, EchoServer())

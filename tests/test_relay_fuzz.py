@@ -12,6 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gt_remote.protocol import stream as core
 from gt_remote.tunnel import resumable
 from tests.helpers import load_agent
 
@@ -61,7 +62,7 @@ frame_lists = st.lists(st.tuples(st.sampled_from([b"D", b"A", b"E", b"C", b"K", 
 @given(frame_lists, st.lists(st.integers(min_value=0), max_size=10))
 def test_frame_readers_return_the_frames_however_the_bytes_are_split(pieces: list[tuple[bytes, bytes]], cuts: list[int]) -> None:
     data = frames_of(pieces)
-    for reader in (agent.FrameReader(), resumable.FrameReader()):
+    for reader in (agent.FrameReader(), core.FrameReader()):
         got: list[tuple[bytes, bytes]] = []
         for chunk in split(data, cuts):
             got += reader.feed(chunk)
@@ -72,7 +73,7 @@ def test_frame_readers_return_the_frames_however_the_bytes_are_split(pieces: lis
 @FAST
 @given(st.binary(max_size=2000), st.lists(st.integers(min_value=0), max_size=10), st.integers(min_value=0, max_value=300))
 def test_frame_readers_on_garbage_raise_typed_errors_and_stay_bounded(data: bytes, cuts: list[int], limit: int) -> None:
-    for reader, error in ((agent.FrameReader(limit, limit // 2), agent.FrameError), (resumable.FrameReader(limit, limit // 2), resumable.FrameError)):
+    for reader, error in ((agent.FrameReader(limit, limit // 2), agent.FrameError), (core.FrameReader(limit, limit // 2), core.FrameError)):
         try:
             for chunk in split(data, cuts):
                 reader.feed(chunk)
@@ -151,8 +152,9 @@ def test_relay_hello_handler_answers_or_closes_whatever_arrives(data: bytes, cut
         if pending:
             await asyncio.wait_for(asyncio.gather(*pending), 10)  # no hang
         channel.connection_lost(None)
-        for stream in list(relay.streams.values()):
-            stream.close()
+        for stream in list(relay.table.streams.values()):
+            stream.close("the test ended")
+            stream.io.pump()
         return relay, transport
 
     relay, transport = asyncio.run(run())
@@ -168,11 +170,11 @@ def test_relay_hello_handler_answers_or_closes_whatever_arrives(data: bytes, cut
 def test_parse_reply_returns_counts_in_range_or_stream_gone(kind: bytes, payload: bytes, acked: int, extra: int) -> None:
     most = acked + extra
     try:
-        received, replaying = resumable.parse_reply(kind, payload, acked, most)
-    except resumable.StreamGone as gone:
+        received, consumed, replaying = core.parse_reply(kind, payload, acked, most)
+    except core.StreamGone as gone:
         assert str(gone)
         return
-    assert acked <= received <= most and 0 <= replaying
+    assert acked <= received <= most and 0 <= consumed <= received and 0 <= replaying
 
 
 class FakeChannel:
@@ -197,14 +199,15 @@ class FakeLink:
 @FAST
 @given(st.one_of(payloads.map(lambda p: HEADER.pack(b"R", len(p)) + p), st.binary(max_size=400)), st.lists(st.integers(min_value=0), max_size=6))
 def test_reply_handling_never_raises_into_the_ssh_connection(data: bytes, cuts: list[int]) -> None:
-    async def run() -> asyncio.Future[tuple[int, int]]:
+    async def run() -> asyncio.Future[None]:
         path = resumable.RelayPath(FakeLink(), "/relay", heartbeat=1.0)  # type: ignore[arg-type]
         stream = resumable.ResumableClient(path, set())
-        reply: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        session = resumable._RelayChannel(stream, reply)
+        reply = stream.reply = asyncio.get_running_loop().create_future()
+        session = resumable._RelayChannel(stream)
         channel = FakeChannel()
         session.connection_made(channel)  # type: ignore[arg-type]
         stream.channel = channel  # type: ignore[assignment]
+        stream.core.hello(1.0)  # as _hello does: the reply is what comes next
         for chunk in split(data, cuts):
             session.data_received(chunk, None)  # anything escaping here would end the SSH connection
             if channel.aborted:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from gt_remote.base.errors import GtRemoteError, NonPosixShell, RemoteOutputTooLarge
 from gt_remote.bootstrap import relay as remote_relay
+from gt_remote.bootstrap import relay_build
 from gt_remote.bootstrap import remote as remote_scripts
 from gt_remote.bootstrap.remote import ascii_int, run_script, use_install_dir
 from gt_remote.tunnel.connection import SshTarget, connect
@@ -282,7 +283,7 @@ def test_a_swapped_relay_is_uploaded_again(gt: Gt, host_factory: Any) -> None:
     host.sh(f"echo 'open(\"/tmp/relay-swapped-ran\", \"w\")' > {agent}", user="gamer")
     again, _ = up(gt, host)
     assert again.returncode == 0 and "connections are resumable" in again.stderr, again.stderr
-    assert host.sh(f"sha256sum {agent}").split()[0] == hashlib.sha256(remote_relay.AGENT.read_bytes()).hexdigest()
+    assert host.sh(f"sha256sum {agent}").split()[0] == hashlib.sha256(relay_build.agent()).hexdigest()
     assert host.exec("test -e /tmp/relay-swapped-ran")[0] != 0
 
 

@@ -434,16 +434,3 @@ def test_resume_window_in_the_config_is_checked_too(gt: Gt) -> None:
     result = gt("up", "gaming-pc")
     assert result.returncode == 2, result.stderr
     assert "resume window inf is not a positive number of seconds" in one_error_line(result.stderr)
-
-
-def test_relay_agent_is_python_3_8_syntax_and_stdlib_only() -> None:
-    """It runs on the remote's own python3, which may be as old as 3.8."""
-    import ast
-    import sys
-
-    from gt_remote.bootstrap.relay import AGENT
-
-    tree = ast.parse(AGENT.read_text(), feature_version=(3, 8))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {str(node.module).split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported

@@ -239,7 +239,7 @@ def parse_reply(kind: bytes, payload: bytes, acked: int, most: int) -> Tuple[int
     counts = answer.get("received"), answer.get("consumed", 0), answer.get("replaying", 0)
     if not all(_is_count(count) for count in counts):
         raise StreamGone("the relay's reply has no byte counts")
-    received, consumed, replaying = (int(count) for count in counts)
+    received, consumed, replaying = (int(str(count)) for count in counts)  # ints: checked above
     if not acked <= received <= most:
         raise StreamGone("the relay claims %d positions received, we sent %d" % (received, most))
     return received, max(0, min(consumed, received)), max(0, min(replaying, CAP + MAX_FRAME))

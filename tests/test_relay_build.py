@@ -1,0 +1,70 @@
+"""The relay as uploaded is built from the stream core and the relay's own code
+(bootstrap/relay_build.py): one file that the remote's python3, as old as 3.8, runs with
+nothing but its stdlib, and that holds the protocol once."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from gt_remote.bootstrap import relay_build
+from gt_remote.protocol import stream
+from tests.helpers import agent_file
+
+PYTHON_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"
+
+
+def imported_roots(source: str) -> set[str]:
+    tree = ast.parse(source, feature_version=(3, 8))
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {str(node.module).split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+
+
+def test_the_built_relay_is_python_3_8_syntax_and_imports_only_the_stdlib() -> None:
+    assert imported_roots(relay_build.agent().decode()) <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_the_core_imports_only_the_stdlib() -> None:
+    assert imported_roots(relay_build.CORE.read_text()) <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_the_built_relay_runs_under_python_3_8_isolated_from_this_package(tmp_path: Path) -> None:
+    """-I: no user site, no PYTHONPATH, no current directory; and run from a folder with
+    nothing of gt_remote beside it. It compiles, starts and answers --help."""
+    assert PYTHON_38.exists(), f"{PYTHON_38} is missing: the relay must be tested under the oldest Python it claims"
+    built = relay_build.write(tmp_path / "relay")
+    subprocess.run([str(PYTHON_38), "-I", "-m", "py_compile", str(built)], check=True, cwd=tmp_path, timeout=60)
+    result = subprocess.run([str(PYTHON_38), "-I", str(built), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0 and "--socket" in result.stdout, result.stderr
+
+
+def test_the_built_relay_holds_the_core_once_and_the_relay_source_none_of_it() -> None:
+    built = relay_build.agent().decode()
+    core = relay_build.CORE.read_text().replace(relay_build.FUTURE, "")
+    assert built.count(core) == 1
+    relay_source = ast.parse(relay_build.RELAY.read_text())
+    relay_names = {node.name for node in relay_source.body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
+    core_names = {node.name for node in ast.parse(relay_build.CORE.read_text()).body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
+    assert relay_names & core_names == set(), "the relay defines again what the core has"
+
+
+def test_the_tests_run_the_file_that_is_uploaded() -> None:
+    assert agent_file().read_bytes() == relay_build.agent()
+    assert relay_build.digest() == __import__("hashlib").sha256(relay_build.agent()).hexdigest()[:16]
+
+
+def test_a_relay_source_without_its_import_of_the_core_is_a_build_error() -> None:
+    try:
+        relay_build.inline("import json\n", relay_build.CORE.read_text())
+    except relay_build.BuildError as error:
+        assert "from gt_remote.protocol.stream import" in str(error)
+    else:
+        raise AssertionError("built a relay without the core")
+
+
+def test_the_core_module_is_the_one_the_laptop_imports() -> None:
+    from gt_remote.tunnel import resumable
+
+    assert resumable.core is stream
