@@ -43,7 +43,7 @@ def inline(relay: str, core: str) -> str:
         raise BuildError(f"{CORE.name} must have exactly one {FUTURE.strip()!r}")
     body = core.replace(FUTURE, "")
     banner = f"# --- the stream core, from gt_remote/protocol/{CORE.name} ---\n"
-    return "".join(lines[:start]) + banner + body + f"# --- end of the stream core ---\n" + "".join(lines[end + 1 :])
+    return "".join(lines[:start]) + banner + body + "# --- end of the stream core ---\n" + "".join(lines[end + 1 :])
 
 
 @functools.cache
