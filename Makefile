@@ -3,7 +3,7 @@
 #
 # Another Python: `make test PYTHON=~/.pyenv/versions/3.12.1/bin/python3` builds and uses
 # its own venv (.venv-3.12), so versions never share installed packages.
-# `make test-core` runs the core set only (unit, wire, golden frames, relay, resume, what a supervisor leaves out,
+# `make test-core` runs the core set only (unit, wire, golden frames, the stream core's model, relay, resume, what a supervisor leaves out,
 # the packets a message costs):
 # what CI runs on the Pythons other than its main one.
 
@@ -21,7 +21,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 CORE_TESTS := tests/test_addresses.py tests/test_config_policy.py tests/test_wake.py tests/test_wire.py \
-              tests/test_golden_frames.py tests/test_watchdog.py tests/test_resume.py tests/test_lean.py tests/test_ssh_packets.py $(wildcard tests/test_relay*.py)
+              tests/test_golden_frames.py tests/test_watchdog.py tests/test_stream_core.py tests/test_resume.py tests/test_lean.py tests/test_ssh_packets.py $(wildcard tests/test_relay*.py)
 PYTEST_ARGS ?=
 
 .PHONY: test test-core lint demo testbed venv bench clean

@@ -207,10 +207,16 @@ class Pipe:
                 server.write_eof()
             server.resume_reading()  # read (and drop) what it still sends, so it gets FIN, not RST
             self.loop.call_later(LINGER, server.close)
+        else:
+            self.trim()
         if core.why and core.why != "ended":
             relay.log("stream %s ended: %s" % (core.id[:8], core.why))
+
+    def trim(self) -> None:
+        """Give a busy stream's freed memory back, once its sockets have let go of it."""
+        core = self.core
         if MALLOC_TRIM is not None and core.sent + core.received >= TRIM_AFTER:
-            self.loop.call_later(0.1, MALLOC_TRIM, 0)  # once the transports let go of their buffers
+            self.loop.call_later(0.1, MALLOC_TRIM, 0)
 
 
 class ServerProtocol(asyncio.Protocol):
@@ -249,6 +255,8 @@ class ServerProtocol(asyncio.Protocol):
         pipe.server = None
         pipe.core.app_closed()
         pipe.pump()
+        if pipe.ended:
+            pipe.trim()
 
 
 class ChannelProtocol(asyncio.Protocol):

@@ -337,7 +337,8 @@ class StreamPair(RuleBasedStateMachine):
             if stream is not None:
                 assert len(stream.outbox) < CAP + MOST_WRITE and stream.sent - stream.peer_consumed < CAP + MOST_WRITE
                 assert stream.inbox_size < CAP + MOST_WRITE
-                assert len(stream.outbox) == stream.sent - min(stream.peer_received, stream.sent) or stream.finished
+                assert len(stream.outbox) == stream.sent - stream.peer_consumed or stream.finished
+                assert stream.peer_consumed <= stream.peer_received
 
     @invariant()
     def counts_never_run_ahead_of_the_other_end(self) -> None:

@@ -225,6 +225,8 @@ class ResumableClient(asyncio.Protocol):
         self.registry.discard(self)
         self.core.app_closed()  # the relay still gets what it sent, then the close
         self.pump()
+        if self.ended:
+            self.trim()
 
     def abort(self) -> None:
         """The supervisor stops: the relay is told at once (C), the client's socket goes."""
@@ -425,10 +427,16 @@ class ResumableClient(asyncio.Protocol):
             else:
                 transport.resume_reading()  # read and drop what it still sends, then close
                 self.loop.call_later(LINGER, transport.close)
+        else:
+            self.trim()
         self.registry.discard(self)
         self.lost.set()
+
+    def trim(self) -> None:
+        """Give a busy stream's freed memory back, once its sockets have let go of it."""
+        stream = self.core
         if MALLOC_TRIM is not None and stream.sent + stream.received >= TRIM_AFTER:
-            self.loop.call_later(0.1, MALLOC_TRIM, 0)  # once the transports let go of their buffers
+            self.loop.call_later(0.1, MALLOC_TRIM, 0)
 
 
 class _RelayChannel(asyncssh.SSHUNIXSession[bytes]):

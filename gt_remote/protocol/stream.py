@@ -20,10 +20,11 @@ Wire format on a channel, both ways: 1-byte type, 4-byte big-endian length, payl
   K heartbeat: the laptop sends one each keepalive, the relay answers each with one
 
 Positions: each end counts the bytes its application wrote (`sent`) and one more for their
-end (E). It keeps what the peer has not received (the outbox) and replays it after a
-resume, from the peer's `received`. Flow control counts what the peer's *application* has
-taken (`consumed`), not what its end received: a reader that stalls holds its writer to CAP
-bytes, however many resumes happen meanwhile.
+end (E). After a resume it replays from the peer's `received`. It keeps every byte until
+the peer's *application* has taken it (`consumed`), and flow control counts the same: a
+reader that stalls holds its writer to CAP bytes, however many resumes happen meanwhile,
+and whatever waits in the peer for a stalled application is also in this end's outbox, so
+this end's budget bounds both.
 
 Decisions both ends share, each written here once:
 - a repeated E counts once; data after E, or an unknown frame, is a broken channel;
@@ -251,7 +252,7 @@ Chunk = Union[bytes, memoryview]
 
 
 class Outbox:
-    """The bytes the peer has not received, from stream position `start` to `end`, kept as
+    """The bytes the peer's application has not taken, from stream position `start` to `end`, kept as
     the chunks they came in: appending and dropping never copy what is kept. Reading from a
     position is how both a plain flush and a replay find their bytes: there is no second
     queue of "not yet sent" chunks to keep in step with this one."""
@@ -666,11 +667,11 @@ class Stream:
             raise FrameError("the peer claims %d positions received, %d consumed, of %d sent" % (received, consumed, self.out_positions))
         if received > self.peer_received:
             self.peer_received = received
-            dropped = self.outbox.drop_to(received)
-            if dropped:
-                self.budget.shrink(dropped)
         if consumed > self.peer_consumed:
             self.peer_consumed = consumed
+            dropped = self.outbox.drop_to(consumed)
+            if dropped:
+                self.budget.shrink(dropped)
         self._update_reading()
 
     def _update_reading(self) -> None:
