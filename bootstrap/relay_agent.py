@@ -3,9 +3,10 @@
 
 Uploaded to the remote and run there with the system python3 (3.8 or newer, stdlib only):
 the uploaded file is built (bootstrap/relay_build.py) from the stream core,
-gt_remote/protocol/stream.py, put in place of its import below, and this file. The core
-holds the protocol (frames, hellos, positions, replay, acks, windows, flow control and the
-budget); this file only moves bytes between it and the sockets.
+gt_remote/protocol/stream.py, and the adapter both ends share, gt_remote/protocol/pipe.py,
+each put in place of its import below, and this file. The core holds the protocol (frames,
+hellos, positions, replay, acks, windows, flow control and the budget); this file only
+connects it to the sockets.
 
 It listens on a Unix socket (0600, in a 0700 directory) that the local supervisor reaches
 through an SSH direct-streamlocal channel, and dials only 127.0.0.1:PORT, after checking
@@ -32,15 +33,14 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from gt_remote.protocol.pipe import StreamPipe
 from gt_remote.protocol.stream import (
     BUDGET,
     CAP,
     HIGH_WATER,
-    LINGER,
     MAX_FRAME,
     MAX_HELLO,
     MAX_STREAMS,
-    TRIM_AFTER,
     Budget,
     FrameError,
     FrameReader,
@@ -57,90 +57,32 @@ MAX_PENDING_HELLOS = 64
 DEFAULT_LEASE_TTL = 60  # a lease file without a number in it, as lease_others reads it
 
 
-def _malloc_trim() -> Any:
-    """glibc's malloc_trim, or None: after a busy stream ends, its freed buffers go back to
-    the system instead of staying in the heap."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None).malloc_trim
-    except Exception:  # noqa: BLE001 - not glibc: the allocator keeps its own policy
-        return None
-
-
-MALLOC_TRIM = _malloc_trim()
-
-
-class Pipe:
-    """One stream's sockets at the relay: the server connection, the channel attached now,
-    and one timer for whatever the core says is due next. It holds no protocol state."""
+class ServerPipe(StreamPipe):
+    """One stream's sockets at the relay: the server connection and the channel attached
+    now. It holds no protocol state: the core has it, and StreamPipe moves its bytes."""
 
     def __init__(self, relay: Relay, core: Stream) -> None:
         self.relay = relay
-        self.loop = relay.loop
-        self.core = core
-        core.io = self
         self.server: Optional[asyncio.Transport] = None
         self.channel: Optional[ChannelProtocol] = None
-        self.reading = True  # the server socket is read
-        self.timer: Optional[asyncio.TimerHandle] = None
-        self.timer_at = 0.0
-        self.ended = False
+        self.start_pipe(core, relay.loop)
 
-    def server_buffered(self) -> int:
+    def send_to_channel(self, data: bytes) -> None:
+        if self.channel is not None:
+            self.channel.send(data)
+
+    def app(self) -> Optional[asyncio.Transport]:
         server = self.server
-        return server.get_write_buffer_size() if server is not None and not server.is_closing() else 0
+        return server if server is not None and not server.is_closing() else None
 
-    def pump(self) -> None:
-        """Move what the core has for the channel and the server; act on what it decided."""
-        core = self.core
-        data = core.to_channel()
-        while data:
-            channel = self.channel
-            if channel is not None:
-                channel.send(data)
-            data = core.to_channel()
-        server = self.server
-        if server is not None and not server.is_closing():
-            data = core.to_app()
-            if data:
-                server.write(data)
-            if core.eof_for_app:
-                core.gave_eof()
-                if server.can_write_eof():
-                    server.write_eof()
-        self.apply_reading()
-        for other in core.budget.take_changed():
-            if other.io is not None and other.io is not self:
-                other.io.apply_reading()
-        if core.finished:
-            self.end()
-            return
-        due = core.deadline
-        if due is not None and (self.timer is None or due < self.timer_at):
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer_at = due
-            self.timer = self.loop.call_at(due, self._due)
-
-    def apply_reading(self) -> None:
-        server = self.server
-        if server is None or server.is_closing() or self.core.reading == self.reading:
-            return
-        self.reading = self.core.reading
-        if self.reading:
-            server.resume_reading()
-        else:
-            server.pause_reading()
-
-    def _due(self) -> None:
-        self.timer = None
-        self.core.tick(self.loop.time(), self.server_buffered())
-        self.pump()
-
-    def on_frames(self, frames: List[Any]) -> None:
-        self.core.on_frames(frames, self.loop.time(), self.server_buffered())
-        self.pump()
+    def ended_here(self) -> None:
+        self.relay.table.forget(self.core)
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.pipe = None
+            channel.close()
+        if self.core.why and self.core.why != "ended":
+            self.relay.log("stream %s ended: %s" % (self.core.id[:8], self.core.why))
 
     async def dial(self, channel: ChannelProtocol) -> None:
         """A new stream's server connection, after checking who listens on the port."""
@@ -186,41 +128,9 @@ class Pipe:
             self.core.detach()
             self.pump()
 
-    def end(self) -> None:
-        """The core is done: forget the stream, close its channel, and let the server go
-        with a clean close (its end, then its socket once it ends too, or after a linger)."""
-        if self.ended:
-            return
-        self.ended = True
-        core, relay = self.core, self.relay
-        relay.table.forget(core)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        channel, self.channel = self.channel, None
-        if channel is not None:
-            channel.pipe = None
-            channel.close()
-        server = self.server
-        if server is not None and not server.is_closing():
-            if server.can_write_eof():
-                server.write_eof()
-            server.resume_reading()  # read (and drop) what it still sends, so it gets FIN, not RST
-            self.loop.call_later(LINGER, server.close)
-        else:
-            self.trim()
-        if core.why and core.why != "ended":
-            relay.log("stream %s ended: %s" % (core.id[:8], core.why))
-
-    def trim(self) -> None:
-        """Give a busy stream's freed memory back, once its sockets have let go of it."""
-        core = self.core
-        if MALLOC_TRIM is not None and core.sent + core.received >= TRIM_AFTER:
-            self.loop.call_later(0.1, MALLOC_TRIM, 0)
-
 
 class ServerProtocol(asyncio.Protocol):
-    def __init__(self, pipe: Pipe) -> None:
+    def __init__(self, pipe: ServerPipe) -> None:
         self.pipe = pipe
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -236,27 +146,18 @@ class ServerProtocol(asyncio.Protocol):
         pipe.pump()
 
     def eof_received(self) -> bool:
-        self.pipe.core.app_eof()
-        self.pipe.pump()
-        if self.pipe.ended and self.pipe.server is not None:
-            self.pipe.server.close()  # lingering, and now it has ended too
+        self.pipe.app_ended_its_side()
         return True
 
     def pause_writing(self) -> None:
         self.pipe.core.app_writable = False  # its resume_writing acknowledges; no timer meanwhile
 
     def resume_writing(self) -> None:
-        pipe = self.pipe
-        pipe.core.app_drained(pipe.server_buffered(), pipe.loop.time())
-        pipe.pump()
+        self.pipe.app_took()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        pipe = self.pipe
-        pipe.server = None
-        pipe.core.app_closed()
-        pipe.pump()
-        if pipe.ended:
-            pipe.trim()
+        self.pipe.server = None
+        self.pipe.app_lost()
 
 
 class ChannelProtocol(asyncio.Protocol):
@@ -266,7 +167,7 @@ class ChannelProtocol(asyncio.Protocol):
         self.relay = relay
         self.reader = FrameReader(MAX_FRAME, MAX_HELLO)
         self.transport: Optional[asyncio.Transport] = None
-        self.pipe: Optional[Pipe] = None
+        self.pipe: Optional[ServerPipe] = None
         self.greeted = False
         self.pending = False  # counted in the relay's pending hellos
         self.deadline: Optional[asyncio.TimerHandle] = None
@@ -539,7 +440,7 @@ class Relay:
             channel.send(answer)
             channel.close()
             return
-        pipe = core.io if core.io is not None else Pipe(self, core)
+        pipe = core.io if core.io is not None else ServerPipe(self, core)
         pipe.take_channel(channel)
         channel.pipe = pipe
         if existing is None:

@@ -26,8 +26,10 @@ def test_the_built_relay_is_python_3_8_syntax_and_imports_only_the_stdlib() -> N
     assert imported_roots(relay_build.agent().decode()) <= set(sys.stdlib_module_names) | {"__future__"}
 
 
-def test_the_core_imports_only_the_stdlib() -> None:
-    assert imported_roots(relay_build.CORE.read_text()) <= set(sys.stdlib_module_names) | {"__future__"}
+def test_the_shared_modules_import_only_the_stdlib_and_each_other() -> None:
+    for name, text in relay_build.protocol_modules().items():
+        assert imported_roots(text) <= set(sys.stdlib_module_names) | {"__future__", "gt_remote"}, name
+        assert all(line.startswith(relay_build.IMPORT) for line in text.splitlines() if line.startswith(("from gt_remote", "import gt_remote"))), name
 
 
 def test_the_built_relay_runs_under_python_3_8_isolated_from_this_package(tmp_path: Path) -> None:
@@ -40,14 +42,18 @@ def test_the_built_relay_runs_under_python_3_8_isolated_from_this_package(tmp_pa
     assert result.returncode == 0 and "--socket" in result.stdout, result.stderr
 
 
-def test_the_built_relay_holds_the_core_once_and_the_relay_source_none_of_it() -> None:
+def top_level_names(source: str) -> set[str]:
+    return {node.name for node in ast.parse(source).body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
+
+
+def test_the_built_relay_holds_each_shared_module_once_and_the_relay_source_none_of_them() -> None:
     built = relay_build.agent().decode()
-    core = relay_build.CORE.read_text().replace(relay_build.FUTURE, "")
-    assert built.count(core) == 1
-    relay_source = ast.parse(relay_build.RELAY.read_text())
-    relay_names = {node.name for node in relay_source.body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
-    core_names = {node.name for node in ast.parse(relay_build.CORE.read_text()).body if isinstance(node, ast.ClassDef | ast.FunctionDef)}
-    assert relay_names & core_names == set(), "the relay defines again what the core has"
+    relay_names = top_level_names(relay_build.RELAY.read_text())
+    for name, text in relay_build.protocol_modules().items():
+        assert built.count(f"# --- gt_remote/protocol/{name}.py ---") == 1, name
+        assert top_level_names(text) <= top_level_names(built), name
+        assert relay_names & top_level_names(text) == set(), f"the relay defines again what {name}.py has"
+    assert "from gt_remote" not in built and "import gt_remote" not in built
 
 
 def test_the_tests_run_the_file_that_is_uploaded() -> None:
@@ -55,13 +61,14 @@ def test_the_tests_run_the_file_that_is_uploaded() -> None:
     assert relay_build.digest() == __import__("hashlib").sha256(relay_build.agent()).hexdigest()[:16]
 
 
-def test_a_relay_source_without_its_import_of_the_core_is_a_build_error() -> None:
-    try:
-        relay_build.inline("import json\n", relay_build.CORE.read_text())
-    except relay_build.BuildError as error:
-        assert "from gt_remote.protocol.stream import" in str(error)
-    else:
-        raise AssertionError("built a relay without the core")
+def test_an_import_the_remote_cannot_satisfy_is_a_build_error() -> None:
+    for source in ("from gt_remote.base import errors\n", "from gt_remote.protocol.nothing import x\n", "from gt_remote.protocol.stream import (\n    x,\n"):
+        try:
+            relay_build.inline(source, relay_build.protocol_modules())
+        except relay_build.BuildError as error:
+            assert "gt_remote" in str(error)
+        else:
+            raise AssertionError(f"built a relay from {source!r}")
 
 
 def test_the_core_module_is_the_one_the_laptop_imports() -> None:

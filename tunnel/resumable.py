@@ -26,7 +26,8 @@ import asyncssh
 
 from gt_remote.base.errors import GtRemoteError
 from gt_remote.protocol import stream as core
-from gt_remote.protocol.stream import HEADER, HIGH_WATER, LINGER, MAX_FRAME, MAX_REPLY, TRIM_AFTER, FrameError, FrameReader, StreamGone, frame
+from gt_remote.protocol.pipe import StreamPipe
+from gt_remote.protocol.stream import HEADER, HIGH_WATER, MAX_FRAME, MAX_REPLY, FrameError, FrameReader, StreamGone, frame
 from gt_remote.tunnel.link import Link
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,6 @@ HELLO_TIMEOUT = 15.0
 CLOSE_WAIT = 2.0  # `down`: how long to wait for the relay to close this supervisor's streams
 DEFAULT_WINDOW = 900.0
 __all__ = ["FrameError", "FrameReader", "RelayPath", "ResumableClient", "StreamGone", "relay_request"]
-
-
-def _malloc_trim() -> Any:
-    """glibc's malloc_trim, or None: a busy stream's freed buffers go back to the system."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc: the allocator keeps its own policy
-        return None
-
-
-MALLOC_TRIM = _malloc_trim()
 
 
 async def relay_request(conn: asyncssh.SSHClientConnection, socket_path: str, hello: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -159,7 +147,7 @@ class RelayPath:
         return closed
 
 
-class ResumableClient(asyncio.Protocol):
+class ResumableClient(StreamPipe, asyncio.Protocol):
     """A local client's socket, and the channel its stream rides on now: the adapter between
     them and the stream's core, which holds every count and byte of the protocol."""
 
@@ -167,19 +155,14 @@ class ResumableClient(asyncio.Protocol):
         self.path = path
         self.registry = registry
         self.id = secrets.token_hex(16)
-        self.loop = asyncio.get_running_loop()
-        self.core = core.Stream(core.LAPTOP, path.window, self.loop.time(), path.shared_budget, stream_id=self.id, owner=path.owner)
-        self.core.io = self
+        loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.channel: asyncssh.SSHUNIXChannel[bytes] | None = None
         self.reply: asyncio.Future[None] | None = None
         self.lost = asyncio.Event()
-        self.reading = True  # the client socket is read
         self.client_gone = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
-        self.ended = False
         self._task: asyncio.Task[None] | None = None
+        self.start_pipe(core.Stream(core.LAPTOP, path.window, loop.time(), path.shared_budget, stream_id=self.id, owner=path.owner), loop)
 
     @property
     def attached(self) -> bool:
@@ -207,26 +190,19 @@ class ResumableClient(asyncio.Protocol):
         self.pump()
 
     def eof_received(self) -> bool:
-        self.core.app_eof()
-        self.pump()
-        if self.ended and self.transport is not None:
-            self.transport.close()  # it lingered, and now it has ended too
+        self.app_ended_its_side()
         return True  # half-close: the client may still read the replies
 
     def pause_writing(self) -> None:
         self.core.app_writable = False  # its resume_writing acknowledges; no timer meanwhile
 
     def resume_writing(self) -> None:
-        self.core.app_drained(self._client_buffered(), self.loop.time())
-        self.pump()
+        self.app_took()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client_gone = True
         self.registry.discard(self)
-        self.core.app_closed()  # the relay still gets what it sent, then the close
-        self.pump()
-        if self.ended:
-            self.trim()
+        self.app_lost()
 
     def abort(self) -> None:
         """The supervisor stops: the relay is told at once (C), the client's socket goes."""
@@ -235,61 +211,19 @@ class ResumableClient(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _client_buffered(self) -> int:
+    def app(self) -> asyncio.Transport | None:
         transport = self.transport
-        return transport.get_write_buffer_size() if transport is not None and not self.client_gone and not transport.is_closing() else 0
+        return transport if transport is not None and not self.client_gone and not transport.is_closing() else None
 
-    # --- moving bytes ----------------------------------------------------------------------
+    def send_to_channel(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is not None:
+            try:
+                channel.write(data)
+            except OSError:  # closing under us: its connection_lost follows
+                pass
 
-    def pump(self) -> None:
-        """Move what the core has for the channel and the client; act on what it decided."""
-        stream = self.core
-        data = stream.to_channel()
-        while data:
-            channel = self.channel
-            if channel is not None:
-                try:
-                    channel.write(data)
-                except OSError:  # closing under us: its connection_lost follows
-                    pass
-            data = stream.to_channel()
-        transport = self.transport
-        if transport is not None and not self.client_gone and not transport.is_closing():
-            data = stream.to_app()
-            if data:
-                transport.write(data)
-            if stream.eof_for_app:
-                stream.gave_eof()
-                if transport.can_write_eof():
-                    transport.write_eof()
-        self.apply_reading()
-        for other in stream.budget.take_changed():
-            if other.io is not None and other.io is not self:
-                other.io.apply_reading()
-        if stream.finished:
-            self._end()
-            return
-        due = stream.deadline
-        if due is not None and (self.timer is None or due < self.timer_at):
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer_at = due
-            self.timer = self.loop.call_at(due, self._due)
-
-    def apply_reading(self) -> None:
-        transport = self.transport
-        if transport is None or self.client_gone or transport.is_closing() or self.core.reading == self.reading:
-            return
-        self.reading = self.core.reading
-        if self.reading:
-            transport.resume_reading()
-        else:
-            transport.pause_reading()
-
-    def _due(self) -> None:
-        self.timer = None
-        self.core.tick(self.loop.time(), self._client_buffered())
-        self.pump()
+    # --- the channel -----------------------------------------------------------------------
 
     def heartbeat(self) -> None:
         self.core.heartbeat()
@@ -299,7 +233,7 @@ class ResumableClient(asyncio.Protocol):
         stream = self.core
         awaiting, resumes, replayed = stream.awaiting_reply, stream.resumes, stream.replayed
         try:
-            stream.on_frames(frames, self.loop.time(), self._client_buffered())
+            stream.on_frames(frames, self.loop.time(), self.app_buffered())
         except FrameError as error:
             stream.close(f"bad frames from the relay: {error}")
         self.path.streams_resumed += stream.resumes - resumes
@@ -403,40 +337,16 @@ class ResumableClient(asyncio.Protocol):
 
     # --- ending ----------------------------------------------------------------------------
 
-    def _end(self) -> None:
-        """The core is done: the channel goes (after its close frame), and the client gets
-        its end after every byte that arrived, then its socket closes once it ends too, or
-        after a linger: a FIN, never a reset."""
-        if self.ended:
-            return
-        self.ended = True
+    def ended_here(self) -> None:
         stream = self.core
         if stream.why not in ("ended", "the client's end closed", "the supervisor stopped"):
             log.info("stream %s ended: %s", self.id[:8], stream.why)
         self.path.streams.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         channel, self.channel = self.channel, None
         if channel is not None:
             channel.close()
-        transport = self.transport
-        if transport is not None and not self.client_gone and not transport.is_closing():
-            if stream.sent_eof:
-                transport.close()  # it has ended its side: nothing of it can be cut off
-            else:
-                transport.resume_reading()  # read and drop what it still sends, then close
-                self.loop.call_later(LINGER, transport.close)
-        else:
-            self.trim()
         self.registry.discard(self)
         self.lost.set()
-
-    def trim(self) -> None:
-        """Give a busy stream's freed memory back, once its sockets have let go of it."""
-        stream = self.core
-        if MALLOC_TRIM is not None and stream.sent + stream.received >= TRIM_AFTER:
-            self.loop.call_later(0.1, MALLOC_TRIM, 0)
 
 
 class _RelayChannel(asyncssh.SSHUNIXSession[bytes]):
