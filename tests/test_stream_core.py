@@ -465,3 +465,113 @@ def test_the_model_finds_the_hole_the_old_outbox_left(monkeypatch: pytest.Monkey
     monkeypatch.setattr(core, "Stream", TodaysOutbox)
     with pytest.raises(AssertionError, match="lost, duplicated or reordered|did not get every byte"):
         run_state_machine_as_test(StreamPair, settings=settings(PROOF, database=None, report_multiple_bugs=False, phases=[Phase.generate]))  # found, not shrunk
+
+
+# --- each decision the two old copies differed on, written once (issue #26) -----------------
+
+
+def pair_attached() -> tuple[core.Stream, core.Stream, core.StreamTable]:
+    """A laptop core and a relay core whose stream is open and answered, nothing in flight."""
+    laptop = core.Stream(core.LAPTOP, WINDOW, 0.0, stream_id="cd" * 16, owner="me")
+    table = core.StreamTable(core.Budget())
+    laptop.hello(heartbeat=1.0)
+    [(kind, payload)] = core.FrameReader().feed(laptop.to_channel())
+    relay, answer = table.greet(core.parse_hello(payload), 0.0)
+    assert relay is not None and not answer
+    relay.app_writable = True
+    relay.attach(0, 0, 0.0)
+    laptop.on_frames(core.FrameReader().feed(relay.to_channel()), 0.0, 0)
+    assert laptop.attached and not laptop.awaiting_reply
+    return laptop, relay, table
+
+
+def carry(source: core.Stream, target: core.Stream, now: float = 0.0) -> list[tuple[bytes, bytes]]:
+    frames = core.FrameReader().feed(source.to_channel())
+    target.on_frames(frames, now, 0)
+    return frames
+
+
+def test_a_repeated_end_counts_once_at_either_end() -> None:
+    laptop, relay, _ = pair_attached()
+    for stream in (laptop, relay):
+        stream.on_frames([(b"E", b""), (b"E", b"")], 0.0, 0)
+        assert stream.in_positions == 1
+
+
+def test_only_the_relay_answers_a_heartbeat() -> None:
+    laptop, relay, _ = pair_attached()
+    laptop.heartbeat()
+    assert carry(laptop, relay) == [(b"K", b"")]
+    assert carry(relay, laptop) == [(b"K", b"")]
+    assert laptop.to_channel() == b"", "the laptop answered the relay's answer"
+
+
+def test_an_ack_carries_what_arrived_and_what_the_application_took() -> None:
+    laptop, relay, _ = pair_attached()
+    laptop.app_data(b"x" * 100)
+    carry(laptop, relay)
+    relay.to_app()  # the server's socket took all 100, 40 of them still in its buffer
+    relay.tick(1.0, app_buffered=40)
+    assert carry(relay, laptop) == [(b"A", core.ACK.pack(100, 60))]
+    assert laptop.peer_received == 100 and laptop.peer_consumed == 60 and len(laptop.outbox) == 40
+
+
+def test_the_budget_stops_the_stream_with_the_largest_outbox_until_half_is_left() -> None:
+    budget = core.Budget(1000)
+    small, large = (core.Stream(core.RELAY, WINDOW, 0.0, budget) for _ in range(2))
+    small.app_data(b"s" * 300)
+    large.app_data(b"l" * 600)
+    assert small.reading and large.reading
+    small.app_data(b"s" * 200)  # 1100 in all: the largest outbox stops, whoever wrote last
+    assert budget.take_changed() == [large] and not large.reading and small.reading
+    large._acknowledged(600, 600)  # 500 left: half the budget
+    assert large.reading and budget.total == 500
+
+
+def test_a_hello_lost_with_its_connection_is_retried_as_a_resume_that_leaves_no_ghost() -> None:
+    laptop = core.Stream(core.LAPTOP, WINDOW, 0.0, stream_id="ef" * 16, owner="me")
+    table = core.StreamTable(core.Budget())
+    laptop.hello(heartbeat=1.0)
+    laptop.app_data(b"first bytes")
+    first = core.FrameReader().feed(laptop.to_channel())
+    relay, _ = table.greet(core.parse_hello(first[0][1]), 0.0)  # the relay got the hello and the bytes...
+    assert relay is not None
+    relay.on_frames(first[1:], 0.0, 0)
+    laptop.detach()  # ...and the connection died before its reply
+    laptop.hello(heartbeat=1.0)
+    retry = core.parse_hello(core.FrameReader().feed(laptop.to_channel())[0][1])
+    assert retry["op"] == "resume" and retry["create"] is True
+    again, answer = table.greet(retry, 0.0)
+    assert again is relay and not answer and len(table.streams) == 1, "the retry must find the stream, not open a second"
+    assert relay.received == len(b"first bytes"), "its first bytes were kept once"
+
+
+def test_a_retry_creates_only_what_the_relay_never_saw_and_never_revives_an_ended_stream() -> None:
+    table = core.StreamTable(core.Budget())
+    request = {"op": "resume", "id": "01" * 16, "received": 0, "consumed": 0, "owner": "me", "create": True, "window": 60.0, "heartbeat": 1.0}
+    stream, _ = table.greet(dict(request), 0.0)
+    assert stream is not None and table.total == 1
+    stream.close("ended")
+    table.forget(stream)
+    again, answer = table.greet(dict(request), 0.0)
+    assert again is None and b"unknown" in answer and table.total == 1
+    later, answer = table.greet({**request, "id": "02" * 16, "received": 5}, 0.0)
+    assert later is None and b"unknown" in answer, "a stream that had bytes cannot be created anew"
+
+
+def test_a_stalled_reader_holds_its_writer_to_the_cap_across_resumes() -> None:
+    laptop, relay, table = pair_attached()
+    laptop.app_writable = False  # the client never reads
+    for resume in range(8):
+        while relay.reading:
+            relay.app_data(b"p" * 4096)
+            carry(relay, laptop)
+        assert relay.sent - relay.peer_consumed < core.CAP + 4096, f"resume {resume}: the relay ran ahead of the client"
+        assert laptop.held < core.CAP + 4096 and relay.held < core.CAP + 4096
+        laptop.detach()
+        relay.detach()
+        laptop.hello(heartbeat=1.0)
+        [(_, payload)] = core.FrameReader().feed(laptop.to_channel())
+        table.greet(core.parse_hello(payload), 0.0)
+        carry(relay, laptop)
+    assert not relay.reading, "a reconnect gave the relay credit the client never gave"

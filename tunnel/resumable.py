@@ -81,20 +81,14 @@ class RelayPath:
     restart_relay: Callable[[str], Awaitable[None]] | None = None
     _heartbeats: asyncio.Task[None] | None = None
     _budget: core.Budget | None = None
+    _abandoned: set[str] = field(default_factory=set)  # ids the relay may hold that no stream here will resume
+    _closer: asyncio.Task[None] | None = None
 
     @property
     def shared_budget(self) -> core.Budget:
         if self._budget is None:
             self._budget = core.Budget(self.budget)
         return self._budget
-
-    @property
-    def unacked_total(self) -> int:
-        return self.shared_budget.total
-
-    @property
-    def peak_unacked_total(self) -> int:
-        return self.shared_budget.peak
 
     def buffered(self) -> int:
         return sum(stream.core.held for stream in self.streams)
@@ -117,13 +111,35 @@ class RelayPath:
             for stream in list(self.streams):
                 stream.heartbeat()
 
+    def abandon(self, stream_id: str) -> None:
+        """A stream given up here that the relay may still hold: it is told to close it as
+        soon as the link is up (it would otherwise keep it, and its server connection, for
+        the whole window)."""
+        self._abandoned.add(stream_id)
+        if self._closer is None or self._closer.done():
+            self._closer = asyncio.ensure_future(self._close_abandoned())
+
+    async def _close_abandoned(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.window  # past it, the relay has let go itself
+        while self._abandoned and asyncio.get_running_loop().time() < deadline:
+            ids = sorted(self._abandoned)[: core.MAX_STREAMS]
+            try:
+                conn = await self.link.wait_connected(max(0.0, deadline - asyncio.get_running_loop().time()))
+                await relay_request(conn, self.socket_path, {"op": "close", "ids": ids}, max(5.0, self.heartbeat_interval))
+            except (GtRemoteError, StreamGone) as exc:
+                log.info("could not have the relay close %d abandoned stream(s) yet: %s", len(ids), exc)
+                await asyncio.sleep(self.heartbeat_interval)
+                continue
+            self._abandoned.difference_update(ids)
+
     async def close_detached(self, wait: float = CLOSE_WAIT) -> int:
         """`down`: no stream of this supervisor will be resumed. The relay closes every stream
         it holds for this owner, found from its side (detached ones, and any a lost hello left
         there); with the link down (or no answer within `wait`), it does so itself one window
         after their last heartbeat."""
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
+        for task in (self._heartbeats, self._closer):
+            if task is not None:
+                task.cancel()
         detached = [s for s in self.streams if not s.core.attached]
         for stream in detached:
             stream.core.close("closed at shutdown")  # its keeper must not reattach it meanwhile
@@ -161,16 +177,9 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
         self.reply: asyncio.Future[None] | None = None
         self.lost = asyncio.Event()
         self.client_gone = False
+        self.opened_at = loop.time()
         self._task: asyncio.Task[None] | None = None
         self.start_pipe(core.Stream(core.LAPTOP, path.window, loop.time(), path.shared_budget, stream_id=self.id, owner=path.owner), loop)
-
-    @property
-    def attached(self) -> bool:
-        return self.core.attached
-
-    @property
-    def finished(self) -> bool:
-        return self.core.finished
 
     # --- the client socket ---------------------------------------------------------------
 
@@ -270,6 +279,8 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
                 try:
                     await self._attach(deadline)
                 except StreamGone as gone:
+                    if self.core.hellos and not self.core.finished:
+                        self.path.abandon(self.id)  # the relay may hold it: have it closed, not kept for the window
                     self.core.close(str(gone))
                     self.pump()
                     return
@@ -306,13 +317,16 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
                     if self.loop.time() >= deadline:
                         raise StreamGone(f"the relay did not come back within {HELLO_TIMEOUT:g} s") from None
                     continue
-                if deadline is None:
-                    # A new stream: retry only a connection that died under it, within the hello's time.
-                    if connection_alive:
-                        raise StreamGone(f"the relay did not answer: {exc}") from None
-                    deadline = self.loop.time() + HELLO_TIMEOUT
-                log.info("stream %s: reattaching failed (%s); retrying", self.id[:8], exc)
-                self.path.link.mark_lost(conn, str(exc))
+                # The hello may have reached the relay, and a retry resumes whatever the relay holds
+                # (the core sends `resume` after a first hello), so a new stream retries too, within
+                # its hello time: a channel closed by a dying connection can arrive while that
+                # connection still looks alive, and giving up then closed the client for nothing.
+                deadline = deadline or self.opened_at + HELLO_TIMEOUT
+                if self.loop.time() >= deadline:
+                    raise StreamGone(f"the relay did not answer: {exc}") from None
+                log.info("stream %s: %s failed (%s); retrying", self.id[:8], "reattaching" if self.core.answered else "opening", exc)
+                if self.core.answered or not connection_alive:
+                    self.path.link.mark_lost(conn, str(exc))
                 await asyncio.sleep(0.2)
 
     async def _hello(self, conn: asyncssh.SSHClientConnection) -> None:
