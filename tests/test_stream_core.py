@@ -297,6 +297,23 @@ class StreamPair(RuleBasedStateMachine):
             self.relay.tick(self.now, 0)
         self.pump()
 
+    @precondition(lambda self: self.channel is not None and self.channel.alive and (self.channel.up or self.channel.down))
+    @rule()
+    def catch_up(self) -> None:
+        """Everything in flight arrives, both ways, a few times over: streams can finish (and
+        a drop can land just after) in the middle of a run, not only when it settles."""
+        for _ in range(4):
+            channel = self.channel
+            if channel is None or not channel.alive:
+                return
+            if channel.up:
+                self.carry_up(1 << 30)
+            if channel.down:
+                self.carry_down(1 << 30)
+            if self.relay is not None and not self.dialled:
+                self.dial_completes()
+            self.time_passes(0.06)
+
     @rule()
     def heartbeat(self) -> None:
         self.laptop.heartbeat()
@@ -361,6 +378,8 @@ class StreamPair(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.settle()
+        if self.laptop.finished and not self.expired:
+            assert not self.table.streams, "the laptop let the stream go and the relay still holds it: a ghost"
         if self.expired:
             return
         laptop, relay = self.laptop, self.relay
@@ -375,12 +394,23 @@ class StreamPair(RuleBasedStateMachine):
             assert self.server.got == self.client.written, "the server did not get every byte"
             assert self.server.got_eof == self.client.wrote_eof, "the server's end"
 
+    def close_abandoned(self) -> None:
+        """What the laptop's adapter does for a close the relay never answered: the relay's
+        close op for that id, once the link is up."""
+        relay = self.table.streams.get(self.laptop.id)
+        if relay is not None:
+            relay.close("closed on request")
+            self.pump_relay()
+
     def settle(self) -> None:
         for _ in range(20_000):
+            if self.laptop.finished and (self.channel is None or not self.channel.alive or not self.channel.down):
+                if self.laptop.unconfirmed:
+                    self.close_abandoned()
             before = (len(self.client.got), len(self.server.got), self.laptop.peer_received, self.relay and self.relay.peer_received, self.laptop.finished)
             if self.laptop.finished and (self.relay is None or self.relay.finished):
                 break
-            if self.channel is None or not self.channel.alive:
+            if (self.channel is None or not self.channel.alive) and not self.laptop.finished:
                 self.connect()
             self.laptop.channel_writable = True
             self.laptop.app_drained(0, self.now)
@@ -391,8 +421,9 @@ class StreamPair(RuleBasedStateMachine):
             if self.relay is not None and not self.dialled:
                 self.dial_completes()
             channel = self.channel
-            assert channel is not None
-            moved = bool(channel.up or channel.down)
+            if channel is None:
+                break
+            moved = bool(channel.up or channel.down) and channel.alive
             if channel.up:
                 self.carry_up(1 << 30)
             if channel.down:
@@ -575,3 +606,23 @@ def test_a_stalled_reader_holds_its_writer_to_the_cap_across_resumes() -> None:
         table.greet(core.parse_hello(payload), 0.0)
         carry(relay, laptop)
     assert not relay.reading, "a reconnect gave the relay credit the client never gave"
+
+
+def test_a_close_is_answered_and_an_unanswered_one_is_known_as_such() -> None:
+    """Both ends done in one exchange (a Ping, then both sides close): the laptop's last ack
+    and its C leave together. If they are lost, only the laptop knows the stream is over:
+    `unconfirmed` tells its adapter to have the relay close it by id."""
+    laptop, relay, _ = pair_attached()
+    laptop.app_data(b"ping")
+    laptop.app_eof()
+    carry(laptop, relay)
+    relay.to_app()
+    relay.app_data(b"pong")
+    relay.app_eof()
+    relay.tick(1.0, 0)
+    carry(relay, laptop)  # pong, the ack of the laptop's end, the relay's end
+    assert laptop.finished and laptop.unconfirmed, "the laptop closed first and has no answer yet"
+    assert not relay.finished
+    frames = carry(laptop, relay)
+    assert frames[-1] == (b"C", b"") and relay.finished
+    assert carry(relay, laptop) == [(b"C", b"")], "the relay answers the close"

@@ -258,6 +258,9 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
     def channel_lost(self, channel: asyncssh.SSHUNIXChannel[bytes]) -> None:
         if channel is not self.channel:
             return
+        if self.ended:
+            self.close_unconfirmed()
+            return
         self.channel = None
         self.core.detach()
         if self.reply is not None and not self.reply.done():
@@ -356,11 +359,30 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
         if stream.why not in ("ended", "the client's end closed", "the supervisor stopped"):
             log.info("stream %s ended: %s", self.id[:8], stream.why)
         self.path.streams.discard(self)
+        if stream.unconfirmed and self.channel is not None:
+            self.loop.call_later(HELLO_TIMEOUT, self.close_unconfirmed)  # the relay's answering C closes it sooner
+        else:
+            self._close_channel()
+        self.registry.discard(self)
+        self.lost.set()
+
+    def _close_channel(self) -> None:
         channel, self.channel = self.channel, None
         if channel is not None:
             channel.close()
-        self.registry.discard(self)
-        self.lost.set()
+
+    def close_confirmed(self) -> None:
+        """The relay answered this end's close: it holds nothing of the stream."""
+        self.core.close_confirmed = True
+        self._close_channel()
+
+    def close_unconfirmed(self) -> None:
+        """No answer to this end's close (the channel died, or the relay did not say): have the
+        relay close the stream by id once the link is up, so it is not kept for the window."""
+        if self.core.unconfirmed:
+            self.path.abandon(self.id)
+            self.core.close_confirmed = True  # asked once
+        self._close_channel()
 
 
 class _RelayChannel(asyncssh.SSHUNIXSession[bytes]):
@@ -378,6 +400,13 @@ class _RelayChannel(asyncssh.SSHUNIXSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         stream = self.stream
         if self.channel is not stream.channel:
+            return
+        if stream.ended:  # only the answer to its close is still awaited
+            try:
+                if any(kind == b"C" for kind, _ in self.reader.feed(data)):
+                    stream.close_confirmed()
+            except FrameError:
+                stream.close_unconfirmed()
             return
         try:
             stream.on_frames(self.reader.feed(data))

@@ -33,6 +33,8 @@ Decisions both ends share, each written here once:
   positions, else ACK_DELAY after data, and again while the application still has some;
 - past the budget, the stream whose outbox is largest stops reading, until the total falls
   to half;
+- a C is answered with a C: the end that closed first knows the other let go, or else
+  (its channel died first) that it must tell it again;
 - a stream ends with its application getting every byte that arrived, then its end (EOF):
   never a reset; the adapters close the application's socket after a linger;
 - a hello retried after a drop resumes whatever the relay holds, and creates the stream
@@ -408,6 +410,8 @@ class Stream:
         self.replayed = 0
         self.finished = False
         self.why = ""
+        self.close_sent = False  # this end said C: it is confirmed by the peer's C
+        self.close_confirmed = False  # the peer said C (first, or in answer)
 
     # --- positions ---------------------------------------------------------------------
 
@@ -539,6 +543,9 @@ class Stream:
                     self.received_eof = True
                     self._ack(now)
             elif kind == b"C":
+                self.close_confirmed = True
+                if not self.close_sent and self.attached:
+                    self._send_close()  # the answer: the peer forgets the stream only once it has it
                 self._finish("closed by the %s" % ("relay" if self.role == LAPTOP else "laptop"))
             else:
                 raise FrameError("a %r frame in a stream" % (kind,))
@@ -565,7 +572,7 @@ class Stream:
         """End the stream from this end (shutdown, `down`, a dead server): C if attached."""
         if not self.finished:
             if self.attached and not self.awaiting_reply:
-                self.out.append(CLOSE_FRAME)
+                self._send_close()
             self._finish(why)
 
     # --- what goes out -----------------------------------------------------------------------
@@ -689,8 +696,18 @@ class Stream:
             return
         ours_done = self.sent_eof and self.peer_received >= self.out_positions
         if ours_done and (self.app_gone or self.received_eof):
-            self.out.append(CLOSE_FRAME)
+            self._send_close()
             self._finish("ended" if not self.app_gone else "the %s's end closed" % ("client" if self.role == LAPTOP else "server"))
+
+    def _send_close(self) -> None:
+        self.out.append(CLOSE_FRAME)
+        self.close_sent = True
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Ended here with a C the peer has not answered yet: if the channel dies now, the
+        peer may still hold the stream (the adapter has it closed by id later)."""
+        return self.finished and self.close_sent and not self.close_confirmed
 
     def _finish(self, why: str) -> None:
         self.finished = True
