@@ -434,3 +434,21 @@ def test_resume_window_in_the_config_is_checked_too(gt: Gt) -> None:
     result = gt("up", "gaming-pc")
     assert result.returncode == 2, result.stderr
     assert "resume window inf is not a positive number of seconds" in one_error_line(result.stderr)
+
+
+def test_status_shows_the_relays_count_of_this_supervisors_streams(gt: Gt, ssh_host: SshHost) -> None:
+    """The relay's own count beside the laptop's: a stream the laptop no longer knows would
+    show there and nowhere else. `down` closes every one the relay holds for it."""
+    bring_up(gt, ssh_host)
+    clients = [socket.create_connection(("127.0.0.1", PORT), timeout=5) for _ in range(2)]
+    try:
+        for client in clients:
+            client.sendall(PING)
+            assert recv_frame(client) == PONG
+        wait_for(lambda: (s := row(gt))["streams_open"] == 2 and s["relay_streams"] == 2, 30, "status to show 2 streams here and 2 on the relay")
+        assert "2 open (2 on the relay)" in gt("status", "gaming-pc").stdout
+        assert gt("down", "gaming-pc").returncode == 0
+        wait_for(lambda: relay_stats(ssh_host)["streams"] == 0, 20, "the relay to let go of every stream after down")
+    finally:
+        for client in clients:
+            client.close()

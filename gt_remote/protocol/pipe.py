@@ -71,29 +71,42 @@ class StreamPipe:
         data = core.to_channel()
         while data:
             self.send_to_channel(data)
-            data = core.to_channel()
-        app = self.app()
-        if app is not None:
-            data = core.to_app()
-            if data:
-                app.write(data)
-            if core.eof_for_app:
-                core.gave_eof()
-                if app.can_write_eof():
-                    app.write_eof()
-        self.apply_reading()
-        for other in core.budget.take_changed():
-            if other.io is not None and other.io is not self:
-                other.io.apply_reading()
+            data = core.to_channel() if core.more_to_send else b""
+        if core.inbox or core.received_eof or core.finished or core.reading is not self.app_reading:
+            self.to_app(core)
+        if core.budget.changed:
+            for other in core.budget.take_changed():
+                if other.io is not None and other.io is not self:
+                    other.io.apply_reading()
         if core.finished:
             self.end()
             return
-        due = core.deadline
-        if due is not None and (self.timer is None or due < self.timer_at):
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer_at = due
-            self.timer = self.loop.call_at(due, self._due)
+        # The window's end only moves later (a timer set for it fires and looks again), so only
+        # a sooner ack, or no timer at all, needs a new one.
+        ack_due = core.ack_due
+        if self.timer is None or (ack_due is not None and ack_due < self.timer_at):
+            due = core.deadline
+            if due is not None:
+                if self.timer is not None:
+                    self.timer.cancel()
+                self.timer_at = due
+                self.timer = self.loop.call_at(due, self._due)
+
+    def to_app(self, core: Stream) -> None:
+        """What the application should get, its end, and whether it is read."""
+        app = self.app()
+        if app is None:
+            return
+        if core.inbox:
+            data = core.to_app()
+            if data:
+                app.write(data)
+        if core.eof_for_app:
+            core.gave_eof()
+            if app.can_write_eof():
+                app.write_eof()
+        if core.reading is not self.app_reading:
+            self.apply_reading()
 
     def apply_reading(self) -> None:
         app = self.app()

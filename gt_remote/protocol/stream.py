@@ -453,8 +453,14 @@ class Stream:
         if hot:  # the usual case: straight out, one frame, no second look at the outbox
             self.out.append(HEADER.pack(b"D", size) + data)
             self.flushed = self.sent
-        self.budget.grow(size)
-        self._update_reading()
+        budget = self.budget
+        budget.total += size
+        if budget.total > budget.peak:
+            budget.peak = budget.total
+        if budget.total > budget.limit:
+            budget.grow(0)  # past it: pick the stream to stop
+        if self.sent - self.peer_consumed >= self.cap or self.budget_paused:
+            self._update_reading()
 
     def app_eof(self) -> None:
         """This end's application ended its side (FIN): one more position, after its bytes."""
@@ -526,10 +532,21 @@ class Stream:
         self.last_rx = now
         self.app_buffered = app_buffered
         for kind, payload in frames:
+            if kind == b"D" and not self.awaiting_reply:  # the hot path: checked first, handled inline
+                if self.received_eof:
+                    raise FrameError("data after the end of data")
+                size = len(payload)
+                self.received += size
+                if not self.app_gone:
+                    self.inbox.append(payload)
+                    self.inbox_size += size
+                if self.received - self.acked_received >= ACK_EVERY:
+                    self._ack(now)
+                elif self.ack_due is None:
+                    self.ack_due = now + ACK_DELAY
+                continue
             if self.awaiting_reply:
                 self._on_reply(kind, payload)
-            elif kind == b"D":
-                self._on_data(payload, now)
             elif kind == b"A":
                 if len(payload) != ACK.size:
                     raise FrameError("an ack of %d bytes" % len(payload))
@@ -551,7 +568,8 @@ class Stream:
                 raise FrameError("a %r frame in a stream" % (kind,))
             if self.finished:
                 return
-        self._maybe_close()
+        if self.sent_eof or self.received_eof:  # only then can both ends be done
+            self._maybe_close()
 
     def heartbeat(self) -> None:
         """The laptop's, each keepalive: the relay's window restarts, and its answer ours."""
@@ -580,13 +598,18 @@ class Stream:
     def to_channel(self) -> bytes:
         """The next bytes for the channel (control frames, then data as far as it is
         writable), b"" when there is nothing: call again after each write."""
-        if self.attached and self.channel_writable:
+        if self.attached and self.channel_writable and (self.flushed < self.sent or (self.sent_eof and self.flushed == self.sent)):
             self._flush()
         out = self.out
         if not out:
             return b""
         self.out = []
         return out[0] if len(out) == 1 else b"".join(out)
+
+    @property
+    def more_to_send(self) -> bool:
+        """Data the channel has not had, and it takes more now: `to_channel` has more."""
+        return bool(self.out) or (self.attached and self.channel_writable and self.flushed < self.sent)
 
     def to_app(self) -> bytes:
         """What the application should get now: all of it once the stream is over."""
@@ -643,18 +666,6 @@ class Stream:
             self.resumes += 1
             self.replayed += self.sent - min(received, self.sent)
             self._start_sending(received)
-
-    def _on_data(self, payload: bytes, now: float) -> None:
-        if self.received_eof:
-            raise FrameError("data after the end of data")
-        self.received += len(payload)
-        if not self.app_gone:
-            self.inbox.append(payload)
-            self.inbox_size += len(payload)
-        if self.in_positions - self.acked_received >= ACK_EVERY:
-            self._ack(now)
-        elif self.ack_due is None:
-            self.ack_due = now + ACK_DELAY
 
     def _ack(self, now: float) -> None:
         """Acknowledge what arrived and what the application took; while it still holds
