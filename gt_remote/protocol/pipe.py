@@ -97,10 +97,10 @@ class StreamPipe:
         app = self.app()
         if app is None:
             return
-        if core.inbox:
+        data = core.to_app()
+        while data:
+            app.write(data)  # may pause it (pause_writing): to_app then has nothing more
             data = core.to_app()
-            if data:
-                app.write(data)
         if core.eof_for_app:
             core.gave_eof()
             if app.can_write_eof():

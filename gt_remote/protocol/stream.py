@@ -60,6 +60,8 @@ FRAME_DATA = 256 * 1024  # the most data one D frame carries
 BATCH = 256 * 1024  # the most data one call of `to_channel` hands out
 HIGH_WATER = 128 * 1024  # a transport's write buffer beyond this: stop writing to it (adapters)
 SMALL = 16 * 1024  # small writes are merged in the outbox, so a trickle is not a pile of objects
+COALESCE = 64 * 1024  # up to this, what is due goes as one write (a message and its ack in one SSH
+# packet); past it, one write per piece, never copied again to be joined
 LINGER = 5.0  # an ended application's socket is read (and dropped) this long, so it gets FIN, not RST
 MAX_FRAME = 1024 * 1024
 MAX_HELLO = 16 * 1024
@@ -603,8 +605,10 @@ class Stream:
         out = self.out
         if not out:
             return b""
-        self.out = []
-        return out[0] if len(out) == 1 else b"".join(out)
+        if len(out) == 1 or sum(len(piece) for piece in out) <= COALESCE:
+            self.out = []
+            return out[0] if len(out) == 1 else b"".join(out)
+        return out.pop(0)
 
     @property
     def more_to_send(self) -> bool:
@@ -612,13 +616,18 @@ class Stream:
         return bool(self.out) or (self.attached and self.channel_writable and self.flushed < self.sent)
 
     def to_app(self) -> bytes:
-        """What the application should get now: all of it once the stream is over."""
-        if not self.inbox or self.app_gone or not (self.app_writable or self.finished):
+        """What the application should get now (all of it once the stream is over); call again
+        while it returns bytes: a large inbox comes a piece at a time."""
+        inbox = self.inbox
+        if not inbox or self.app_gone or not (self.app_writable or self.finished):
             return b""
-        data = self.inbox[0] if len(self.inbox) == 1 else b"".join(self.inbox)
-        self.inbox.clear()
-        self.delivered += self.inbox_size
-        self.inbox_size = 0
+        if len(inbox) == 1 or self.inbox_size <= COALESCE:
+            data = inbox[0] if len(inbox) == 1 else b"".join(inbox)
+            inbox.clear()
+        else:
+            data = inbox.popleft()  # a large one: as it came, no copy; call again for the rest
+        self.delivered += len(data)
+        self.inbox_size -= len(data)
         return data
 
     @property
@@ -642,12 +651,13 @@ class Stream:
         if self.flushed < self.sent:
             pieces = self.outbox.read(self.flushed, BATCH)
             for piece in pieces:
-                while len(piece) > FRAME_DATA:
-                    self.out.append(HEADER.pack(b"D", FRAME_DATA) + bytes(piece[:FRAME_DATA]))
+                view = memoryview(piece)
+                while len(view) > FRAME_DATA:
+                    self.out.append(HEADER.pack(b"D", FRAME_DATA) + view[:FRAME_DATA])  # one copy: the frame
                     self.flushed += FRAME_DATA
-                    piece = piece[FRAME_DATA:]
-                self.out.append(HEADER.pack(b"D", len(piece)) + bytes(piece))
-                self.flushed += len(piece)
+                    view = view[FRAME_DATA:]
+                self.out.append(HEADER.pack(b"D", len(view)) + view)
+                self.flushed += len(view)
         if self.sent_eof and self.flushed == self.sent:
             self.out.append(EOF_FRAME)
             self.flushed += 1
