@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gt_remote.protocol.stream import CAP  # per stream and direction, at both ends
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN, answers, one_error_line
 from tests.testbed import STANDIN, SshHost, wait_for
@@ -27,7 +28,6 @@ PING = b"\x00\x00\x00\x04\x11\x00\x00\x00"
 PONG = PING
 GET_SERVER_STATUS = b"\x00\x00\x00\x04\x0f\x00\x00\x00"
 STANDIN_ECHO = 0x7FFF0001
-CAP = 4 * 1024 * 1024  # tunnel/resumable.py and relay_agent.py
 READ_CHUNK = 256 * 1024  # what one socket read may add beyond the cap
 
 

@@ -33,6 +33,7 @@ import pytest
 from tests.conftest import Gt
 from tests.helpers import answers, supervisor_processes
 from tests.test_resume import PING, PONG, STANDIN_ECHO, kill_ssh_sessions, relay_pids, relay_stats, row, server_clients_inside
+from tests.test_resume import recv_exactly as resume_recv_exactly
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
 
 pytestmark = pytest.mark.docker
@@ -178,13 +179,10 @@ class Broken(Exception):
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise Broken(f"EOF after {len(data)} of {size} bytes")
-        data += chunk
-    return bytes(data)
+    try:
+        return resume_recv_exactly(sock, size)
+    except EOFError as eof:  # an EOF mid-stream is what a resumable stream must never show
+        raise Broken(str(eof)) from None
 
 
 def recv_body(sock: socket.socket) -> bytes:
