@@ -330,17 +330,14 @@ class Budget:
     def leave(self, stream: Stream) -> None:
         self.members.pop(id(stream), None)
 
-    def grow(self, size: int) -> None:
-        self.total += size
-        if self.total > self.peak:
-            self.peak = self.total
-        if self.total > self.limit:
-            reading = [s for s in self.members.values() if not s.budget_paused and s.outbox]
-            if reading:
-                largest = max(reading, key=lambda s: len(s.outbox))
-                largest.budget_paused = True
-                largest._update_reading()
-                self.changed.append(largest)
+    def stop_the_largest(self) -> None:
+        """Past the limit: the stream with the largest outbox that still reads stops reading."""
+        reading = [s for s in self.members.values() if not s.budget_paused and s.outbox]
+        if reading:
+            largest = max(reading, key=lambda s: len(s.outbox))
+            largest.budget_paused = True
+            largest._update_reading()
+            self.changed.append(largest)
 
     def shrink(self, size: int) -> None:
         self.total -= size
@@ -460,7 +457,7 @@ class Stream:
         if budget.total > budget.peak:
             budget.peak = budget.total
         if budget.total > budget.limit:
-            budget.grow(0)  # past it: pick the stream to stop
+            budget.stop_the_largest()
         if self.sent - self.peer_consumed >= self.cap or self.budget_paused:
             self._update_reading()
 
