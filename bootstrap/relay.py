@@ -56,7 +56,7 @@ relay_check() {
     pid=$(cat "$pidfile")
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
     case " $(cmdline_of "$pid") " in
-        *" $relay_root/$1 --socket $sock "*) [ -S "$sock" ] && [ "$intact" = 1 ] && echo "relay_running=$pid" || echo "relay_stale=$pid" ;;
+        *" -I $relay_root/$1 --socket $sock "*) [ -S "$sock" ] && [ "$intact" = 1 ] && echo "relay_running=$pid" || echo "relay_stale=$pid" ;;
         *"relay_agent.py --socket $sock "*) echo "relay_stale=$pid" ;;
     esac
 }
@@ -74,9 +74,9 @@ relay_start() {
     if [ -f "$log" ] && [ "$(wc -c < "$log")" -gt 1048576 ]; then mv -f "$log" "$log.1"; fi
     rm -f "$sock"
     if command -v setsid >/dev/null 2>&1; then
-        setsid nohup "$1" "$relay_root/$2" --socket "$sock" --port "$3" --leases "$state_dir/leases/$3" </dev/null >>"$log" 2>&1 &
+        setsid nohup "$1" -I "$relay_root/$2" --socket "$sock" --port "$3" --leases "$state_dir/leases/$3" </dev/null >>"$log" 2>&1 &
     else
-        nohup "$1" "$relay_root/$2" --socket "$sock" --port "$3" --leases "$state_dir/leases/$3" </dev/null >>"$log" 2>&1 &
+        nohup "$1" -I "$relay_root/$2" --socket "$sock" --port "$3" --leases "$state_dir/leases/$3" </dev/null >>"$log" 2>&1 &
     fi
     pid=$!
     echo "$pid" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"
