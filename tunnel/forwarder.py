@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import socket
+import stat
 from typing import cast
 
 import asyncssh
@@ -41,6 +42,7 @@ class Forwarder:
         self.relay: RelayPath | None = None  # set while the remote relay runs: new clients get resumable streams
         self.refusal: GtRemoteError | None = None  # set while the remote port is not the user's: nothing is forwarded
         self._server: asyncio.AbstractServer | None = None
+        self._socket_id: tuple[int, int] | None = None  # (device, inode) of the Unix socket we bound
 
     async def start(self) -> None:
         """Bind the local address; a taken address is an error, never a silent second port."""
@@ -59,10 +61,7 @@ class Forwarder:
             raise GtRemoteError(f"cannot listen on {self.local.url}: {exc.strerror}", "pick another --local address") from None
 
     async def _start_unix(self, local: UnixAddress) -> asyncio.AbstractServer:
-        if os.path.exists(local.path):
-            if _unix_socket_answers(local.path):
-                raise OSError(errno.EADDRINUSE, "in use")
-            os.unlink(local.path)  # stale socket of a dead process
+        _clear_stale_socket(local)
         os.makedirs(os.path.dirname(local.path), mode=0o700, exist_ok=True)
         old_umask = os.umask(0o177)
         try:
@@ -70,6 +69,7 @@ class Forwarder:
         finally:
             os.umask(old_umask)
         os.chmod(local.path, 0o600)
+        self._socket_id = _file_id(local.path)
         return server
 
     def _new_client(self) -> asyncio.Protocol:
@@ -80,11 +80,8 @@ class Forwarder:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            if isinstance(self.local, UnixAddress):
-                try:
-                    os.unlink(self.local.path)
-                except FileNotFoundError:
-                    pass
+            if isinstance(self.local, UnixAddress) and self._socket_id is not None and _file_id(self.local.path) == self._socket_id:
+                os.unlink(self.local.path)  # still our socket: whatever replaced it since is not ours to remove
         channels = [client.channel for client in self.clients if isinstance(client, ResumableClient) and client.channel is not None]
         for client in list(self.clients):
             client.abort()  # a resumable stream tells the relay to close the server side
@@ -212,6 +209,44 @@ class _ServerSide(asyncssh.SSHTCPSession[bytes]):
     def _close_client(self) -> None:
         if self.client.transport is not None:
             self.client.transport.close()  # flushes what is buffered first
+
+
+def _clear_stale_socket(local: UnixAddress) -> None:
+    """Make room for our socket at `local.path`: only a socket that nothing answers on is
+    removed (a dead supervisor's). The path is looked at with lstat, so a symlink is never
+    followed, and anything but a socket (a user's file, a symlink, a directory) is refused
+    and left exactly as it was: --local may name a path by mistake, and an unlink cannot be undone."""
+    try:
+        found = os.lstat(local.path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(found.st_mode):
+        raise LocalPortInUse(
+            f"local address {local.url} is taken by {_kind_of(found.st_mode)}, not a socket (gt-remote replaces only a dead socket there)",
+            f"move {local.path} away yourself if it is not needed, or pick another --local path",
+        )
+    if _unix_socket_answers(local.path):
+        raise OSError(errno.EADDRINUSE, "in use")
+    os.unlink(local.path)  # a socket nothing answers on: a dead process's
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "a special file"
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the socket at `path`, not following a symlink; None for anything else."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino) if stat.S_ISSOCK(found.st_mode) else None
 
 
 def _unix_socket_answers(path: str) -> bool:
