@@ -2,9 +2,12 @@
 
 Remote: uploaded builds other than the running ones and the newest, relay versions neither
 running nor this gt-remote's, stale pid files, and partial uploads older than an hour that no
-running upload holds open (a younger one may be another machine's `up` in flight). Running
-builds are found through /proc/PID/exe and NUL-split /proc/PID/cmdline, so a home path with
-spaces cannot fool it. Local: the files of hosts that are not up
+running upload holds open (a younger one may be another machine's `up` in flight). Builds and
+relays are looked for where `up` put them: <install_dir>/gt-remote/{servers,relay}, the host's
+install_dir as `up` last used it (reach.run_on tells the prelude). A symbolic link there is
+never followed nor removed: gt-remote makes none, so one points at something of the user's.
+Running builds are found through /proc/PID/exe and NUL-split /proc/PID/cmdline, so a home path
+with spaces cannot fool it. Local: the files of hosts that are not up
 (records, logs, lock, pid and socket files). A host that is up keeps its local files.
 """
 
@@ -20,13 +23,13 @@ from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError
 from gt_remote.base.paths import host_key, remembered_host_names, runtime_dir, state_dir
 from gt_remote.bootstrap import relay as remote_relay
-from gt_remote.bootstrap.remote import REMOTE_RELAY_ROOT, run_script
+from gt_remote.bootstrap.remote import run_script
 
 Say = Callable[[str], None]
 
 CLEAN_SCRIPT = r"""
-server=$1 dry=$2 relay_now=$3 relay_root="$HOME/$4"
-case "$4" in .local/share/gt-remote/*) ;; *) echo "error=bad relay root"; exit 1 ;; esac
+# $install_root and $relay_root come from the prelude: <install dir>/gt-remote/{servers,relay}.
+server=$1 dry=$2 relay_now=$3
 nl='
 '
 # What this user's processes run and hold, one path a line (so a path with spaces stays whole):
@@ -58,13 +61,21 @@ part_in_flight() {
     [ -n "$(find "$1" -prune -mmin -60 2>/dev/null)" ] && return 0
     [ -n "$held" ] && listed "$1" "$held"
 }
-# Removes a directory's stale partial uploads; says whether anything else is left in it.
+# A symbolic link is reported and left alone: clean never descends through one (its target is
+# the user's, not ours) nor removes it. Exit 0 when $1 is one.
+a_link() {
+    [ -L "$1" ] || return 1
+    echo "kept=$1 (a symbolic link; clean never follows one)"
+}
+# Removes a directory's stale partial uploads (regular files only); says whether anything
+# else is left in it.
 sweep_parts() {
     others=0
     for entry in "$1"/* "$1"/.[!.]*; do
-        [ -e "$entry" ] || continue
+        [ -e "$entry" ] || [ -L "$entry" ] || continue
         case "${entry##*/}" in
             .*.part-*)
+                if [ -L "$entry" ] || [ ! -f "$entry" ]; then others=1; continue; fi
                 if part_in_flight "$entry"; then
                     echo "kept=$entry (an upload in progress)"; others=1
                 else
@@ -85,13 +96,19 @@ for pidfile in "$state_dir/$server"-*.pid; do
         [ "$dry" = 1 ] || rm -f "$pidfile"
     fi
 done
+# The roots themselves: a link in place of one is not descended into at all.
+servers_ok=1 relays_ok=1
+if a_link "$gt_base/gt-remote"; then servers_ok=0 relays_ok=0; fi
+if [ "$servers_ok" = 1 ] && a_link "$install_root"; then servers_ok=0; fi
+if [ "$relays_ok" = 1 ] && a_link "$relay_root"; then relays_ok=0; fi
 newest=""
 for build in "$install_root"/*/"$server"; do
-    [ -x "$build" ] || continue
+    [ "$servers_ok" = 1 ] && [ -x "$build" ] && [ ! -L "$build" ] && [ ! -L "${build%/*}" ] || continue
     if [ -z "$newest" ] || [ "$build" -nt "$newest" ]; then newest=$build; fi
 done
-for dir in "$install_root"/*/; do
-    dir=${dir%/}
+for dir in "$install_root"/*; do
+    [ "$servers_ok" = 1 ] || break
+    a_link "$dir" && continue
     [ -d "$dir" ] || continue
     if ! sweep_parts "$dir"; then
         echo "removed=$dir (empty or half-uploaded)"
@@ -105,8 +122,9 @@ for dir in "$install_root"/*/; do
     echo "removed=$dir (an old build)"
     [ "$dry" = 1 ] || rm -rf "$dir"
 done
-for dir in "$relay_root"/*/; do
-    dir=${dir%/}
+for dir in "$relay_root"/*; do
+    [ "$relays_ok" = 1 ] || break
+    a_link "$dir" && continue
     [ -d "$dir" ] || continue
     if ! sweep_parts "$dir"; then
         echo "removed=$dir (empty or half-uploaded relay)"
@@ -147,7 +165,7 @@ def _clean_remote(settings: HostSettings, dry_run: bool, verb: str, report: Repo
     say(f"cleaning up on {settings.name}")
     try:
         relay_now = remote_relay.agent_digest()
-        result = reach.run_on(settings, lambda conn: run_script(conn, CLEAN_SCRIPT, settings.server, "1" if dry_run else "0", relay_now, REMOTE_RELAY_ROOT))
+        result = reach.run_on(settings, lambda conn: run_script(conn, CLEAN_SCRIPT, settings.server, "1" if dry_run else "0", relay_now))
     except GtRemoteError as error:
         report.failed = True
         report.lines.append(f"{settings.name}: could not clean up the remote: {error}")
