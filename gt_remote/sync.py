@@ -2,6 +2,11 @@
 
 A path under the local home maps to the same path under the remote home; any other
 absolute path maps to itself. Nothing on the receiving side is deleted without --delete.
+
+Everything the far side prints (rsync's and ssh's messages, a login shell's start-up files,
+file names) reaches the terminal only through `visible()`, so it cannot retitle the window,
+write the clipboard, clear the screen or forge a line. A pull leaves out the git files git
+runs (hooks, config) unless the user opts in: see `git_exclusions`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import IO
 from gt_remote import progress
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, UsageError
+from gt_remote.base.sanitize import visible
 
 PROGRESS_DELAY = 1.0  # a transfer shows progress only once it has run this long
 
@@ -50,7 +56,31 @@ def plan(paths: list[str], home: Path | None = None) -> list[Transfer]:
     return transfers
 
 
-def rsync_command(settings: HostSettings, transfer: Transfer, push: bool, dry_run: bool, delete: bool) -> list[str]:
+# What git runs or obeys inside a git directory: hooks, and config that can name programs
+# (core.fsmonitor, core.sshCommand, core.pager, a filter's clean/smudge). Submodules keep
+# their git directories under modules/ (names may hold slashes); worktrees their own config.
+GIT_RUNS = ("hooks/", "config", "config.worktree", "modules/**/hooks/", "modules/**/config", "modules/**/config.worktree", "worktrees/*/config.worktree")
+GIT_FILES_LEFT_OUT = "left out .git/hooks and .git/config (git runs them); --with-git-config brings them"
+GIT_PATTERNS = frozenset(f"{top}{rule}" for rule in GIT_RUNS for top in (".git/", "/"))  # all git_exclusions can give
+HIDING = re.compile(r"^\[sender\] hiding (?:file|directory) .* because of pattern (?P<pattern>\S+)$")
+
+
+def git_exclusions(transfer: Transfer) -> list[str]:
+    """rsync patterns that keep a remote repository's hooks and config off this machine.
+
+    A pull of a checkout would otherwise bring `.git/config` and `.git/hooks/*` from the
+    remote into a local repository, and git runs what they name at the next `git status`.
+    Unanchored `.git/...` patterns match at any depth (nested checkouts, vendored repos); a
+    source that is itself a git directory (`.git`, a bare `x.git`) gets the same rules
+    anchored at its top.
+    """
+    patterns = [f".git/{rule}" for rule in GIT_RUNS]
+    if transfer.is_dir and Path(transfer.remote).name.endswith(".git"):
+        patterns += [f"/{rule}" for rule in GIT_RUNS]
+    return patterns
+
+
+def rsync_command(settings: HostSettings, transfer: Transfer, push: bool, dry_run: bool, delete: bool, with_git_config: bool = False) -> list[str]:
     # Strict, like the tunnel: an unknown or changed host key stops the transfer, never a prompt.
     ssh = "ssh -o StrictHostKeyChecking=yes" + (f" -F {shlex.quote(settings.ssh_config)}" if settings.ssh_config else "")
     info = "--info=progress2,stats1" if progress_wanted() else "--info=stats1"  # no \r soup in a pipe or file
@@ -59,42 +89,69 @@ def rsync_command(settings: HostSettings, transfer: Transfer, push: bool, dry_ru
         args += ["--dry-run", "--itemize-changes"]
     if delete:
         args.append("--delete")
+    if not push and not with_git_config:
+        # The remote sender names each file it hides: how `run` knows whether to say so.
+        args += [f"--exclude={pattern}" for pattern in git_exclusions(transfer)] + ["--remote-option=--debug=FILTER1"]
     slash = "/" if transfer.is_dir else ""
     local = f"{transfer.local}{slash}"
     remote = f"{settings.destination.removeprefix('ssh://')}:{transfer.remote}{slash}"
     return [*args, "--", *([local, remote] if push else [remote, local])]  # `--`: no operand is ever read as an option
 
 
-def run(settings: HostSettings, paths: list[str], push: bool, dry_run: bool, delete: bool, out: Callable[[str], None]) -> None:
+def run(settings: HostSettings, paths: list[str], push: bool, dry_run: bool, delete: bool, out: Callable[[str], None], with_git_config: bool = False) -> None:
+    """Transfer each path in turn; a pull ends with one line if it left git's files out."""
     if not paths:
         paths = list(settings.sync)
     if not paths:
         raise UsageError(f"nothing to sync for {settings.name}", f"name paths, or list them under [hosts.{settings.name}] sync = [...] in the config")
     if shutil.which("rsync") is None:
         raise RsyncMissing("rsync is not installed on this machine", "install it (Debian: apt install rsync; macOS: brew install rsync)")
+    left_out = LeftOut()
     for transfer in plan(paths):
         if push and not transfer.local.exists():
             raise UsageError(f"{transfer.local} does not exist here", "check the path, or use --pull to fetch it")
         if not push:
             transfer.local.parent.mkdir(parents=True, exist_ok=True)
-        command = rsync_command(settings, transfer, push, dry_run, delete)
+        command = rsync_command(settings, transfer, push, dry_run, delete, with_git_config)
         direction = "->" if push else "<-"
         out(f"{transfer.local} {direction} {settings.name}:{transfer.remote}{' (dry run)' if dry_run else ''}")
-        _rsync(command, settings)
+        _rsync(command, settings, left_out.saw)
+    if left_out.count:
+        out(GIT_FILES_LEFT_OUT)
+
+
+class LeftOut:
+    """Counts the remote sender's `hiding ... because of pattern` lines for git's files.
+
+    Those lines are rsync's bookkeeping, not news for the user: they are kept off the
+    terminal, and only whether there were any is said, once, at the end.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def saw(self, line: str) -> bool:
+        """True (and counted) if `line` says a git pattern hid a file; the relay drops it."""
+        match = HIDING.match(line)
+        if match is None or match["pattern"] not in GIT_PATTERNS:
+            return False
+        self.count += 1
+        return True
 
 
 def progress_wanted() -> bool:
     return progress.is_terminal(sys.stdout) and not progress.quiet()
 
 
-def _rsync(command: list[str], settings: HostSettings) -> None:
-    """Run rsync with its own and ssh's messages shown as they come, and kept for the error."""
+def _rsync(command: list[str], settings: HostSettings, drop: Callable[[str], bool] = lambda line: False) -> None:
+    """Run rsync with its own and ssh's messages shown as they come, and kept for the error.
+    A whole stdout line for which `drop` is true is not shown."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
     assert proc.stdout is not None and proc.stderr is not None
     errors: list[str] = []
     tee = threading.Thread(target=_tee_stderr, args=(proc.stderr, errors), daemon=True)
     tee.start()
-    _relay_stdout(proc.stdout, sys.stdout)
+    _relay_stdout(proc.stdout, sys.stdout, drop)
     code = proc.wait()
     tee.join()
     if code == 0:
@@ -105,7 +162,7 @@ def _rsync(command: list[str], settings: HostSettings) -> None:
         raise noisy_shell_error(host, remote_login_shell(settings))
     if "command not found" in text or "rsync: not found" in text or code == 127:
         raise RsyncMissing(f"rsync is not installed on {host}", f"install it there (e.g. 'sudo apt install rsync' on {host})")
-    cause = _main_error(errors) or f"exit {code}"
+    cause = visible(_main_error(errors) or f"exit {code}")  # the far side's words, shown as text
     raise GtRemoteError(f"rsync with {host} failed: {cause}", "its messages are above; check the path, permissions and 'ssh " + host + "'")
 
 
@@ -122,7 +179,7 @@ STARTUP_FILES = {
 
 def noisy_shell_error(host: str, shell: str | None) -> NoisyShell:
     """Name the start-up file of the login shell that printed, and the guard that quiets it."""
-    name = (shell or "").rsplit("/", 1)[-1]
+    name = visible((shell or "").rsplit("/", 1)[-1])  # the remote's $SHELL, shown as text
     if name in STARTUP_FILES:
         file, fix = STARTUP_FILES[name]
         return NoisyShell(
@@ -150,10 +207,14 @@ def remote_login_shell(settings: HostSettings) -> str | None:
 
 
 def _tee_stderr(stream: IO[bytes], kept: list[str]) -> None:
+    """Show ssh's and rsync's stderr lines as text, and keep them (raw) to explain a failure.
+
+    A remote start-up file or rsync wrapper writes here unfiltered: visible() turns its
+    escape sequences into text. The line's own `\r\n` (ssh ends lines so) is not shown."""
     for raw in stream:
-        line = raw.decode(errors="replace").rstrip("\n")
+        line = raw.decode(errors="replace").rstrip("\r\n")
         kept.append(line)
-        sys.stderr.write(line + "\n")
+        sys.stderr.write(visible(line) + "\n")
         sys.stderr.flush()
 
 
@@ -169,8 +230,11 @@ def _main_error(lines: list[str]) -> str:
     return meaningful[-1] if meaningful else ""
 
 
-def _relay_stdout(stream: IO[bytes], out: IO[str]) -> None:
-    """Pass rsync's output on; its `\r` progress only once the transfer has taken a while."""
+def _relay_stdout(stream: IO[bytes], out: IO[str], drop: Callable[[str], bool] = lambda line: False) -> None:
+    """Pass rsync's output on; its `\r` progress only once the transfer has taken a while.
+
+    Each piece between `\r`s and `\n`s goes through visible(): a file name or message from
+    the far side moves no cursor and sends no sequence. A whole line `drop` wants is not shown."""
     started = time.monotonic()
     shown = False  # a progress line is on screen and needs its newline
     previous_end = b"\n"
@@ -180,7 +244,9 @@ def _relay_stdout(stream: IO[bytes], out: IO[str]) -> None:
         parts = re.split(rb"(\r|\n)", pending)
         pending = parts.pop()  # an unfinished piece waits for its end
         for text, end in zip(parts[0::2], parts[1::2], strict=True):
-            piece = text.decode(errors="replace")
+            piece = visible(text.decode(errors="replace"))
+            if previous_end == b"\n" and end == b"\n" and drop(piece):
+                continue  # a whole line, consumed (previous_end stays a \n)
             if previous_end == b"\r":  # rsync redraws its progress line after a \r
                 if piece.strip() and time.monotonic() - started >= PROGRESS_DELAY:
                     out.write("\r" + piece)
@@ -196,7 +262,7 @@ def _relay_stdout(stream: IO[bytes], out: IO[str]) -> None:
             previous_end = end
             out.flush()
     if pending:
-        out.write(pending.decode(errors="replace") + "\n")
+        out.write(visible(pending.decode(errors="replace")) + "\n")
     elif shown:
         out.write("\n")
     out.flush()
