@@ -154,8 +154,11 @@ def is_our_supervisor(pid: int, start_time: int | None, host: str) -> bool:
 
 
 def _supervises(args: list[str], host: str) -> bool:
-    """`python -m gt_remote.supervisor SETTINGS_JSON` or `gt-remote ... up HOST --foreground`."""
+    """`python -m gt_remote.supervisor HOST` or `gt-remote ... up HOST --foreground`; or
+    `python -m gt_remote.supervisor SETTINGS_JSON`, as a gt-remote before an upgrade started it."""
     if "gt_remote.supervisor" in args:
+        if args[-1] == host:
+            return True
         try:
             return bool(json.loads(args[-1]).get("name") == host)
         except (ValueError, AttributeError):

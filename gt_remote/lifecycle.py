@@ -322,13 +322,14 @@ def _clean_stale(files: HostFiles) -> None:
 
 
 def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
+    """Start a detached supervisor named by the host alone: its settings go down its stdin."""
     import subprocess
 
     log_fd = open_private(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gt_remote.supervisor", settings.to_json()],
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "gt_remote.supervisor", settings.name],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log_fd,
             start_new_session=True,
@@ -337,6 +338,7 @@ def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
     finally:
         os.close(log_fd)
     try:
+        _hand_over(proc, settings)
         return _relay_until_ready(proc, files, say)
     except KeyboardInterrupt:
         _undo_interrupted(proc, settings.name, say)
@@ -349,6 +351,19 @@ def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
     finally:
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def _hand_over(proc: subprocess.Popen[bytes], settings: HostSettings) -> None:
+    """The settings, through a pipe only this process holds: on the command line, every local
+    account could read them in /proc/PID/cmdline or `ps` (the destination, the ssh_config and
+    build paths, an install_command's token). A pipe leaves no file a later supervisor could
+    pick up, and closing it tells the supervisor it has them all."""
+    assert proc.stdin is not None
+    try:
+        with proc.stdin:
+            proc.stdin.write(settings.to_json().encode())
+    except BrokenPipeError:
+        pass  # it died before reading: _relay_until_ready reports its exit and log
 
 
 @contextmanager

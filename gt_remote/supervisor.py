@@ -5,7 +5,8 @@ connects, makes sure the remote server answers, proves the path end to end with 
 and then watches: the link reconnects on loss, the health loop Pings the server through
 the tunnel and restarts it only if it died. `status` and `down` talk to its control socket.
 
-Run detached by `gt-remote up` as `python -m gt_remote.supervisor SETTINGS_JSON`, which
+Run detached by `gt-remote up` as `python -m gt_remote.supervisor HOST`, its settings as
+JSON on stdin (never on the command line, which every local account can read), which
 reports progress as JSON lines on stdout until the tunnel is up, or in-process with
 `up --foreground` (systemd, launchd).
 """
@@ -959,10 +960,28 @@ class EventPipe:
         os.close(devnull)
 
 
+def settings_from_stdin(name: str) -> HostSettings:
+    """The settings `up` writes down our stdin and closes (lifecycle._hand_over): /proc/PID/cmdline
+    and `ps` show every local account our arguments, so those name the host and nothing more.
+    Settings for another host are refused, as the command line must say whose supervisor this is."""
+    text = sys.stdin.buffer.read().decode()
+    devnull = os.open(os.devnull, os.O_RDONLY)  # the pipe is spent: children get nothing from it
+    os.dup2(devnull, sys.stdin.fileno())
+    os.close(devnull)
+    settings = HostSettings.from_json(text)
+    if settings.name != name:
+        raise ValueError(f"settings for {settings.name!r} handed to the supervisor of {name!r}")
+    return settings
+
+
 def main(argv: list[str]) -> int:
-    settings = HostSettings.from_json(argv[1])
-    files = HostFiles(settings.name)
     events = EventPipe()
+    try:
+        settings = settings_from_stdin(argv[1])
+    except (ValueError, TypeError, IndexError) as exc:  # a garbled or cut-short hand-over (`up` killed mid-write)
+        events.emit("error", error={"kind": "GtRemoteError", "cause": f"the supervisor got no usable settings: {exc}", "fix": "run 'gt-remote up' again"})
+        return 1
+    files = HostFiles(settings.name)
     if control.hold_pid_lock(files.pid) is None:
         events.emit("error", error={"kind": "GtRemoteError", "cause": f"a supervisor for {settings.name} is already running", "fix": "use it, or run 'gt-remote down' first"})
         return 1
