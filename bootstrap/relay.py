@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 
 import asyncssh
@@ -22,6 +23,7 @@ from gt_remote.bootstrap.remote import run_script
 log = logging.getLogger(__name__)
 
 SOCKET_PATH_LIMIT = 100  # sun_path is 104 to 108 bytes
+LEASE_NAME = re.compile(r"[A-Za-z0-9._-]{1,120}")  # as bootstrap/lease.py writes them
 
 # Shell functions for checking and starting the relay; `up` runs them inside its one
 # bring-up script (bootstrap/probe.py), reconnects and health checks on their own.
@@ -45,6 +47,10 @@ relay_python_of() {
     echo "relay_python=old"; echo "relay_pyversion=$2"; return 1
 }
 # Is the agent at $relay_root/$1 installed (and intact), and its relay for port $2 running (or stale)?
+# $3 is the caller's own lease name. A relay another gt-remote started (another version, or
+# another install dir) is stale only when no other supervisor holds a live lease on the port:
+# while one does, its streams are that tunnel's, so it is reported (relay_foreign=PID and
+# relay_foreign_leases=NAMES) and never stopped.
 relay_check() {
     echo "relay_home=$HOME"
     intact=0
@@ -57,7 +63,9 @@ relay_check() {
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
     case " $(cmdline_of "$pid") " in
         *" -I $relay_root/$1 --socket $sock "*) [ -S "$sock" ] && [ "$intact" = 1 ] && echo "relay_running=$pid" || echo "relay_stale=$pid" ;;
-        *"relay_agent.py --socket $sock "*) echo "relay_stale=$pid" ;;
+        *"relay_agent.py --socket $sock "*)
+            others=$(lease_others "$2" "$3" | sed -n 's/^lease=//p' | tr '\n' ' ')
+            if [ -n "$others" ]; then echo "relay_foreign=$pid"; echo "relay_foreign_leases=$others"; else echo "relay_stale=$pid"; fi ;;
     esac
 }
 # Start the relay: python $1, agent $relay_root/$2, port $3, a stale relay's pid $4 to stop first.
@@ -93,22 +101,22 @@ relay_start() {
 
 CHECK_SCRIPT = RELAY_FUNCTIONS + r"""
 relay_python || exit 0
-relay_check "$1" "$2"
+relay_check "$1" "$2" "$3"
 """
 
 # Inside the bring-up script: check, and start the relay when it is installed but not running.
-# Arguments there: $4 the agent's path, $5 whether resumable streams are wanted; $py and $pyv
-# come from the facts part before it.
+# Arguments there: $4 the agent's path, $5 whether resumable streams are wanted, $6 this
+# supervisor's lease name; $py and $pyv come from the facts part before it.
 BRINGUP_FRAGMENT = RELAY_FUNCTIONS + r"""
 if [ "$5" = 1 ]; then
     relay_py_out=$(relay_python_of "$py" "$pyv"); relay_py_ok=$?  # py, pyv: from the facts part
     printf '%s\n' "$relay_py_out"
     if [ "$relay_py_ok" = 0 ]; then
         relay_py=${relay_py_out#relay_python=}
-        relay_facts=$(relay_check "$4" "$2")
+        relay_facts=$(relay_check "$4" "$2" "$6")
         printf '%s\n' "$relay_facts"
         case "$relay_facts" in
-            *relay_running=*) ;;
+            *relay_running=*|*relay_foreign=*) ;;
             *relay_installed=1*) relay_start "$relay_py" "$4" "$2" "$(printf '%s\n' "$relay_facts" | sed -n 's/^relay_stale=//p')" ;;
         esac
     fi
@@ -166,15 +174,17 @@ def remote_agent_path() -> str:
     return f"{agent_digest()}/{relay_build.NAME}"
 
 
-async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int, known: dict[str, str] | None = None) -> RelayState:
+async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int, known: dict[str, str] | None = None, lease: str = "") -> RelayState:
     """The running relay for `port`, started (and uploaded) if needed; never raises for a remote
     that cannot run it, only for a broken connection (asyncssh errors, ConnectFailed).
 
     `known`: the relay_* answers of `up`'s bring-up script, which checked (and perhaps started)
     the relay already; then only an upload is left to do, if that.
+    `lease`: this supervisor's lease name, so that only other tunnels' leases keep a relay
+    of another gt-remote running (relay_check); empty counts every lease as another's.
     """
     path = remote_agent_path()
-    facts = known if known is not None else (await run_script(conn, CHECK_SCRIPT, path, str(port))).fields
+    facts = known if known is not None else (await run_script(conn, CHECK_SCRIPT, path, str(port), lease)).fields
     state = relay_state_from(facts, port)
     if state is not None:
         return state
@@ -199,10 +209,25 @@ def relay_state_from(facts: dict[str, str], port: int) -> RelayState | None:
     socket = _socket_path(facts, port)
     if len(socket.encode()) > SOCKET_PATH_LIMIT:
         return RelayState(None, reason=f"the relay socket path {socket} is too long for a Unix socket")
+    foreign = ascii_int(facts.get("relay_foreign"))
+    if foreign is not None:
+        return RelayState(None, reason=foreign_relay_reason(foreign, facts.get("relay_foreign_leases", "")))
     running = ascii_int(facts.get("relay_running"))
     if running is not None:
         return RelayState(socket, pid=running)
     return _started(facts, port, facts)
+
+
+def foreign_relay_reason(pid: int, leases: str) -> str:
+    """Why streams stay plain beside another gt-remote's relay. Both use the port's one socket
+    path, so only one relay can serve it; stopping that one would end the other laptop's
+    streams, so ours wait for it to go (the next reconnect, or `up`, starts ours then).
+    Lease names come from the remote's file names: only the safe alphabet is shown."""
+    names = [name for name in leases.split() if LEASE_NAME.fullmatch(name)][:3] or ["?"]
+    return (
+        f"a relay of another gt-remote version or install dir (pid {pid}) serves another tunnel on this port (lease {', '.join(names)}); "
+        "new connections stay plain, not resumable, until that tunnel ends and this one reconnects"
+    )
 
 
 def _socket_path(facts: dict[str, str], port: int) -> str:

@@ -577,7 +577,7 @@ class Supervisor:
         if not self.settings.resume:
             return None
         was_missing, self.relay.missing = self.relay.missing, False
-        state = await remote_relay.ensure_relay(conn, self.settings.remote_port, known)
+        state = await remote_relay.ensure_relay(conn, self.settings.remote_port, known, lease=remote_lease.lease_name(self.settings))
         if state.socket is not None and not at_bring_up and (was_missing or self.forwarder.relay is None):
             refused = await remote_relay.channel_refused(conn, state.socket)
             if refused:
