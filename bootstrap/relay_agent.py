@@ -9,8 +9,8 @@ hellos, positions, replay, acks, windows, flow control and the budget); this fil
 connects it to the sockets.
 
 It listens on a Unix socket (0600, in a 0700 directory) that the local supervisor reaches
-through an SSH direct-streamlocal channel, and dials only 127.0.0.1:PORT, after checking
-that the port's listener is this user's. Each stream is one channel; when a channel dies
+through an SSH direct-streamlocal channel, and dials only 127.0.0.1:PORT; a connection is
+used only once the socket that answered it is known to be this user's (peer_uid). Each stream is one channel; when a channel dies
 the stream waits, holding the server socket, until the supervisor reattaches it (resume)
 or the resume window ends. The wire format is described in the core.
 
@@ -85,26 +85,48 @@ class ServerPipe(StreamPipe):
             self.relay.log("stream %s ended: %s" % (self.core.id[:8], self.core.why))
 
     async def dial(self, channel: ChannelProtocol) -> None:
-        """A new stream's server connection, after checking who listens on the port."""
+        """A new stream's server connection, used only once the socket that answered it is
+        known to be this user's: a listener of another account (on any address that takes
+        connections to 127.0.0.1) is closed before a byte goes either way."""
         port = self.relay.port
-        owner = port_owner_uid(port)
-        if owner is not None and owner != os.getuid():  # another account took the port: never dial it
-            self.refuse("127.0.0.1:%d is held by uid %d, not by this user; not dialled" % (port, owner))
-            return
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: ServerProtocol(self), "127.0.0.1", port), HELLO_DEADLINE)
+            transport, server = await asyncio.wait_for(self.loop.create_connection(lambda: ServerProtocol(self), "127.0.0.1", port), HELLO_DEADLINE)
         except (OSError, asyncio.TimeoutError) as exc:
             self.refuse("cannot reach 127.0.0.1:%d: %s" % (port, getattr(exc, "strerror", None) or str(exc) or "timed out"))
             return
-        core = self.core
-        if self.ended:  # closed while it dialled (`down`, its window)
-            if self.server is not None:
-                self.server.close()
+        refused = await self.whose(transport, port)
+        if refused is not None or self.ended:  # another account's, or closed while it dialled (`down`, its window)
+            transport.abort()
+            if refused is not None:
+                self.refuse(refused)
             return
-        core.app_writable = True
+        core = self.core
         if self.channel is channel and not core.attached:
             core.attach(0, 0, self.loop.time())
+        if server.lost:  # the server closed it while it was checked: as if just after
+            self.app_lost()
+            return
+        self.server = transport  # type: ignore[assignment]
+        transport.resume_reading()  # type: ignore[attr-defined]
+        core.app_writable = True
         self.pump()
+
+    async def whose(self, transport: asyncio.BaseTransport, port: int) -> Optional[str]:
+        """Why this connection must not be used, or None when this user's socket answered it."""
+        local = transport.get_extra_info("sockname")
+        local_port = local[1] if isinstance(local, tuple) else None
+        if local_port is None or local_port == port:  # a connection to itself: nothing listened
+            return "cannot reach 127.0.0.1:%d: nothing listens there" % port
+        deadline = self.loop.time() + PEER_LOOKUP_DEADLINE
+        while True:
+            uid = peer_uid(port, local_port)
+            if uid == os.getuid():
+                return None
+            if uid is not None:
+                return "127.0.0.1:%d is held by uid %d, not by this user; closed before a byte was sent" % (port, uid)
+            if self.loop.time() >= deadline or transport.is_closing():
+                return "127.0.0.1:%d answered, but the socket that answered cannot be found to check whose it is; not used" % port
+            await asyncio.sleep(0.01)  # the far end is still finishing its handshake
 
     def refuse(self, reason: str) -> None:
         """The server cannot be had: the channel that asked is told why; a channel that
@@ -132,10 +154,11 @@ class ServerPipe(StreamPipe):
 class ServerProtocol(asyncio.Protocol):
     def __init__(self, pipe: ServerPipe) -> None:
         self.pipe = pipe
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
-        self.pipe.server = transport  # type: ignore[assignment]
+        transport.pause_reading()  # type: ignore[attr-defined]  # nothing is taken from it before dial() knows whose it is
 
     def data_received(self, data: bytes) -> None:
         pipe = self.pipe
@@ -156,6 +179,9 @@ class ServerProtocol(asyncio.Protocol):
         self.pipe.app_took()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.lost = True
+        if self.pipe.server is None:
+            return  # never used: dial() decides what becomes of the stream
         self.pipe.server = None
         self.pipe.app_lost()
 
@@ -271,55 +297,66 @@ class ChannelProtocol(asyncio.Protocol):
             pipe.lose_channel(self)
 
 
-LOOPBACK_HEX = ("0100007F", "00000000", "00000000000000000000000000000000", "0000000000000000FFFF00000100007F")
-
-# Linux's sock_diag over netlink, as `ss` asks: only the listening sockets, each with its uid.
+# Linux's sock_diag over netlink, as `ss` asks: the sockets of one port pair, each with its uid.
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST_DUMP = 0x301  # NLM_F_REQUEST | NLM_F_DUMP
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_DUMP_INTR = 0x10  # the socket tables changed during the dump: it may have missed some
-TCPF_LISTEN = 1 << 10
+# A connected socket's states, the far end's once it has accepted (ESTABLISHED) and after either
+# side began to close: a SYN_RECV request shows no uid, TIME_WAIT none either.
+CONNECTED_STATES = (1, 4, 5, 8, 9, 11)  # ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING
+CONNECTED_STATE_MASK = sum(1 << state for state in CONNECTED_STATES)
 NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
-DIAG_REQUEST = struct.Struct("=BBBBI48x")  # family, protocol, extensions, pad, states, a zero socket id
-DIAG_PORT_AND_SOURCE = struct.Struct(">H2x16s")  # from the reply's socket id: source port, source address
+DIAG_REQUEST = struct.Struct("=BBBBI")  # family, protocol, extensions, pad, states; then the socket id
+DIAG_PORTS = struct.Struct(">HH")  # the socket id's source and destination ports (the kernel skips others)
+DIAG_SOCKET_ID_REST = 44  # its addresses, interface and cookie: zero in the request
+DIAG_SOCKET = struct.Struct(">BB2xHH16s16s")  # from the reply: family, state, ports, addresses
 DIAG_UID_AT, DIAG_MESSAGE_SIZE = 64, 72  # inet_diag_msg: its uid's offset, its size
-LOOPBACK_SOURCES = {
-    2: (bytes((127, 0, 0, 1)), bytes(4)),  # AF_INET: 127.0.0.1, 0.0.0.0
-    10: (bytes(16), bytes(10) + b"\xff\xff" + bytes((127, 0, 0, 1))),  # AF_INET6: ::, ::ffff:127.0.0.1
+LOOPBACK_PEERS = {  # the address of either end of a connection to 127.0.0.1, as each family shows it
+    2: bytes((127, 0, 0, 1)),  # AF_INET (only the first 4 of the 16 bytes)
+    10: bytes(10) + b"\xff\xff" + bytes((127, 0, 0, 1)),  # AF_INET6: ::ffff:127.0.0.1, a v4-mapped listener's
 }
+PEER_LOOKUP_DEADLINE = 1.0  # the far end shows as established within microseconds on loopback
 
 
-def port_owner_uid(port: int) -> Optional[int]:
-    """The uid of a LISTEN socket taking connections to 127.0.0.1:port, another account's
-    first; None when nothing listens or there is nothing to ask. Asked over netlink: reading
-    /proc/net/tcp walks every socket bucket of the host, milliseconds for each new stream."""
+class PeerUnknown(Exception):
+    """The far end of a connection to the port could not be found: never sent a byte."""
+
+
+def peer_uid(port: int, local_port: int) -> Optional[int]:
+    """The uid of the socket that answered our connection from 127.0.0.1:local_port to
+    127.0.0.1:port: the established one whose own port is `port` and whose peer is us. This
+    is the connection actually made, not a listing of listeners before it: whatever address
+    family or wildcard the listener chose (::ffff:0.0.0.0 included), its accepted socket is
+    this one, and it carries the listener's uid. None when not (yet) to be seen.
+    Asked over netlink; /proc/net/tcp and tcp6 where there is none."""
     try:
-        uids = listener_uids(port)
+        return _peer_uid_from_diag(port, local_port)
     except (OSError, AttributeError, struct.error):  # no sock_diag (not Linux, a sandbox): /proc
-        return port_owner_uid_from_proc(port)
-    return _owner_among(uids)
+        return peer_uid_from_proc(port, local_port)
 
 
-def _owner_among(uids: List[int]) -> Optional[int]:
-    others = [uid for uid in uids if uid != os.getuid()]
-    return others[0] if others else (uids[0] if uids else None)
-
-
-def listener_uids(port: int) -> List[int]:
-    """The uids of the TCP listeners on port that take connections to 127.0.0.1, from sock_diag."""
+def _peer_uid_from_diag(port: int, local_port: int) -> Optional[int]:
     uids = []  # type: List[int]
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as diag:
         diag.settimeout(1.0)  # it answers at once; this only bounds a kernel that never does
         for family in (socket.AF_INET, socket.AF_INET6):
-            request = DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, TCPF_LISTEN)
+            request = DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, 0, CONNECTED_STATE_MASK) + DIAG_PORTS.pack(port, local_port) + bytes(DIAG_SOCKET_ID_REST)
             diag.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST_DUMP, family, 0) + request)
-            uids += _dumped_uids(diag, family, port)
-    return uids
+            uids += _dumped_peer_uids(diag, family, port, local_port)
+    return _one_uid(uids)
 
 
-def _dumped_uids(diag: socket.socket, family: int, port: int) -> List[int]:
+def _one_uid(uids: List[int]) -> Optional[int]:
+    """One socket answers a connection; should two show, another account's decides."""
+    others = [uid for uid in uids if uid != os.getuid()]
+    return others[0] if others else (uids[0] if uids else None)
+
+
+def _dumped_peer_uids(diag: socket.socket, family: int, port: int, local_port: int) -> List[int]:
     uids = []  # type: List[int]
+    loopback = LOOPBACK_PEERS[family]
     while True:
         data = diag.recv(65536)
         offset = 0
@@ -334,18 +371,21 @@ def _dumped_uids(diag: socket.socket, family: int, port: int) -> List[int]:
             if kind == NLMSG_ERROR or length < NLMSG_HEADER.size + DIAG_MESSAGE_SIZE or offset + length > len(data):
                 raise OSError("sock_diag answered with an error or a short message")
             body = offset + NLMSG_HEADER.size
-            source_port, source = DIAG_PORT_AND_SOURCE.unpack_from(data, body + 4)
-            address = source[:4] if family == socket.AF_INET else source
-            if source_port == port and address in LOOPBACK_SOURCES[family]:
+            _, state, source_port, peer_port, source, peer = DIAG_SOCKET.unpack_from(data, body)
+            width = 4 if family == socket.AF_INET else 16
+            if state in CONNECTED_STATES and (source_port, peer_port) == (port, local_port) and source[:width] == peer[:width] == loopback:
                 uids.append(struct.unpack_from("=I", data, body + DIAG_UID_AT)[0])
             offset += (length + 3) & ~3
         if not data:
             raise OSError("sock_diag closed before the end of its answer")
 
 
-def port_owner_uid_from_proc(port: int) -> Optional[int]:
+# 127.0.0.1 as /proc/net/tcp and tcp6 print it (each 32-bit word in host order, little-endian first).
+LOOPBACK_HEX = ("0100007F", "7F000001", "0000000000000000FFFF00000100007F", "00000000000000000000FFFF7F000001")
+
+
+def peer_uid_from_proc(port: int, local_port: int) -> Optional[int]:
     """The same answer from /proc/net/tcp and tcp6, where netlink cannot be asked."""
-    suffix = ":%04X" % port
     uids = []  # type: List[int]
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -355,9 +395,12 @@ def port_owner_uid_from_proc(port: int) -> Optional[int]:
             continue
         for row in rows:
             cols = row.split()
-            if len(cols) > 7 and cols[3] == "0A" and cols[1].endswith(suffix) and cols[1][: -len(suffix)] in LOOPBACK_HEX and cols[7].isdigit():
+            if len(cols) <= 7 or int(cols[3], 16) not in CONNECTED_STATES or not cols[7].isdigit():
+                continue
+            (address, _, own), (peer, _, theirs) = cols[1].partition(":"), cols[2].partition(":")
+            if address in LOOPBACK_HEX and peer in LOOPBACK_HEX and (own, theirs) == ("%04X" % port, "%04X" % local_port):
                 uids.append(int(cols[7]))
-    return _owner_among(uids)
+    return _one_uid(uids)
 
 
 def touch_lease(directory: str, name: str, ttl: int) -> None:
