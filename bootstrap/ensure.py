@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -11,10 +10,10 @@ import asyncssh
 
 from gt_remote import progress
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import BinaryIncompatible, RemoteError, RemotePortBusy, ServerHung, ServerMissing, ServerOnOtherPort, ServerWithoutTcp, shell_word
+from gt_remote.base.errors import BinaryIncompatible, RemoteError, RemotePortBusy, ServerHung, ServerMissing, ServerOnOtherPort, ServerWithoutTcp, install_dir_unsafe, shell_word
 from gt_remote.bootstrap import server as remote_server
 from gt_remote.bootstrap.install import check_platform, run_install_command, upload_server
-from gt_remote.bootstrap.ownership import Holder, Owner, check_owner, refusal
+from gt_remote.bootstrap.ownership import Holder, Owner, PortNotOurs, check_owner, refusal
 from gt_remote.bootstrap.probe import PORT_CHECK_TIMEOUT, PortState, RemoteFacts, Survey, build_of, file_digest, parse_version, port_state, probe, survey
 
 log = logging.getLogger(__name__)
@@ -30,6 +29,7 @@ class ServerInfo:
     started_by_gt_remote: bool
     reused: bool
     other_build: dict[str, str | None] | None = None  # a build installed there that is not the running one
+    socket: str | None = None  # its own Unix socket, which Pings and plain forwarding use (ownership.py)
 
     @property
     def build(self) -> str | None:
@@ -70,20 +70,37 @@ async def bring_up(
     script started (the relay) if the bring-up then fails."""
     digest = file_digest(settings.server_binary) if settings.server_binary else ""
     progress.steps.debug("bring-up: one script for the facts, the server, the port's owner, the lease and the relay")
-    found, state = await asyncio.gather(
-        survey(conn, settings.server, settings.remote_port, digest, relay_path, lease, lease_ttl),
-        port_state(conn, settings.remote_port),
-    )
+    found = await survey(conn, settings.server, settings.remote_port, digest, relay_path, lease, lease_ttl)
     progress.steps.debug(
         "bring-up: %s %s, python3 %s, %s KiB free, install dir %s, port %s",
         found.facts.os, found.facts.arch, found.python_version or "none", found.free_kib, found.install_dir, found.owner.holder.value,
     )
     if on_survey is not None:
         on_survey(found)
+    if found.install_dir == "unsafe":
+        raise install_dir_unsafe(settings.name, found.unsafe_dir, found.unsafe_why)
     if found.facts.wsl:
         say(wsl_warning(settings.name, found.facts.wsl))
+    state = await state_of_port(conn, settings, found.owner)
     server = await _ensure(conn, settings, found.facts, found.owner, state, digest, say)
     return BringUp(server, found)
+
+
+async def state_of_port(conn: asyncssh.SSHClientConnection, settings: HostSettings, owner: Owner) -> PortState:
+    """Ping the port only once its listener is known to be the user's: another account's program
+    never gets even a Ping. A listener no tool on the remote can name is Pinged, then refused."""
+    refused = refusal(owner, settings.name, settings.remote_port)
+    if refused:
+        raise refused
+    if owner.holder is Holder.NONE:
+        return PortState.CLOSED
+    state = await port_state(conn, settings.remote_port, socket=owner.socket)
+    if owner.holder is Holder.UNKNOWN and state is not PortState.CLOSED:
+        raise PortNotOurs(
+            f"something answers on 127.0.0.1:{settings.remote_port} on {settings.name}, and nothing there can tell whose it is (no /proc, lsof or ss); gt-remote will not forward to it",
+            "install lsof (or ss) on the remote so gt-remote can check the port's owner, or pick another port with --remote-port",
+        )
+    return state
 
 
 def wsl_warning(host: str, distro: str) -> str:
@@ -99,15 +116,13 @@ async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
 
 
 async def _ensure(conn: asyncssh.SSHClientConnection, settings: HostSettings, facts: RemoteFacts, owner: Owner, state: PortState, digest: str, say: Say) -> ServerInfo:
-    refused = refusal(owner, settings.name, settings.remote_port)
+    """`state` comes from state_of_port: the port is free, or the user's."""
     if state is PortState.ANSWERS:
-        if refused:
-            raise refused
-        return _reuse(facts, settings, digest, say)
-    if state is PortState.BUSY:  # no Ping answer: named as another account's, else as a program that is not ccmux
-        raise refused if refused and owner.holder is Holder.FOREIGN else _port_busy(settings)
-    if state is PortState.SILENT:  # connects, never answers: our hung server, else another account's or a silent program
-        raise refused if refused and owner.holder is Holder.FOREIGN else _port_silent(settings, facts)
+        return _reuse(facts, settings, digest, say, owner.socket)
+    if state is PortState.BUSY:  # no Ping answer: a program of the user's that is not ccmux
+        raise _port_busy(settings)
+    if state is PortState.SILENT:  # connects, never answers: our hung server, or a silent program
+        raise _port_silent(settings, facts)
     if facts.other_port is not None:
         raise _one_server_per_user(settings, facts)
     if facts.pid is not None:
@@ -117,21 +132,28 @@ async def _ensure(conn: asyncssh.SSHClientConnection, settings: HostSettings, fa
         path, version = await _install(conn, settings, facts, digest, say)
     say(f"starting {settings.server} {version or '(unknown version)'} on {settings.name}, 127.0.0.1:{settings.remote_port}")
     try:
-        pid = await _start_and_wait(conn, path, settings)
+        pid, socket = await start_and_wait(conn, path, settings)
     except ServerWithoutTcp:
         if not settings.restart_server:
             raise
         stopped = await remote_server.stop_other(conn, settings.server)
         say(f"stopped the {settings.server} that ran without TCP (pid {stopped}), as --restart-server asked; its panes ended")
-        pid = await _start_and_wait(conn, path, settings)
-    return ServerInfo(path, version, pid, started_by_gt_remote=True, reused=False)
+        pid, socket = await start_and_wait(conn, path, settings)
+    return ServerInfo(path, version, pid, started_by_gt_remote=True, reused=False, socket=socket)
 
 
-async def _start_and_wait(conn: asyncssh.SSHClientConnection, path: str, settings: HostSettings) -> int:
-    pid = await remote_server.start(conn, path, settings.server, settings.remote_port)
-    await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name)
+async def start_and_wait(conn: asyncssh.SSHClientConnection, path: str, settings: HostSettings) -> tuple[int, str | None]:
+    """Start the server, and wait for its first Pong: through its own Unix socket once the
+    start script saw it hold the port (so a Ping never goes to whoever took the port first)."""
+    pid, owner = await remote_server.start(conn, path, settings.server, settings.remote_port)
+    refused = refusal(owner, settings.name, settings.remote_port)
+    if refused:
+        await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=pid)
+        raise refused
+    socket = owner.socket if owner.pid == pid else None
+    await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name, socket=socket)
     await verify_started(conn, settings, pid)
-    return pid
+    return pid, socket
 
 
 async def verify_started(conn: asyncssh.SSHClientConnection, settings: HostSettings, pid: int) -> None:
@@ -144,11 +166,10 @@ async def verify_started(conn: asyncssh.SSHClientConnection, settings: HostSetti
 
 async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, known: ServerInfo) -> ServerInfo | None:
     """After a reconnect: None if the server still answers; a new ServerInfo if it had died."""
-    state, owner = await asyncio.gather(port_state(conn, settings.remote_port), check_owner(conn, settings.remote_port))
-    refused = refusal(owner, settings.name, settings.remote_port)
-    if refused:
-        raise refused  # never forward to another account's listener, whatever it answers
+    owner = await check_owner(conn, settings.remote_port, known.pid)
+    state = await state_of_port(conn, settings, owner)  # never Pings another account's listener
     if state is PortState.ANSWERS:
+        known.socket = owner.socket or known.socket
         return None
     if state is PortState.BUSY:
         raise _port_busy(settings)
@@ -165,11 +186,11 @@ async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
             f"reinstall it, then run 'gt-remote down {shell_word(settings.name)}' and 'gt-remote up {shell_word(settings.name)}' (with --server-binary to upload it)",
         )
     log.warning("remote server is not running; starting it again")
-    pid = await _start_and_wait(conn, path, settings)
-    return ServerInfo(path, known.version or facts.version, pid, started_by_gt_remote=True, reused=False)
+    pid, socket = await start_and_wait(conn, path, settings)
+    return ServerInfo(path, known.version or facts.version, pid, started_by_gt_remote=True, reused=False, socket=socket)
 
 
-def _reuse(facts: RemoteFacts, settings: HostSettings, digest: str, say: Say) -> ServerInfo:
+def _reuse(facts: RemoteFacts, settings: HostSettings, digest: str, say: Say, socket: str | None) -> ServerInfo:
     ours = facts.pid is not None
     if ours:
         shown = f", version {facts.running_version}" if facts.running_version else ""
@@ -180,7 +201,7 @@ def _reuse(facts: RemoteFacts, settings: HostSettings, digest: str, say: Say) ->
     else:
         say(f"reusing a ccmux server on {settings.name}:127.0.0.1:{settings.remote_port} that gt-remote did not start; --stop-server will leave it alone")
         path, version = facts.path, facts.version
-    return ServerInfo(path, version, facts.pid, started_by_gt_remote=ours, reused=True, other_build=other_build(facts, path) if ours else None)
+    return ServerInfo(path, version, facts.pid, started_by_gt_remote=ours, reused=True, other_build=other_build(facts, path) if ours else None, socket=socket)
 
 
 def _not_the_offered_build(facts: RemoteFacts, settings: HostSettings, digest: str) -> str:

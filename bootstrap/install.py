@@ -16,7 +16,7 @@ import struct
 import asyncssh
 
 from gt_remote import progress
-from gt_remote.base.errors import BinaryIncompatible, InstallFailed, NoExecMount
+from gt_remote.base.errors import BinaryIncompatible, InstallFailed, NoExecMount, install_dir_unsafe
 from gt_remote.bootstrap import remote
 
 # Runs right after UPLOAD_SCRIPT verified the bytes ($part, $final, $dir set there).
@@ -35,7 +35,6 @@ mv -f "$part" "$final" || exit 0  # no path= line: the caller reports the failed
 keep_version "$final" "$version_line"  # the next probe runs nothing to learn it (see version_of)
 echo "path=$final"; echo "version=$version_line"
 """
-
 
 
 ELF_MACHINES = {3: "i686", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
@@ -88,6 +87,8 @@ async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, ser
             f"{local_path} arrived altered on {host} (SHA-256 {remote.visible(fields.get('got', '?'))[:64]} there); the upload was removed",
             "run up again; if it repeats, something on the way or on the remote changes files",
         )
+    if error == "unsafe":
+        raise install_dir_unsafe(host, fields.get("unsafe_dir"), fields.get("unsafe_why"))
     if error and error.startswith("cannot create"):
         raise InstallFailed(
             f"gt-remote {remote.visible(error)} on {host}",
@@ -114,7 +115,8 @@ def _cannot_run(local_path: str, host: str, fields: dict[str, str]) -> InstallFa
     if noexec and rc == "126":
         return NoExecMount(
             f"{host} cannot run programs under {remote.visible(noexec)}: that mount is noexec, so the uploaded {local_path} was refused ({output.strip() or 'permission denied'})",
-            f"install elsewhere: gt-remote up {shlex.quote(host)} --install-dir DIR (a directory on a mount without noexec, e.g. /opt/gt or one under /var/tmp), or install_dir in the config",
+            f"install into a directory of your own on a mount without noexec: create it on {host} with 'mkdir -m 700 /var/tmp/gt-$USER' (if /var/tmp allows programs), "
+            f"then 'gt-remote up {shlex.quote(host)} --install-dir /var/tmp/gt-USER' with your user there, or set install_dir in the config",
         )
     if rc in ("126", "127") or "format" in output.lower():
         return BinaryIncompatible(

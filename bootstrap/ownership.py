@@ -4,7 +4,11 @@ If ccmux-server dies and another account on the remote binds 127.0.0.1:PORT firs
 blind forwarder would hand it every keystroke typed into a pane. So before reuse, after
 each (re)start and on every health check, the listener's uid (from /proc/net/tcp and tcp6,
 else lsof or ss) must be the login user's, and the listening process one of that user's
-started with `--listen-tcp 127.0.0.1:PORT`. The relay agent checks the uid before each dial.
+started with `--listen-tcp 127.0.0.1:PORT`. A listing is only a picture of a moment, though:
+another account may bind the port the instant after. So no byte goes to the TCP port
+unchecked: the relay checks whose socket answered each connection it makes before it sends
+anything (relay_agent.peer_uid), and Pings and plain forwarding go to the server's own Unix
+socket (Owner.socket), a name in a directory only the user can change, whenever there is one.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from gt_remote.bootstrap.remote import run_script
 _USER_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._@-]{0,63}")
 
 OWNER_SCRIPT = r"""
-( port_owner "$1" )
+( port_owner "$1" "$2" )
 """
 
 
@@ -41,6 +45,7 @@ class Owner:
     uid: int | None = None
     user: str | None = None
     pid: int | None = None
+    socket: str | None = None  # our server's own Unix socket, in a directory only we can change
 
     def describe(self) -> str:
         name = f", {self.user}" if self.user else ""
@@ -60,7 +65,15 @@ def owner_from(fields: dict[str, str], my_uid: int | None = None) -> Owner:
     if me is not None and uid != me:
         return Owner(Holder.FOREIGN, uid, user)
     pid = ascii_int(fields.get("listen_pid"))
-    return Owner(Holder.OURS if pid is not None else Holder.MINE_OTHER, uid, user, pid)
+    if pid is None:
+        return Owner(Holder.MINE_OTHER, uid, user)
+    return Owner(Holder.OURS, uid, user, pid, _socket_path(fields.get("listen_socket", "")))
+
+
+def _socket_path(text: str) -> str | None:
+    """An absolute path of printable characters that fits a Unix socket, else none at all."""
+    ok = text.startswith("/") and len(text.encode()) <= 107 and all(" " <= char <= "~" for char in text)
+    return text if ok else None
 
 
 class PortNotOurs(RemoteError):
@@ -82,7 +95,8 @@ def refusal(owner: Owner, host: str, port: int) -> PortNotOurs | None:
     return None
 
 
-async def check_owner(conn: asyncssh.SSHClientConnection, port: int) -> Owner:
-    """One round trip: who holds the port now (after a start, or when a reconnect finds it)."""
-    fields = (await run_script(conn, 'echo "uid=$(id -u)"' + OWNER_SCRIPT, str(port))).fields
+async def check_owner(conn: asyncssh.SSHClientConnection, port: int, pid: int | None = None) -> Owner:
+    """One round trip: who holds the port now (after a start, or when a reconnect finds it);
+    `pid`, the server's last known, is looked at first."""
+    fields = (await run_script(conn, 'echo "uid=$(id -u)"' + OWNER_SCRIPT, str(port), str(pid or ""))).fields
     return owner_from(fields)

@@ -22,8 +22,12 @@ PROBE_SCRIPT = r"""
 server=$1 port=$2 digest=$3
 found=""
 # An installed build counts only while it still hashes to its directory's name (build_intact).
-if [ -n "$digest" ] && [ -x "$install_root/$digest/$server" ] && build_intact "$install_root/$digest/$server"; then
-    found="$install_root/$digest/$server"
+# Builds under the install dir count only while no other account can change them (install_dir_safe).
+builds_ok=0; install_dir_safe >/dev/null && builds_ok=1
+if [ -n "$digest" ]; then
+    if [ "$builds_ok" = 1 ] && [ -x "$install_root/$digest/$server" ] && build_intact "$install_root/$digest/$server"; then
+        found="$install_root/$digest/$server"
+    fi
 elif [ -z "$digest" ]; then
     found=$(command -v "$server" 2>/dev/null) || found=""
     case "$found" in /*) ;; *) found="" ;; esac
@@ -31,9 +35,9 @@ elif [ -z "$digest" ]; then
     for candidate in "$HOME/.cargo/bin/$server" "$HOME/.local/bin/$server"; do
         if [ -z "$found" ] && [ -x "$candidate" ]; then found=$candidate; fi
     done
-    if [ -z "$found" ]; then
+    if [ -z "$found" ] && [ "$builds_ok" = 1 ]; then
         for candidate in "$install_root"/*/"$server"; do
-            [ -x "$candidate" ] && build_intact "$candidate" || continue
+            [ -x "$candidate" ] && [ ! -L "$candidate" ] && fit_for_code "$candidate" >/dev/null && build_intact "$candidate" || continue
             if [ -z "$found" ] || [ "$candidate" -nt "$found" ]; then found=$candidate; fi
         done
     fi
@@ -87,7 +91,9 @@ dir=$install_root; [ -d "$dir" ] || dir=$HOME
 # Free KiB and the mount point from one df; the mount's options say whether builds may run there.
 df_line=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4, $6 }')
 echo "free_kib=${df_line%% *}"
-if [ ! -w "$dir" ]; then
+if ! install_dir_safe; then
+    echo "install_dir=unsafe"
+elif [ ! -w "$dir" ]; then
     echo "install_dir=readonly"
 elif [ -r /proc/mounts ] && awk -v m="${df_line#* }" '$2 == m { o = $4 } END { exit !(o ~ /(^|,)noexec(,|$)/) }' /proc/mounts; then
     echo "install_dir=noexec"
@@ -171,7 +177,7 @@ def facts_from_fields(fields: dict[str, str]) -> RemoteFacts:
 
 
 def _install_dir(answer: str) -> str:
-    return answer if answer in ("ok", "noexec", "readonly") else "unknown"
+    return answer if answer in ("ok", "noexec", "readonly", "unsafe") else "unknown"
 
 
 def _printable(text: str, limit: int = 64) -> str:
@@ -189,7 +195,9 @@ class Survey:
     lease_holders: list[str]  # the other live tunnels sharing this server
     python_version: str | None
     free_kib: int | None
-    install_dir: str  # ok, noexec, readonly or unknown
+    install_dir: str  # ok, noexec, readonly, unsafe (another account could change it) or unknown
+    unsafe_dir: str | None = None  # when unsafe: the first directory that is not the user's own
+    unsafe_why: str | None = None
 
 
 async def survey(
@@ -207,23 +215,40 @@ async def survey(
         python_version=_printable(words[-1], 16) if words else None,
         free_kib=ascii_int(fields.get("free_kib"), 15),
         install_dir=_install_dir(fields.get("install_dir", "")),
+        unsafe_dir=visible(fields["unsafe_dir"]) if "unsafe_dir" in fields else None,
+        unsafe_why=visible(fields["unsafe_why"]) if "unsafe_why" in fields else None,
     )
 
 
-async def ping_remote(conn: asyncssh.SSHClientConnection, port: int, timeout: float = 3.0) -> float:
-    """Ping the server on the remote loopback port through a direct-tcpip channel."""
-    reader, writer = await asyncio.wait_for(conn.open_connection("127.0.0.1", port), timeout)
+async def open_server(conn: asyncssh.SSHClientConnection, port: int, socket: str | None = None) -> tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]:
+    """A channel to the server: through its own Unix socket when known (a name in a directory
+    only the user can change: no other account can be behind it, as one can be behind a TCP
+    port the instant after a check), else to its port. A remote sshd that forbids
+    streamlocal channels gets the port, as it always did (docs/security.md)."""
+    if socket:
+        try:
+            return await conn.open_unix_connection(socket)
+        except asyncssh.ChannelOpenError as exc:
+            if exc.code != asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                raise
+    return await conn.open_connection("127.0.0.1", port)
+
+
+async def ping_remote(conn: asyncssh.SSHClientConnection, port: int, timeout: float = 3.0, socket: str | None = None) -> float:
+    """Ping the server on the remote, through its Unix socket when known (open_server)."""
+    reader, writer = await asyncio.wait_for(open_server(conn, port, socket), timeout)
     try:
         return await wire.ping(reader, writer, timeout)
     finally:
         writer.close()
 
 
-async def port_state(conn: asyncssh.SSHClientConnection, port: int, timeout: float = PORT_CHECK_TIMEOUT) -> PortState:
-    """What listens on the remote port. A channel that does not even open in time raises
-    TimeoutError: the SSH connection is what does not answer, not the port."""
+async def port_state(conn: asyncssh.SSHClientConnection, port: int, timeout: float = PORT_CHECK_TIMEOUT, socket: str | None = None) -> PortState:
+    """What answers on the remote port: ask only once the listener is known to be the user's
+    (its uid), and through the server's Unix socket when there is one. A channel that does
+    not even open in time raises TimeoutError: the SSH connection is what does not answer."""
     try:
-        reader, writer = await asyncio.wait_for(conn.open_connection("127.0.0.1", port), timeout)
+        reader, writer = await asyncio.wait_for(open_server(conn, port, socket), timeout)
     except asyncssh.ChannelOpenError:
         return PortState.CLOSED
     try:

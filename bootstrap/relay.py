@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from gt_remote.base.sanitize import ascii_int
+from gt_remote.base.sanitize import ascii_int, visible
 from gt_remote.bootstrap import relay_build, remote
 from gt_remote.bootstrap.remote import run_script
 
@@ -53,6 +53,8 @@ relay_python_of() {
 # relay_foreign_leases=NAMES) and never stopped.
 relay_check() {
     echo "relay_home=$HOME"
+    # Code another account could swap after the hash check is never run (install_dir_safe).
+    if ! unsafe=$(install_dir_safe); then echo "relay_unsafe=$(printf '%s\n' "$unsafe" | sed -n 's/^unsafe_dir=//p')"; return 1; fi
     intact=0
     build_intact "$relay_root/$1" && intact=1  # the file still hashes to its directory's name
     [ "$intact" = 1 ] && echo "relay_installed=1"
@@ -71,6 +73,7 @@ relay_check() {
 # Start the relay: python $1, agent $relay_root/$2, port $3, a stale relay's pid $4 to stop first.
 relay_start() {
     umask 077
+    if ! unsafe=$(install_dir_safe); then echo "relay_error=$(printf '%s\n' "$unsafe" | sed -n 's/^unsafe_dir=//p') is not this user's own"; return 1; fi
     mkdir -p "$state_dir/relay-$3" && chmod 700 "$state_dir" "$state_dir/relay-$3"
     if [ -n "$4" ]; then
         kill -TERM "$4" 2>/dev/null
@@ -206,6 +209,8 @@ def relay_state_from(facts: dict[str, str], port: int) -> RelayState | None:
         return RelayState(None, reason=f"the remote python3 is too old for the relay ({facts.get('relay_pyversion', '?')}; 3.8 or newer needed)")
     if not python.startswith("/"):
         return RelayState(None, reason="the remote has no python3 (3.8 or newer) to run the relay")
+    if "relay_unsafe" in facts:
+        return RelayState(None, reason=f"the relay is not run from {visible(facts['relay_unsafe'])}: another account could change files there")
     socket = _socket_path(facts, port)
     if len(socket.encode()) > SOCKET_PATH_LIMIT:
         return RelayState(None, reason=f"the relay socket path {socket} is too long for a Unix socket")

@@ -86,6 +86,43 @@ build_intact() {
     case $got in "$want"*) return 0 ;; esac
     return 1
 }
+# Owner uid and permission bits (octal) of $1 itself, never of what a link points to.
+owner_mode_of() {
+    stat -c '%u %a' -- "$1" 2>/dev/null || stat -f '%u %Lp' -- "$1" 2>/dev/null
+}
+# Can no account but this user (or root) change what path $1 holds? Its owner is us or root,
+# and no one else may write to it; $2 = sticky: a shared directory (/var/tmp, /tmp) whose
+# sticky bit keeps others from renaming what we made in it. Prints the reason on failure.
+fit_for_code() {
+    om=$(owner_mode_of "$1") || { echo "cannot be checked (no stat)"; return 1; }
+    o=${om%% *} m=${om#* }
+    case "$o:$m" in *[!0-9:]*|:*|*:) echo "cannot be checked (stat said '$om')"; return 1 ;; esac
+    if [ "$o" != "${me:-$(id -u)}" ] && [ "$o" != 0 ]; then echo "belongs to uid $o"; return 1; fi
+    [ $((0$m & 022)) -eq 0 ] && return 0
+    [ "$2" = sticky ] && [ $((0$m & 01000)) -ne 0 ] && return 0
+    echo "is writable by other accounts (mode $m)"; return 1
+}
+# Is every directory we keep code in (<install dir>/gt-remote, servers, relay and each build's
+# directory) a real directory (no link), ours (or root's) and writable by no one else? Another
+# account that could write there could swap a verified build or relay before it runs. Prints
+# unsafe_dir= and unsafe_why= for the first that is not; directories not made yet pass (they
+# are made 0700). The install dir itself may be shared if it is sticky (/var/tmp).
+install_dir_safe() {
+    if [ -L "$gt_base" ] && ! why=$(fit_for_code "$gt_base"); then
+        echo "unsafe_dir=$gt_base"; echo "unsafe_why=the link $why"; return 1
+    fi
+    if [ -d "$gt_base" ] && ! why=$(fit_for_code "$gt_base/." sticky); then
+        echo "unsafe_dir=$gt_base"; echo "unsafe_why=$why"; return 1
+    fi
+    for d in "$gt_base/gt-remote" "$install_root" "$relay_root" "$install_root"/* "$relay_root"/*; do
+        [ -e "$d" ] || [ -L "$d" ] || continue
+        case "$d" in "$install_root"/*|"$relay_root"/*) [ -d "$d" ] || [ -L "$d" ] || continue ;; esac
+        if [ -L "$d" ]; then echo "unsafe_dir=$d"; echo "unsafe_why=is a symbolic link"; return 1; fi
+        if [ ! -d "$d" ]; then echo "unsafe_dir=$d"; echo "unsafe_why=is not a directory"; return 1; fi
+        if ! why=$(fit_for_code "$d"); then echo "unsafe_dir=$d"; echo "unsafe_why=$why"; return 1; fi
+    done
+    return 0
+}
 # Run `$1 --version`: its status, and the first line of its answer in $version_line. The answer
 # is stdout (a loader's warning on stderr is not a version); a failure says why on either stream.
 ask_version() {
@@ -126,8 +163,11 @@ port_owner() {
     me=${me:-$(id -u)}
     if [ -r /proc/net/tcp ]; then
         files=/proc/net/tcp; [ -r /proc/net/tcp6 ] && files="$files /proc/net/tcp6"
-        # LISTEN (0A) on 127.0.0.1, 0.0.0.0, :: or ::ffff:127.0.0.1; the uid and inode columns.
-        lines=$(awk -v p="$(printf '%04X' "$1")" '$4 == "0A" { split($2, a, ":"); if (a[2] == p && (a[1] == "0100007F" || a[1] ~ /^0+$/ || a[1] == "0000000000000000FFFF00000100007F")) print $8, "ino", $10 }' $files)
+        # LISTEN (0A) on any address that takes connections to 127.0.0.1: 127.0.0.1, 0.0.0.0, ::,
+        # and the v4-mapped ::ffff:127.0.0.1 and ::ffff:0.0.0.0 (an AF_INET6 socket bound there
+        # takes IPv4 connections), each word as a little- or big-endian host prints it; the
+        # uid and inode columns.
+        lines=$(awk -v p="$(printf '%04X' "$1")" '$4 == "0A" { split($2, a, ":"); if (a[2] == p && (a[1] ~ /^0+$/ || a[1] ~ /^(0100007F|7F000001|0000000000000000FFFF0000(0100007F|00000000)|00000000000000000000FFFF(7F000001|00000000))$/)) print $8, "ino", $10 }' $files)
     elif command -v lsof >/dev/null 2>&1; then
         lines=$(lsof -nP -iTCP:"$1" -sTCP:LISTEN -Fpu 2>/dev/null | awk '/^p/ { pid = substr($0, 2) } /^u/ { print substr($0, 2), "pid", pid }')
     elif command -v ss >/dev/null 2>&1; then
@@ -145,15 +185,39 @@ port_owner() {
     echo "listen_uid=$me"
     printf '%s\n' "$lines" | while read -r _uid kind id; do
         if [ "$kind" = pid ]; then
-            case " $(cmdline_of "$id") " in *" --listen-tcp 127.0.0.1:$1 "*) echo "listen_pid=$id"; break ;; esac
+            case " $(cmdline_of "$id") " in *" --listen-tcp 127.0.0.1:$1 "*) listener_is "$id"; break ;; esac
             continue
         fi
         # Our server's pid first: most checks then need no scan of every process.
-        if [ -n "$2" ] && holds_listener "$2" "$id" "$1"; then echo "listen_pid=$2"; break; fi
+        if [ -n "$2" ] && holds_listener "$2" "$id" "$1"; then listener_is "$2"; break; fi
         for pid in $(pgrep -u "$me" -f -- "--listen-tcp 127.0.0.1:$1( |\$)" 2>/dev/null); do
-            if holds_listener "$pid" "$id" "$1"; then echo "listen_pid=$pid"; break 2; fi
+            if holds_listener "$pid" "$id" "$1"; then listener_is "$pid"; break 2; fi
         done
     done
+}
+# Our server, pid $1, holds the port: listen_pid, and listen_socket, its own Unix socket, when
+# that can be used instead of the port (unix_socket_of).
+listener_is() {
+    echo "listen_pid=$1"
+    listen_socket=$(unix_socket_of "$1")
+    [ -z "$listen_socket" ] || echo "listen_socket=$listen_socket"
+}
+# The Unix socket pid $1 listens on (ccmux's own, beside its TCP port), when no other account
+# can put a socket of its own in its place: the socket and its directory are ours (or root's),
+# no one else may write to the directory, and its parent is private or sticky. Anyone can take
+# a free TCP port on 127.0.0.1; no one can take this name. Nothing printed otherwise.
+unix_socket_of() {
+    [ -r /proc/net/unix ] || return 0
+    inodes=$(ls -l "/proc/$1/fd" 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\].*/\1/p' | tr '\n' ' ')
+    [ -n "$inodes" ] || return 0
+    # Listening (flags 00010000) sockets with a path, whose inode (column 7) the pid holds.
+    path=$(awk -v inodes=" $inodes" '$4 == "00010000" && NF >= 8 && index(inodes, " " $7 " ") { line = $0; for (i = 0; i < 7; i++) sub(/^[^ ]+ +/, "", line); print line; exit }' /proc/net/unix)
+    case "$path" in /*/*) ;; *) return 0 ;; esac
+    dir=${path%/*}; parent=${dir%/*}
+    [ -S "$path" ] && [ ! -L "$path" ] && [ ! -L "$dir" ] && [ -d "$dir" ] || return 0
+    fit_for_code "$dir" >/dev/null && fit_for_code "${parent:-/}/." sticky >/dev/null || return 0
+    om=$(owner_mode_of "$path") && [ "${om%% *}" = "${me:-$(id -u)}" ] || return 0
+    printf '%s\n' "$path"
 }
 # Does pid $1 hold the socket with inode $2, and was it started with --listen-tcp 127.0.0.1:$3?
 holds_listener() {
@@ -396,9 +460,11 @@ free_kib() {
     df -Pk "${d:-/}" 2>/dev/null | awk 'NR == 2 { print $4 }'
 }
 umask 077
+install_dir_safe >/dev/null || { echo "error=unsafe"; install_dir_safe; exit 0; }
 if ! mkdir -p "$dir" 2>/dev/null || ! chmod 700 "$dir"; then
     echo "error=cannot create $dir"; exit 0
 fi
+install_dir_safe >/dev/null || { echo "error=unsafe"; install_dir_safe; exit 0; }
 if ! cat > "$part"; then
     rm -f "$part"; rmdir "$dir" 2>/dev/null
     echo "error=write"; echo "free=$(free_kib)"; exit 0

@@ -14,6 +14,7 @@ import asyncssh
 
 from gt_remote.base.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp, shell_word
 from gt_remote.base.sanitize import ascii_int, visible
+from gt_remote.bootstrap.ownership import Holder, Owner, owner_from
 from gt_remote.bootstrap.probe import ping_remote
 from gt_remote.bootstrap.remote import run_script
 
@@ -35,6 +36,17 @@ fi
 pid=$!
 echo "$pid" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"
 echo "pid=$pid"
+# Wait (up to 15 s) until it holds its port, exits, or says it could not bind: then who holds
+# the port, in port_owner's words, so the first Ping goes to it, never to whoever took the port.
+me=$(id -u); echo "uid=$me"
+i=0
+while [ "$i" -lt 150 ]; do
+    owner=$(port_owner "$port" "$pid")
+    case "$owner" in *"listen_pid=$pid"*|*listen_user=*|*listen=unknown*) printf '%%s\n' "$owner"; exit 0 ;; esac
+    kill -0 "$pid" 2>/dev/null || exit 0
+    tail -n 5 "$log" 2>/dev/null | grep -q "Failed to bind TCP listener" && exit 0
+    sleep 0.1; i=$((i + 1))
+done
 """ % {"cap": LOG_CAP_BYTES}
 
 STATUS_SCRIPT = r"""
@@ -77,12 +89,13 @@ echo "stopped=$(echo $pids | tr ' ' ',')"
 """
 
 
-async def start(conn: asyncssh.SSHClientConnection, path: str, server: str, port: int) -> int:
+async def start(conn: asyncssh.SSHClientConnection, path: str, server: str, port: int) -> tuple[int, Owner]:
+    """Start it detached; its pid, and who holds the port once it listens (or gave up)."""
     fields = (await run_script(conn, START_SCRIPT, path, server, str(port))).fields
     pid = ascii_int(fields.get("pid"))
     if pid is None:
         raise RemoteError(f"could not start {path} on the remote", "check that the remote home directory is writable")
-    return pid
+    return pid, owner_from(fields) if "listen" in fields or "listen_uid" in fields else Owner(Holder.NONE)
 
 
 async def stop(conn: asyncssh.SSHClientConnection, server: str, port: int, only_pid: int | None = None) -> int | None:
@@ -96,13 +109,14 @@ async def stop_other(conn: asyncssh.SSHClientConnection, server: str) -> str:
     return (await run_script(conn, STOP_OTHER_SCRIPT, server)).fields.get("stopped", "none")
 
 
-async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, server: str, port: int, host: str, deadline_s: float = 15.0) -> float:
-    """Wait for the first Pong on the remote port; on failure stop what we started and say why."""
+async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, server: str, port: int, host: str, deadline_s: float = 15.0, socket: str | None = None) -> float:
+    """Wait for the first Pong (through its Unix socket when known); on failure stop what we
+    started and say why."""
     deadline = time.monotonic() + deadline_s
     next_liveness_check = time.monotonic() + 0.5
     while time.monotonic() < deadline:
         try:
-            return await ping_remote(conn, port, timeout=2.0)
+            return await ping_remote(conn, port, timeout=2.0, socket=socket)
         except (TimeoutError, asyncssh.ChannelOpenError, PingFailed):
             pass
         if time.monotonic() >= next_liveness_check:

@@ -13,9 +13,10 @@ import asyncssh
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, NotOurServer
 from gt_remote.bootstrap import server as remote_server
-from gt_remote.bootstrap.ensure import ServerInfo, verify_started
+from gt_remote.bootstrap.ensure import ServerInfo, start_and_wait
 from gt_remote.bootstrap.install import check_platform, upload_server
-from gt_remote.bootstrap.probe import PortState, file_digest, parse_version, port_state, probe
+from gt_remote.bootstrap.ownership import Holder, check_owner
+from gt_remote.bootstrap.probe import file_digest, parse_version, probe
 
 Say = Callable[[str], None]
 
@@ -27,7 +28,7 @@ async def replace_server(conn: asyncssh.SSHClientConnection, settings: HostSetti
     """
     digest = file_digest(binary)
     facts = await probe(conn, settings.server, settings.remote_port, digest)
-    if facts.pid is None and await port_state(conn, settings.remote_port) is not PortState.CLOSED:
+    if facts.pid is None and (await check_owner(conn, settings.remote_port)).holder is not Holder.NONE:  # no Ping to whoever holds it
         raise NotOurServer(
             f"the server on {settings.name}:127.0.0.1:{settings.remote_port} was not started by gt-remote, so gt-remote will not replace it",
             "stop it yourself, then run 'gt-remote up' with --server-binary",
@@ -46,18 +47,11 @@ async def replace_server(conn: asyncssh.SSHClientConnection, settings: HostSetti
         await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=facts.pid)
     say(f"starting {settings.server} {version or '(unknown version)'} on {settings.name}, 127.0.0.1:{settings.remote_port}")
     try:
-        pid = await _start(conn, path, settings)
+        pid, socket = await start_and_wait(conn, path, settings)  # what answers must be ours, not another account's
     except GtRemoteError as error:
         if facts.pid is None or not facts.running_path:
             raise
-        old_pid = await _start(conn, facts.running_path, settings)  # never leave the host without its server
-        restored(ServerInfo(facts.running_path, facts.running_version, old_pid, started_by_gt_remote=True, reused=False))
+        old_pid, old_socket = await start_and_wait(conn, facts.running_path, settings)  # never leave the host without its server
+        restored(ServerInfo(facts.running_path, facts.running_version, old_pid, started_by_gt_remote=True, reused=False, socket=old_socket))
         raise type(error)(f"{error.cause}; the previous build runs again", error.fix) from None
-    return ServerInfo(path, version, pid, started_by_gt_remote=True, reused=False)
-
-
-async def _start(conn: asyncssh.SSHClientConnection, path: str, settings: HostSettings) -> int:
-    pid = await remote_server.start(conn, path, settings.server, settings.remote_port)
-    await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name)
-    await verify_started(conn, settings, pid)  # what answered must be ours, not another account's
-    return pid
+    return ServerInfo(path, version, pid, started_by_gt_remote=True, reused=False, socket=socket)

@@ -102,6 +102,7 @@ class Supervisor:
         target = SshTarget(settings.destination, settings.ssh_config, settings.keepalive)
         self.link = Link(target, after_reconnect=self._after_reconnect)
         self.forwarder = Forwarder(settings.local, settings.remote_port, self.link)
+        self.forwarder.server_socket = self._server_socket  # plain forwarding's way in, as Pings'
         owner = remote_lease.lease_name(settings)  # the relay closes this supervisor's streams by it at `down`
         self.relay = RelayPath(self.link, "", settings.resume_window, owner=owner)  # counters live across relay restarts
         self.resume_reason: str | None = None if settings.resume else "turned off (--no-resume or resume = false in the config)"
@@ -424,7 +425,7 @@ class Supervisor:
     async def _ping_directly(self, conn: asyncssh.SSHClientConnection) -> None:
         """A Ping straight to the server's port: the server down, or only the relay?"""
         try:
-            self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive)) * 1000
+            self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive), socket=self._server_socket()) * 1000
             self.server_error = None
         except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
             log.warning("health Ping failed: %s", reason(exc))
@@ -455,7 +456,14 @@ class Supervisor:
             log.warning("port and lease check failed: %s", exc)
             return  # not counted as a touch: the next health check tries again
         self._last_upkeep = asyncio.get_running_loop().time()
+        if self.server is not None and owner.socket is not None and owner.pid == self.server.pid:
+            self.server.socket = owner.socket  # learnt again: a server reused before this version knew none
         self._refuse(refusal(owner, self.settings.name, self.settings.remote_port))
+
+    def _server_socket(self) -> str | None:
+        """The server's own Unix socket, for Pings and plain forwarding: no other account can be
+        behind it (bootstrap/ownership.py). None where the remote has none to offer."""
+        return self.server.socket if self.server is not None else None
 
     def _refuse(self, error: PortNotOurs | None) -> None:
         """Stop forwarding while another account holds the port; go on once it is the user's again."""
@@ -686,8 +694,10 @@ class Supervisor:
         found: dict[str, Any] = {"ok": True, "state": self.state, "last_cause": cause, "resumable": self.forwarder.relay is not None}
         if not self.ready or conn is None:
             return {**found, "link_up": False}
+        if self.port_refusal is not None:  # never Ping another account's listener, not even to diagnose
+            return {**found, "link_up": True, "server_answers": False, "server_reason": self.port_refusal.cause}
         try:
-            rtt = await ping_remote(conn, self.settings.remote_port, timeout=3.0)
+            rtt = await ping_remote(conn, self.settings.remote_port, timeout=3.0, socket=self._server_socket())
             return {**found, "link_up": True, "server_answers": True, "server_rtt_ms": round(rtt * 1000, 3)}
         except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
             return {**found, "link_up": True, "server_answers": False, "server_reason": reason(exc)}

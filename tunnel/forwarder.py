@@ -2,8 +2,8 @@
 
 asyncssh's forward_local_port closes its listener when the connection is lost; gastown
 would then see "connection refused" during every blip. Here each accepted client opens
-one direct-tcpip channel on whatever connection is current, and waits a bounded time
-for one during an outage.
+one channel on whatever connection is current (to the server's own Unix socket when known,
+else direct-tcpip to its port), and waits a bounded time for one during an outage.
 
 Bytes move protocol to protocol (socket callbacks straight into channel writes and back),
 with each side's flow control pausing the other: no stream buffers, no task per message.
@@ -17,9 +17,11 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Callable
 from typing import cast
 
 import asyncssh
+from asyncssh.channel import SSHChannel
 
 from gt_remote.base.addresses import Address, TcpAddress, UnixAddress
 from gt_remote.base.errors import GtRemoteError, LocalPortInUse
@@ -41,6 +43,7 @@ class Forwarder:
         self.clients: set[_ClientSide | ResumableClient] = set()
         self.relay: RelayPath | None = None  # set while the remote relay runs: new clients get resumable streams
         self.refusal: GtRemoteError | None = None  # set while the remote port is not the user's: nothing is forwarded
+        self.server_socket: Callable[[], str | None] = lambda: None  # the server's own Unix socket, when known
         self._server: asyncio.AbstractServer | None = None
         self._socket_id: tuple[int, int] | None = None  # (device, inode) of the Unix socket we bound
 
@@ -90,19 +93,34 @@ class Forwarder:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def open_channel(self, client: _ClientSide) -> asyncssh.SSHTCPChannel[bytes]:
-        """A direct-tcpip channel to the server for one client, on the current connection."""
+    async def open_channel(self, client: _ClientSide) -> SSHChannel[bytes]:
+        """A channel to the server for one client, on the current connection: to the server's
+        own Unix socket when known, where no other account can be listening, else to its port."""
         if self.refusal is not None:
             raise self.refusal
         conn = await self.link.wait_connected(self.client_wait)
         try:
-            channel, _ = await conn.create_connection(lambda: _ServerSide(client), "127.0.0.1", self.remote_port)
-            return channel
+            return await self._server_channel(conn, client)
         except asyncssh.ChannelOpenError as exc:
             raise GtRemoteError(f"the remote server refused the forwarded connection: {exc.reason}", "see `gt-remote status`") from None
         except (asyncssh.Error, OSError) as exc:
             self.link.mark_lost(conn, str(exc))
             raise GtRemoteError(f"the SSH connection failed while forwarding: {exc}", "reconnecting") from None
+
+
+    async def _server_channel(self, conn: asyncssh.SSHClientConnection, client: _ClientSide) -> SSHChannel[bytes]:
+        socket_path = self.server_socket()
+        if socket_path is not None:
+            try:
+                # The same session class serves both: it only moves bytes (no encoding: bytes).
+                unix_channel, _ = await conn.create_unix_connection(cast("Callable[[], asyncssh.SSHUNIXSession[bytes]]", lambda: _ServerSide(client)), socket_path)
+                return cast("SSHChannel[bytes]", unix_channel)
+            except asyncssh.ChannelOpenError as exc:
+                if exc.code != asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                    raise
+                log.warning("the remote sshd refuses channels to Unix sockets (%s); forwarding to 127.0.0.1:%d instead", exc.reason, self.remote_port)
+        channel, _ = await conn.create_connection(lambda: _ServerSide(client), "127.0.0.1", self.remote_port)
+        return channel
 
 
 class _ClientSide(asyncio.Protocol):
@@ -111,7 +129,7 @@ class _ClientSide(asyncio.Protocol):
     def __init__(self, forwarder: Forwarder) -> None:
         self.forwarder = forwarder
         self.transport: asyncio.Transport | None = None
-        self.channel: asyncssh.SSHTCPChannel[bytes] | None = None
+        self.channel: SSHChannel[bytes] | None = None
         self._opening: asyncio.Task[None] | None = None
         self._early: list[bytes] = []  # what the client sent before its channel opened
         self._early_size = 0

@@ -108,6 +108,20 @@ class NoExecMount(InstallFailed):
     """The remote install directory is on a mount that forbids running programs (noexec)."""
 
 
+class InstallDirUnsafe(RemoteError):
+    """A directory gt-remote keeps code in on the remote is not the login user's own: another
+    account could swap a verified build or relay before it runs, as the user."""
+
+
+def install_dir_unsafe(host: str, directory: str | None, why: str | None) -> InstallDirUnsafe:
+    shown = directory or "gt-remote's install dir"
+    return InstallDirUnsafe(
+        f"{shown} on {host} {why or 'is not private'}, so another account could change the programs gt-remote runs from it; nothing was run from it",
+        f"make it yours and private ('chmod go-w {shell_word(shown)}', or remove it if another account made it), "
+        "or use a directory you create with 'mkdir -m 700 DIR' there: --install-dir DIR (or install_dir in the config)",
+    )
+
+
 class NonPosixShell(RemoteError):
     """The remote login shell is Windows' cmd.exe or PowerShell, which cannot run gt-remote's scripts."""
 
