@@ -81,26 +81,34 @@ async def bring_up(
         raise install_dir_unsafe(settings.name, found.unsafe_dir, found.unsafe_why)
     if found.facts.wsl:
         say(wsl_warning(settings.name, found.facts.wsl))
-    state = await state_of_port(conn, settings, found.owner)
-    server = await _ensure(conn, settings, found.facts, found.owner, state, digest, say)
+    state, socket = await state_of_port(conn, settings, found.owner)
+    server = await _ensure(conn, settings, found.facts, found.owner, state, digest, say, socket)
     return BringUp(server, found)
 
 
-async def state_of_port(conn: asyncssh.SSHClientConnection, settings: HostSettings, owner: Owner) -> PortState:
+async def state_of_port(conn: asyncssh.SSHClientConnection, settings: HostSettings, owner: Owner) -> tuple[PortState, str | None]:
     """Ping the port only once its listener is known to be the user's: another account's program
-    never gets even a Ping. A listener no tool on the remote can name is Pinged, then refused."""
-    refused = refusal(owner, settings.name, settings.remote_port)
-    if refused:
-        raise refused
+    never gets even a Ping. A listener no tool on the remote can name is Pinged, then refused;
+    a program of the user's own that is not our server is Pinged, to say what it is."""
+    if owner.holder is Holder.FOREIGN:
+        raise refusal(owner, settings.name, settings.remote_port) or AssertionError("a foreign owner is always refused")
     if owner.holder is Holder.NONE:
-        return PortState.CLOSED
-    state = await port_state(conn, settings.remote_port, socket=owner.socket)
+        return PortState.CLOSED, None
+    socket = owner.socket
+    state = await port_state(conn, settings.remote_port, socket=socket)
+    if state is PortState.CLOSED and socket is not None:
+        # The script has just seen our server listen on that socket: this sshd opens no
+        # channel to it (OpenSSH says only "open failed"). The port, which it holds, then.
+        state = await port_state(conn, settings.remote_port)
+        if state is not PortState.CLOSED:
+            log.warning("the remote sshd opens no channel to %s (AllowStreamLocalForwarding?); Pings and plain forwarding use 127.0.0.1:%d", socket, settings.remote_port)
+            socket = None
     if owner.holder is Holder.UNKNOWN and state is not PortState.CLOSED:
         raise PortNotOurs(
             f"something answers on 127.0.0.1:{settings.remote_port} on {settings.name}, and nothing there can tell whose it is (no /proc, lsof or ss); gt-remote will not forward to it",
             "install lsof (or ss) on the remote so gt-remote can check the port's owner, or pick another port with --remote-port",
         )
-    return state
+    return state, socket
 
 
 def wsl_warning(host: str, distro: str) -> str:
@@ -115,10 +123,15 @@ async def ensure_server(conn: asyncssh.SSHClientConnection, settings: HostSettin
     return (await bring_up(conn, settings, say)).server
 
 
-async def _ensure(conn: asyncssh.SSHClientConnection, settings: HostSettings, facts: RemoteFacts, owner: Owner, state: PortState, digest: str, say: Say) -> ServerInfo:
-    """`state` comes from state_of_port: the port is free, or the user's."""
+async def _ensure(
+    conn: asyncssh.SSHClientConnection, settings: HostSettings, facts: RemoteFacts, owner: Owner, state: PortState, digest: str, say: Say, socket: str | None
+) -> ServerInfo:
+    """`state` and `socket` come from state_of_port: the port is free, or the user's."""
     if state is PortState.ANSWERS:
-        return _reuse(facts, settings, digest, say, owner.socket)
+        refused = refusal(owner, settings.name, settings.remote_port)  # a program of the user's that is not our server
+        if refused:
+            raise refused
+        return _reuse(facts, settings, digest, say, socket)
     if state is PortState.BUSY:  # no Ping answer: a program of the user's that is not ccmux
         raise _port_busy(settings)
     if state is PortState.SILENT:  # connects, never answers: our hung server, or a silent program
@@ -151,7 +164,7 @@ async def start_and_wait(conn: asyncssh.SSHClientConnection, path: str, settings
         await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=pid)
         raise refused
     socket = owner.socket if owner.pid == pid else None
-    await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name, socket=socket)
+    socket = await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name, socket=socket)
     await verify_started(conn, settings, pid)
     return pid, socket
 
@@ -167,9 +180,12 @@ async def verify_started(conn: asyncssh.SSHClientConnection, settings: HostSetti
 async def revive_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, known: ServerInfo) -> ServerInfo | None:
     """After a reconnect: None if the server still answers; a new ServerInfo if it had died."""
     owner = await check_owner(conn, settings.remote_port, known.pid)
-    state = await state_of_port(conn, settings, owner)  # never Pings another account's listener
+    refused = refusal(owner, settings.name, settings.remote_port)
+    if refused:
+        raise refused  # never forward to a listener that is not our server, whatever it answers
+    state, socket = await state_of_port(conn, settings, owner)
     if state is PortState.ANSWERS:
-        known.socket = owner.socket or known.socket
+        known.socket = socket
         return None
     if state is PortState.BUSY:
         raise _port_busy(settings)

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -413,6 +414,9 @@ def touch_lease(directory: str, name: str, ttl: int) -> None:
     os.replace(temporary, os.path.join(directory, name))
 
 
+LEASE_NAME = re.compile(r"[A-Za-z0-9._-]{1,120}\Z")  # as a supervisor names its lease; nothing else is one
+
+
 def live_leases(directory: str, mine: str, now: Optional[float] = None) -> List[str]:
     """The other leases still within their ttl, as lease_others finds them; it removes the
     expired ones, and so does this."""
@@ -423,7 +427,7 @@ def live_leases(directory: str, mine: str, now: Optional[float] = None) -> List[
         return []
     holders = []
     for name in names:
-        if name == mine or name.startswith(".") or name.endswith(".tmp"):
+        if name == mine or name.startswith(".") or name.endswith(".tmp") or not LEASE_NAME.match(name):
             continue
         path = os.path.join(directory, name)
         try:

@@ -238,7 +238,8 @@ lease_others() {
     for f in "$state_dir/leases/$1"/*; do
         [ -f "$f" ] || continue
         name=${f##*/}
-        case "$name" in "$2"|*.tmp) continue ;; esac
+        # Only names a supervisor writes: a newline in a planted name would add answer lines.
+        case "$name" in "$2"|*.tmp|.*|*[!A-Za-z0-9._-]*) continue ;; esac
         ttl=$(head -c 12 "$f" | tr -cd 0-9); [ -n "$ttl" ] || ttl=60
         m=$(stat -c %Y "$f" 2>/dev/null || stat -f %m "$f" 2>/dev/null) || continue
         if [ $((now - m)) -le "$ttl" ]; then echo "lease=$name"; else rm -f "$f"; fi

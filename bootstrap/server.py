@@ -8,6 +8,7 @@ A live process proves nothing (a TCP bind failure is only logged), so readiness 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import asyncssh
@@ -17,6 +18,8 @@ from gt_remote.base.sanitize import ascii_int, visible
 from gt_remote.bootstrap.ownership import Holder, Owner, owner_from
 from gt_remote.bootstrap.probe import ping_remote
 from gt_remote.bootstrap.remote import run_script
+
+log = logging.getLogger(__name__)
 
 LOG_CAP_BYTES = 1024 * 1024
 
@@ -109,15 +112,23 @@ async def stop_other(conn: asyncssh.SSHClientConnection, server: str) -> str:
     return (await run_script(conn, STOP_OTHER_SCRIPT, server)).fields.get("stopped", "none")
 
 
-async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, server: str, port: int, host: str, deadline_s: float = 15.0, socket: str | None = None) -> float:
+async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, server: str, port: int, host: str, deadline_s: float = 15.0, socket: str | None = None) -> str | None:
     """Wait for the first Pong (through its Unix socket when known); on failure stop what we
-    started and say why."""
+    started and say why. Returns the socket later Pings may use: None when this sshd will not
+    open a channel to it (OpenSSH says only "open failed"), though the start script had just
+    seen the server listen there; then the port, which it had seen the server hold."""
     deadline = time.monotonic() + deadline_s
     next_liveness_check = time.monotonic() + 0.5
     while time.monotonic() < deadline:
         try:
-            return await ping_remote(conn, port, timeout=2.0, socket=socket)
-        except (TimeoutError, asyncssh.ChannelOpenError, PingFailed):
+            await ping_remote(conn, port, timeout=2.0, socket=socket)
+            return socket
+        except asyncssh.ChannelOpenError:
+            if socket is not None:
+                log.warning("the remote sshd opens no channel to %s (AllowStreamLocalForwarding?); Pings and plain forwarding use 127.0.0.1:%d", socket, port)
+                socket = None
+                continue
+        except (TimeoutError, PingFailed):
             pass
         if time.monotonic() >= next_liveness_check:
             alive, log_tail = await _status(conn, pid, server, port)

@@ -8,11 +8,15 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import asyncssh
+
 from gt_remote import lifecycle
 from gt_remote.base.addresses import ENV_VARS, address_from_env, default_ccmux_socket, parse_address
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, UnknownHost, shell_word
+from gt_remote.base.sanitize import ascii_int, visible
 from gt_remote.bootstrap.probe import probe
+from gt_remote.bootstrap.remote import run_script
 from gt_remote.tunnel.connection import SshTarget, connect, resolve
 from gt_remote.tunnel.wire import ping_address
 
@@ -70,6 +74,7 @@ async def check_host(settings: HostSettings) -> list[Check]:
     ]
     async with conn:
         facts = await probe(conn, settings.server, settings.remote_port)
+        accounts = await other_login_accounts(conn)
     if facts.path:
         checks.append(Check(f"{settings.server} on the remote", "ok", f"{facts.path}, version {facts.version or 'unknown'} ({facts.os} {facts.arch})"))
     elif settings.server_binary or settings.install_command:
@@ -79,7 +84,44 @@ async def check_host(settings: HostSettings) -> list[Check]:
         checks.append(Check(f"{settings.server} on the remote", "fail", f"not found on {settings.name} ({facts.os} {facts.arch})", "pass --server-binary or --install-command to 'gt-remote up'"))
     if facts.wsl:
         checks.append(check_wsl(settings.name, facts.wsl))
+    checks.append(check_other_accounts(settings, accounts))
     return checks
+
+
+# Accounts that can log in: a uid of a person (1000 and up, below nobody's 65534) and a shell
+# that is one. Their count and first names, for check_other_accounts.
+OTHER_ACCOUNTS_SCRIPT = r"""
+me=$(id -u)
+(getent passwd 2>/dev/null || cat /etc/passwd 2>/dev/null) | awk -F: -v me="$me" '
+    $3 != me && $3 >= 1000 && $3 < 65534 && $7 !~ /(nologin|false|sync|shutdown|halt)$/ && $7 != "" { n++; if (n <= 3) print "account=" $1 }
+    END { print "accounts=" n + 0 }'
+"""
+
+
+async def other_login_accounts(conn: asyncssh.SSHClientConnection) -> tuple[int, list[str]]:
+    """How many other accounts can log in to the remote, and the first few names."""
+    result = await run_script(conn, OTHER_ACCOUNTS_SCRIPT)
+    names = [visible(line[8:])[:32] for line in result.stdout.splitlines() if line.startswith("account=")]
+    return ascii_int(result.fields.get("accounts")) or 0, names
+
+
+def check_other_accounts(settings: HostSettings, accounts: tuple[int, list[str]]) -> Check:
+    """ccmux has no authentication: any account on the gaming PC can connect to its TCP port
+    and type into every pane. gt-remote keeps other accounts from getting a byte of the
+    tunnel's, but cannot keep them off the server's port: say so where there are some."""
+    count, names = accounts
+    name = "no other account can reach the server's TCP port"
+    if count == 0:
+        return Check(name, "ok", f"{settings.name} has no other login account")
+    shown = ", ".join(names) + (f" and {count - len(names)} more" if count > len(names) else "")
+    return Check(
+        name,
+        "warn",
+        f"{settings.name} has {count} other login account{'s' if count != 1 else ''} ({shown}); any of them can connect to 127.0.0.1:{settings.remote_port}, "
+        "and ccmux has no authentication",
+        f"limit the port to your uid there, e.g. 'iptables -A OUTPUT -o lo -p tcp --dport {settings.remote_port} -m owner ! --uid-owner YOU -j REJECT' (see docs/security.md), "
+        "or use a machine where you are the only user",
+    )
 
 
 def check_wsl(host: str, distro: str) -> Check:

@@ -479,6 +479,25 @@ def test_the_lease_op_drops_expired_leases_and_skips_what_is_not_one(relay: Rela
 
 
 @pytest.mark.parametrize("relay", [["--leases", LEASES]], indirect=True)
+def test_a_lease_name_with_control_characters_adds_no_answer_line(relay: Relay) -> None:
+    """A lease file named `x\nlisten_uid=1000` (any account that could write the directory, or a
+    bug) is no lease: neither the upkeep script nor the relay passes its name on, where its
+    newline would add a `key=value` line to the answer that decides who holds the port."""
+    from gt_remote.bootstrap.remote import parse_fields, script_text
+
+    home = relay.directory / "home"
+    leases = home / ".local/state/gt-remote/leases/9999"
+    leases.mkdir(parents=True, mode=0o700)
+    (leases / "live-pc").write_text("60\n")
+    for name in ("x\nlisten_uid=1000", "tab\tpc", "esc\x1b]0;pwned\x07", "bell\x07pc"):
+        (leases / name).write_text("60\n")
+    result = subprocess.run(["sh", "-s"], input=script_text('lease_others 9999 mine', ()).encode(), capture_output=True, timeout=60, env={**os.environ, "HOME": str(home)})
+    assert result.stdout.decode().splitlines() == ["lease=live-pc"], result.stdout
+    assert "listen_uid" not in parse_fields(result.stdout.decode())
+    assert relay.ask(op="lease", name="laptop-gaming-pc", ttl=16) == {"holders": ["live-pc"], "streams": 0}
+
+
+@pytest.mark.parametrize("relay", [["--leases", LEASES]], indirect=True)
 @pytest.mark.parametrize(
     "fields",
     [

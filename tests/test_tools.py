@@ -36,6 +36,17 @@ def test_doctor_all_green_when_up(gt: Gt, ssh_host: SshHost) -> None:
     assert "✓ tunnel is up" in human.stdout
 
 
+def test_doctor_warns_that_other_accounts_can_reach_the_servers_port(gt: Gt, ssh_host: SshHost) -> None:
+    """The test host has login accounts besides gamer (docker/shells.sh): doctor names them
+    and the fix; a service account without a login shell is not one of them."""
+    ssh_host.sh("useradd --system --shell /usr/sbin/nologin svc-daemon")
+    found = checks(gt("doctor", "gaming-pc", "--json", ssh_config=ssh_host.ssh_config))
+    check = found["no other account can reach the server's TCP port"]
+    assert check["status"] == "warn", check
+    assert "bashy" in check["detail"] and "svc-daemon" not in check["detail"] and "127.0.0.1:9999" in check["detail"], check
+    assert "--uid-owner" in check["fix"]
+
+
 def test_doctor_names_each_failure_with_a_fix(gt: Gt, ssh_host: SshHost) -> None:
     gt.env["GASTOWN_CCMUX_ADDR"] = "tcp://127.0.0.1"
     result = gt("doctor", "gaming-pc", "--json", ssh_config=ssh_host.ssh_config)
