@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from gt_remote.base.addresses import TcpAddress
 from gt_remote.base.errors import PingFailed
-from gt_remote.tunnel import wire
+from gt_remote.ccmux import wire
 
 STANDIN_ECHO = 0x7FFF0001  # the stand-in's benchmark-only echo message
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -258,7 +258,7 @@ def bring_up_markdown(bring: dict[str, Any]) -> list[str]:
         f"medians over the runs). Warm `up` took {warm:.2f} s against {warm_ref:.2f} s for the OpenSSH sequence; "
         f"{first:.2f} s of it passed before the first step was reported: starting the `up` command ({command:.2f} s "
         f"on its own here, as `gt-remote --version`) and then its supervisor, whose imports (asyncssh and cryptography) "
-        f"take {imports:.2f} s on their own (`python -c 'import gt_remote.supervisor'`). A C `ssh` pays none of that start-up. "
+        f"take {imports:.2f} s on their own (`python -c 'import gt_remote.runtime.supervisor'`). A C `ssh` pays none of that start-up. "
         + (f"Cold `up` took {cold:.2f} s against {cold_ref:.2f} s: one SSH connection does what the sequence does in five "
            "(check, mkdir, scp, start, forward), and it also installs and starts the relay, beside the server's start. "
            "What `up` does that the sequence does not: it learns the server's version (kept beside an uploaded build, "

@@ -253,8 +253,8 @@ def bring_up(bed: Bed, plan: Plan) -> dict[str, Any]:
     return results
 
 
-# What `python -m gt_remote.supervisor` imports before it starts: its modules, less what it leaves out (gt_remote/base/lean.py).
-SUPERVISOR_IMPORTS = "from gt_remote.base.lean import leave_out_unused; leave_out_unused(); import gt_remote.supervisor"
+# What `python -m gt_remote.runtime.supervisor` imports before it starts: its modules, less what it leaves out (gt_remote/base/lean.py).
+SUPERVISOR_IMPORTS = "from gt_remote.base.lean import leave_out_unused; leave_out_unused(); import gt_remote.runtime.supervisor"
 
 
 def start_up_costs(gt: Gt, plan: Plan) -> dict[str, list[float]]:
@@ -392,7 +392,7 @@ def import_floor(gt: Gt) -> dict[str, list[int]]:
     """Peak RSS of a Python that only imports the supervisor's modules (as its process does, and
     as a plain importer has them, with what that process leaves out), and of bare Python."""
     env = {key: value for key, value in gt.env.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    cases = {"supervisor": [sys.executable, "-c", SUPERVISOR_IMPORTS], "supervisor_untrimmed": [sys.executable, "-c", "import gt_remote.supervisor"],
+    cases = {"supervisor": [sys.executable, "-c", SUPERVISOR_IMPORTS], "supervisor_untrimmed": [sys.executable, "-c", "import gt_remote.runtime.supervisor"],
              "python": [sys.executable, "-c", "pass"]}
     return {name: [cli.run_once(argv, env)[1] for _ in range(3)] for name, argv in cases.items()}
 

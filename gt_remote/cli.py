@@ -14,13 +14,15 @@ from typing import Any, TypeVar
 
 import click
 
-from gt_remote import __version__, lifecycle, progress
-from gt_remote import shell as shells
+from gt_remote import __version__
+from gt_remote.base import progress
 from gt_remote.base.addresses import export_vars
 from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, UsageError, shell_word
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
 from gt_remote.base.sanitize import visible, visible_data, visible_lines
-from gt_remote.completion import SHELLS, complete_host, script
+from gt_remote.commands import shell as shells
+from gt_remote.commands.completion import SHELLS, complete_host, script
+from gt_remote.host import lifecycle
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -441,7 +443,7 @@ def ping(host: str | None, addr: str | None, timeout: float) -> None:
     """Send a ccmux Ping to HOST's tunnel, or to the address gastown would use, and time the Pong."""
     import asyncio
 
-    from gt_remote import ping as pinging
+    from gt_remote.commands import ping as pinging
 
     if host and addr:
         raise UsageError("name a HOST or pass --addr, not both", f"e.g. 'gt-remote ping {shell_word(host)}'")
@@ -491,7 +493,7 @@ def _settings(g: Globals, host: str, overrides: dict[str, Any] | None = None) ->
 @user_errors
 def doctor(g: Globals, host: str | None, as_json: bool) -> None:
     """Check the whole path: variables, ssh_config, login, server, tunnel, Ping, clients."""
-    from gt_remote import doctor as checks
+    from gt_remote.commands import doctor as checks
 
     results = checks.run(_settings(g, host) if host else None)
     if as_json:
@@ -513,7 +515,7 @@ def doctor(g: Globals, host: str | None, as_json: bool) -> None:
 @user_errors
 def sync(g: Globals, host: str, paths: tuple[str, ...], push: bool, pull: bool, dry_run: bool, delete: bool, with_git_config: bool) -> None:
     """rsync PATHS (default: [hosts.HOST] sync) with HOST over the same SSH settings."""
-    from gt_remote import sync as syncing
+    from gt_remote.commands import sync as syncing
 
     if push and pull:
         raise UsageError("--push and --pull go opposite ways", f"run 'gt-remote sync {shell_word(host)} --push' and then 'gt-remote sync {shell_word(host)} --pull'")
@@ -528,7 +530,7 @@ def sync(g: Globals, host: str, paths: tuple[str, ...], push: bool, pull: bool, 
 @user_errors
 def upgrade(host: str, server_binary: str, yes: bool, install_dir: str | None) -> None:
     """Switch HOST's running server to another build; restarting it ends the panes' processes."""
-    from gt_remote import upgrade as upgrading
+    from gt_remote.commands import upgrade as upgrading
 
     plan = upgrading.plan(host, server_binary, install_dir)
     if not plan.needed:
@@ -552,7 +554,7 @@ def upgrade(host: str, server_binary: str, yes: bool, install_dir: str | None) -
 @user_errors
 def clean(g: Globals, host: str | None, dry_run: bool) -> None:
     """Remove old server builds and stale pid files on the remote, and local files of hosts that are not up."""
-    from gt_remote import clean as cleaning
+    from gt_remote.commands import clean as cleaning
 
     report = cleaning.clean(host, lambda name: _settings(g, name), _ssh_config(g), dry_run, say)
     click.echo("\n".join(visible(line) for line in report.lines))
@@ -565,7 +567,7 @@ def service() -> None:
 
 
 def _service_file(g: Globals, host: str, platform: str | None) -> Any:
-    from gt_remote import service as services
+    from gt_remote.commands import service as services
 
     # Only a --config given here is pinned: the default path is found again at every start.
     config = str(g.config_path.resolve()) if g.config_path.exists() and g.config_path != config_file() else None
@@ -583,7 +585,7 @@ PLATFORM = click.option("--platform", type=click.Choice(["systemd", "launchd"]),
 @user_errors
 def service_install(g: Globals, host: str, platform: str | None, no_start: bool) -> None:
     """Write and enable a service running 'gt-remote up HOST --foreground'."""
-    from gt_remote import service as services
+    from gt_remote.commands import service as services
 
     file = _service_file(g, host, platform)
     for note in services.install(file, start=not no_start):
@@ -597,7 +599,7 @@ def service_install(g: Globals, host: str, platform: str | None, no_start: bool)
 @user_errors
 def service_uninstall(g: Globals, host: str, platform: str | None) -> None:
     """Stop, disable and remove HOST's service."""
-    from gt_remote import service as services
+    from gt_remote.commands import service as services
 
     for note in services.uninstall(_service_file(g, host, platform)):
         say(note)
@@ -610,7 +612,7 @@ def service_uninstall(g: Globals, host: str, platform: str | None) -> None:
 @user_errors
 def service_status(g: Globals, host: str, platform: str | None) -> None:
     """Whether HOST's service is installed and active: exit 0 if active, 3 if not, 1 if not installed."""
-    from gt_remote import service as services
+    from gt_remote.commands import service as services
 
     code, text = services.status(_service_file(g, host, platform))
     click.echo(f"{host}: {text}")
@@ -625,7 +627,7 @@ def run() -> None:
     shell. Nothing needs it: output is flushed here and atexit handlers (logging's) still run.
     With another thread alive (none in the short commands) the normal exit joins it as usual.
     """
-    from gt_remote.completion import COMPLETE_VAR
+    from gt_remote.commands.completion import COMPLETE_VAR
 
     try:
         main(prog_name="gt-remote", complete_var=COMPLETE_VAR)

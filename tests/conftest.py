@@ -110,7 +110,7 @@ def gt(tmp_path: Path) -> Iterator[Gt]:
     (tmp_path / "home").mkdir()
     yield runner
     runner("down", "--all", timeout=60)
-    from gt_remote.control import supervisor_alive
+    from gt_remote.runtime.control import supervisor_alive
 
     for pid_file in (runtime / "gt-remote").glob("*.pid"):
         pid = supervisor_alive(pid_file)

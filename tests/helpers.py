@@ -15,7 +15,7 @@ from types import ModuleType
 
 from gt_remote.base.addresses import parse_address
 from gt_remote.base.errors import PingFailed
-from gt_remote.tunnel.wire import ping_address
+from gt_remote.ccmux.wire import ping_address
 
 STANDIN_PATTERN = "--listen-tcp 127.0.0.1:"
 
@@ -65,7 +65,7 @@ def tcp_port_refuses(port: int) -> bool:
 
 
 def supervisor_processes(runtime_dir: str) -> list[int]:
-    """Our supervisors for this test: processes of gt_remote.supervisor with this runtime dir."""
+    """Our supervisors for this test: processes of gt_remote.runtime.supervisor with this runtime dir."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -75,7 +75,7 @@ def supervisor_processes(runtime_dir: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if b"gt_remote.supervisor" in cmdline and f"XDG_RUNTIME_DIR={runtime_dir}".encode() in environ.split(b"\0"):
+        if b"gt_remote.runtime.supervisor" in cmdline and f"XDG_RUNTIME_DIR={runtime_dir}".encode() in environ.split(b"\0"):
             found.append(int(entry.name))
     return found
 
@@ -123,9 +123,9 @@ def silent_server(path: Path, log_line: str = "") -> Path:
 
 @functools.cache
 def agent_file() -> Path:
-    """The relay exactly as it is uploaded (bootstrap/relay_build.py), as a file of this test
+    """The relay exactly as it is uploaded (gt_remote/remote/relay/build.py), as a file of this test
     run's own, so tests run what the remote runs: the built file, not its sources."""
-    from gt_remote.bootstrap import relay_build
+    from gt_remote.remote.relay import build as relay_build
 
     return relay_build.write(Path(tempfile.mkdtemp(prefix="gtr-agent-")))
 

@@ -16,9 +16,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from gt_remote.bootstrap.lease import holders
-from gt_remote.bootstrap.ownership import Holder, ascii_int, owner_from, refusal
-from gt_remote.bootstrap.probe import facts_from_fields, survey
+from gt_remote.remote.lease import holders
+from gt_remote.remote.ownership import Holder, ascii_int, owner_from, refusal
+from gt_remote.remote.probe import facts_from_fields, survey
 from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN, answers, exports, one_error_line, supervisor_processes

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gt_remote.bootstrap.probe import file_digest
+from gt_remote.remote.probe import file_digest
 from tests.conftest import Gt
 from tests.helpers import exports, one_error_line, ping, supervisor_processes, tcp_port_free
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for

@@ -7,9 +7,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from gt_remote.bootstrap.relay import agent_digest
-from gt_remote.bootstrap.remote import REMOTE_RELAY_ROOT, script_text
-from gt_remote.clean import CLEAN_SCRIPT
+from gt_remote.commands.clean import CLEAN_SCRIPT
+from gt_remote.remote.relay.deploy import agent_digest
+from gt_remote.remote.scripts import REMOTE_RELAY_ROOT, script_text
 from tests.conftest import Gt
 from tests.testbed import STANDIN, SshHost, wait_for
 

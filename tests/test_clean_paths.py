@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 
-from gt_remote.bootstrap.relay import agent_digest
+from gt_remote.remote.relay.deploy import agent_digest
 from tests.conftest import Gt
 from tests.testbed import SshHost
 

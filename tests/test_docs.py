@@ -115,7 +115,7 @@ def test_documented_ccmux_compat_command_reaches_the_server(gt: Gt, ssh_host: Ss
         "import asyncio, os, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from gt_remote.base.addresses import parse_address\n"
-        "from gt_remote.tunnel.wire import ping_address\n"
+        "from gt_remote.ccmux.wire import ping_address\n"
         "asyncio.run(ping_address(parse_address(os.environ['CCMUX_ADDR'])))\n"
         "print('ccmux-compat stand-in:', os.environ['CCMUX_ADDR'], sys.argv[1:])\n"
     )

@@ -28,7 +28,7 @@ def remember_unreachable_remote(gt: Gt, tmp_path: Path, name: str) -> None:
     config = tmp_path / "dead_ssh_config"
     config.write_text(f"Host {name}\n    HostName 127.0.0.1\n    Port {dead_port}\n    UserKnownHostsFile {tmp_path / 'none'}\n")
     code = (
-        "import sys; from gt_remote import reach; from gt_remote.base.config import resolve;"
+        "import sys; from gt_remote.runtime import reach; from gt_remote.base.config import resolve;"
         "reach.remember(resolve(sys.argv[1], {}, {}, sys.argv[2]))"
     )
     subprocess.run([sys.executable, "-c", code, name, str(config)], env=gt.env, check=True)

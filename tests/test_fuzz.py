@@ -22,17 +22,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gt_remote import lifecycle
 from gt_remote.base.addresses import TcpAddress, UnixAddress, normalize_local, parse_address, require_loopback
 from gt_remote.base.config import HostSettings, load_config, resolve
 from gt_remote.base.errors import AddressError, ConfigError, GtRemoteError, PingFailed, UsageError
 from gt_remote.base.sanitize import MAX_DIGITS, ascii_int, visible
-from gt_remote.bootstrap import server as remote_server
-from gt_remote.bootstrap.probe import build_of, facts_from_fields
-from gt_remote.bootstrap.remote import parse_fields
+from gt_remote.ccmux import wire
 from gt_remote.cli import _status_table
-from gt_remote.control import MAX_REPLY_BYTES, decode_reply, request
-from gt_remote.tunnel import wire
+from gt_remote.host import lifecycle
+from gt_remote.remote import server as remote_server
+from gt_remote.remote.probe import build_of, facts_from_fields
+from gt_remote.remote.scripts import parse_fields
+from gt_remote.runtime.control import MAX_REPLY_BYTES, decode_reply, request
 
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 FEW = settings(max_examples=40, deadline=3000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

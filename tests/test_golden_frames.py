@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from gt_remote.tunnel import wire
+from gt_remote.ccmux import wire
 from tests.testbed import REPO, STANDIN, free_loopback_port
 
 # ../shared beside the clone (CI, /work/main); a worktree under ../wt/ finds it one level up.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shlex
 
-from gt_remote.bootstrap.lease import LEASE_TOUCH_KEEPALIVES
+from gt_remote.remote.lease import LEASE_TOUCH_KEEPALIVES
 from tests.conftest import Gt
 from tests.test_resume import relay_request
 from tests.testbed import SshHost, free_loopback_port, wait_for

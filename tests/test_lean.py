@@ -13,7 +13,7 @@ from pathlib import Path
 REPORT = """
 import json, sys
 {setup}
-import gt_remote.supervisor
+import gt_remote.runtime.supervisor
 import asyncssh.crypto, hashlib, hmac
 loaded = lambda name: sys.modules.get(name) is not None
 print(json.dumps({{

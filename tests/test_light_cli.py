@@ -183,10 +183,10 @@ def test_completing_a_host_reads_config_and_ssh_config_only(gt: Gt) -> None:
 
 def test_the_import_check_sees_a_heavy_import() -> None:
     """The check itself: a command that imports asyncssh is caught, with the chain to fix."""
-    stderr = subprocess.run([sys.executable, "-X", "importtime", "-c", "import gt_remote.supervisor"],
+    stderr = subprocess.run([sys.executable, "-X", "importtime", "-c", "import gt_remote.runtime.supervisor"],
                             capture_output=True, text=True, env={**os.environ}).stderr
     offending = Imports.parse(stderr).offending(HEAVY)
-    assert any(line.startswith("asyncssh (via gt_remote.supervisor -> ") for line in offending), offending
+    assert any(line.startswith("asyncssh (via gt_remote.runtime.supervisor -> ") for line in offending), offending
 
 
 def test_the_contract_catches_a_light_module_importing_asyncssh(tmp_path: Path) -> None:

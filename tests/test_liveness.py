@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gt_remote.tunnel import wire
+from gt_remote.ccmux import wire
 from tests.conftest import Gt
 from tests.testbed import SshHost, free_loopback_port, wait_for
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from gt_remote import progress
+from gt_remote.base import progress
 from gt_remote.base.config import HostSettings
-from gt_remote.sync import Transfer, rsync_command
+from gt_remote.commands.sync import Transfer, rsync_command
 from tests.conftest import Gt
 from tests.helpers import one_error_line
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for

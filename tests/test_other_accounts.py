@@ -18,7 +18,7 @@ import socket
 
 import pytest
 
-from gt_remote.bootstrap import relay_build
+from gt_remote.remote.relay import build as relay_build
 from tests.conftest import Gt
 from tests.helpers import agent_file, answers, one_error_line, supervisor_processes
 from tests.test_bringup import add_account, our_server_pids, row
@@ -214,7 +214,7 @@ def test_a_build_directory_others_may_write_to_is_refused_by_name(gt: Gt, ssh_ho
 def test_install_dir_checks_hold_in_every_posix_shell_the_remote_may_have(ssh_host: SshHost) -> None:
     """install_dir_safe's arithmetic on modes and its stat calls, under dash, busybox ash and
     bash, against what each case should say."""
-    from gt_remote.bootstrap.remote import PRELUDE
+    from gt_remote.remote.scripts import PRELUDE
 
     functions = PRELUDE[PRELUDE.index("owner_mode_of()") : PRELUDE.index("# Run `$1 --version`")]
     ssh_host.container.copy_into_container(functions.encode(), "/tmp/install-dir-fns.sh", 0o644)

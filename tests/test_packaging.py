@@ -75,22 +75,21 @@ def test_installed_commands_run(installed: Path, tmp_path: Path) -> None:
     helped = subprocess.run([str(installed / "bin/python"), "-m", "gt_remote", "--help"], cwd=tmp_path, env=clean_env, capture_output=True, text=True)
     assert helped.returncode == 0 and "Usage:" in helped.stdout, helped.stderr
     imported = subprocess.run(
-        [str(installed / "bin/python"), "-c", "import gt_remote.supervisor, gt_remote.tunnel.forwarder, gt_remote.bootstrap.ensure"],
+        [str(installed / "bin/python"), "-c", "import gt_remote.runtime.supervisor, gt_remote.tunnel.forwarder, gt_remote.remote.ensure"],
         cwd=tmp_path, env=clean_env, capture_output=True, text=True,
     )
     assert imported.returncode == 0, imported.stderr
 
 
 def package_files() -> set[str]:
-    """Every file of the product as the wheel must name it: gt_remote/... (tunnel/ and bootstrap/ linked in)."""
-    tracked = subprocess.run(["git", "ls-files", "gt_remote", "tunnel", "bootstrap"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    names = set()
-    for path in tracked:
-        if (REPO / path).is_symlink():
-            continue  # the links themselves; their files are listed under tunnel/ and bootstrap/
-        top = path.split("/")[0]
-        names.add(path if top == "gt_remote" else f"gt_remote/{path}")
-    return names
+    """Every file of the product as the wheel must name it: everything under gt_remote/."""
+    return set(subprocess.run(["git", "ls-files", "gt_remote"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
+
+
+def test_the_repository_holds_no_symbolic_link() -> None:
+    """One file, one name: a checkout without symlinks sees the same house."""
+    staged = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert [line for line in staged if line.startswith("120000")] == []
 
 
 def test_wheel_carries_every_product_file_including_remote_side_ones(wheel: Path) -> None:
@@ -122,10 +121,10 @@ def test_layers_contract_holds() -> None:
 
 def test_layers_contract_catches_an_import_that_runs_back_up(tmp_path: Path) -> None:
     shutil.copytree(REPO / "gt_remote", tmp_path / "gt_remote", symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "gt_remote/tunnel/upward.py").write_text("from gt_remote import supervisor  # a layer importing from above it\n")
+    (tmp_path / "gt_remote/tunnel/upward.py").write_text("from gt_remote.runtime import supervisor  # a layer importing from above it\n")
     result = lint_imports(tmp_path)
     assert result.returncode != 0, result.stdout
-    assert "BROKEN" in result.stdout and "gt_remote.tunnel.upward -> gt_remote.supervisor" in result.stdout
+    assert "BROKEN" in result.stdout and "gt_remote.tunnel.upward -> gt_remote.runtime.supervisor" in result.stdout
 
 
 def test_every_module_of_gt_remote_stands_in_a_layer() -> None:
@@ -138,9 +137,9 @@ def test_every_module_of_gt_remote_stands_in_a_layer() -> None:
 def test_the_installed_package_builds_the_relay_this_checkout_builds(installed: Path, tmp_path: Path) -> None:
     """What the package ships makes the same uploaded relay, byte for byte (so the same hash
     on the remote), and that file runs under the oldest Python the relay claims."""
-    from gt_remote.bootstrap import relay_build
+    from gt_remote.remote.relay import build as relay_build
 
-    script = "import sys; from pathlib import Path; from gt_remote.bootstrap import relay_build as b; sys.stdout.write(str(b.write(Path(sys.argv[1]))))"
+    script = "import sys; from pathlib import Path; from gt_remote.remote.relay import build as b; sys.stdout.write(str(b.write(Path(sys.argv[1]))))"
     built = subprocess.run([str(installed / "bin/python"), "-I", "-c", script, str(tmp_path / "out")], capture_output=True, text=True, check=True, cwd=tmp_path, timeout=60).stdout
     assert Path(built).read_bytes() == relay_build.agent()
     python_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"

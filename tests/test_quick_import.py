@@ -31,7 +31,7 @@ def run_with_recording_compiler(tmp_path: Path, imports: str) -> tuple[str, bool
 
 def test_the_supervisor_imports_asyncssh_without_running_the_compiler(tmp_path: Path) -> None:
     found_plain, compiler_plain = run_with_recording_compiler(tmp_path, "pass")
-    found_quick, compiler_quick = run_with_recording_compiler(tmp_path, "import gt_remote.supervisor")
+    found_quick, compiler_quick = run_with_recording_compiler(tmp_path, "import gt_remote.runtime.supervisor")
     assert found_quick == found_plain  # the same liboqs (or none) as asyncssh finds on its own
     if not might_be_installed("oqs") and not might_be_installed("liboqs"):
         assert compiler_plain, "the check is void: a plain import of asyncssh did not run the compiler here"

@@ -437,7 +437,7 @@ LEASES = "{dir}/home/.local/state/gt-remote/leases/9999"  # where relay_start po
 def shell_leases(home: Path, script: str, *args: str) -> list[str]:
     """The remote script's own lease functions (the prelude), run under the local sh with HOME
     set as on the remote; the lease= lines they print."""
-    from gt_remote.bootstrap.remote import script_text
+    from gt_remote.remote.scripts import script_text
 
     result = subprocess.run(["sh", "-s"], input=script_text(script, args).encode(), capture_output=True, timeout=60, env={**os.environ, "HOME": str(home)})
     assert result.returncode == 0, result.stderr
@@ -483,7 +483,7 @@ def test_a_lease_name_with_control_characters_adds_no_answer_line(relay: Relay) 
     """A lease file named `x\nlisten_uid=1000` (any account that could write the directory, or a
     bug) is no lease: neither the upkeep script nor the relay passes its name on, where its
     newline would add a `key=value` line to the answer that decides who holds the port."""
-    from gt_remote.bootstrap.remote import parse_fields, script_text
+    from gt_remote.remote.scripts import parse_fields, script_text
 
     home = relay.directory / "home"
     leases = home / ".local/state/gt-remote/leases/9999"
@@ -618,7 +618,7 @@ def test_a_stream_id_being_dialled_is_not_dialled_again() -> None:
 
 def test_a_lease_name_is_never_one_the_listers_skip() -> None:
     from gt_remote.base.config import HostSettings
-    from gt_remote.bootstrap.lease import lease_name
+    from gt_remote.remote.lease import lease_name
 
     name = lease_name(HostSettings(name="box.tmp", destination="box", local_url="tcp://127.0.0.1:9999"))
     assert name.endswith("-box_tmp"), name

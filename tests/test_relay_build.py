@@ -1,5 +1,5 @@
 """The relay as uploaded is built from the stream core and the relay's own code
-(bootstrap/relay_build.py): one file that the remote's python3, as old as 3.8, runs with
+(gt_remote/remote/relay/build.py): one file that the remote's python3, as old as 3.8, runs with
 nothing but its stdlib, and that holds the protocol once."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gt_remote.bootstrap import relay_build
 from gt_remote.protocol import stream
+from gt_remote.remote.relay import build as relay_build
 from tests.helpers import agent_file
 
 PYTHON_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"

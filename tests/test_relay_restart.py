@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from gt_remote.tunnel import wire
+from gt_remote.ccmux import wire
 from tests.conftest import Gt
 from tests.helpers import answers
 from tests.testbed import SshHost, free_loopback_port, wait_for

@@ -15,7 +15,7 @@ import hashlib
 import shlex
 from typing import Any
 
-from gt_remote.bootstrap.relay import agent_digest
+from gt_remote.remote.relay.deploy import agent_digest
 from tests.conftest import Gt
 from tests.helpers import agent_file, answers
 from tests.testbed import SshHost, free_loopback_port, wait_for

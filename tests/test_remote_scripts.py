@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from gt_remote.bootstrap import relay as remote_relay
-from gt_remote.bootstrap import remote
-from gt_remote.bootstrap.remote import script_text
+from gt_remote.remote import scripts as remote
+from gt_remote.remote.relay import deploy as remote_relay
+from gt_remote.remote.scripts import script_text
 
 
 def run(script: str, install_dir: Path, *args: str) -> dict[str, str]:
@@ -67,7 +67,7 @@ def test_the_supervisors_digest_is_the_one_the_remote_checks(tmp_path: Path) -> 
     import os
 
     from gt_remote.base import builds
-    from gt_remote.bootstrap import digest
+    from gt_remote.remote import digest
 
     build = tmp_path / "ccmux-server"
     build.write_bytes(os.urandom(3 * (1 << 20) + 12345))

@@ -24,10 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gt_remote.base.errors import GtRemoteError, NonPosixShell, RemoteOutputTooLarge
-from gt_remote.bootstrap import relay as remote_relay
-from gt_remote.bootstrap import relay_build
-from gt_remote.bootstrap import remote as remote_scripts
-from gt_remote.bootstrap.remote import ascii_int, run_script, use_install_dir
+from gt_remote.remote import scripts as remote_scripts
+from gt_remote.remote.relay import build as relay_build
+from gt_remote.remote.relay import deploy as remote_relay
+from gt_remote.remote.scripts import ascii_int, run_script, use_install_dir
 from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
 from tests.helpers import assert_nothing_left, one_error_line
@@ -155,7 +155,7 @@ def test_up_exec_status_down_on_a_chatty_login_shell(gt: Gt, chatty: SshHost, us
     assert files == sorted([f"./relay/{remote_relay.agent_digest()}/relay_agent.py", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server.version"])
     assert chatty.sh(f"sha256sum /home/{user}/.local/share/gt-remote/servers/*/ccmux-server", user=user).split()[0] == sha256(STANDIN)
 
-    program = "import os, sys, asyncio; sys.path.insert(0, os.environ['PYTHONPATH']); from gt_remote.tunnel.wire import ping_address; from gt_remote.base.addresses import address_from_env; asyncio.run(ping_address(address_from_env())); print('pong')"
+    program = "import os, sys, asyncio; sys.path.insert(0, os.environ['PYTHONPATH']); from gt_remote.ccmux.wire import ping_address; from gt_remote.base.addresses import address_from_env; asyncio.run(ping_address(address_from_env())); print('pong')"
     ran = gt("exec", host.alias, "--", sys.executable, "-c", program)
     assert ran.returncode == 0 and ran.stdout.strip() == "pong", ran.stderr
 
@@ -356,7 +356,7 @@ def test_install_dir_with_a_control_character_is_refused(gt: Gt, host_factory: A
 def test_rsync_operands_follow_a_double_dash() -> None:
     """No path, local or remote, is ever read as an rsync option (#15.8)."""
     from gt_remote.base.config import HostSettings
-    from gt_remote.sync import Transfer, rsync_command
+    from gt_remote.commands.sync import Transfer, rsync_command
 
     settings = HostSettings(name="pc", destination="pc", local_url="tcp://127.0.0.1:9999")
     for push in (True, False):
@@ -365,7 +365,7 @@ def test_rsync_operands_follow_a_double_dash() -> None:
 
 
 def test_noisy_shell_message_names_each_start_up_file() -> None:
-    from gt_remote.sync import noisy_shell_error
+    from gt_remote.commands.sync import noisy_shell_error
 
     assert "~/.bashrc" in str(noisy_shell_error("pc", "/bin/bash")) and "[ -t 1 ]" in str(noisy_shell_error("pc", "/bin/bash"))
     assert "~/.zshenv" in str(noisy_shell_error("pc", "/usr/bin/zsh"))
@@ -376,7 +376,7 @@ def test_noisy_shell_message_names_each_start_up_file() -> None:
 def test_a_failing_install_command_is_reported_with_its_last_lines(chatty: SshHost) -> None:
     """The user's own command runs in their login shell; a long output is read as a bounded tail."""
     from gt_remote.base.errors import InstallFailed
-    from gt_remote.bootstrap.install import run_install_command
+    from gt_remote.remote.install import run_install_command
 
     host = chatty.as_user("bashy")
     command = "head -c 3000000 /dev/zero | tr '\\0' y | fold -w 100; echo 'error: linker failed' >&2; exit 3"

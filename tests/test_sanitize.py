@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gt_remote.base.sanitize import ascii_int, visible, visible_data, visible_formatter, visible_lines
-from gt_remote.bootstrap.probe import facts_from_fields, parse_version
+from gt_remote.remote.probe import facts_from_fields, parse_version
 from tests.conftest import Gt
 from tests.testbed import SshHost, free_loopback_port
 

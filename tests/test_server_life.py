@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gt_remote.bootstrap.probe import file_digest
+from gt_remote.remote.probe import file_digest
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN, exports, one_error_line, ping, silent_server, tcp_port_free
 from tests.testbed import STANDIN, SshHost, wait_for
@@ -212,6 +212,8 @@ def test_options_for_a_host_already_up_are_refused_naming_the_difference(gt: Gt,
     assert "keepalive 5.0 (asked: 7.0)" in one_error_line(keepalive.stderr)
     port = gt.up(ssh_host, "--remote-port", "9998")
     assert port.returncode == 2 and "remote port 9999 (asked: 9998)" in one_error_line(port.stderr)
+    install_dir = gt.up(ssh_host, "--install-dir", "/opt/gt")  # builds and the relay would go elsewhere
+    assert install_dir.returncode == 2 and "install dir ~/.local/share (the default) (asked: /opt/gt)" in one_error_line(install_dir.stderr)
     binary = gt("up", "gaming-pc", "--server-binary", str(new_build(tmp_path)), ssh_config=ssh_host.ssh_config)
     assert binary.returncode == 2
     assert "gt-remote upgrade gaming-pc --server-binary" in one_error_line(binary.stderr)

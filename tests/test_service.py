@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gt_remote import notify
+from gt_remote.runtime import notify
 from tests.conftest import Gt
 from tests.helpers import answers, one_error_line, openssl_mapped
 from tests.testbed import STANDIN, SshHost
@@ -120,7 +120,7 @@ def test_a_failed_foreground_up_never_reports_ready(gt: Gt, ssh_host: SshHost, r
     assert first and not any("READY=1" in m for m in first), first  # progress, but never READY
     assert err.count("ccmux-server is not installed") == 1 and err.count("gt-remote: connecting to gaming-pc") == 1
     logged = gt("logs", "gaming-pc").stdout  # what a service's user reads: the steps and the error
-    assert "connecting to gaming-pc" in logged and "ERROR gt_remote.supervisor: ccmux-server is not installed on gaming-pc" in logged
+    assert "connecting to gaming-pc" in logged and "ERROR gt_remote.runtime.supervisor: ccmux-server is not installed on gaming-pc" in logged
 
     ssh_host.sh(": > /home/gamer/.ssh/authorized_keys")
     refused = foreground_up(gt, ssh_host, path, "--server-binary", str(STANDIN))

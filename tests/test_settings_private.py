@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from gt_remote.base.config import HostSettings
-from gt_remote.control import _supervises
+from gt_remote.runtime.control import _supervises
 from tests.helpers import supervisor_processes
 from tests.testbed import REPO, STANDIN, Gt, SshHost, free_loopback_port
 
@@ -50,7 +50,7 @@ def test_the_supervisors_command_line_names_only_the_program_and_host(gt: Gt, ss
     shown = " ".join(args)
     for private in (SECRET, "Authorization", setup["destination"], ssh_host.alias, setup["ssh_config"], setup["identity"], STANDIN, setup["config"]):
         assert str(private) not in shown, f"{private} is on the supervisor's command line: {shown}"
-    assert args == [sys.executable, "-m", "gt_remote.supervisor", "pc"]
+    assert args == [sys.executable, "-m", "gt_remote.runtime.supervisor", "pc"]
     [row] = gt.status("pc")  # and the settings did reach it, whole
     assert row["state"] == "up" and row["supervisor_pid"] == pid
     assert row["settings"]["destination"] == setup["destination"] and SECRET in row["settings"]["install_command"]
@@ -70,7 +70,7 @@ def test_no_settings_file_is_left_for_a_later_supervisor(gt: Gt, ssh_host: SshHo
 
 def run_supervisor(name: str, stdin: bytes, tmp_path: Path) -> tuple[int, list[dict[str, object]]]:
     env = {"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_RUNTIME_DIR": str(tmp_path / "run"), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "gt_remote.supervisor", name], input=stdin, capture_output=True, env=env, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "gt_remote.runtime.supervisor", name], input=stdin, capture_output=True, env=env, timeout=60)
     return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()]
 
 
@@ -87,7 +87,7 @@ def test_a_cut_short_or_foreign_hand_over_is_refused(tmp_path: Path) -> None:
 
 def test_down_and_status_know_a_supervisor_by_its_host_name() -> None:
     """control._supervises reads /proc/PID/cmdline; one started before this change carries its settings there."""
-    python = [sys.executable, "-m", "gt_remote.supervisor"]
+    python = [sys.executable, "-m", "gt_remote.runtime.supervisor"]
     assert _supervises([*python, "pc"], "pc")
     assert not _supervises([*python, "pc"], "other")
     assert _supervises([*python, HostSettings(name="pc", destination="gamer@pc").to_json()], "pc")

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from gt_remote.tunnel import wire
+from gt_remote.ccmux import wire
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN
 from tests.testbed import SshHost, wait_for

@@ -5,7 +5,7 @@ ciphers need. gt-remote's connections leave it out with any other cipher (every 
 an interactive pane then costs one packet to encrypt, send, read and decrypt instead of two)
 and keep it with CBC. Checked against a real sshd, from asyncssh's own log of what it sent.
 With AES in hardware and no `Ciphers` in ssh_config, the connection prefers AES-GCM, which
-costs asyncssh less per packet than chacha20-poly1305 (tunnel/ciphers.py).
+costs asyncssh less per packet than chacha20-poly1305 (gt_remote/tunnel/ciphers.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gt_remote.tunnel import wire
+from gt_remote.ccmux import wire
 from tests.conftest import Gt
 from tests.helpers import answers, openssl_mapped, ping, supervisor_processes
 from tests.testbed import SshHost, wait_for
@@ -178,8 +178,8 @@ def test_logs_command_and_rotation(gt: Gt, ssh_host: SshHost) -> None:
 
 
 def test_log_file_is_capped_and_rotated(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from gt_remote import supervisor
     from gt_remote.base.paths import HostFiles
+    from gt_remote.runtime import supervisor
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     files = HostFiles("chatty")

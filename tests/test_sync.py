@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gt_remote import sync
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError
+from gt_remote.commands import sync
 from tests.conftest import Gt
 from tests.testbed import SshHost
 

@@ -7,7 +7,7 @@ import asyncio
 import asyncssh
 import pytest
 
-from gt_remote.tunnel import wire
+from gt_remote.ccmux import wire
 from tests.testbed import RESTARTABLE_SSHD, SshHost, wait_for
 
 STANDIN = "/usr/local/bin/ccmux-server"

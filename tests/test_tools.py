@@ -175,6 +175,6 @@ def test_launchd_plist_content(gt: Gt) -> None:
 )
 def test_systemd_quoting(arg: str, quoted: str) -> None:
     """systemd-analyze verify accepts a bad specifier silently, so the rules are checked here."""
-    from gt_remote.service import systemd_quote
+    from gt_remote.commands.service import systemd_quote
 
     assert systemd_quote(arg) == quoted

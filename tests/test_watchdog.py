@@ -17,7 +17,7 @@ import pytest
 
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import SupervisorTaskEnded
-from gt_remote.supervisor import Supervisor
+from gt_remote.runtime.supervisor import Supervisor
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_a_crashed_health_loop_ends_the_supervisor_with_its_cause(supervisor: Su
         raise RuntimeError("a bug in the health loop")
 
     monkeypatch.setattr(supervisor, "_health_loop", crashing_health_loop)
-    with caplog.at_level(logging.ERROR, logger="gt_remote.supervisor"), pytest.raises(SupervisorTaskEnded) as ended:
+    with caplog.at_level(logging.ERROR, logger="gt_remote.runtime.supervisor"), pytest.raises(SupervisorTaskEnded) as ended:
         asyncio.run(asyncio.wait_for(supervisor.serve_forever(), 20))
     assert "health loop ended unexpectedly: RuntimeError: a bug in the health loop" in str(ended.value)
     [logged] = [record for record in caplog.records if "health loop ended" in record.getMessage()]

@@ -15,7 +15,7 @@ import pytest
 
 from gt_remote.base.addresses import UnixAddress
 from gt_remote.base.errors import PingFailed
-from gt_remote.tunnel import wire
+from gt_remote.ccmux import wire
 from tests.testbed import STANDIN, free_loopback_port, wait_for
 
 

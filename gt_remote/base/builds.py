@@ -21,7 +21,7 @@ class Sha256(Protocol):
 
 def file_sha256(path: str, new: Callable[[], Sha256] | None = None) -> str:
     """The whole SHA-256 of a file: what the remote checks an upload against. `new` makes the
-    hash; hashlib's by default (the supervisor passes one that uses OpenSSL: bootstrap/digest.py)."""
+    hash; hashlib's by default (the supervisor passes one that uses OpenSSL: gt_remote/remote/digest.py)."""
     if new is None:
         import hashlib  # only `up --server-binary` and `upgrade` hash a file; the other commands skip its cost
 

@@ -10,14 +10,14 @@ is paid on every host, all day. Measured in make bench's scale section, two thin
   sha1, sha2 and sha3, and CPython has built-in versions of those. Without `_hashlib`,
   hashlib uses them and hmac uses its pure-Python construction. asyncssh and OpenSSH still
   agree on an AEAD cipher first, which needs no HMAC. Where the supervisor hashes a whole
-  build, it does so on cryptography's OpenSSL (bootstrap/digest.py).
+  build, it does so on cryptography's OpenSSL (gt_remote/remote/digest.py).
 - asyncssh's X.509 support, when it cannot load anyway. That support needs pyOpenSSL. Without
   pyOpenSSL, asyncssh's attempt still imports `cryptography.x509` (and the stdlib's email
   package) before it fails, and those stay loaded: about 1.3 MiB for nothing. This is only
   left out when pyOpenSSL is not installed, so asyncssh ends up the same either way.
 
 Only a process that is a supervisor calls this, before it imports asyncio:
-`python -m gt_remote.supervisor`, which `up` starts detached, and `up --foreground`, which a
+`python -m gt_remote.runtime.supervisor`, which `up` starts detached, and `up --foreground`, which a
 service manager runs. A process that only imports the supervisor, such as the tests, keeps
 its modules.
 """

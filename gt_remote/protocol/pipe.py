@@ -4,7 +4,7 @@ end, the stream's end) and keep one timer for whatever it says is due.
 
 It calls methods of the objects it is given (an event loop, an asyncio-style transport for
 the application) and imports nothing: the laptop (gt_remote/tunnel/resumable.py) and the
-relay (bootstrap/relay_agent.py, built with this file inlined) subclass it. Stdlib only,
+relay (gt_remote/remote/relay/relay_agent.py, built with this file inlined) subclass it. Stdlib only,
 Python 3.8 syntax, as the core.
 """
 

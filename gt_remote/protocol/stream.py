@@ -1,11 +1,11 @@
 """The resumable stream protocol, written once for both ends: the laptop's supervisor
-(gt_remote/tunnel/resumable.py) and the relay on the remote (bootstrap/relay_agent.py).
+(gt_remote/tunnel/resumable.py) and the relay on the remote (gt_remote/remote/relay/relay_agent.py).
 
 Sans-IO, as h11 and wsproto are: frames and calls in, bytes and state out; no sockets, no
 event loop, no clock of its own (every call that needs the time is given `now`). Each end
 is a thin adapter that moves bytes between a `Stream` here and its transports. The relay is
 uploaded as one stdlib-only file built from this module and its own code
-(bootstrap/relay_build.py), so this file keeps to Python 3.8 and imports only the stdlib.
+(gt_remote/remote/relay/build.py), so this file keeps to Python 3.8 and imports only the stdlib.
 
 Wire format on a channel, both ways: 1-byte type, 4-byte big-endian length, payload.
   H hello (JSON, at most MAX_HELLO bytes), the first frame from the laptop:

@@ -29,7 +29,7 @@ import asyncssh
 
 from gt_remote.base.errors import ConnectFailed, NonPosixShell, RemoteError, RemoteOutputTooLarge
 from gt_remote.base.sanitize import ascii_int, visible  # noqa: F401 (callers use remote.ascii_int, remote.visible)
-from gt_remote.bootstrap.digest import file_sha256
+from gt_remote.remote.digest import file_sha256
 
 DEFAULT_INSTALL_DIR = "~/.local/share"  # gt-remote's files go to <install dir>/gt-remote/{servers,relay}
 REMOTE_INSTALL_ROOT = ".local/share/gt-remote/servers"  # the default, relative to the remote home

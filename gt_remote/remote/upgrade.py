@@ -12,11 +12,11 @@ import asyncssh
 
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, NotOurServer
-from gt_remote.bootstrap import server as remote_server
-from gt_remote.bootstrap.ensure import ServerInfo, start_and_wait
-from gt_remote.bootstrap.install import check_platform, upload_server
-from gt_remote.bootstrap.ownership import Holder, check_owner
-from gt_remote.bootstrap.probe import file_digest, parse_version, probe
+from gt_remote.remote import server as remote_server
+from gt_remote.remote.ensure import ServerInfo, start_and_wait
+from gt_remote.remote.install import check_platform, upload_server
+from gt_remote.remote.ownership import Holder, check_owner
+from gt_remote.remote.probe import file_digest, parse_version, probe
 
 Say = Callable[[str], None]
 

@@ -15,9 +15,9 @@ import asyncssh
 
 from gt_remote.base.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp, shell_word
 from gt_remote.base.sanitize import ascii_int, visible
-from gt_remote.bootstrap.ownership import Holder, Owner, owner_from
-from gt_remote.bootstrap.probe import ping_remote
-from gt_remote.bootstrap.remote import run_script
+from gt_remote.remote.ownership import Holder, Owner, owner_from
+from gt_remote.remote.probe import ping_remote
+from gt_remote.remote.scripts import run_script
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ leave two supervisors: the second waits, then finds the first one's supervisor a
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -17,18 +18,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gt_remote import control, progress
-from gt_remote.base import errors
+from gt_remote.base import errors, progress
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, NotUp, RemoteError, UsageError, shell_word
 from gt_remote.base.paths import HostFiles, known_host_names, open_private, remembered_host_names, write_private
+from gt_remote.runtime import control
 
 if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must start fast (tests/test_light_cli.py)
     import subprocess
 
-    from gt_remote import reach
     from gt_remote.base.config import HostSettings
+    from gt_remote.runtime import reach
 
 Say = Callable[[str], None]
 LOCK_TIMEOUT = 600.0
@@ -232,8 +233,7 @@ def _forget_failed(files: HostFiles, had_log: bool) -> None:
 
 def _check_same(settings: HostSettings, status: dict[str, Any]) -> None:
     """An option that differs from the running tunnel's is refused, never silently dropped."""
-    running = status.get("settings") or {}
-    differs = [f"{label} {have} (asked: {wanted})" for label, have, wanted in _compared(settings, status, running) if have != wanted]
+    differs = [f"{label} {have} (asked: {wanted})" for label, have, wanted in differences(settings, status)]
     if differs:
         raise UsageError(
             f"{settings.name} is already up with {', '.join(differs)}",
@@ -250,26 +250,43 @@ def _check_same(settings: HostSettings, status: dict[str, Any]) -> None:
             )
 
 
-def _compared(settings: HostSettings, status: dict[str, Any], running: dict[str, Any]) -> list[tuple[str, object, object]]:
-    """(what, the running tunnel's value, the asked value) for each option of `up` that shapes
-    the tunnel. A supervisor from before a setting existed counts as having the asked value."""
+# Settings that do not shape a running tunnel, each with why; every other field of
+# HostSettings is compared, so a setting added later is refused by default when it differs.
+NOT_COMPARED = {
+    "name": "the host's name is how the running tunnel was found",
+    "server_binary": "compared by its build's hash, below (_check_same)",
+    "restart_server": "an action of this `up`, not a property of the tunnel",
+    "sync": "paths this `up` syncs once, not a property of the tunnel",
+    "ssh_config": "where this shell's ssh settings are read; the destination they give is compared",
+}
+LABELS = {"destination": "ssh destination", "local_url": "local", "remote_port": "remote port", "install_dir": "install dir"}
 
-    def was(key: str, asked: object) -> object:
-        return running.get(key, asked)
 
-    def resume(value: object) -> str:
+def differences(settings: HostSettings, status: dict[str, Any]) -> list[tuple[str, object, object]]:
+    """(what, the running tunnel's value, the asked value) for each setting of `up` that shapes
+    the tunnel and differs. A supervisor from before a setting existed counts as having the
+    asked value."""
+    from gt_remote.base.config import HostSettings  # only `up` compares: the light commands never load it
+
+    running = status.get("settings") or {}
+    observed = {"local_url": status.get("local"), "remote_port": status.get("remote_port")}  # what it really has
+    found = []
+    for field in dataclasses.fields(HostSettings):
+        if field.name in NOT_COMPARED:
+            continue
+        asked = getattr(settings, field.name)
+        have = observed[field.name] if observed.get(field.name) is not None else running.get(field.name, asked)
+        if have != asked:
+            found.append((LABELS.get(field.name, field.name.replace("_", " ")), _shown(field.name, have), _shown(field.name, asked)))
+    return found
+
+
+def _shown(name: str, value: object) -> object:
+    if name == "resume":
         return "on" if value else "off (--no-resume)"
-
-    return [
-        ("ssh destination", was("destination", settings.destination), settings.destination),
-        ("local", status["local"], settings.local_url),
-        ("remote port", status["remote_port"], settings.remote_port),
-        ("server", was("server", settings.server), settings.server),
-        ("keepalive", was("keepalive", settings.keepalive), settings.keepalive),
-        ("resume", resume(was("resume", settings.resume)), resume(settings.resume)),
-        ("resume window", was("resume_window", settings.resume_window), settings.resume_window),
-        ("install command", was("install_command", settings.install_command), settings.install_command),
-    ]
+    if name == "install_dir" and value is None:
+        return "~/.local/share (the default)"
+    return value
 
 
 # --- the build `gt-remote upgrade` installed ------------------------------------------------
@@ -302,8 +319,6 @@ def with_installed_build(settings: HostSettings, say: Say) -> HostSettings:
         say(f"note: the build 'gt-remote upgrade' installed ({binary}) is gone or changed here; using the config's")
         return settings
     say(f"using {binary} (build {record.get('digest')}), installed by 'gt-remote upgrade'; the config's server_binary applies again once you change it")
-    import dataclasses
-
     return dataclasses.replace(settings, server_binary=binary)
 
 
@@ -328,7 +343,7 @@ def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
     log_fd = open_private(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gt_remote.supervisor", settings.name],
+            [sys.executable, "-m", "gt_remote.runtime.supervisor", settings.name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log_fd,
@@ -435,7 +450,7 @@ def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[
     leave_out_unused()  # this process is now a supervisor for as long as the service runs, as a detached one is
     import asyncio
 
-    from gt_remote import notify, supervisor
+    from gt_remote.runtime import notify, supervisor
 
     files = HostFiles(settings.name)
     if control.hold_pid_lock(files.pid) is None:
@@ -513,7 +528,7 @@ def _server_left_running(reply: dict[str, Any]) -> bool:
 
 
 def _stop_server_offline(name: str, fallback: reach.Fallback | None, ssh_config: str | None, force: bool = False) -> str:
-    from gt_remote import reach
+    from gt_remote.runtime import reach
 
     settings = reach.settings_for(name, fallback, ssh_config)
     if settings is None:

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gt_remote import control, reach
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError
 from gt_remote.base.paths import host_key, remembered_host_names, runtime_dir, state_dir
-from gt_remote.bootstrap import relay as remote_relay
-from gt_remote.bootstrap.remote import run_script
+from gt_remote.remote.relay import deploy as remote_relay
+from gt_remote.remote.scripts import run_script
+from gt_remote.runtime import control, reach
 
 Say = Callable[[str], None]
 

@@ -5,7 +5,7 @@ connects, makes sure the remote server answers, proves the path end to end with 
 and then watches: the link reconnects on loss, the health loop Pings the server through
 the tunnel and restarts it only if it died. `status` and `down` talk to its control socket.
 
-Run detached by `gt-remote up` as `python -m gt_remote.supervisor HOST`, its settings as
+Run detached by `gt-remote up` as `python -m gt_remote.runtime.supervisor HOST`, its settings as
 JSON on stdin (never on the command line, which every local account can read), which
 reports progress as JSON lines on stdout until the tunnel is up, or in-process with
 `up --foreground` (systemd, launchd).
@@ -40,29 +40,30 @@ import gt_remote.tunnel.quick_import  # noqa: F401
 # isort: split
 import asyncssh
 
-from gt_remote import control, progress, reach
+from gt_remote.base import progress
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import ConnectFailed, GtRemoteError, Interrupted, PingFailed, SupervisorTaskEnded
 from gt_remote.base.paths import HostFiles, open_private, runtime_path, write_private
 from gt_remote.base.sanitize import visible_formatter
-from gt_remote.bootstrap import lease as remote_lease
-from gt_remote.bootstrap import relay as remote_relay
-from gt_remote.bootstrap import remote as remote_scripts
-from gt_remote.bootstrap import server as remote_server
-from gt_remote.bootstrap.ensure import ServerInfo, bring_up, revive_server
-from gt_remote.bootstrap.ownership import PortNotOurs, refusal
-from gt_remote.bootstrap.probe import Survey, ping_remote
-from gt_remote.bootstrap.upgrade import replace_server
+from gt_remote.ccmux.wire import ping as wire_ping
+from gt_remote.ccmux.wire import ping_address
+from gt_remote.remote import lease as remote_lease
+from gt_remote.remote import scripts as remote_scripts
+from gt_remote.remote import server as remote_server
+from gt_remote.remote.ensure import ServerInfo, bring_up, revive_server
+from gt_remote.remote.ownership import PortNotOurs, refusal
+from gt_remote.remote.probe import Survey, ping_remote
+from gt_remote.remote.relay import deploy as remote_relay
+from gt_remote.remote.upgrade import replace_server
+from gt_remote.runtime import control, reach
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import CheckOutcome, Link, LinkState
 from gt_remote.tunnel.resumable import RelayPath, ResumableClient, StreamGone
 from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
-from gt_remote.tunnel.wire import ping as wire_ping
-from gt_remote.tunnel.wire import ping_address
 
-log = logging.getLogger("gt_remote.supervisor")
+log = logging.getLogger("gt_remote.runtime.supervisor")
 
 Say = Callable[[str], None]
 LOG_MAX_BYTES = 1024 * 1024
@@ -462,7 +463,7 @@ class Supervisor:
 
     def _server_socket(self) -> str | None:
         """The server's own Unix socket, for Pings and plain forwarding: no other account can be
-        behind it (bootstrap/ownership.py). None where the remote has none to offer."""
+        behind it (gt_remote/remote/ownership.py). None where the remote has none to offer."""
         return self.server.socket if self.server is not None else None
 
     def _refuse(self, error: PortNotOurs | None) -> None:

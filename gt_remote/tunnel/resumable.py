@@ -1,7 +1,7 @@
 """Resumable streams: a local client's connection outlives the SSH connection it rides on.
 
 Each client gets a stream with an unguessable id, carried by one direct-streamlocal channel
-to the relay on the remote (bootstrap/relay_agent.py), which holds the server connection.
+to the relay on the remote (gt_remote/remote/relay/relay_agent.py), which holds the server connection.
 When the channel dies with the SSH connection, the client socket stays open; once the link
 is back the stream is reattached and both ends replay what the other lacks.
 

@@ -11,12 +11,12 @@ import asyncssh
 from gt_remote.base.builds import build_of
 from gt_remote.base.errors import PingFailed
 from gt_remote.base.sanitize import ascii_int, visible
-from gt_remote.bootstrap import relay as relay_script
-from gt_remote.bootstrap.digest import file_digest as file_digest  # what the supervisor's modules import it as
-from gt_remote.bootstrap.lease import holders
-from gt_remote.bootstrap.ownership import Owner, owner_from
-from gt_remote.bootstrap.remote import run_script
-from gt_remote.tunnel import wire
+from gt_remote.ccmux import wire
+from gt_remote.remote.digest import file_digest as file_digest  # what the supervisor's modules import it as
+from gt_remote.remote.lease import holders
+from gt_remote.remote.ownership import Owner, owner_from
+from gt_remote.remote.relay import deploy as relay_script
+from gt_remote.remote.scripts import run_script
 
 PROBE_SCRIPT = r"""
 server=$1 port=$2 digest=$3

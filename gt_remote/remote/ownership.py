@@ -21,7 +21,7 @@ import asyncssh
 
 from gt_remote.base.errors import RemoteError
 from gt_remote.base.sanitize import ascii_int
-from gt_remote.bootstrap.remote import run_script
+from gt_remote.remote.scripts import run_script
 
 _USER_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._@-]{0,63}")
 

@@ -154,9 +154,10 @@ def is_our_supervisor(pid: int, start_time: int | None, host: str) -> bool:
 
 
 def _supervises(args: list[str], host: str) -> bool:
-    """`python -m gt_remote.supervisor HOST` or `gt-remote ... up HOST --foreground`; or
-    `python -m gt_remote.supervisor SETTINGS_JSON`, as a gt-remote before an upgrade started it."""
-    if "gt_remote.supervisor" in args:
+    """`python -m gt_remote.runtime.supervisor HOST` or `gt-remote ... up HOST --foreground`; or,
+    as a gt-remote before an upgrade started it, `python -m gt_remote.supervisor HOST` or
+    `... SETTINGS_JSON`."""
+    if "gt_remote.runtime.supervisor" in args or "gt_remote.supervisor" in args:
         if args[-1] == host:
             return True
         try:

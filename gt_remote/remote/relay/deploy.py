@@ -17,16 +17,17 @@ from dataclasses import dataclass
 import asyncssh
 
 from gt_remote.base.sanitize import ascii_int, visible
-from gt_remote.bootstrap import relay_build, remote
-from gt_remote.bootstrap.remote import run_script
+from gt_remote.remote import scripts as remote
+from gt_remote.remote.relay import build as relay_build
+from gt_remote.remote.scripts import run_script
 
 log = logging.getLogger(__name__)
 
 SOCKET_PATH_LIMIT = 100  # sun_path is 104 to 108 bytes
-LEASE_NAME = re.compile(r"[A-Za-z0-9._-]{1,120}")  # as bootstrap/lease.py writes them
+LEASE_NAME = re.compile(r"[A-Za-z0-9._-]{1,120}")  # as gt_remote/remote/lease.py writes them
 
 # Shell functions for checking and starting the relay; `up` runs them inside its one
-# bring-up script (bootstrap/probe.py), reconnects and health checks on their own.
+# bring-up script (gt_remote/remote/probe.py), reconnects and health checks on their own.
 RELAY_FUNCTIONS = r"""
 # The python3 that can run the relay: relay_python=PATH, or none, or old (with relay_pyversion).
 relay_python() {

@@ -28,7 +28,7 @@ KEEPALIVE_COUNT_MAX = 3
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
-steps = logging.getLogger("gt_remote.steps")  # shown with -v (gt_remote.progress)
+steps = logging.getLogger("gt_remote.steps")  # shown with -v (gt_remote.base.progress)
 
 
 @dataclass(frozen=True)

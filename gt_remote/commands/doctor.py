@@ -10,15 +10,15 @@ from typing import Any
 
 import asyncssh
 
-from gt_remote import lifecycle
 from gt_remote.base.addresses import ENV_VARS, address_from_env, default_ccmux_socket, parse_address
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, UnknownHost, shell_word
 from gt_remote.base.sanitize import ascii_int, visible
-from gt_remote.bootstrap.probe import probe
-from gt_remote.bootstrap.remote import run_script
+from gt_remote.ccmux.wire import ping_address
+from gt_remote.host import lifecycle
+from gt_remote.remote.probe import probe
+from gt_remote.remote.scripts import run_script
 from gt_remote.tunnel.connection import SshTarget, connect, resolve
-from gt_remote.tunnel.wire import ping_address
 
 # No release binaries exist: each client is built from its source (docs/setup.md).
 CLIENTS = {

@@ -15,9 +15,9 @@ import struct
 
 import asyncssh
 
-from gt_remote import progress
+from gt_remote.base import progress
 from gt_remote.base.errors import BinaryIncompatible, InstallFailed, NoExecMount, install_dir_unsafe
-from gt_remote.bootstrap import remote
+from gt_remote.remote import scripts as remote
 
 # Runs right after UPLOAD_SCRIPT verified the bytes ($part, $final, $dir set there).
 CHECK_AND_PLACE = r"""

@@ -2,7 +2,7 @@
 """gt-remote's relay: keeps each client's server connection open while the SSH path is down.
 
 Uploaded to the remote and run there with the system python3 (3.8 or newer, stdlib only):
-the uploaded file is built (bootstrap/relay_build.py) from the stream core,
+the uploaded file is built (gt_remote/remote/relay/build.py) from the stream core,
 gt_remote/protocol/stream.py, and the adapter both ends share, gt_remote/protocol/pipe.py,
 each put in place of its import below, and this file. The core holds the protocol (frames,
 hellos, positions, replay, acks, windows, flow control and the budget); this file only
@@ -15,7 +15,7 @@ the stream waits, holding the server socket, until the supervisor reattaches it 
 or the resume window ends. The wire format is described in the core.
 
 The lease op (relay started with --leases DIR) keeps a supervisor's lease, the file the
-remote script's lease_touch writes (bootstrap/lease.py), and answers with the other live
+remote script's lease_touch writes (gt_remote/remote/lease.py), and answers with the other live
 holders, as its lease_others does: an idle tunnel's health checks then start no shell.
 """
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gt_remote import lifecycle
 from gt_remote.base import config
 from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, UsageError, shell_word
 from gt_remote.base.paths import HostFiles
+from gt_remote.host import lifecycle
 
 UPGRADE_TIMEOUT = 1800.0  # an upload of a large build over a slow link
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from gt_remote import progress
+from gt_remote.base import progress
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, UsageError
 from gt_remote.base.sanitize import visible
@@ -196,8 +196,8 @@ def noisy_shell_error(host: str, shell: str | None) -> NoisyShell:
 
 def remote_login_shell(settings: HostSettings) -> str | None:
     """$SHELL on the remote, asked through gt-remote's noise-proof scripts; None if that fails."""
-    from gt_remote import reach
-    from gt_remote.bootstrap.remote import run_script
+    from gt_remote.remote.scripts import run_script
+    from gt_remote.runtime import reach
 
     try:
         result = reach.run_on(settings, lambda conn: run_script(conn, 'echo "shell=$SHELL"', timeout=20))

@@ -5,7 +5,7 @@ retried at once (no autossh-style fast-retry penalty that grows across separate 
 For the first FAST_PHASE seconds of waiting, attempts stay at most FAST_WAIT (+ jitter)
 apart: most outages (Wi-Fi, a partition, a restart) are short, and a doubling wait would
 land the next attempt seconds after the network came back. Longer outages back off to
-MAX_WAIT, and a wake or network change (tunnel/wake.py) cuts any wait short.
+MAX_WAIT, and a wake or network change (gt_remote/tunnel/wake.py) cuts any wait short.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import asyncssh
 
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import RemoteError
-from gt_remote.bootstrap.ownership import Owner, owner_from
-from gt_remote.bootstrap.remote import run_script
+from gt_remote.remote.ownership import Owner, owner_from
+from gt_remote.remote.scripts import run_script
 from gt_remote.tunnel.resumable import StreamGone, relay_request
 
 LEASE_TOUCH_KEEPALIVES = 3  # a supervisor touches its lease at least this often (its health checks)

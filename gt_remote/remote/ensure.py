@@ -8,13 +8,13 @@ from dataclasses import asdict, dataclass
 
 import asyncssh
 
-from gt_remote import progress
+from gt_remote.base import progress
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import BinaryIncompatible, RemoteError, RemotePortBusy, ServerHung, ServerMissing, ServerOnOtherPort, ServerWithoutTcp, install_dir_unsafe, shell_word
-from gt_remote.bootstrap import server as remote_server
-from gt_remote.bootstrap.install import check_platform, run_install_command, upload_server
-from gt_remote.bootstrap.ownership import Holder, Owner, PortNotOurs, check_owner, refusal
-from gt_remote.bootstrap.probe import PORT_CHECK_TIMEOUT, PortState, RemoteFacts, Survey, build_of, file_digest, parse_version, port_state, probe, survey
+from gt_remote.remote import server as remote_server
+from gt_remote.remote.install import check_platform, run_install_command, upload_server
+from gt_remote.remote.ownership import Holder, Owner, PortNotOurs, check_owner, refusal
+from gt_remote.remote.probe import PORT_CHECK_TIMEOUT, PortState, RemoteFacts, Survey, build_of, file_digest, parse_version, port_state, probe, survey
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def run_on(settings: HostSettings, action: Callable[[asyncssh.SSHClientConnectio
     """Connect once (host keys checked as always), run `action`, close."""
     import asyncio
 
-    from gt_remote.bootstrap import remote as remote_scripts
+    from gt_remote.remote import scripts as remote_scripts
     from gt_remote.tunnel.connection import SshTarget, connect
 
     async def main() -> T:
@@ -72,9 +72,9 @@ def stop_server(settings: HostSettings, force: bool = False) -> str:
     """Stop the server gt-remote started for this host, found by its pid file there, and its
     relay (whose streams end with the server anyway); say what happened. Refused while
     another tunnel holds a live lease on it, unless `force`."""
-    from gt_remote.bootstrap import lease as remote_lease
-    from gt_remote.bootstrap import relay as remote_relay
-    from gt_remote.bootstrap import server as remote_server
+    from gt_remote.remote import lease as remote_lease
+    from gt_remote.remote import server as remote_server
+    from gt_remote.remote.relay import deploy as remote_relay
 
     async def stop_both(conn: asyncssh.SSHClientConnection) -> int | None:
         await remote_lease.check_stop_allowed(conn, settings, force)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from gt_remote import lifecycle
 from gt_remote.base.addresses import Address, address_from_env, parse_address
 from gt_remote.base.errors import GtRemoteError, NothingListens, NotUp, PingFailed, shell_word
 from gt_remote.base.paths import HostFiles, known_host_names
-from gt_remote.tunnel.wire import ping_address
+from gt_remote.ccmux.wire import ping_address
+from gt_remote.host import lifecycle
 
 VAR = "GASTOWN_CCMUX_ADDR"
 

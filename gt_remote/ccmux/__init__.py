@@ -1,0 +1,1 @@
+"""The ccmux (and fugue) wire format: frames, Ping, the status decoder."""
