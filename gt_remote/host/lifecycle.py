@@ -450,12 +450,12 @@ def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[
     leave_out_unused()  # this process is now a supervisor for as long as the service runs, as a detached one is
     import asyncio
 
-    from gt_remote.runtime import notify, supervisor
+    from gt_remote.runtime import notify, process, supervisor
 
     files = HostFiles(settings.name)
     if control.hold_pid_lock(files.pid) is None:
         raise GtRemoteError(f"a supervisor for {settings.name} is already running", f"run 'gt-remote down {shell_word(settings.name)}' first")
-    supervisor.setup_logging(files, also_stderr=True)
+    process.setup_logging(files, also_stderr=True)
     exports: list[str] = []
 
     def progress(message: str) -> None:

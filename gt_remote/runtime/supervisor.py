@@ -27,11 +27,9 @@ import logging.handlers
 import math
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 # First, before anything imports asyncssh: it then loads without ctypes' compiler runs (see there).
@@ -44,9 +42,7 @@ from gt_remote.base import progress
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import ConnectFailed, GtRemoteError, Interrupted, PingFailed, SupervisorTaskEnded
-from gt_remote.base.paths import HostFiles, open_private, runtime_path, write_private
-from gt_remote.base.sanitize import visible_formatter
-from gt_remote.ccmux.wire import ping as wire_ping
+from gt_remote.base.paths import HostFiles, runtime_path, write_private
 from gt_remote.ccmux.wire import ping_address
 from gt_remote.remote import lease as remote_lease
 from gt_remote.remote import scripts as remote_scripts
@@ -57,35 +53,21 @@ from gt_remote.remote.probe import Survey, ping_remote
 from gt_remote.remote.relay import deploy as remote_relay
 from gt_remote.remote.upgrade import replace_server
 from gt_remote.runtime import control, reach
+from gt_remote.runtime.process import EventPipe, settings_from_stdin, setup_logging
+from gt_remote.runtime.relay_keeper import RelayKeeper
+from gt_remote.runtime.words import iso, reason
 from gt_remote.tunnel.connection import SshTarget
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import CheckOutcome, Link, LinkState
-from gt_remote.tunnel.resumable import RelayPath, ResumableClient, StreamGone
 from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
 
 log = logging.getLogger("gt_remote.runtime.supervisor")
 
 Say = Callable[[str], None]
-LOG_MAX_BYTES = 1024 * 1024
-LOG_BACKUPS = 3
 RECONNECT_WAIT = 15.0  # how long `gt-remote reconnect` waits for a dropped link to come back
 RUNTIME_CHECK_INTERVAL = 2.0  # how often the supervisor checks its socket and pid file still exist
 UNDO_TIMEOUT = 20.0  # how long undoing a cancelled bring-up may take on the remote
 STEPS = (("uploading", "uploading"), ("running the install command", "installing the server"), ("starting", "starting server"), ("restarting", "starting server"))
-
-
-def reason(exc: BaseException) -> str:
-    """An exception as words for the log: a bare TimeoutError has no text of its own."""
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "no answer in time"
-    return str(exc) or type(exc).__name__
-RELAY_PING_TIMEOUT = 5.0  # a health Ping through the relay: generous, as misses restart the relay
-RELAY_MISSES_BEFORE_RESTART = 2
-RELAY_RETRY_PAUSE = 0.5  # a stream's next try when its relay check started nothing
-
-
-def iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 def _open_fds() -> int | None:
@@ -104,11 +86,7 @@ class Supervisor:
         self.link = Link(target, after_reconnect=self._after_reconnect)
         self.forwarder = Forwarder(settings.local, settings.remote_port, self.link)
         self.forwarder.server_socket = self._server_socket  # plain forwarding's way in, as Pings'
-        owner = remote_lease.lease_name(settings)  # the relay closes this supervisor's streams by it at `down`
-        self.relay = RelayPath(self.link, "", settings.resume_window, owner=owner)  # counters live across relay restarts
-        self.resume_reason: str | None = None if settings.resume else "turned off (--no-resume or resume = false in the config)"
-        self.relay_started_pid: int | None = None  # started by this bring-up: stopped if it fails
-        self._relay_pid: int | None = None
+        self.relay = RelayKeeper(lambda: self.settings, self.link, self.forwarder, say)  # resumable streams, or why not
         self.server: ServerInfo | None = None
         self.server_restarts = 0
         self.server_error: GtRemoteError | None = None
@@ -132,18 +110,8 @@ class Supervisor:
         self._runtime_ids: tuple[int, int] | None = None  # inodes of our control socket and pid file
         progress.relay_transfers(self._on_transfer)
         self.exit_cause: str | None = None  # why the watchdog ended the supervisor, for the record
-        self.relay.restart_relay = self._relay_missing  # a new stream that finds no relay starts it at once
-        self._probe_path = RelayPath(self.link, "", RELAY_PING_TIMEOUT, owner=owner, restart_relay=self._relay_missing)  # the health Ping's streams
-        self.relay_restarts = 0
-        self.last_relay_death: dict[str, Any] | None = None
-        self.relay_error: str | None = None  # the last health Ping through the relay failed: why
         self._relay_vouched = False  # the last health Ping went through the relay, which checked the port's holder
         self._last_upkeep = 0.0  # loop time of the last lease touch: the script's, or the relay's
-        self._relay_keeps_lease = True  # the relay's lease op worked last time (a change is logged)
-        self._relay_restart: asyncio.Task[None] | None = None  # one restart in flight at a time
-        self._relay_misses = 0  # health Pings in a row that failed through the relay only
-        self._relay_restarts_allowed = True  # until `down --stop-server` stops the relay
-        self._relay_setup: asyncio.Task[remote_relay.RelayState | None] | None = None  # the bring-up's, beside the server's
 
     # --- bring-up -------------------------------------------------------------------
 
@@ -168,8 +136,7 @@ class Supervisor:
             found = await bring_up(conn, self.settings, self._say_step, lease, ttl, relay_path, on_survey=lambda survey: self._surveyed(conn, survey))
             self.server = found.server
             self._set_step("starting relay")
-            if self._relay_setup is not None:  # shielded: a Ctrl-C lets it finish, so _abandon knows what it started
-                await asyncio.shield(self._relay_setup)
+            await self.relay.wait_for_setup()
             self._set_step("checking")
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
             self.rtt_ms = await self._prove_end_to_end(conn) * 1000
@@ -192,11 +159,7 @@ class Supervisor:
         them: the two are independent (the relay dials the port only when a stream opens), and
         on a fresh remote each is an upload and a program start."""
         self.lease_holders = survey.lease_holders
-        relay = remote_relay.relay_state_from(survey.relay, self.settings.remote_port)
-        if relay is not None and relay.started:
-            self.relay_started_pid = relay.pid
-        if self.settings.resume:
-            self._relay_setup = asyncio.ensure_future(self._ensure_relay(conn, at_bring_up=True, known=survey.relay))
+        self.relay.set_up_beside_the_server(conn, survey.relay)
 
     async def _prove_end_to_end(self, conn: asyncssh.SSHClientConnection) -> float:
         """A Ping through the local address; beside it, whether sshd lets channels reach the relay.
@@ -204,29 +167,19 @@ class Supervisor:
         Both at once: the channel check costs no round trip of its own. If sshd refuses it,
         forwarding falls back to plain and the Ping is made again that way.
         """
-        socket = self.relay.socket_path if self.forwarder.relay is not None else None
-        if socket is None:
+        if not self.relay.in_use:
             return await ping_address(self.settings.local, timeout=10.0)
         ping = asyncio.create_task(ping_address(self.settings.local, timeout=10.0))
         try:
-            refused = await remote_relay.channel_refused(conn, socket)
+            refused = await self.relay.channel_refused(conn)
         except BaseException:
             ping.cancel()
             raise
-        if refused is None:
-            self.say(f"connections are resumable (relay pid {self._relay_pid})")
+        if not refused:
             return await ping
         ping.cancel()
         await asyncio.gather(ping, return_exceptions=True)
-        self._plain_forwarding(refused)
-        self.say(f"connections are not resumable: {refused}")
         return await ping_address(self.settings.local, timeout=10.0)
-
-    def _plain_forwarding(self, reason: str | None) -> None:
-        if self.resume_reason != reason:
-            log.warning("connections are not resumable: %s", reason)
-        self.resume_reason = reason
-        self.forwarder.relay = None
 
     async def _release_lease(self, conn: asyncssh.SSHClientConnection | None) -> None:
         """Best effort: a lease left behind expires after a few keepalives anyway."""
@@ -275,14 +228,7 @@ class Supervisor:
         elif server is None and self._starting_server and conn is not None:
             # Cancelled while the server started: the pid file for this port names the one we started.
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port)
-        relay_uploaded = False
-        if self._relay_setup is not None:  # let it finish: then relay_started_pid names what it started
-            [setup] = await asyncio.gather(self._relay_setup, return_exceptions=True)
-            relay_uploaded = isinstance(setup, remote_relay.RelayState) and setup.uploaded
-        if self.relay_started_pid is not None and conn is not None:
-            await remote_relay.stop_relay(conn, self.settings.remote_port, only_pid=self.relay_started_pid)
-        if relay_uploaded and conn is not None:
-            await remote_relay.remove_upload(conn)  # set up beside the server's, it must not outlive a failed up
+        await self.relay.abandon(conn)
         await self.forwarder.close()
         await self.link.close()
 
@@ -400,14 +346,14 @@ class Supervisor:
                 checked_port = True
             if self.port_refusal is not None:
                 conn = None  # never forward to (or Ping) another account's listener
-            if conn is not None and self.relay.missing:
-                await self._guarded_relay_check(conn)
+            if conn is not None and self.relay.path.missing:  # a stream found no relay while the link stayed up
+                await self.relay.restart("a stream found no relay")
             self._relay_vouched = conn is not None and await self._relay_answers()
             if conn is not None and not self._relay_vouched:
                 if not checked_port:
                     await self._upkeep(conn)  # who holds the port, before a direct Ping goes to it
                 if self.port_refusal is not None:
-                    self.relay_error = None  # the relay refused the port for the same reason
+                    self.relay.error = None  # the relay refused the port for the same reason
                 else:
                     await self._ping_directly(conn)
             self._save_record_if_changed()
@@ -430,22 +376,18 @@ class Supervisor:
             self.server_error = None
         except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
             log.warning("health Ping failed: %s", reason(exc))
-            self.relay_error = None  # the server (or the link) failed, not the relay
+            self.relay.error = None  # the server (or the link) failed, not the relay
             await self._check_server(conn)
         else:
-            await self._relay_failed_alone(conn)
+            await self.relay.answered_directly(conn)
 
     async def _touch_lease_through_relay(self, conn: asyncssh.SSHClientConnection) -> bool:
         """The lease, refreshed by the relay: no shell started on the remote. False when the
         relay could not; the touch stays due, so the script does it in the same health check."""
-        try:
-            self.lease_holders, self.relay.relay_streams = await remote_lease.touch_through_relay(conn, self.relay.socket_path, self.settings)
-        except StreamGone as exc:
-            if self._relay_keeps_lease:
-                log.warning("the relay could not touch the lease (%s); the remote script does, until it can again", exc)
-            self._relay_keeps_lease = False
+        holders = await self.relay.touch_lease(conn)
+        if holders is None:
             return False
-        self._relay_keeps_lease = True
+        self.lease_holders = holders
         self._last_upkeep = asyncio.get_running_loop().time()
         return True
 
@@ -475,50 +417,13 @@ class Supervisor:
         self.port_refusal = error
         self.forwarder.refusal = error
 
-    async def _relay_failed_alone(self, conn: asyncssh.SSHClientConnection) -> None:
-        """The server answers directly but not through the relay: frozen or wedged. Twice in a
-        row, so one slow hello on a loaded machine does not cost every stream its relay."""
-        if self.relay_error is None or self.link.connection is not conn:
-            self._relay_misses = 0
-            return
-        self._relay_misses += 1
-        if self._relay_misses >= RELAY_MISSES_BEFORE_RESTART:
-            self._relay_misses = 0
-            await self._restart_relay(f"the relay stopped answering ({self.relay_error}) while the server answered directly", stop_first=True)
-
-    async def _ping_through_relay(self, timeout: float) -> float:
-        """A Ping over a relay stream of its own: the stream code clients use, from a socket
-        pair instead of the listener, counted apart so `status` shows only the users' streams."""
-        self._probe_path.socket_path = self.relay.socket_path
-        ours, theirs = socket.socketpair()
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: ResumableClient(self._probe_path, set()), theirs)
-            reader, writer = await asyncio.open_connection(sock=ours)
-        except BaseException:
-            ours.close()
-            theirs.close()
-            raise
-        try:
-            return await wire_ping(reader, writer, timeout)
-        finally:
-            writer.close()
-
     async def _relay_answers(self) -> bool:
-        """In resumable mode, Ping the server the way clients reach it: over a relay stream.
-        A dead or frozen (SIGSTOP) relay fails it while the server itself answers; the
-        caller tells those apart with a direct Ping."""
-        if self.forwarder.relay is None:
-            self.relay_error = None
+        """A health Ping through the relay, the way clients reach the server (RelayKeeper.ping)."""
+        rtt = await self.relay.ping()
+        if rtt is None:
             return False
-        try:
-            self.rtt_ms = await self._ping_through_relay(timeout=max(RELAY_PING_TIMEOUT, 2 * self.settings.keepalive)) * 1000
-        except (GtRemoteError, OSError) as exc:
-            self.relay_error = str(exc)
-            log.warning("health Ping through the relay failed: %s", exc)
-            return False
-        self.relay_error = None
+        self.rtt_ms = rtt * 1000
         self.server_error = None
-        self._relay_misses = 0
         return True
 
     # --- waking up ------------------------------------------------------------------
@@ -577,75 +482,7 @@ class Supervisor:
         except PortNotOurs as error:
             self._refuse(error)  # the link is fine: the health loop sees when the port is ours again
         self.server_error = None  # the server was just checked (and revived if it had died)
-        await self._ensure_relay(conn)
-
-    async def _ensure_relay(self, conn: asyncssh.SSHClientConnection, at_bring_up: bool = False, known: dict[str, str] | None = None) -> remote_relay.RelayState | None:
-        """Resumable streams where the relay runs; plain forwarding, with the reason, where not.
-
-        At bring-up the channel check rides beside the end-to-end Ping (_prove_end_to_end)."""
-        if not self.settings.resume:
-            return None
-        was_missing, self.relay.missing = self.relay.missing, False
-        state = await remote_relay.ensure_relay(conn, self.settings.remote_port, known, lease=remote_lease.lease_name(self.settings))
-        if state.socket is not None and not at_bring_up and (was_missing or self.forwarder.relay is None):
-            refused = await remote_relay.channel_refused(conn, state.socket)
-            if refused:
-                state = remote_relay.RelayState(None, pid=state.pid, reason=refused, started=state.started)
-        if at_bring_up and state.started:
-            self.relay_started_pid = state.pid  # stopped again if the bring-up fails
-        if at_bring_up and state.socket is None:
-            self.say(f"connections are not resumable: {state.reason}")
-        if state.socket is None:
-            self._plain_forwarding(state.reason)
-            return state
-        self._relay_pid = state.pid
-        self.relay.socket_path = state.socket
-        self.resume_reason = None
-        self.forwarder.relay = self.relay
-        return state
-
-    async def _guarded_relay_check(self, conn: asyncssh.SSHClientConnection) -> None:
-        """A stream found no relay while the link stayed up (it was killed): start it again."""
-        await self._restart_relay("a stream found no relay")
-
-    async def _relay_missing(self, cause: str) -> None:
-        """RelayPath's hook: a new stream found no relay. It waits while the relay starts."""
-        before = self.relay_restarts
-        await self._restart_relay(cause)
-        if self.relay_restarts == before:  # none started (one runs, or none can): do not hammer the remote
-            await asyncio.sleep(RELAY_RETRY_PAUSE)
-
-    async def _restart_relay(self, cause: str, stop_first: bool = False) -> None:
-        """Start the relay again; every caller meanwhile waits on the same restart."""
-        if self._relay_restart is None or self._relay_restart.done():
-            self._relay_restart = asyncio.create_task(self._restart_relay_once(cause, stop_first))
-        await asyncio.shield(self._relay_restart)
-
-    async def _no_more_relay_restarts(self) -> None:
-        """`down --stop-server` stops the relay: no stream or health Ping may start it again
-        afterwards, nor a restart already under way."""
-        self._relay_restarts_allowed = False
-        restart = self._relay_restart
-        if restart is not None and not restart.done():
-            await asyncio.wait([restart])
-
-    async def _restart_relay_once(self, cause: str, stop_first: bool) -> None:
-        conn = self.link.connection
-        if conn is None or not self.settings.resume or not self._relay_restarts_allowed:
-            return  # the next connection starts it (after_reconnect), or `down` stops it
-        try:
-            if stop_first:  # frozen or wedged: SIGTERM, then SIGKILL, which a stopped process cannot ignore
-                await remote_relay.stop_relay(conn, self.settings.remote_port)
-                self.relay.missing = True
-            state = await self._ensure_relay(conn)
-        except (GtRemoteError, asyncssh.Error, OSError) as exc:
-            log.warning("restarting the relay failed: %s", reason(exc))
-            return
-        if state is not None and state.started:
-            self.relay_restarts += 1
-            self.last_relay_death = {"at": iso(time.time()), "cause": cause}
-            self.relay_error = None
-            log.warning("relay restarted (pid %s), restart #%d: %s", state.pid, self.relay_restarts, cause)
+        await self.relay.ensure(conn)
 
     async def _revive(self, conn: asyncssh.SSHClientConnection) -> None:
         assert self.server is not None
@@ -692,7 +529,7 @@ class Supervisor:
         server (Pinged directly over SSH), or else what lies between (relay or forwarding)."""
         conn = self.link.connection
         cause = self.link.last_error.cause if self.link.last_error else None
-        found: dict[str, Any] = {"ok": True, "state": self.state, "last_cause": cause, "resumable": self.forwarder.relay is not None}
+        found: dict[str, Any] = {"ok": True, "state": self.state, "last_cause": cause, "resumable": self.relay.in_use}
         if not self.ready or conn is None:
             return {**found, "link_up": False}
         if self.port_refusal is not None:  # never Ping another account's listener, not even to diagnose
@@ -740,12 +577,7 @@ class Supervisor:
         return None
 
     async def _stop_remote_server(self) -> dict[str, Any]:
-        await self._no_more_relay_restarts()
-        try:
-            conn = await self.link.wait_connected(5.0)
-            await remote_relay.stop_relay(conn, self.settings.remote_port)
-        except GtRemoteError as error:
-            log.warning("could not stop the relay: %s", error)
+        await self.relay.stop()
         server = self.server
         if server is None or not server.started_by_gt_remote:
             return {"server_stopped": None, "server_note": "the remote server was not started by gt-remote; left running"}
@@ -836,30 +668,16 @@ class Supervisor:
             "clients": len(self.forwarder.clients),
             "tunnels_sharing_server": 1 + len(self.lease_holders),
             "shared_with": list(self.lease_holders),
-            **self.resume_status(),
+            **self.relay.status(),
             "last_wake": self._last_wake_status(),
             "last_recovery_s": None if link.last_recovery_s is None else round(link.last_recovery_s, 3),
             "exports": export_lines(self.settings.local_url, self.settings.server),
             "internals": {
                 "asyncio_tasks": len(asyncio.all_tasks()),
                 "open_fds": _open_fds(),
-                "resume_buffered_bytes": self.relay.buffered(),
-                "resume_peak_unacked_bytes": self.relay.peak_unacked,
+                "resume_buffered_bytes": self.relay.path.buffered(),
+                "resume_peak_unacked_bytes": self.relay.path.peak_unacked,
             },
-        }
-
-    def resume_status(self) -> dict[str, Any]:
-        return {
-            "resumable": self.forwarder.relay is not None,
-            "resumable_reason": self.resume_reason,
-            "resume_window_s": self.settings.resume_window,
-            "streams_open": len(self.relay.streams),
-            "relay_streams": self.relay.relay_streams,
-            "streams_resumed": self.relay.streams_resumed,
-            "bytes_replayed": self.relay.bytes_replayed,
-            "relay_restarts": self.relay_restarts,
-            "last_relay_death": self.last_relay_death,
-            "relay_error": self.relay_error,
         }
 
     def _last_wake_status(self) -> dict[str, Any] | None:
@@ -881,7 +699,7 @@ class Supervisor:
         write_private(self.files.record, json.dumps(record, indent=2))
 
     def _save_record_if_changed(self) -> None:
-        key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid, str(self.port_refusal), tuple(self.lease_holders), self.relay_restarts, self.relay_error)
+        key = (self.link.state, str(self.link.last_error), self.server_restarts, self.server and self.server.pid, str(self.port_refusal), tuple(self.lease_holders), self.relay.restarts, self.relay.error)
         if key != self._saved:
             try:
                 self._save_record()
@@ -894,7 +712,7 @@ class Supervisor:
         if self._control is not None:
             self._control.close()
             self.files.control.unlink(missing_ok=True)
-        await self.relay.close_detached()  # streams waiting for the link end now, not after the window
+        await self.relay.path.close_detached()  # streams waiting for the link end now, not after the window
         await self.forwarder.close()
         await self.link.close()
         if self.exit_cause is None:
@@ -931,58 +749,6 @@ async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, An
         await supervisor.serve_forever()
     finally:
         keeper.cancel()
-
-
-def setup_logging(files: HostFiles, also_stderr: bool = False) -> None:
-    """A size-capped, rotated log per host. Rotation makes new files: umask keeps them 0600."""
-    os.umask(0o077)
-    path = files.log
-    os.close(open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT))  # a link planted there fails here
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
-    handler.setFormatter(visible_formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))  # remote text: no escapes
-    handlers: list[logging.Handler] = [handler]
-    if also_stderr:  # `up --foreground`: the service manager's journal gets the same lines
-        stderr = logging.StreamHandler(sys.stderr)
-        stderr.setFormatter(visible_formatter("gt-remote: %(message)s"))
-        stderr.addFilter(lambda record: not getattr(record, "file_only", False))
-        handlers.append(stderr)
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
-
-
-class EventPipe:
-    """Progress for the waiting `up` as JSON lines on stdout, closed once the tunnel is up."""
-
-    def emit(self, event: str, **fields: Any) -> None:
-        try:
-            sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
-            sys.stdout.flush()
-        except (BrokenPipeError, ValueError):
-            pass  # `up` went away (Ctrl-C); carry on, the log has it all
-
-    def progress(self, message: str) -> None:
-        log.info("%s", message)
-        self.emit("progress", message=message)
-
-    def ready(self, status: dict[str, Any]) -> None:
-        self.emit("ready", status=status)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-
-
-def settings_from_stdin(name: str) -> HostSettings:
-    """The settings `up` writes down our stdin and closes (lifecycle._hand_over): /proc/PID/cmdline
-    and `ps` show every local account our arguments, so those name the host and nothing more.
-    Settings for another host are refused, as the command line must say whose supervisor this is."""
-    text = sys.stdin.buffer.read().decode()
-    devnull = os.open(os.devnull, os.O_RDONLY)  # the pipe is spent: children get nothing from it
-    os.dup2(devnull, sys.stdin.fileno())
-    os.close(devnull)
-    settings = HostSettings.from_json(text)
-    if settings.name != name:
-        raise ValueError(f"settings for {settings.name!r} handed to the supervisor of {name!r}")
-    return settings
 
 
 def main(argv: list[str]) -> int:
