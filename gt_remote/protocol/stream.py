@@ -39,318 +39,56 @@ Decisions both ends share, each written here once:
   never a reset; the adapters close the application's socket after a linger;
 - a hello retried after a drop resumes whatever the relay holds, and creates the stream
   only when the relay never saw its id (so a client's first bytes reach the server once).
+
+Its size (about 550 lines) is one state machine, the Stream class, whose decisions read best
+side by side; the wire (frames.py) and the outbox and budget (outbox.py) are apart. It also
+offers their names, as it always has, to the ends and the tests.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import string
-import struct
 from collections import OrderedDict, deque
-from typing import Any, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
-HEADER = struct.Struct(">cI")
-ACK = struct.Struct(">QQ")  # positions received, bytes consumed
-CAP = 4 * 1024 * 1024  # bytes per stream and direction the peer's application has not taken
-BUDGET = 64 * 1024 * 1024  # outbox bytes across all streams of one end
-ACK_EVERY = 512 * 1024
-ACK_DELAY = 0.05
-FRAME_DATA = 256 * 1024  # the most data one D frame carries
-BATCH = 256 * 1024  # the most data one call of `to_channel` hands out
-HIGH_WATER = 128 * 1024  # a transport's write buffer beyond this: stop writing to it (adapters)
-SMALL = 16 * 1024  # small writes are merged in the outbox, so a trickle is not a pile of objects
-COALESCE = 64 * 1024  # up to this, what is due goes as one write (a message and its ack in one SSH
-# packet); past it, one write per piece, never copied again to be joined
-LINGER = 5.0  # an ended application's socket is read (and dropped) this long, so it gets FIN, not RST
-MAX_FRAME = 1024 * 1024
-MAX_HELLO = 16 * 1024
-MAX_REPLY = 64 * 1024
-MAX_WINDOW = 24 * 3600.0
-MAX_HEARTBEAT = 3600.0
-MAX_STREAMS = 1024
-MAX_POSITION = 1 << 62
-MAX_LEASE_TTL = 24 * 3600
-ENDED_KEPT = 4096  # ids of ended streams the relay remembers, so a late retry cannot revive one
-LEASE_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
-TRIM_AFTER = 1024 * 1024  # a stream that moved this much gives its memory back when it ends
-
-LAPTOP = "laptop"  # the end that says hello and sends heartbeats
-RELAY = "relay"  # the end that answers them
-
-HEARTBEAT_FRAME = HEADER.pack(b"K", 0)
-CLOSE_FRAME = HEADER.pack(b"C", 0)
-EOF_FRAME = HEADER.pack(b"E", 0)
-
-
-class FrameError(ValueError):
-    """The bytes on a channel are not frames of this protocol: that channel is broken."""
-
-
-class HelloError(ValueError):
-    """A hello the relay will not serve: answered with the reason, then closed."""
-
-
-class StreamGone(Exception):
-    """The far end no longer has the stream, or refused it: it ends cleanly."""
-
-
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return HEADER.pack(kind, len(payload)) + payload
-
-
-class FrameReader:
-    """Splits a byte stream into (type, payload) frames, bounded by `limit` (and the first
-    frame, the hello or its reply, by `first_limit`)."""
-
-    def __init__(self, limit: int = MAX_FRAME, first_limit: Optional[int] = None) -> None:
-        self.buffer = bytearray()
-        self.limit = limit
-        self.first_limit = first_limit
-
-    def feed(self, data: bytes) -> List[Tuple[bytes, bytes]]:
-        buffered = bool(self.buffer)
-        if buffered:
-            self.buffer += data
-            view = memoryview(self.buffer)
-        else:
-            view = memoryview(data)  # the common case: frames straight from `data`, no buffering
-        frames = []
-        start, size = 0, len(view)
-        try:
-            while size - start >= HEADER.size:
-                kind, length = HEADER.unpack_from(view, start)
-                limit = self.limit if self.first_limit is None else self.first_limit
-                if length > limit:
-                    raise FrameError("a frame of %d bytes (at most %d)" % (length, limit))
-                end = start + HEADER.size + length
-                if end > size:
-                    break
-                frames.append((kind, view[start + HEADER.size : end].tobytes()))
-                self.first_limit = None
-                start = end
-        finally:
-            view.release()
-        if buffered:
-            del self.buffer[:start]
-        elif start < size:
-            self.buffer += data[start:]
-        return frames
-
-
-# --- hellos and replies ---------------------------------------------------------------------
-
-
-def _seconds(value: Any, name: str, most: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise HelloError("%s must be a number of seconds" % name)
-    if isinstance(value, int) and not 0 < value <= most:  # no float(): a 400-digit int overflows
-        raise HelloError("%s must be more than 0 and at most %g s" % (name, most))
-    seconds = float(value)
-    if not (math.isfinite(seconds) and 0 < seconds <= most):
-        raise HelloError("%s must be more than 0 and at most %g s" % (name, most))
-    return seconds
-
-
-def _stream_id(value: Any) -> str:
-    if not isinstance(value, str) or not 32 <= len(value) <= 64 or not all(c in string.hexdigits for c in value):
-        raise HelloError("bad stream id")
-    return value
-
-
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
-        raise HelloError("%s must be a byte count" % name)
-    return value
-
-
-def _lease_name(value: Any) -> str:
-    """A file name in the leases directory: no path, no dot file and no *.tmp (temporaries)."""
-    if not isinstance(value, str) or not 1 <= len(value) <= 120 or value.startswith(".") or value.endswith(".tmp") or not set(value) <= LEASE_NAME_CHARS:
-        raise HelloError("bad lease name")  # a .tmp name would be skipped by every lister
-    return value
-
-
-def _owner(value: Any) -> str:
-    """Whose streams these are (the supervisor's lease name): `down` closes them by it."""
-    return "" if value is None else _lease_name(value)
-
-
-def _lease_ttl(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_LEASE_TTL:
-        raise HelloError("ttl must be a whole number of seconds, more than 0 and at most %d" % MAX_LEASE_TTL)
-    return value
-
-
-def _timing(request: Dict[str, Any]) -> Dict[str, float]:
-    heartbeat = request.get("heartbeat")
-    return {
-        "window": _seconds(request.get("window", 900), "window", MAX_WINDOW),
-        "heartbeat": 0.0 if heartbeat is None else _seconds(heartbeat, "heartbeat", MAX_HEARTBEAT),
-    }
-
-
-def parse_hello(payload: bytes) -> Dict[str, Any]:
-    """A hello's fields, checked; HelloError names what is wrong."""
-    try:
-        request = json.loads(payload.decode("utf-8"))
-    except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
-        raise HelloError("malformed hello: not JSON") from None
-    if not isinstance(request, dict):
-        raise HelloError("malformed hello: not a JSON object")
-    op = request.get("op")
-    if op == "stats":
-        return {"op": "stats", "owner": _owner(request.get("owner"))}
-    if op == "new":
-        parsed: Dict[str, Any] = {"op": "new", "id": _stream_id(request.get("id")), "owner": _owner(request.get("owner"))}
-        parsed.update(_timing(request))
-        return parsed
-    if op == "resume":
-        received, consumed = _count(request.get("received"), "received"), _count(request.get("consumed", 0), "consumed")
-        resumed: Dict[str, Any] = {"op": "resume", "id": _stream_id(request.get("id")), "received": received, "consumed": min(consumed, received), "owner": _owner(request.get("owner"))}
-        if request.get("create") is True:
-            resumed["create"] = True
-            resumed.update(_timing(request))
-        return resumed
-    if op == "close":
-        if "owner" in request:
-            return {"op": "close", "owner": _lease_name(request.get("owner")), "ids": []}
-        ids = request.get("ids")
-        if not isinstance(ids, list) or len(ids) > MAX_STREAMS:
-            raise HelloError("ids must be a list of at most %d stream ids" % MAX_STREAMS)
-        return {"op": "close", "owner": "", "ids": [_stream_id(one) for one in ids]}
-    if op == "lease":
-        return {"op": "lease", "name": _lease_name(request.get("name")), "ttl": _lease_ttl(request.get("ttl"))}
-    raise HelloError("unknown op")
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def parse_reply(kind: bytes, payload: bytes, acked: int, most: int) -> Tuple[int, int, int]:
-    """The relay's answer to a stream's hello: (positions it received, bytes its server
-    took, bytes it replays), or StreamGone. `acked..most` is what it may claim to have."""
-    if kind != b"R":
-        raise StreamGone("the relay answered with a %r frame, not a reply" % (kind,))
-    try:
-        answer = json.loads(payload)
-    except (ValueError, RecursionError):
-        raise StreamGone("the relay's reply is not JSON") from None
-    if not isinstance(answer, dict):
-        raise StreamGone("the relay's reply is not a JSON object")
-    if "error" in answer:
-        raise StreamGone(str(answer["error"])[:200])
-    counts = answer.get("received"), answer.get("consumed", 0), answer.get("replaying", 0)
-    if not all(_is_count(count) for count in counts):
-        raise StreamGone("the relay's reply has no byte counts")
-    received, consumed, replaying = (int(str(count)) for count in counts)  # ints: checked above
-    if not acked <= received <= most:
-        raise StreamGone("the relay claims %d positions received, we sent %d" % (received, most))
-    return received, max(0, min(consumed, received)), max(0, min(replaying, CAP + MAX_FRAME))
-
-
-# --- what one end keeps -----------------------------------------------------------------------
-
-Chunk = Union[bytes, memoryview]
-
-
-class Outbox:
-    """The bytes the peer's application has not taken, from stream position `start` to `end`, kept as
-    the chunks they came in: appending and dropping never copy what is kept. Reading from a
-    position is how both a plain flush and a replay find their bytes: there is no second
-    queue of "not yet sent" chunks to keep in step with this one."""
-
-    def __init__(self) -> None:
-        self.chunks: Deque[bytes] = deque()
-        self.head = 0  # bytes of chunks[0] before `start`
-        self.start = 0
-        self.end = 0
-
-    def __len__(self) -> int:
-        return self.end - self.start
-
-    def append(self, data: bytes) -> None:
-        chunks = self.chunks
-        if chunks and len(chunks[-1]) + len(data) <= SMALL:
-            chunks[-1] = chunks[-1] + data
-        else:
-            chunks.append(data)
-        self.end += len(data)
-
-    def drop_to(self, position: int) -> int:
-        """The peer has everything before `position`: let it go; how many bytes were dropped."""
-        position = min(position, self.end)
-        if position <= self.start:
-            return 0
-        dropped, count = position - self.start, position - self.start + self.head
-        chunks = self.chunks
-        while chunks and count >= len(chunks[0]):
-            count -= len(chunks.popleft())
-        self.head = count if chunks else 0
-        self.start = position
-        return dropped
-
-    def read(self, position: int, most: int) -> List[Chunk]:
-        """Up to `most` bytes from `position` on, as views of the kept chunks."""
-        skip = position - self.start + self.head
-        pieces: List[Chunk] = []
-        for chunk in self.chunks:
-            if skip >= len(chunk):
-                skip -= len(chunk)
-                continue
-            piece: Chunk = memoryview(chunk)[skip : skip + most] if skip or len(chunk) - skip > most else chunk
-            skip = 0
-            pieces.append(piece)
-            most -= len(piece)
-            if most <= 0:
-                break
-        return pieces
-
-    def clear(self) -> None:
-        self.chunks = deque()
-        self.head = 0
-        self.start = self.end
-
-
-class Budget:
-    """The outbox bytes of all streams of one end: past `limit`, the stream whose outbox is
-    the largest stops reading its application, until the total falls to half of `limit`."""
-
-    def __init__(self, limit: int = BUDGET) -> None:
-        self.limit = limit
-        self.total = 0
-        self.peak = 0
-        self.members: Dict[int, Stream] = {}
-        self.changed: List[Stream] = []  # streams whose reading changed for another's sake
-
-    def join(self, stream: Stream) -> None:
-        self.members[id(stream)] = stream
-
-    def leave(self, stream: Stream) -> None:
-        self.members.pop(id(stream), None)
-
-    def stop_the_largest(self) -> None:
-        """Past the limit: the stream with the largest outbox that still reads stops reading."""
-        reading = [s for s in self.members.values() if not s.budget_paused and s.outbox]
-        if reading:
-            largest = max(reading, key=lambda s: len(s.outbox))
-            largest.budget_paused = True
-            largest._update_reading()
-            self.changed.append(largest)
-
-    def shrink(self, size: int) -> None:
-        self.total -= size
-        if self.total <= self.limit // 2:
-            for stream in self.members.values():
-                if stream.budget_paused:
-                    stream.budget_paused = False
-                    stream._update_reading()
-                    self.changed.append(stream)
-
-    def take_changed(self) -> List[Stream]:
-        changed, self.changed = self.changed, []
-        return changed
+from gt_remote.protocol.frames import (
+    ACK,
+    ACK_DELAY,
+    ACK_EVERY,
+    BATCH,
+    BUDGET,
+    CAP,
+    CLOSE_FRAME,
+    COALESCE,
+    ENDED_KEPT,
+    EOF_FRAME,
+    FRAME_DATA,
+    HEADER,
+    HEARTBEAT_FRAME,
+    HIGH_WATER,
+    LAPTOP,
+    LEASE_NAME_CHARS,
+    LINGER,
+    MAX_FRAME,
+    MAX_HEARTBEAT,
+    MAX_HELLO,
+    MAX_LEASE_TTL,
+    MAX_POSITION,
+    MAX_REPLY,
+    MAX_STREAMS,
+    MAX_WINDOW,
+    RELAY,
+    SMALL,
+    TRIM_AFTER,
+    FrameError,
+    FrameReader,
+    HelloError,
+    StreamGone,
+    frame,
+    parse_hello,
+    parse_reply,
+)
+from gt_remote.protocol.outbox import Budget, Chunk, Outbox
 
 
 class Stream:
@@ -364,7 +102,7 @@ class Stream:
     to pause or resume its application, and `finished` (with `why`) to let the stream go.
     """
 
-    def __init__(self, role: str, window: float, now: float, budget: Optional[Budget] = None, cap: int = CAP, stream_id: str = "", owner: str = "") -> None:
+    def __init__(self, role: str, window: float, now: float, budget: Optional[Budget[Stream]] = None, cap: int = CAP, stream_id: str = "", owner: str = "") -> None:
         self.role = role
         self.window = window
         self.cap = cap
@@ -747,7 +485,7 @@ class StreamTable:
     """The relay's streams by id, and the ids of those that ended (so that a hello retried
     after they ended cannot start them again). Sans-IO: the relay dials, this decides."""
 
-    def __init__(self, budget: Budget, most: int = MAX_STREAMS) -> None:
+    def __init__(self, budget: Budget[Stream], most: int = MAX_STREAMS) -> None:
         self.budget = budget
         self.most = most
         self.streams: Dict[str, Stream] = {}

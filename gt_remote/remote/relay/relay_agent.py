@@ -465,7 +465,7 @@ class Relay:
     def __init__(self, port: int, budget: int = BUDGET, leases: Optional[str] = None) -> None:
         self.port = port
         self.loop = asyncio.get_running_loop()
-        self.budget = Budget(budget)
+        self.budget = Budget(budget)  # type: Budget[Stream]
         self.table = StreamTable(self.budget)
         self.leases = leases  # the directory of this port's leases, or None: no lease op
         self.started = time.time()
