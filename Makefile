@@ -6,6 +6,10 @@
 # `make test-core` runs the core set only (unit, wire, golden frames, the stream core's model, relay, resume, what a supervisor leaves out,
 # the packets a message costs):
 # what CI runs on the Pythons other than its main one.
+# `make test-quick` runs every test that needs no Docker engine (`pytest -m "not docker"`: tests/unit/,
+# tests/contracts/; tests/e2e/ and every test that starts a container are marked docker), in under a
+# minute, with the venv only: no test bed. It checks the stream core's properties on fewer examples;
+# `make test` and `make test-core` run the full proof count (GT_REMOTE_FULL_PROOF=1).
 
 PYTHON ?= python3
 PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -20,11 +24,14 @@ endif
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-CORE_TESTS := tests/test_addresses.py tests/test_config_policy.py tests/test_wake.py tests/test_wire.py \
-              tests/test_golden_frames.py tests/test_watchdog.py tests/test_stream_core.py tests/test_resume.py tests/test_lean.py tests/test_ssh_packets.py $(wildcard tests/test_relay*.py)
+CORE_TESTS := tests/unit/test_addresses.py tests/unit/test_config_policy.py tests/unit/test_wake.py tests/unit/test_wire.py \
+              tests/contracts/test_golden_frames.py tests/unit/test_watchdog.py tests/unit/test_stream_core.py \
+              tests/unit/test_resume.py tests/e2e/test_resume.py tests/e2e/test_resume_streams.py tests/unit/test_lean.py \
+              tests/unit/test_ssh_packets.py tests/e2e/test_ssh_packets.py \
+              $(wildcard tests/unit/test_relay*.py tests/contracts/test_relay*.py tests/e2e/test_relay*.py)
 PYTEST_ARGS ?=
 
-.PHONY: test test-core lint demo testbed venv bench clean
+.PHONY: test test-core test-quick lint demo testbed venv bench clean
 
 venv: $(STAMP)
 
@@ -44,10 +51,13 @@ lint: venv
 
 # pytest exits 5 when it collected nothing: make fails on it like on any other failure.
 test: venv testbed lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	GT_REMOTE_FULL_PROOF=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-core: venv testbed
-	$(PY) -m pytest $(PYTEST_ARGS) $(CORE_TESTS)
+	GT_REMOTE_FULL_PROOF=1 $(PY) -m pytest $(PYTEST_ARGS) $(CORE_TESTS)
+
+test-quick: venv
+	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
 
 demo: venv testbed
 	$(PY) -m tests.demo

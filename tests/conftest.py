@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("GT_REMOTE_CPU_HOG", "") not in ("", "0"),
         help="keep one core busy for the whole run (a bounded busy loop this run starts and ends), to prove tests wait on state, not on time; also GT_REMOTE_CPU_HOG=1",
     )
+
+
+CONTAINER_FIXTURES = frozenset({"ssh_host", "host_factory", "test_image"})
+E2E_DIR = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `docker` every test that starts a container: all of tests/e2e/, and anywhere else any
+    test that uses a container fixture (directly or through another fixture), so that
+    `pytest -m "not docker"` never needs the Docker engine."""
+    for item in items:
+        in_e2e = E2E_DIR in Path(str(item.path)).parents
+        if in_e2e or CONTAINER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -101,6 +116,27 @@ def host_factory(tmp_path: Path, client_key: ClientKey, test_image: str) -> Iter
 @pytest.fixture
 def ssh_host(host_factory: HostFactory) -> SshHost:
     return host_factory()
+
+
+@pytest.fixture
+def untouched_host(tmp_path: Path) -> Iterator[Path]:
+    """An ssh config naming gaming-pc at a loopback port that listens and never answers, for errors
+    found before any connection: no container, and the listener fails the test if `up` dialled it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    config = tmp_path / "untouched_ssh_config"
+    config.write_text(f"Host gaming-pc\n    HostName 127.0.0.1\n    Port {listener.getsockname()[1]}\n    User gamer\n")
+    yield config
+    listener.setblocking(False)
+    try:
+        dialled, _ = listener.accept()
+    except BlockingIOError:
+        return
+    finally:
+        listener.close()
+    dialled.close()
+    pytest.fail("the error was to come before any connection, but gaming-pc was dialled")
 
 
 @pytest.fixture

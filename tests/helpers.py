@@ -8,6 +8,7 @@ import importlib.util
 import os
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from types import ModuleType
 from gt_remote.base.addresses import parse_address
 from gt_remote.base.errors import PingFailed
 from gt_remote.ccmux.wire import ping_address
+from tests.testbed import REPO
 
 STANDIN_PATTERN = "--listen-tcp 127.0.0.1:"
 
@@ -87,13 +89,14 @@ def openssl_mapped(pid: int) -> list[str]:
     return sorted({line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/_ssl." in line or "/_hashlib." in line or "/libssl.so" in line})
 
 
-def assert_nothing_left(gt, port: int = 9999) -> None:  # type: ignore[no-untyped-def]
-    """After a failed `up`: no supervisor, no control socket, no record, the port free."""
+def assert_nothing_left(gt, port: int | None = 9999) -> None:  # type: ignore[no-untyped-def]
+    """After a failed `up`: no supervisor, no control socket, no record, the port free (unless
+    `port` is None: a test that never bound one, or whose port something else holds)."""
     runtime = Path(gt.env["XDG_RUNTIME_DIR"])
     assert supervisor_processes(str(runtime)) == []
     assert list((runtime / "gt-remote").glob("*.sock")) == []
     assert list((gt.home / ".local/state/gt-remote/hosts").glob("*.json")) == []
-    assert tcp_port_free(port)
+    assert port is None or tcp_port_free(port)
 
 
 def one_error_line(stderr: str) -> str:
@@ -138,3 +141,12 @@ def load_agent() -> ModuleType:
     sys.modules[spec.name] = module  # dataclass-free, but `from __future__ import annotations` wants a home
     spec.loader.exec_module(module)
     return module
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter over the gt_remote package found first on PYTHONPATH=root."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    return subprocess.run(
+        [str(lint), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=root, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120,
+    )

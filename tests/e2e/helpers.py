@@ -1,0 +1,203 @@
+"""Helpers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import select
+import shlex
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+from tests.conftest import Gt
+from tests.helpers import STANDIN_PATTERN
+from tests.testbed import USER, SshHost, wait_for
+
+PORT = 9999
+
+
+# --- helpers inside the container -------------------------------------------------------
+
+
+def add_account(host: SshHost, name: str, with_key: bool = False) -> int:
+    """A second account on the gaming PC, made at run time."""
+    host.sh(f"id {name} >/dev/null 2>&1 || useradd --create-home --shell /bin/bash {name}")
+    if with_key:
+        host.sh(f"usermod -p '*' {name} && install -d -m 0700 -o {name} -g {name} /home/{name}/.ssh")
+        host.sh(f"install -m 0600 -o {name} -g {name} /home/{USER}/.ssh/authorized_keys /home/{name}/.ssh/authorized_keys")
+    return int(host.sh(f"id -u {name}").strip())
+
+
+def our_server_pids(host: SshHost) -> list[int]:
+    code, output = host.exec(f"exec pgrep -u {USER} -f -- {shlex.quote(STANDIN_PATTERN + str(PORT))}")
+    return [int(pid) for pid in output.split()] if code == 0 else []
+
+
+PING = b"\x00\x00\x00\x04\x11\x00\x00\x00"
+
+
+PONG = PING
+
+
+GET_SERVER_STATUS = b"\x00\x00\x00\x04\x0f\x00\x00\x00"
+
+
+STANDIN_ECHO = 0x7FFF0001
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError(f"EOF after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    (length,) = struct.unpack(">I", recv_exactly(sock, 4))
+    return struct.pack(">I", length) + recv_exactly(sock, length)
+
+
+def echo_frame(seq: int, filler: int = 200) -> bytes:
+    payload = struct.pack("<IQ", STANDIN_ECHO, seq) + bytes((seq + i) % 251 for i in range(filler))
+    return struct.pack(">I", len(payload)) + payload
+
+
+class LongClient:
+    """One connection through the tunnel, busy all the time: an echo frame and a Ping per round."""
+
+    def __init__(self, port: int = PORT) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.settimeout(120)  # a fault stalls it; only a reset or EOF is a failure
+        self.rounds = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        try:
+            while not self._stop.is_set():
+                seq += 1
+                frame = echo_frame(seq)
+                self.sock.sendall(frame + PING)
+                assert recv_frame(self.sock) == frame, f"echo {seq} came back wrong or out of order"
+                assert recv_frame(self.sock) == PONG, f"the Ping after echo {seq} was not answered next"
+                self.rounds += 1
+                self._stop.wait(0.02)  # pacing, about 50 rounds a second
+        except BaseException as exc:  # reset, EOF, timeout or a wrong reply: all failures
+            if not self._stop.is_set():
+                self.error = exc
+
+    def wait_rounds(self, more: int, timeout: float = 60) -> None:
+        target = self.rounds + more
+        wait_for(lambda: self.rounds >= target or self.error is not None, timeout, f"{more} more answered rounds")
+        assert self.error is None, f"the client saw {self.error!r}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(10)
+
+
+def row(gt: Gt) -> dict[str, Any]:
+    [status] = gt.status("gaming-pc")
+    return status
+
+
+def bring_up(gt: Gt, host: SshHost, *args: str) -> dict[str, Any]:
+    result = gt.up(host, "--keepalive", "1", *args)
+    assert result.returncode == 0, result.stderr
+    return row(gt)
+
+
+def wait_recovered(gt: Gt, reconnects: int, timeout: float = 45) -> None:
+    wait_for(lambda: (s := row(gt))["state"] == "up" and s["reconnects"] >= reconnects, timeout, f"reconnect #{reconnects}")
+
+
+def relay_stats(host: SshHost) -> dict[str, Any]:
+    """What the relay itself reports, asked on its socket inside the container."""
+    return relay_request(host, {"op": "stats"})
+
+
+def relay_request(host: SshHost, message: dict[str, Any]) -> dict[str, Any]:
+    """One hello to the relay on its socket inside the container, as the login user; its reply."""
+    asker = (
+        "import json, socket, struct, os\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect(os.path.expanduser('~/.local/state/gt-remote/relay-{PORT}/sock'))\n"
+        f"body = json.dumps({message!r}).encode()\n"
+        "s.sendall(b'H' + struct.pack('>I', len(body)) + body)\n"
+        "data = b''\n"
+        "while True:\n"
+        "    chunk = s.recv(65536)\n"
+        "    if not chunk: break\n"
+        "    data += chunk\n"
+        "print(data[5:].decode())\n"
+    )
+    return dict(json.loads(host.sh(f"python3 -c {shlex.quote(asker)}", user="gamer")))
+
+
+def server_clients_inside(host: SshHost) -> int:
+    """The stand-in's client count asked from inside the container, minus the asker."""
+    asker = (
+        "import socket, struct\n"
+        f"s = socket.create_connection(('127.0.0.1', {PORT}))\n"
+        f"s.sendall({GET_SERVER_STATUS!r})\n"
+        "data = b''\n"
+        "while len(data) < 51: data += s.recv(100)\n"
+        "print(struct.unpack_from('<Q', data, 16)[0])\n"
+    )
+    return int(host.sh(f"python3 -c {shlex.quote(asker)}", user="gamer")) - 1
+
+
+def kill_ssh_sessions(host: SshHost) -> None:
+    serving = host.pids("sshd: gamer")
+    assert serving, "no sshd process serves our connection"
+    for pid in serving:
+        host.kill(pid)
+
+
+def relay_pids(host: SshHost) -> list[int]:
+    return host.pids("relay_agent.py --socket")
+
+
+def expect_clean_close(sock: socket.socket) -> None:
+    """EOF, not a reset: drain what is left, then recv returns b''."""
+    sock.settimeout(60)
+    while True:
+        data = sock.recv(65536)  # a reset raises ConnectionResetError and fails the test
+        if not data:
+            return
+
+
+STALL = 60.0  # nothing taken for this long while not yet full: the flow is stuck, not slow
+
+
+MOST_OFFERED = 256 * 1024 * 1024  # taken without ever filling: the buffers are not capped
+
+
+def offer_until_full(sock: socket.socket, block: bytes, full: Any, what: str) -> None:
+    """Send whole frames as fast as the socket takes them until `full()` holds; backpressure,
+    not the test, stops it. No budget for the whole fill, which a loaded machine makes slow:
+    it fails only when the socket takes nothing for STALL s, or takes without end."""
+    pending = memoryview(block)
+    offered, progress_at = 0, time.monotonic()
+    while True:
+        try:
+            sent = sock.send(pending)
+        except BlockingIOError:
+            if full():
+                return
+            assert time.monotonic() - progress_at < STALL, f"stuck for {STALL:g} s ({offered} bytes taken) waiting for {what}"
+            select.select([], [sock], [], 0.5)
+            continue
+        offered, progress_at = offered + sent, time.monotonic()
+        assert offered <= MOST_OFFERED, f"{offered} bytes taken without {what}: the buffers are not capped"
+        pending = pending[sent:] or memoryview(block)
+

@@ -1,0 +1,204 @@
+"""`gt-remote down` against a real sshd: the server keeps running unless `--stop-server` (which
+stops only a server gt-remote started, with or without a supervisor), `--all` goes through every
+host, and a `down` from another shell cancels a bring-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Gt
+from tests.helpers import STANDIN_PATTERN, one_error_line, supervisor_processes, tcp_port_free, tcp_port_refuses
+from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
+
+SERVERS = "/home/gamer/.local/share/gt-remote/servers"
+
+
+def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
+    result = gt("status", *([host] if host else []), "--json")
+    return list(json.loads(result.stdout or "[]"))
+
+
+def start_up(gt: Gt, host: str, *args: str, ssh_config: Path | None = None) -> subprocess.Popen[str]:
+    """`gt-remote up` as a background process this test signals by pid."""
+    config = ssh_config or gt.ssh_config
+    cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), "up", host, *args]
+    return subprocess.Popen(cmd, env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def other_shell(gt: Gt, tmp_path: Path) -> Gt:
+    """The same user in another shell: same home, another XDG_RUNTIME_DIR (su, cron, ssh -T)."""
+    runtime = Path(os.path.join("/tmp", f"gtr-other-{os.getpid()}-{tmp_path.name[-12:]}"))
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    other = Gt(gt.home, runtime)
+    other.env = {**gt.env, "XDG_RUNTIME_DIR": str(runtime)}
+    return other
+
+
+def free_local() -> str:
+    """A local address no other test (of any worktree on this machine) is using now."""
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{spare.getsockname()[1]}"
+
+
+def remember_unreachable_remote(gt: Gt, tmp_path: Path, name: str) -> None:
+    """What a past `up` of `name` left behind (HostFiles.remote), pointing at a dead port."""
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        dead_port = spare.getsockname()[1]
+    config = tmp_path / "dead_ssh_config"
+    config.write_text(f"Host {name}\n    HostName 127.0.0.1\n    Port {dead_port}\n    UserKnownHostsFile {tmp_path / 'none'}\n")
+    code = (
+        "import sys; from gt_remote.runtime import reach; from gt_remote.base.config import resolve;"
+        "reach.remember(resolve(sys.argv[1], {}, {}, sys.argv[2]))"
+    )
+    subprocess.run([sys.executable, "-c", code, name, str(config)], env=gt.env, check=True)
+
+
+REMOTE_STATE = "/home/gamer/.local/state/gt-remote"
+
+
+def server_pids(host: SshHost, port: int = 9999) -> list[int]:
+    return host.pids(f"{STANDIN_PATTERN}{port}")
+
+
+def remote_ls(host: SshHost, path: str) -> list[str]:
+    code, output = host.exec(f"ls -A {path}", user="gamer")
+    return output.split() if code == 0 else []
+
+
+def local_files(gt: Gt) -> list[str]:
+    """Every file gt-remote keeps locally (directories do not count)."""
+    roots = [gt.home / ".local/state/gt-remote", Path(gt.env["XDG_RUNTIME_DIR"]) / "gt-remote"]
+    return sorted(str(path) for root in roots if root.exists() for path in root.rglob("*") if not path.is_dir())
+
+
+def remote_server_pids(host: SshHost, port: int = 9999) -> list[int]:
+    return host.pids(f"{STANDIN_PATTERN}{port}")
+
+
+def test_down_from_another_shell_cancels_a_bring_up_and_undoes_it(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    big = tmp_path / "big" / "ccmux-server"
+    big.parent.mkdir()
+    big.write_text(STANDIN.read_text() + "\n#" + "x" * (200 << 20))
+    big.chmod(0o755)
+    port = free_loopback_port()
+    first = start_up(gt, "gaming-pc", "--server-binary", str(big), "--local", f"tcp://127.0.0.1:{port}", ssh_config=ssh_host.ssh_config)
+    other = other_shell(gt, tmp_path)
+    try:
+        wait_for(lambda: any(str(r.get("step")).startswith("uploading") for r in rows(other)), 60, "the other shell to see the upload")
+        down = other("down", "gaming-pc")
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert down.returncode == 0, down.stderr
+    assert first.returncode == 130 and "interrupted while uploading" in err, err
+    wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 10, "the supervisor to exit")
+    _, partial = ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")
+    assert partial.strip() == ""
+    assert tcp_port_free(port) and rows(gt) == []
+
+
+def test_down_all_goes_through_every_host_and_names_each_failure(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    assert gt.up(ssh_host, "--local", free_local()).returncode == 0
+    remember_unreachable_remote(gt, tmp_path, "broken-pc")  # sorts before gaming-pc: fails first
+    result = gt("down", "--all", "--stop-server")
+    assert result.returncode == 1, result.stderr
+    assert "gt-remote: error: broken-pc: " in result.stderr and "refused the connection" in result.stderr
+    assert "gaming-pc: down; stopped the remote server" in result.stderr  # reached after the failure
+    assert one_error_line(result.stderr).startswith("gt-remote: error: 'down --all' failed for 1 of 2 hosts: broken-pc;")
+    assert gt.status("gaming-pc")[0]["state"] == "down"
+
+
+# --- down --stop-server after a plain down -------------------------------------------
+
+
+def test_down_stop_server_after_a_plain_down_stops_it(gt: Gt, ssh_host: SshHost) -> None:
+    assert gt.up(ssh_host).returncode == 0
+    [pid] = server_pids(ssh_host)
+    assert gt("down", "gaming-pc").returncode == 0
+    assert server_pids(ssh_host) == [pid]
+    result = gt("down", "gaming-pc", "--stop-server")
+    assert result.returncode == 0, result.stderr
+    assert "already down" in result.stderr and f"stopped the remote server (pid {pid})" in result.stderr
+    assert server_pids(ssh_host) == []
+    assert remote_ls(ssh_host, REMOTE_STATE + "/*.pid") == []
+
+
+def test_down_all_stop_server_covers_hosts_without_a_supervisor(gt: Gt, ssh_host: SshHost) -> None:
+    assert gt.up(ssh_host).returncode == 0
+    [pid] = server_pids(ssh_host)
+    assert gt("down", "--all").returncode == 0
+    result = gt("down", "--all", "--stop-server")
+    assert result.returncode == 0, result.stderr
+    assert f"gaming-pc: already down; stopped the remote server (pid {pid})" in result.stderr
+    assert server_pids(ssh_host) == []
+
+
+def test_down_stop_server_after_clean_connects_with_the_ssh_config_given(gt: Gt, ssh_host: SshHost) -> None:
+    """With no local record left, `-F` and the host name are enough to find and stop it."""
+    assert gt.up(ssh_host).returncode == 0
+    [pid] = server_pids(ssh_host)
+    assert gt("down", "gaming-pc").returncode == 0
+    assert gt("clean", "gaming-pc", ssh_config=ssh_host.ssh_config).returncode == 0
+    assert local_files(gt) == []
+    result = gt("down", "gaming-pc", "--stop-server", ssh_config=ssh_host.ssh_config)
+    assert result.returncode == 0, result.stderr
+    assert f"stopped the remote server (pid {pid})" in result.stderr
+    assert server_pids(ssh_host) == []
+
+
+def test_down_stop_server_after_down_leaves_a_server_gt_remote_did_not_start(gt: Gt, ssh_host: SshHost) -> None:
+    ssh_host.install_standin()
+    ssh_host.spawn("exec ccmux-server --listen-tcp 127.0.0.1:9999 2>/tmp/own.log")
+    wait_for(lambda: "listening on tcp" in ssh_host.exec("cat /tmp/own.log")[1], 10, "the user's own server")
+    [pid] = server_pids(ssh_host)
+    assert gt.up(ssh_host, standin=False).returncode == 0
+    assert gt("down", "gaming-pc").returncode == 0
+    result = gt("down", "gaming-pc", "--stop-server")
+    assert result.returncode == 0, result.stderr
+    assert "no server that gt-remote started runs on gaming-pc" in result.stderr
+    assert server_pids(ssh_host) == [pid]
+
+
+def test_down_leaves_the_server_running(gt: Gt, ssh_host: SshHost) -> None:
+    assert gt.up(ssh_host).returncode == 0
+    [pid] = remote_server_pids(ssh_host)
+    result = gt("down", "gaming-pc")
+    assert result.returncode == 0
+    assert "keeps running" in result.stderr
+    wait_for(lambda: tcp_port_refuses(9999), 2, "the local listener to close")
+    assert remote_server_pids(ssh_host) == [pid]
+    assert supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == []
+    again = gt("down", "gaming-pc")
+    assert again.returncode == 0 and "already down" in again.stderr
+
+
+def test_down_stop_server_stops_only_ours(gt: Gt, ssh_host: SshHost) -> None:
+    assert gt.up(ssh_host).returncode == 0
+    [pid] = remote_server_pids(ssh_host)
+    result = gt("down", "gaming-pc", "--stop-server")
+    assert result.returncode == 0
+    assert f"stopped the remote server (pid {pid})" in result.stderr
+    assert remote_server_pids(ssh_host) == []
+
+
+def test_stop_server_leaves_a_server_gt_remote_did_not_start(gt: Gt, ssh_host: SshHost) -> None:
+    ssh_host.install_standin()
+    ssh_host.spawn("exec ccmux-server --listen-tcp 127.0.0.1:9999 2>/tmp/own.log")
+    wait_for(lambda: "listening on tcp" in ssh_host.exec("cat /tmp/own.log")[1], 10, "the user's own server")
+    [pid] = remote_server_pids(ssh_host)
+    up = gt.up(ssh_host, standin=False)
+    assert up.returncode == 0, up.stderr
+    assert "did not start" in up.stderr
+    result = gt("down", "gaming-pc", "--stop-server")
+    assert result.returncode == 1 and "left running" in result.stderr and "the remote server still runs" in result.stderr
+    assert remote_server_pids(ssh_host) == [pid]
+

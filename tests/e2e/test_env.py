@@ -1,0 +1,66 @@
+"""`gt-remote env` and `up` in real shells (bash, zsh, fish) and on a terminal, against a real sshd."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import Gt
+from tests.testbed import STANDIN, SshHost
+
+
+def gt_on_path(gt: Gt, tmp_path: Path) -> dict[str, str]:
+    """The environment of a user shell with `gt-remote` on PATH, running this checkout."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "gt-remote"
+    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m gt_remote \"$@\"\n")
+    shim.chmod(0o755)
+    return {**gt.env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def run_in(shell: str, script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    assert shutil.which(shell), f"{shell} is missing: run docker/testbed.sh (make testbed)"
+    return subprocess.run([shell, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+
+
+def up_line(shell: str, args: str) -> str:
+    """The documented way to bring a host up in each shell."""
+    return f"gt-remote {args} | source" if shell == "fish" else f'eval "$(gt-remote {args})"'
+
+
+def in_a_terminal(command: list[str], env: dict[str, str]) -> str:
+    """Run with stdout on a real pseudo-terminal (script(1)), return what it showed."""
+    result = subprocess.run(["script", "-qec", shlex.join(command), "/dev/null"], env=env, capture_output=True, text=True, timeout=120)
+    return result.stdout.replace("\r\n", "\n")
+
+
+def test_up_in_real_shells_and_on_a_terminal(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    env = gt_on_path(gt, tmp_path)
+    args = f"-F {ssh_host.ssh_config} up gaming-pc --server-binary {STANDIN}"
+    bash = run_in("bash", f'set -e; {up_line("bash", args)}; echo "$GASTOWN_CCMUX_ADDR"', env)
+    assert bash.returncode == 0 and bash.stdout.strip() == "tcp://127.0.0.1:9999", bash.stderr
+    fish = run_in("fish", f'{up_line("fish", args + " --shell fish")}; and echo $CCMUX_ADDR', env)
+    assert fish.stdout.strip() == "tcp://127.0.0.1:9999", fish.stderr
+    shown = in_a_terminal(["gt-remote", *shlex.split(args)], env)
+    assert "export GASTOWN_CCMUX_ADDR=tcp://127.0.0.1:9999" in shown
+    assert '# Run: eval "$(gt-remote up gaming-pc)"' in shown
+    ssh_host.sh(": > /home/gamer/.ssh/authorized_keys")
+    assert run_in("bash", "gt-remote down gaming-pc", env).returncode == 0
+    refused = run_in("bash", f'{up_line("bash", args)} && echo REACHED', env)
+    assert "refused authentication" in refused.stderr and "REACHED" not in refused.stdout
+
+
+def test_env_prints_exports_only_when_up(gt: Gt, ssh_host: SshHost) -> None:
+    down = gt("env", "gaming-pc")
+    assert down.returncode != 0 and "gaming-pc is not up" in down.stderr
+    up = gt.up(ssh_host)
+    env = gt("env", "gaming-pc")
+    assert env.returncode == 0 and env.stdout == up.stdout
+    fish = gt("env", "gaming-pc", "--shell", "fish")
+    assert fish.stdout.splitlines() == ["set -gx GASTOWN_CCMUX_ADDR 'tcp://127.0.0.1:9999'", "set -gx CCMUX_ADDR 'tcp://127.0.0.1:9999'"]
+

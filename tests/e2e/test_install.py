@@ -1,0 +1,336 @@
+"""Putting ccmux-server on the remote: upload (progress, interrupted, full disk, noexec home,
+another architecture, a swapped build), a server already on PATH, `--install-command`, and
+`--install-dir`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncssh
+import pytest
+
+from gt_remote.remote.relay import build as relay_build
+from gt_remote.remote.relay import deploy as remote_relay
+from gt_remote.remote.scripts import use_install_dir
+from gt_remote.tunnel.connection import SshTarget, connect
+from tests.conftest import Gt
+from tests.helpers import STANDIN_PATTERN, assert_nothing_left, one_error_line, ping, supervisor_processes
+from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
+
+
+def other_arch_elf(directory: Path) -> tuple[Path, str]:
+    """A 64-bit ELF header for an architecture that is not this machine's."""
+    arch = "x86_64" if platform.machine() in ("aarch64", "arm64") else "aarch64"
+    machine = {"x86_64": 62, "aarch64": 183}[arch]
+    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8) + struct.pack("<HHI", 2, machine, 1) + bytes(44)
+    path = directory / "ccmux-server"
+    path.write_bytes(header)
+    path.chmod(0o755)
+    return path, arch
+
+
+SERVERS = "/home/gamer/.local/share/gt-remote/servers"
+
+
+def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
+    result = gt("status", *([host] if host else []), "--json")
+    return list(json.loads(result.stdout or "[]"))
+
+
+def start_up(gt: Gt, host: str, *args: str, ssh_config: Path | None = None) -> subprocess.Popen[str]:
+    """`gt-remote up` as a background process this test signals by pid."""
+    config = ssh_config or gt.ssh_config
+    cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), "up", host, *args]
+    return subprocess.Popen(cmd, env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def local_files(gt: Gt) -> list[str]:
+    roots = [gt.home / ".local/state/gt-remote", Path(gt.env["XDG_RUNTIME_DIR"]) / "gt-remote"]
+    return sorted(str(path) for root in roots if root.exists() for path in root.rglob("*") if not path.is_dir())
+
+
+def big_standin(path: Path, padding_mib: int) -> Path:
+    """The stand-in as a zipapp with incompressible padding: a large build that still runs."""
+    import zipfile
+
+    path.write_bytes(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
+        archive.writestr("__main__.py", STANDIN.read_text())
+        with archive.open("padding.bin", "w") as padding:
+            for _ in range(padding_mib):
+                padding.write(os.urandom(1 << 20))
+    path.chmod(0o755)
+    return path
+
+
+T = TypeVar("T")
+
+
+MOTD_ON = ["sh", "-c", "sed -i 's/^PrintMotd no/PrintMotd yes/' /etc/ssh/sshd_config && exec /usr/sbin/sshd -D -e"]
+
+
+def on(host: SshHost, action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]], install_dir: str | None = None) -> T:
+    async def main() -> T:
+        conn = await connect(SshTarget(host.alias, str(host.ssh_config)))
+        use_install_dir(conn, install_dir)
+        try:
+            return await action(conn)
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def chatty(host_factory: Any) -> SshHost:
+    """One container with MOTD on; tests reach its accounts with `as_user`."""
+    host: SshHost = host_factory(command=MOTD_ON)
+    return host
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def up(gt: Gt, host: SshHost, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`up` with the stand-in uploaded, on a free local port (other tunnels may hold 9999)."""
+    local = free_loopback_port()
+    result = gt("up", host.alias, "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{local}", *args, ssh_config=host.ssh_config)
+    return result, local
+
+
+# --- noexec homes and --install-dir -----------------------------------------------------
+
+NOEXEC_HOME = {"/home/gamer/.local": "rw,noexec,nosuid,size=64m,uid=1000,gid=1000,mode=0755"}
+
+
+def remote_server_pids(host: SshHost, port: int = 9999) -> list[int]:
+    return host.pids(f"{STANDIN_PATTERN}{port}")
+
+
+def test_server_missing_and_no_way_to_install(gt: Gt, ssh_host: SshHost) -> None:
+    result = gt.up(ssh_host, standin=False)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "not installed" in line and "--server-binary" in line and "--install-command" in line
+    assert_nothing_left(gt)
+
+
+def test_binary_for_another_architecture(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    binary, arch = other_arch_elf(tmp_path)
+    remote_arch = ssh_host.sh("uname -m").strip()
+    result = gt("up", "gaming-pc", "--server-binary", str(binary), ssh_config=ssh_host.ssh_config)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert f"Linux {arch} binary" in line and f"Linux {remote_arch} (uname -m)" in line
+    assert_nothing_left(gt)
+    assert ssh_host.exec("ls -A /home/gamer/.local/share/gt-remote/servers/*/ 2>/dev/null")[1].strip() == ""
+
+
+def test_binary_that_cannot_run_on_the_remote(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    broken = tmp_path / "ccmux-server"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)
+    result = gt("up", "gaming-pc", "--server-binary", str(broken), ssh_config=ssh_host.ssh_config)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    remote_arch = ssh_host.sh("uname -m").strip()
+    assert "cannot run on gaming-pc, which is Linux " + remote_arch in line
+    assert_nothing_left(gt)
+    assert ssh_host.exec("ls -A /home/gamer/.local/share/gt-remote/servers/*/ 2>/dev/null")[1].strip() == ""
+
+
+def test_disk_full_during_upload(gt: Gt, host_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    host = host_factory(tmpfs={"/home/gamer/.local/share": "size=256k,uid=1000,gid=1000,mode=0700"})
+    big = tmp_path / "ccmux-server"
+    big.write_bytes(STANDIN.read_bytes() + b"\n# padding\n" + b"#" * (2 * 1024 * 1024) + b"\n")
+    result = gt("up", "gaming-pc", "--server-binary", str(big), ssh_config=host.ssh_config)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "partial file was removed" in line and "df -h" in line
+    assert_nothing_left(gt)
+    leftovers = host.sh("find /home/gamer/.local/share -type f", user="gamer").strip()
+    assert leftovers == ""
+
+
+def test_interrupt_during_a_large_upload_leaves_nothing_on_the_remote(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    big = tmp_path / "big" / "ccmux-server"
+    big.parent.mkdir()
+    with big.open("w") as handle:  # the stand-in, padded to 200 MB by a comment
+        handle.write(STANDIN.read_text() + "\n#")
+        chunk = "x" * (1 << 20)
+        for _ in range(200):
+            handle.write(chunk)
+    big.chmod(0o755)
+    port = free_loopback_port()
+    proc = start_up(gt, "gaming-pc", "--server-binary", str(big), "--local", f"tcp://127.0.0.1:{port}", ssh_config=ssh_host.ssh_config)
+    try:
+        row = wait_for(lambda: next((r for r in rows(gt) if str(r.get("step", "")).startswith("uploading")), None), 60, "status to show the upload")
+        assert row["state"] == "connecting" and row["step"].endswith(" %")  # type: ignore[index]
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: proc.poll() is not None, 30, "up to end after Ctrl-C")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stdout, stderr = proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert stdout.strip() == "false"
+    wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 30, "the supervisor to exit")
+    _, partial = ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")
+    assert partial.strip() == "", f"a partial upload was left: {partial}"
+    assert ssh_host.pids("--listen-tcp 127.0.0.1:") == [] and ssh_host.pids("relay_agent.py --socket") == []
+    assert local_files(gt) == []
+
+
+def test_a_large_upload_shows_progress_on_a_terminal(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    binary = big_standin(tmp_path / "ccmux-server", 384)
+    command = [sys.executable, "-m", "gt_remote", "-F", str(ssh_host.ssh_config), "up", "gaming-pc", "--server-binary", str(binary)]
+    ran = subprocess.run(["script", "-qec", shlex.join(command), "/dev/null"], env=gt.env, capture_output=True, timeout=300)
+    shown = ran.stdout.decode().replace("\r\n", "\n")  # bytes: text mode would turn each \r into a newline
+    assert "GASTOWN_CCMUX_ADDR" in shown, shown
+    progress_lines = [part for part in shown.split("\r") if part.startswith("gt-remote: uploading ")]
+    assert progress_lines, shown
+    assert all(re.search(r"uploading +\d+% +[\d.]+ MiB/s \d+:\d\d left", line) for line in progress_lines)
+    assert gt("down", "gaming-pc").returncode == 0
+
+
+def test_a_noexec_home_is_named_with_the_fix(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory(tmpfs=NOEXEC_HOME)
+    result, local = up(gt, host)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "/home/gamer/.local" in line and "noexec" in line and "--install-dir" in line, line
+    assert "build ccmux-server for" not in line  # not mistaken for a wrong architecture
+    assert_nothing_left(gt, local)
+    assert host.sh("find /home/gamer/.local/share -type f 2>/dev/null || true", user="gamer").strip() == ""
+
+
+def test_install_dir_puts_builds_and_relay_there_and_clean_follows(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory(tmpfs=NOEXEC_HOME)
+    host.sh("install -d -o gamer -g gamer /opt/gt")
+    result, _ = up(gt, host, "--install-dir", "/opt/gt")
+    assert result.returncode == 0, result.stderr
+    assert "connections are resumable" in result.stderr
+    files = sorted(host.sh("cd /opt/gt/gt-remote && find . -type f", user="gamer").split())
+    assert files == sorted([f"./relay/{remote_relay.agent_digest()}/relay_agent.py", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server.version"])
+    assert host.sh("find /home/gamer/.local/share -type f 2>/dev/null || true", user="gamer").strip() == ""
+    assert "/opt/gt/gt-remote/servers/" in " ".join(host.sh("ps -eo args", user="gamer").splitlines())
+
+    # clean looks there: an old build under /opt/gt goes, the running one stays.
+    host.sh("mkdir -p /opt/gt/gt-remote/servers/0123456789abcdef && cp /opt/gt/gt-remote/servers/*/ccmux-server /opt/gt/gt-remote/servers/0123456789abcdef/ && touch -d '2020-01-01' /opt/gt/gt-remote/servers/0123456789abcdef/ccmux-server", user="gamer")
+    cleaned = gt("clean", "gaming-pc")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "/opt/gt/gt-remote/servers/0123456789abcdef (an old build)" in cleaned.stdout
+    assert host.exec("test -e /opt/gt/gt-remote/servers/0123456789abcdef")[0] != 0
+
+    down = gt("down", "gaming-pc", "--stop-server")
+    assert down.returncode == 0 and "stopped the remote server" in down.stdout + down.stderr
+
+
+def test_install_dir_in_the_config(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory()
+    host.sh("install -d -o gamer -g gamer /srv/tools")
+    config = gt.home / "config.toml"
+    config.write_text('[hosts.gaming-pc]\ninstall_dir = "/srv/tools"\n')
+    local = free_loopback_port()
+    result = gt("--config", str(config), "up", "gaming-pc", "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{local}", ssh_config=host.ssh_config)
+    assert result.returncode == 0, result.stderr
+    assert host.exec(f"test -x /srv/tools/gt-remote/servers/{sha256(STANDIN)[:16]}/ccmux-server")[0] == 0
+
+
+# --- integrity of what runs -------------------------------------------------------------
+
+
+def test_a_swapped_installed_build_is_uploaded_again_not_run(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory()
+    result, _ = up(gt, host)
+    assert result.returncode == 0, result.stderr
+    assert gt("down", "gaming-pc", "--stop-server").returncode == 0
+    build = f"/home/gamer/.local/share/gt-remote/servers/{sha256(STANDIN)[:16]}/ccmux-server"
+    host.sh(f"printf '#!/bin/sh\\necho swapped > /tmp/swapped-ran\\nexec sleep 60\\n' > {build}", user="gamer")
+    again, _ = up(gt, host)
+    assert again.returncode == 0, again.stderr
+    assert "uploading" in again.stderr  # the altered file was not trusted
+    assert host.sh(f"sha256sum {build}").split()[0] == sha256(STANDIN)
+    assert host.exec("test -e /tmp/swapped-ran")[0] != 0
+
+
+def test_a_swapped_relay_is_uploaded_again(gt: Gt, host_factory: Any) -> None:
+    host: SshHost = host_factory()
+    result, _ = up(gt, host)
+    assert result.returncode == 0, result.stderr
+    assert gt("down", "gaming-pc", "--stop-server").returncode == 0
+    agent = f"/home/gamer/.local/share/gt-remote/relay/{remote_relay.agent_digest()}/relay_agent.py"
+    host.sh(f"echo 'open(\"/tmp/relay-swapped-ran\", \"w\")' > {agent}", user="gamer")
+    again, _ = up(gt, host)
+    assert again.returncode == 0 and "connections are resumable" in again.stderr, again.stderr
+    assert host.sh(f"sha256sum {agent}").split()[0] == hashlib.sha256(relay_build.agent()).hexdigest()
+    assert host.exec("test -e /tmp/relay-swapped-ran")[0] != 0
+
+
+# --- a full disk, for the relay too ------------------------------------------------------
+
+
+def test_relay_upload_on_a_full_disk_leaves_nothing_and_counts_the_space(host_factory: Any) -> None:
+    host: SshHost = host_factory(tmpfs={"/home/gamer/.local/share": "size=12k,uid=1000,gid=1000,mode=0700"})
+    state = on(host, lambda conn: remote_relay.ensure_relay(conn, 9999))
+    assert state.socket is None and state.reason is not None
+    assert "the partial file was removed" in state.reason and "unknown" not in state.reason, state.reason
+    assert re.search(r"\d+ KiB free there", state.reason), state.reason
+    assert host.sh("find /home/gamer/.local/share -type f", user="gamer").strip() == ""
+
+
+
+
+def test_a_failing_install_command_is_reported_with_its_last_lines(chatty: SshHost) -> None:
+    """The user's own command runs in their login shell; a long output is read as a bounded tail."""
+    from gt_remote.base.errors import InstallFailed
+    from gt_remote.remote.install import run_install_command
+
+    host = chatty.as_user("bashy")
+    command = "head -c 3000000 /dev/zero | tr '\\0' y | fold -w 100; echo 'error: linker failed' >&2; exit 3"
+    with pytest.raises(InstallFailed) as raised:
+        on(host, lambda conn: run_install_command(conn, command, "pc"))
+    assert "exited 3 on pc" in str(raised.value) and "linker failed" in str(raised.value)
+
+
+def test_failed_upload_check_leaves_no_empty_install_directory(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    broken = tmp_path / "ccmux-server"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)
+    result = gt("up", "gaming-pc", "--server-binary", str(broken), ssh_config=ssh_host.ssh_config)
+    assert result.returncode == 1
+    one_error_line(result.stderr)
+    assert ssh_host.exec(f"find {SERVERS} -mindepth 1", user="gamer")[1].strip() == ""
+
+
+def test_server_already_on_path_is_used(gt: Gt, ssh_host: SshHost) -> None:
+    ssh_host.install_standin("/usr/local/bin/ccmux-server")
+    result = gt.up(ssh_host, standin=False)
+    assert result.returncode == 0, result.stderr
+    assert "uploading" not in result.stderr
+    assert "/usr/local/bin/ccmux-server" in ssh_host.sh(f"tr '\\0' ' ' < /proc/{remote_server_pids(ssh_host)[0]}/cmdline")
+
+
+def test_install_command_installs_the_server(gt: Gt, ssh_host: SshHost) -> None:
+    ssh_host.install_standin("/opt/ccmux-build/ccmux-server")
+    command = "mkdir -p ~/.local/bin && cp /opt/ccmux-build/ccmux-server ~/.local/bin/"
+    result = gt.up(ssh_host, "--install-command", command, standin=False)
+    assert result.returncode == 0, result.stderr
+    assert "running the install command" in result.stderr
+    ping("tcp://127.0.0.1:9999")
+
