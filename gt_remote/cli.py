@@ -22,7 +22,7 @@ from gt_remote.base.paths import HostFiles, config_file, known_host_names
 from gt_remote.base.sanitize import visible, visible_data, visible_lines
 from gt_remote.commands import shell as shells
 from gt_remote.commands.completion import SHELLS, complete_host, script
-from gt_remote.host import lifecycle
+from gt_remote.host import client, lifecycle
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -293,7 +293,7 @@ def reconnect(host: str | None, all_hosts: bool, force: bool) -> None:
     """Check HOST's link now and reconnect it if dead: for sleep and network hooks."""
     if bool(host) == all_hosts:
         raise UsageError("name one HOST or pass --all", "e.g. 'gt-remote reconnect gaming-pc'")
-    names = [name for name in known_host_names() if (lifecycle.live_status(HostFiles(name)) or {}).get("state") not in (None, "connecting")] if all_hosts else [host]
+    names = [name for name in known_host_names() if (client.live_status(HostFiles(name)) or {}).get("state") not in (None, "connecting")] if all_hosts else [host]
     if not names:
         say("no hosts are up")
     healthy = True

@@ -8,7 +8,7 @@ from gt_remote.base.addresses import Address, address_from_env, parse_address
 from gt_remote.base.errors import GtRemoteError, NothingListens, NotUp, PingFailed, shell_word
 from gt_remote.base.paths import HostFiles, known_host_names
 from gt_remote.ccmux.wire import ping_address
-from gt_remote.host import lifecycle
+from gt_remote.host import client, lifecycle
 
 VAR = "GASTOWN_CCMUX_ADDR"
 
@@ -43,7 +43,7 @@ async def ping(host: str | None, addr: str | None, timeout: float) -> tuple[str,
 def _host_serving(address: Address) -> str | None:
     """The host whose tunnel listens at `address`, if gt-remote runs one there."""
     for name in known_host_names():
-        status = lifecycle.live_status(HostFiles(name), timeout=2.0)
+        status = client.live_status(HostFiles(name), timeout=2.0)
         if status is not None and status.get("local") == address.url:
             return name
     return None
@@ -51,7 +51,7 @@ def _host_serving(address: Address) -> str | None:
 
 def _which_hop(host: str, address: Address, error: PingFailed) -> GtRemoteError:
     """The tunnel accepted the connection but no Pong came: name the hop that does not answer."""
-    reply = lifecycle.ask(HostFiles(host), {"op": "diagnose"}, timeout=10.0)
+    reply = client.ask(HostFiles(host), {"op": "diagnose"}, timeout=10.0)
     seen = f"a Ping to {address.url} got no Pong ({error.cause})"
     if reply is None or not reply.get("ok"):
         return PingFailed(f"{seen}, and the supervisor of {host} did not answer", f"see 'gt-remote status {host}' and 'gt-remote logs {host}'")

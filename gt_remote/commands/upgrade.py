@@ -14,7 +14,7 @@ from gt_remote.base import config
 from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, UsageError, shell_word
 from gt_remote.base.paths import HostFiles
-from gt_remote.host import lifecycle
+from gt_remote.host import client, lifecycle
 
 UPGRADE_TIMEOUT = 1800.0  # an upload of a large build over a slow link
 
@@ -59,11 +59,11 @@ def plan(host: str, binary: str, install_dir: str | None = None) -> Plan:
 def run(plan_: Plan) -> dict[str, Any]:
     """Ask the supervisor to upload, stop the old server and start the new one; its new status."""
     files = HostFiles(plan_.host)
-    reply = lifecycle.ask(files, {"op": "upgrade", "server_binary": plan_.binary, "install_dir": plan_.install_dir}, timeout=UPGRADE_TIMEOUT)
+    reply = client.ask(files, {"op": "upgrade", "server_binary": plan_.binary, "install_dir": plan_.install_dir}, timeout=UPGRADE_TIMEOUT)
     if reply is None:
         raise GtRemoteError(f"the supervisor of {plan_.host} did not answer the upgrade", f"see its log: gt-remote logs {shell_word(plan_.host)}")
     if not reply.get("ok"):
-        raise lifecycle.error_from_dict(reply.get("error") or {})
+        raise client.error_from_dict(reply.get("error") or {})
     server: dict[str, Any] = reply["server"]
     lifecycle.remember_installed_build(plan_.host, plan_.binary, plan_.digest, plan_.running_binary)  # the next `up` uses it
     return server

@@ -7,156 +7,29 @@ leave two supervisors: the second waits, then finds the first one's supervisor a
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
-import math
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gt_remote.base import errors, progress
+from gt_remote.base import errors
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.builds import file_digest
 from gt_remote.base.errors import GtRemoteError, NotUp, RemoteError, UsageError, shell_word
-from gt_remote.base.paths import HostFiles, known_host_names, open_private, remembered_host_names, write_private
-from gt_remote.runtime import control
+from gt_remote.base.paths import HostFiles, known_host_names, remembered_host_names, write_private
+from gt_remote.host.client import ask, error_from_dict, live_status, read_record, supervisor_pid
+from gt_remote.host.lock import LOCK_TIMEOUT, HostLock
+from gt_remote.host.spawn import ANSWER_PATIENCE, clean_stale, run_foreground, sigterm_interrupts, spawn
 
 if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must start fast (tests/test_light_cli.py)
-    import subprocess
 
     from gt_remote.base.config import HostSettings
     from gt_remote.runtime import reach
 
 Say = Callable[[str], None]
-LOCK_TIMEOUT = 600.0
 STOP_GRACE = 5.0
-ANSWER_PATIENCE = 3.0  # a supervisor just started answers on its socket within this
-UNDO_WAIT = 30.0  # how long an interrupted `up` waits for its supervisor to undo the bring-up
-
-
-class HostLock:
-    """An exclusive flock on the host's lock file, waited for up to a deadline."""
-
-    def __init__(self, files: HostFiles, timeout: float = LOCK_TIMEOUT) -> None:
-        self.files = files
-        self.timeout = timeout
-        self.fd: int | None = None
-        self.held = False
-
-    def __enter__(self) -> HostLock:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            self.fd = open_private(self.files.lock, os.O_RDWR | os.O_CREAT)
-            try:
-                while True:
-                    try:
-                        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        self.held = True
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise GtRemoteError(f"another gt-remote command for {self.files.name} is still running", "wait for it to finish, then try again") from None
-                        time.sleep(0.05)
-            except BaseException:
-                self.release()
-                raise
-            if self._still_the_lock_file():
-                return self
-            self.release()  # the holder before us removed the file: lock the new one
-
-    def _still_the_lock_file(self) -> bool:
-        assert self.fd is not None
-        try:
-            return os.stat(self.files.lock).st_ino == os.fstat(self.fd).st_ino
-        except FileNotFoundError:
-            return False
-
-    def release(self) -> None:
-        if self.fd is not None:
-            if self.held and self._still_the_lock_file() and not _has_state(self.files):
-                self.files.lock.unlink(missing_ok=True)  # a host gt-remote knows nothing of leaves no lock file
-            os.close(self.fd)
-            self.fd = None
-            self.held = False
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _has_state(files: HostFiles) -> bool:
-    """Whether gt-remote keeps anything for this host (a mistyped name keeps nothing)."""
-    return files.record.exists() or files.remote.exists() or supervisor_pid(files) is not None
-
-
-# --- finding a host's supervisor from any shell -------------------------------------------
-# The control socket and pid file live in the runtime dir, which differs between shells
-# (su, cron, ssh -T, a unit without XDG_RUNTIME_DIR) and which logind may remove. The record
-# in the state dir says where the supervisor's socket is and which process it is.
-
-
-def _recorded_supervisor(files: HostFiles) -> dict[str, Any]:
-    found = _read_record(files).get("supervisor")
-    return found if isinstance(found, dict) else {}
-
-
-def supervisor_pid(files: HostFiles) -> int | None:
-    """The live supervisor's pid: the lock holder here, else the recorded process once checked
-    to be that very process (start time) and gt-remote's supervisor for this host."""
-    pid = control.supervisor_alive(files.pid)
-    if pid is not None:
-        return pid
-    recorded = _recorded_supervisor(files)
-    other = recorded.get("pid")
-    if isinstance(other, int) and control.is_our_supervisor(other, recorded.get("start_time"), files.name):
-        return other
-    return None
-
-
-def ask(files: HostFiles, message: dict[str, Any], timeout: float = 3.0) -> dict[str, Any] | None:
-    """A request to the host's supervisor, at this shell's socket or at the one it recorded."""
-    reply = control.request(files.control, message, timeout)
-    if reply is not None:
-        return reply
-    recorded = _recorded_supervisor(files).get("control")
-    if isinstance(recorded, str) and recorded != str(files.control):
-        return control.request(Path(recorded), message, timeout)
-    return None
-
-
-def error_from_dict(data: dict[str, Any]) -> GtRemoteError:
-    """Rebuild a typed error the supervisor reported, so exit codes stay right."""
-    cls = getattr(errors, str(data.get("kind")), GtRemoteError)
-    if not (isinstance(cls, type) and issubclass(cls, GtRemoteError)):
-        cls = GtRemoteError
-    return cls(str(data.get("cause", "unknown error")), str(data.get("fix", "")))
-
-
-def live_status(files: HostFiles, timeout: float = 3.0) -> dict[str, Any] | None:
-    reply = ask(files, {"op": "status"}, timeout)
-    status = reply.get("status") if reply and reply.get("ok") else None
-    return status if _well_formed(status) else None
-
-
-STATUS_SHAPE: dict[str, tuple[type, ...]] = {
-    "host": (str,), "state": (str,), "local": (str,), "remote_port": (int,), "supervisor_pid": (int,), "server": (dict,), "settings": (dict,),
-    "last_error": (str, type(None)), "last_wake": (dict, type(None)), "exports": (list,),
-}
-OPTIONAL_NUMBERS = ("rtt_ms", "uptime_s", "last_recovery_s")
-WAKE_KEYS = {"kind", "at", "detail", "outcome"}
-
-
-def _well_formed(status: object) -> bool:
-    """A reply shaped like our supervisor's status, in every part `up`, `env` and `status` read:
-    anything else (a fake or garbled socket) counts as no answer, never as a crash."""
-    if not isinstance(status, dict) or not all(isinstance(status.get(key), types) for key, types in STATUS_SHAPE.items()):
-        return False
-    numbers_ok = all(status.get(key) is None or (isinstance(status[key], (int, float)) and math.isfinite(status[key])) for key in OPTIONAL_NUMBERS)
-    server, wake = status["server"], status["last_wake"]
-    return numbers_ok and isinstance(server.get("name"), str) and isinstance(server.get("other_build"), (dict, type(None))) and (wake is None or WAKE_KEYS <= set(wake))
 
 
 # --- up ---------------------------------------------------------------------------------
@@ -165,7 +38,7 @@ def _well_formed(status: object) -> bool:
 def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Callable[[list[str]], None] | None = None) -> list[str]:
     """Bring a host up (or find it up) and return its export lines."""
     files = HostFiles(settings.name)
-    with _sigterm_interrupts(not foreground), HostLock(files) as lock:
+    with sigterm_interrupts(not foreground), HostLock(files) as lock:
         status = _settled_status(files, say)
         if status is not None and foreground:
             raise GtRemoteError(
@@ -186,12 +59,12 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
                 f"the supervisor of {settings.name} (pid {pid}) is alive but does not answer",
                 f"it may be stopped (SIGSTOP): resume it with 'kill -CONT {pid}', or run 'gt-remote down {shell_word(settings.name)}'",
             )
-        _clean_stale(files)
+        clean_stale(files)
         had_log = files.log.exists()
         try:
             if foreground:
-                return _run_foreground(settings, lock, on_ready)
-            return _spawn(settings, files, say)
+                return run_foreground(settings, lock, on_ready)
+            return spawn(settings, files, say)
         except (GtRemoteError, KeyboardInterrupt):
             _forget_failed(files, had_log)
             raise
@@ -330,154 +203,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _clean_stale(files: HostFiles) -> None:
-    """Leftovers of a supervisor that died without cleaning up (SIGKILL, power loss)."""
-    files.control.unlink(missing_ok=True)
-    files.record.unlink(missing_ok=True)
-
-
-def _spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
-    """Start a detached supervisor named by the host alone: its settings go down its stdin."""
-    import subprocess
-
-    log_fd = open_private(files.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gt_remote.runtime.supervisor", settings.name],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log_fd,
-            start_new_session=True,
-            cwd="/",
-        )
-    finally:
-        os.close(log_fd)
-    try:
-        _hand_over(proc, settings)
-        return _relay_until_ready(proc, files, say)
-    except KeyboardInterrupt:
-        _undo_interrupted(proc, settings.name, say)
-        raise
-    except BaseException:
-        if proc.poll() is None:
-            proc.terminate()
-            _wait_quietly(proc, UNDO_WAIT)
-        raise
-    finally:
-        assert proc.stdout is not None
-        proc.stdout.close()
-
-
-def _hand_over(proc: subprocess.Popen[bytes], settings: HostSettings) -> None:
-    """The settings, through a pipe only this process holds: on the command line, every local
-    account could read them in /proc/PID/cmdline or `ps` (the destination, the ssh_config and
-    build paths, an install_command's token). A pipe leaves no file a later supervisor could
-    pick up, and closing it tells the supervisor it has them all."""
-    assert proc.stdin is not None
-    try:
-        with proc.stdin:
-            proc.stdin.write(settings.to_json().encode())
-    except BrokenPipeError:
-        pass  # it died before reading: _relay_until_ready reports its exit and log
-
-
-@contextmanager
-def _sigterm_interrupts(wanted: bool = True) -> Iterator[None]:
-    """SIGTERM (a closing terminal, a service manager) cancels the bring-up as Ctrl-C does,
-    instead of killing `up` and leaving its supervisor to finish alone. (`up --foreground`
-    is the supervisor itself and handles both signals in its event loop.)"""
-    import signal
-
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    if not wanted:
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _undo_interrupted(proc: subprocess.Popen[bytes], name: str, say: Say) -> None:
-    """Ctrl-C: the supervisor (in its own session, so the terminal's SIGINT missed it) is told
-    at once; it cancels the bring-up and undoes what it started on the remote."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    say(f"interrupted: undoing what this up started on {name}")
-    try:
-        if not _wait_quietly(proc, UNDO_WAIT):
-            say(f"the supervisor (pid {proc.pid}) is still undoing the bring-up; 'gt-remote logs {name}' shows how it ends")
-    except KeyboardInterrupt:
-        say(f"not waiting; the supervisor (pid {proc.pid}) finishes undoing the bring-up by itself")
-
-
-def _wait_quietly(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    try:
-        proc.wait(timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say) -> list[str]:
-    assert proc.stdout is not None
-    display = progress.TransferDisplay()
-    for raw in proc.stdout:
-        event = json.loads(raw)
-        if event["event"] == "transfer":
-            display.update(event["done"], event["total"], event["elapsed"])
-            continue
-        display.finish()
-        if event["event"] == "progress":
-            say(event["message"])
-        elif event["event"] == "ready":
-            return list(event["status"]["exports"])
-        elif event["event"] == "error":
-            proc.wait(30)
-            raise error_from_dict(event["error"])
-    code = proc.wait(30)
-    raise GtRemoteError(f"the supervisor exited (code {code}) before the tunnel was up", f"see its log: gt-remote logs {shell_word(files.name)}")
-
-
-def _run_foreground(settings: HostSettings, lock: HostLock, on_ready: Callable[[list[str]], None] | None) -> list[str]:
-    from gt_remote.base.lean import leave_out_unused
-
-    leave_out_unused()  # this process is now a supervisor for as long as the service runs, as a detached one is
-    import asyncio
-
-    from gt_remote.runtime import notify, process, supervisor
-
-    files = HostFiles(settings.name)
-    if control.hold_pid_lock(files.pid) is None:
-        raise GtRemoteError(f"a supervisor for {settings.name} is already running", f"run 'gt-remote down {shell_word(settings.name)}' first")
-    process.setup_logging(files, also_stderr=True)
-    exports: list[str] = []
-
-    def progress(message: str) -> None:
-        supervisor.log.info("%s", message)  # to the log file and stderr, as a detached supervisor does
-        notify.status(message)
-
-    def ready(status: dict[str, Any]) -> None:
-        exports.extend(status["exports"])
-        lock.release()
-        if on_ready:
-            on_ready(exports)
-        # Only now, after the end-to-end Ping: a Type=notify unit counts as started.
-        notify.notify(notify.READY, f"STATUS=up: {status['local']} -> {settings.destination}:{settings.remote_port}")
-
-    try:
-        asyncio.run(supervisor.run(settings, progress, ready))
-    except GtRemoteError as error:
-        supervisor.log.error("%s", error, extra={"file_only": True})  # stderr gets it from the CLI edge
-        raise
-    return exports
-
-
 # --- down -------------------------------------------------------------------------------
 
 
@@ -497,7 +222,7 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
             raise RemoteError(str(reply["error"].get("cause")), str(reply["error"].get("fix") or ""))  # refused: nothing stopped
         if reply is None and pid is None:
             was_known = files.record.exists()
-            _clean_stale(files)
+            clean_stale(files)
             message = f"{name}: already down" + (" (cleaned up after a supervisor that had died)" if was_known else "")
             return f"{message}; {_stop_server_offline(name, fallback, ssh_config, force)}" if stop_server else message
         if reply is None and pid is not None and pid > 0:
@@ -506,7 +231,7 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
         if not _wait_until(lambda: supervisor_pid(files) is None, STOP_GRACE) and pid:
             _signal(pid, signal.SIGKILL)
             _wait_until(lambda: supervisor_pid(files) is None, STOP_GRACE)
-        _clean_stale(files)
+        clean_stale(files)
     if stop_server and reply is None:  # the supervisor never answered: stop the server by ourselves
         return f"{name}: down; {_stop_server_offline(name, fallback, ssh_config, force)}"
     note = (reply or {}).get("server_note") if stop_server else "the remote server keeps running (use --stop-server to stop it)"
@@ -601,7 +326,7 @@ def host_status(name: str) -> dict[str, Any]:
     status = live_status(files, timeout=2.0)
     if status is not None:
         return status
-    record = _read_record(files)
+    record = read_record(files)
     last = record.get("status", {})
     pid = supervisor_pid(files)
     if pid is not None:
@@ -639,14 +364,6 @@ def host_status(name: str) -> dict[str, Any]:
         "last_recovery_s": last.get("last_recovery_s"),
         "exports": [],
     }
-
-
-def _read_record(files: HostFiles) -> dict[str, Any]:
-    try:
-        data = json.loads(files.record.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def all_statuses(only: str | None = None) -> list[dict[str, Any]]:
