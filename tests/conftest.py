@@ -55,6 +55,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.docker)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The release build of tests/contracts/test_packaging.py takes seconds of other processes:
+    started now, beside the tests before them, when this run holds them."""
+    if any(item.nodeid.startswith("tests/contracts/test_packaging.py::") for item in session.items):
+        from tests.contracts.test_packaging import RELEASE
+
+        RELEASE.start()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cpu_hog(request: pytest.FixtureRequest) -> Iterator[int | None]:
     """With --cpu-hog: a busy loop on one core for the session; its pid, ended by pid after."""
@@ -145,6 +154,9 @@ def gt(tmp_path: Path) -> Iterator[Gt]:
     runner = Gt(tmp_path / "home", runtime)
     (tmp_path / "home").mkdir()
     yield runner
+    kept = [runtime / "gt-remote", runner.home / ".local/state/gt-remote"]
+    if not any(path.is_file() or path.is_socket() for root in kept if root.exists() for path in root.rglob("*")):
+        return  # gt-remote kept nothing: no supervisor, no record, nothing `down --all` could stop
     runner("down", "--all", timeout=60)
     from gt_remote.runtime.control import supervisor_alive
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import functools
 import importlib.util
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 from gt_remote.base.addresses import parse_address
 from gt_remote.base.errors import PingFailed
@@ -20,6 +25,7 @@ from gt_remote.ccmux.wire import ping_address
 from tests.testbed import REPO
 
 STANDIN_PATTERN = "--listen-tcp 127.0.0.1:"
+T = TypeVar("T")
 
 
 def ping(url: str, timeout: float = 5.0) -> float:
@@ -150,3 +156,25 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
         [str(lint), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
         cwd=root, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120,
     )
+
+
+class Background:
+    """`work(a fresh directory)` run once in a thread of its own, started by `start()` (at the latest
+    by `result()`): for slow set-up that waits on other processes and can run beside the tests."""
+
+    def __init__(self, work: Callable[[Path], T]) -> None:
+        self.work = work
+        self.future: concurrent.futures.Future[T] | None = None
+
+    def start(self) -> None:
+        if self.future is None:
+            pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtr-background")
+            root = tempfile.mkdtemp(prefix="gtr-background-")
+            atexit.register(shutil.rmtree, root, True)  # when this run ends: nothing left in /tmp
+            self.future = pool.submit(self.work, Path(root))
+            pool.shutdown(wait=False)
+
+    def result(self, timeout: float = 900) -> T:
+        self.start()
+        assert self.future is not None
+        return self.future.result(timeout)

@@ -13,15 +13,30 @@ from pathlib import Path
 import pytest
 
 import gt_remote
+from tests import helpers
 from tests.testbed import REPO
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An sdist and a wheel built from this checkout, as a release would build them."""
-    out = tmp_path_factory.mktemp("dist")
+def build_and_install(root: Path) -> tuple[Path, Path]:
+    """An sdist and a wheel built from this checkout, as a release would build them, in root/dist;
+    and a fresh venv, root/env, with only the wheel and its dependencies in it (installed by this
+    venv's pip, `--python`: the new venv needs no pip of its own, and ensurepip takes seconds)."""
+    out, env = root / "dist", root / "env"
     subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], check=True, capture_output=True, timeout=300)
-    return out
+    [wheel] = out.glob("gt_remote-*.whl")
+    venv.create(env, with_pip=False)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(env / "bin/python"), "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600)
+    return out, env
+
+
+# Started by tests/conftest.py as soon as a run is known to hold these tests (in a thread that waits
+# on the two commands), so the build runs beside the tests before them.
+RELEASE = helpers.Background(build_and_install)
+
+
+@pytest.fixture(scope="module")
+def dist() -> Path:
+    return RELEASE.result()[0]
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +46,8 @@ def wheel(dist: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with only the wheel and its dependencies in it."""
-    env = tmp_path_factory.mktemp("venv") / "env"
-    venv.create(env, with_pip=True)
-    subprocess.run([str(env / "bin/python"), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600)
-    return env
+def installed() -> Path:
+    return RELEASE.result()[1]
 
 
 def package_files() -> set[str]:

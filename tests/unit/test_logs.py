@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 
@@ -12,12 +13,15 @@ def test_log_file_is_capped_and_rotated(tmp_path: Path, monkeypatch) -> None:  #
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     files = HostFiles("chatty")
+    umask = os.umask(0o022)  # setup_logging sets the supervisor's umask: this process's is put back after
+    os.umask(umask)
     supervisor.setup_logging(files)
     noisy = logging.getLogger("gt_remote.test")
     try:
         for index in range(12000):  # about 5 MB: more than the cap times the backups
             noisy.info("line %d %s", index, "x" * 400)
     finally:
+        os.umask(umask)
         logging.shutdown()
         logging.basicConfig(handlers=[logging.NullHandler()], force=True)
     logs = sorted(files.log.parent.glob("chatty.log*"))
