@@ -43,6 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 CONTAINER_FIXTURES = frozenset({"ssh_host", "host_factory", "test_image"})
 E2E_DIR = Path(__file__).parent / "e2e"
+RELEASE_TESTS = "tests/contracts/test_packaging.py::"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,12 +54,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         in_e2e = E2E_DIR in Path(str(item.path)).parents
         if in_e2e or CONTAINER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.docker)
+    # The release build's tests last: the build (started once collection ends) runs beside the rest.
+    items.sort(key=lambda item: item.nodeid.startswith(RELEASE_TESTS))  # stable: the order is kept otherwise
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """The release build of tests/contracts/test_packaging.py takes seconds of other processes:
     started now, beside the tests before them, when this run holds them."""
-    if any(item.nodeid.startswith("tests/contracts/test_packaging.py::") for item in session.items):
+    if any(item.nodeid.startswith(RELEASE_TESTS) for item in session.items):
         from tests.contracts.test_packaging import RELEASE
 
         RELEASE.start()

@@ -100,7 +100,7 @@ def test_remote_port_held_by_another_program(gt: Gt, ssh_host: SshHost) -> None:
     result = gt.up(ssh_host)
     assert result.returncode == 1
     line = one_error_line(result.stderr)
-    # It accepts and says nothing: told apart from a program that answers something else (test_status_truth.py).
+    # It accepts and says nothing: told apart from a program that answers something else (tests/e2e/test_status.py).
     assert "127.0.0.1:9999 on gaming-pc accepts connections but nothing answered a ccmux Ping within 3 s" in line and "--remote-port" in line
     assert_nothing_left(gt)
     assert server_pids(ssh_host) == []
