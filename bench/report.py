@@ -128,7 +128,7 @@ def cli_markdown(cli: dict[str, Any]) -> list[str]:
     out += [
         "",
         f"`gt-remote env` costs {over:.0f} ms more than importing click alone in this run. The commands that do not connect "
-        "import neither asyncssh nor cryptography (nor asyncio, for `env` and `status`); tests/test_light_cli.py checks each "
+        "import neither asyncssh nor cryptography (nor asyncio, for `env` and `status`); tests/contracts/test_light_cli.py checks each "
         "command's imports.",
         "",
     ]

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Accounts whose login shells are as chatty as gaming PCs' are (tests/test_remote_shells.py).
+# Accounts whose login shells are as chatty as gaming PCs' are (tests/e2e/test_remote_shells.py).
 # Each prints a banner on stdout for every non-interactive ssh command -- `key=value` lines that
 # look like gt-remote's answers and 4 KiB of text -- and a line on stderr, from the start-up
 # file its shell reads for such commands: bash ~/.bashrc (before its interactivity check),

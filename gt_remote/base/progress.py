@@ -6,7 +6,7 @@ at DEBUG; they are shown only with -v.
 
 Every command imports this module, and most never log: `logging` is imported only when a
 logger or a handler is first needed (`progress.steps` and `progress.transfers` are made on
-first use), so a shell's `gt-remote env` does not pay for it (tests/test_light_cli.py).
+first use), so a shell's `gt-remote env` does not pay for it (tests/contracts/test_light_cli.py).
 """
 
 from __future__ import annotations

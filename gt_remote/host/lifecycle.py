@@ -23,7 +23,7 @@ from gt_remote.host.client import ask, error_from_dict, live_status, read_record
 from gt_remote.host.lock import LOCK_TIMEOUT, HostLock
 from gt_remote.host.spawn import ANSWER_PATIENCE, clean_stale, run_foreground, sigterm_interrupts, spawn
 
-if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must start fast (tests/test_light_cli.py)
+if TYPE_CHECKING:  # the commands that only read files or ask a supervisor must start fast (tests/contracts/test_light_cli.py)
 
     from gt_remote.base.config import HostSettings
     from gt_remote.runtime import reach
