@@ -13,7 +13,7 @@ from typing import Any
 
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN
-from tests.testbed import USER, SshHost, wait_for
+from tests.testbed import USER, SshHost, free_loopback_port, wait_for
 
 PORT = 9999
 
@@ -200,4 +200,59 @@ def offer_until_full(sock: socket.socket, block: bytes, full: Any, what: str) ->
         offered, progress_at = offered + sent, time.monotonic()
         assert offered <= MOST_OFFERED, f"{offered} bytes taken without {what}: the buffers are not capped"
         pending = pending[sent:] or memoryview(block)
+
+
+# --- health checks and leases, counted on the remote (test_health.py, test_leases.py) ----------
+
+LEASES = f"/home/{USER}/.local/state/gt-remote/leases/9999"
+
+
+STARTS = f"/home/{USER}/.shell-starts"
+
+
+CHECKS = 9
+
+
+def count_shell_starts(host: SshHost) -> None:
+    """The first line of ~/.bashrc appends a line to ~/.shell-starts: bash reads it for every
+    command sshd runs, before anything else of it (Debian's returns early when not interactive)."""
+    line = f"echo start >> {STARTS}"
+    host.sh(f"printf '%s\\n' {shlex.quote(line)} | cat - /home/{USER}/.bashrc > /tmp/bashrc.new && cat /tmp/bashrc.new > /home/{USER}/.bashrc", user=USER)
+
+
+def shell_starts(host: SshHost) -> int:
+    return int(host.sh(f"cat {STARTS} 2>/dev/null | wc -l", user=USER).strip())
+
+
+def lease_touched_at(host: SshHost) -> str:
+    """The lease file's modification time, to the nanosecond: each touch changes it."""
+    return host.sh(f"stat -c %.9Y {LEASES}/*", user=USER).strip()
+
+
+def up_resumable(gt: Gt, host: SshHost) -> None:
+    result = gt.up(host, "--keepalive", "1", "--local", f"tcp://127.0.0.1:{free_loopback_port()}")
+    assert result.returncode == 0, result.stderr
+    [status] = gt.status("gaming-pc")
+    assert status["resumable"] is True
+
+
+def health_checks(host: SshHost) -> int:
+    """Health checks so far: each opens one relay stream for its Ping."""
+    return int(relay_request(host, {"op": "stats"})["streams_total"])
+
+
+def over_checks(host: SshHost, count: int) -> tuple[int, int]:
+    """(shell starts, lease touches) over the next `count` health checks. The first check after
+    `up` runs the script whatever the relay does (nothing vouched for the port yet): skipped."""
+    wait_for(lambda: health_checks(host) >= 2, 60, "the first health checks")
+    first, starts = health_checks(host), shell_starts(host)
+    touches = {lease_touched_at(host)}
+
+    def done() -> bool:
+        touches.add(lease_touched_at(host))
+        return health_checks(host) - first >= count
+
+    wait_for(done, 60, f"{count} health checks")
+    return shell_starts(host) - starts, len(touches) - 1  # the first value was there before
+
 

@@ -11,66 +11,10 @@ checks, not the clock. That a squat is still caught is tests/e2e/test_other_acco
 
 from __future__ import annotations
 
-import shlex
-
 from gt_remote.remote.lease import LEASE_TOUCH_KEEPALIVES
 from tests.conftest import Gt
-from tests.e2e.helpers import relay_request
-from tests.testbed import SshHost, free_loopback_port, wait_for
-
-USER = "gamer"
-
-
-LEASES = f"/home/{USER}/.local/state/gt-remote/leases/9999"
-
-
-STARTS = f"/home/{USER}/.shell-starts"
-
-
-CHECKS = 9
-
-
-def count_shell_starts(host: SshHost) -> None:
-    """The first line of ~/.bashrc appends a line to ~/.shell-starts: bash reads it for every
-    command sshd runs, before anything else of it (Debian's returns early when not interactive)."""
-    line = f"echo start >> {STARTS}"
-    host.sh(f"printf '%s\\n' {shlex.quote(line)} | cat - /home/{USER}/.bashrc > /tmp/bashrc.new && cat /tmp/bashrc.new > /home/{USER}/.bashrc", user=USER)
-
-
-def shell_starts(host: SshHost) -> int:
-    return int(host.sh(f"cat {STARTS} 2>/dev/null | wc -l", user=USER).strip())
-
-
-def lease_touched_at(host: SshHost) -> str:
-    """The lease file's modification time, to the nanosecond: each touch changes it."""
-    return host.sh(f"stat -c %.9Y {LEASES}/*", user=USER).strip()
-
-
-def up_resumable(gt: Gt, host: SshHost) -> None:
-    result = gt.up(host, "--keepalive", "1", "--local", f"tcp://127.0.0.1:{free_loopback_port()}")
-    assert result.returncode == 0, result.stderr
-    [status] = gt.status("gaming-pc")
-    assert status["resumable"] is True
-
-
-def health_checks(host: SshHost) -> int:
-    """Health checks so far: each opens one relay stream for its Ping."""
-    return int(relay_request(host, {"op": "stats"})["streams_total"])
-
-
-def over_checks(host: SshHost, count: int) -> tuple[int, int]:
-    """(shell starts, lease touches) over the next `count` health checks. The first check after
-    `up` runs the script whatever the relay does (nothing vouched for the port yet): skipped."""
-    wait_for(lambda: health_checks(host) >= 2, 60, "the first health checks")
-    first, starts = health_checks(host), shell_starts(host)
-    touches = {lease_touched_at(host)}
-
-    def done() -> bool:
-        touches.add(lease_touched_at(host))
-        return health_checks(host) - first >= count
-
-    wait_for(done, 60, f"{count} health checks")
-    return shell_starts(host) - starts, len(touches) - 1  # the first value was there before
+from tests.e2e.helpers import CHECKS, LEASES, count_shell_starts, over_checks, shell_starts, up_resumable
+from tests.testbed import USER, SshHost
 
 
 def failed_relay_pings(gt: Gt) -> int:

@@ -3,13 +3,12 @@ lease, and the remote script keeps the lease when the relay cannot."""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any
 
 from gt_remote.remote.lease import LEASE_TOUCH_KEEPALIVES
 from tests.conftest import Gt
-from tests.e2e.helpers import our_server_pids, relay_request
+from tests.e2e.helpers import CHECKS, LEASES, count_shell_starts, our_server_pids, over_checks, up_resumable
 from tests.helpers import answers, one_error_line
 from tests.testbed import STANDIN, USER, SshHost, combined_ssh_config, free_loopback_port, wait_for
 
@@ -17,61 +16,6 @@ from tests.testbed import STANDIN, USER, SshHost, combined_ssh_config, free_loop
 def row(gt: Gt, name: str = "gaming-pc") -> dict[str, Any]:
     [status] = gt.status(name)
     return status
-
-
-LEASES = f"/home/{USER}/.local/state/gt-remote/leases/9999"
-
-
-STARTS = f"/home/{USER}/.shell-starts"
-
-
-CHECKS = 9
-
-
-def count_shell_starts(host: SshHost) -> None:
-    """The first line of ~/.bashrc appends a line to ~/.shell-starts: bash reads it for every
-    command sshd runs, before anything else of it (Debian's returns early when not interactive)."""
-    line = f"echo start >> {STARTS}"
-    host.sh(f"printf '%s\\n' {shlex.quote(line)} | cat - /home/{USER}/.bashrc > /tmp/bashrc.new && cat /tmp/bashrc.new > /home/{USER}/.bashrc", user=USER)
-
-
-def shell_starts(host: SshHost) -> int:
-    return int(host.sh(f"cat {STARTS} 2>/dev/null | wc -l", user=USER).strip())
-
-
-def lease_touched_at(host: SshHost) -> str:
-    """The lease file's modification time, to the nanosecond: each touch changes it."""
-    return host.sh(f"stat -c %.9Y {LEASES}/*", user=USER).strip()
-
-
-def up_resumable(gt: Gt, host: SshHost) -> None:
-    result = gt.up(host, "--keepalive", "1", "--local", f"tcp://127.0.0.1:{free_loopback_port()}")
-    assert result.returncode == 0, result.stderr
-    [status] = gt.status("gaming-pc")
-    assert status["resumable"] is True
-
-
-def health_checks(host: SshHost) -> int:
-    """Health checks so far: each opens one relay stream for its Ping."""
-    return int(relay_request(host, {"op": "stats"})["streams_total"])
-
-
-def over_checks(host: SshHost, count: int) -> tuple[int, int]:
-    """(shell starts, lease touches) over the next `count` health checks. The first check after
-    `up` runs the script whatever the relay does (nothing vouched for the port yet): skipped."""
-    wait_for(lambda: health_checks(host) >= 2, 60, "the first health checks")
-    first, starts = health_checks(host), shell_starts(host)
-    touches = {lease_touched_at(host)}
-
-    def done() -> bool:
-        touches.add(lease_touched_at(host))
-        return health_checks(host) - first >= count
-
-    wait_for(done, 60, f"{count} health checks")
-    return shell_starts(host) - starts, len(touches) - 1  # the first value was there before
-
-
-# --- shared accounts --------------------------------------------------------------------
 
 
 def test_two_aliases_share_one_server_knowingly(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
