@@ -1,4 +1,9 @@
-"""The `gt-remote` command line: parse, call into the packages, print. Errors become one line."""
+"""The `gt-remote` command line: parse, call into the packages, print. Errors become one line.
+
+Its length (about 670 lines) is the declarations of every command's options and help, which
+`gt-remote --help`, completion and docs/usage.md's checks read in one place; what a command
+does lives in commands/ and host/.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,12 @@ Run detached by `gt-remote up` as `python -m gt_remote.runtime.supervisor HOST`,
 JSON on stdin (never on the command line, which every local account can read), which
 reports progress as JSON lines on stdout until the tunnel is up, or in-process with
 `up --foreground` (systemd, launchd).
+
+Still about 780 lines: the relay keeper (relay_keeper.py) and the process around it
+(process.py) are apart, but the health loop, the server's revival, the control API and the
+status it reports are still methods of this class, sharing its state (the link, the server,
+the port's refusal, the round trip). Splitting them needs a typed status first (issue #28's
+HostStatus), which is the next step.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ or the resume window ends. The wire format is described in the core.
 The lease op (relay started with --leases DIR) keeps a supervisor's lease, the file the
 remote script's lease_touch writes (gt_remote/remote/lease.py), and answers with the other live
 holders, as its lease_others does: an idle tunnel's health checks then start no shell.
+
+It is one file of about 580 lines because it is uploaded as one program (with the protocol
+modules inlined by build.py): its sockets, the check of whose socket answered a dial (sock_diag
+and /proc), the leases and the ops cannot import anything of gt-remote's but the protocol.
 """
 
 from __future__ import annotations
