@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,16 @@ def gt(tmp_path: Path) -> Iterator[Gt]:
         pid = supervisor_alive(pid_file)
         if pid and pid > 0:  # a supervisor this test started and `down` could not stop
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd's notify socket, at a short path."""
+    path = Path(f"/tmp/gtr-notify-{os.getpid()}-{time.monotonic_ns()}.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    try:
+        yield sock, str(path)
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)

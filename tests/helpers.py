@@ -7,22 +7,26 @@ import atexit
 import concurrent.futures
 import functools
 import importlib.util
+import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gt_remote.base.addresses import parse_address
 from gt_remote.base.errors import PingFailed
 from gt_remote.ccmux.wire import ping_address
-from tests.testbed import REPO
+from tests.testbed import REPO, Gt
 
 STANDIN_PATTERN = "--listen-tcp 127.0.0.1:"
 T = TypeVar("T")
@@ -178,3 +182,93 @@ class Background:
         self.start()
         assert self.future is not None
         return self.future.result(timeout)
+
+
+# --- shared by the unit and end-to-end tests, or the contracts -----------------------------
+
+STANDIN_ECHO = 0x7FFF0001  # the stand-in echoes this frame back (its benchmark message)
+
+
+ECHO_FRAME = struct.pack(">I", 4 + 32 * 1024) + struct.pack("<I", STANDIN_ECHO) + bytes(32 * 1024)
+
+
+PYTHON_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"
+
+
+def local_files(gt: Gt) -> list[str]:
+    """Every file gt-remote keeps locally (directories do not count)."""
+    roots = [gt.home / ".local/state/gt-remote", Path(gt.env["XDG_RUNTIME_DIR"]) / "gt-remote"]
+    return sorted(str(path) for root in roots if root.exists() for path in root.rglob("*") if not path.is_dir())
+
+
+def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
+    result = gt("status", *([host] if host else []), "--json")
+    return list(json.loads(result.stdout or "[]"))
+
+
+def start_up(gt: Gt, host: str, *args: str, ssh_config: Path | None = None) -> subprocess.Popen[str]:
+    """`gt-remote up` as a background process this test signals by pid."""
+    config = ssh_config or gt.ssh_config
+    cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), "up", host, *args]
+    return subprocess.Popen(cmd, env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def sock_dir(gt: Gt) -> Path:
+    """A private directory with a short path: sun_path holds about 100 bytes."""
+    path = Path(gt.env["XDG_RUNTIME_DIR"]) / "s"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def gt_on_path(gt: Gt, tmp_path: Path) -> dict[str, str]:
+    """The environment of a user shell with `gt-remote` on PATH, running this checkout."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "gt-remote"
+    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m gt_remote \"$@\"\n")
+    shim.chmod(0o755)
+    return {**gt.env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def run_in(shell: str, script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    assert shutil.which(shell), f"{shell} is missing: run docker/testbed.sh (make testbed)"
+    return subprocess.run([shell, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+
+
+def up_line(shell: str, args: str) -> str:
+    """The documented way to bring a host up in each shell."""
+    return f"gt-remote {args} | source" if shell == "fish" else f'eval "$(gt-remote {args})"'
+
+
+def in_a_terminal(command: list[str], env: dict[str, str]) -> str:
+    """Run with stdout on a real pseudo-terminal (script(1)), return what it showed."""
+    result = subprocess.run(["script", "-qec", shlex.join(command), "/dev/null"], env=env, capture_output=True, text=True, timeout=120)
+    return result.stdout.replace("\r\n", "\n")
+
+
+def received(sock: socket.socket) -> list[str]:
+    """Every datagram already queued, without waiting."""
+    sock.setblocking(False)
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+SEQUENCES = "\x1b]0;pwned\x07\x1b]52;c;cHduZWQ=\x07\x1b[2J\x1b[31mforged: all files deleted\x1b[0m"
+
+
+SHOWN = "\\x1b]0;pwned\\x07\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J\\x1b[31mforged: all files deleted\\x1b[0m"
+
+
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but TAB and the newline
+
+
+def assert_no_control(text: str) -> None:
+    found = CONTROL.search(text)
+    assert found is None, f"{found.group()!r} reached the terminal: {text!r}"
+
+
+TITLE_CLIPBOARD_SHOWN = "\\x1b]0;pwned\\x07\\x1b]52;c;cHduZWQ=\\x07"

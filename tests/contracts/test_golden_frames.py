@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from gt_remote.ccmux import wire
+from tests.helpers import ECHO_FRAME, STANDIN_ECHO
 from tests.testbed import REPO, STANDIN, free_loopback_port
 
 # ../shared beside the clone (CI, /work/main); a worktree under ../wt/ finds it one level up.
@@ -127,12 +128,6 @@ async def exchange(port: int, request: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + payload
     finally:
         writer.close()
-
-
-STANDIN_ECHO = 0x7FFF0001  # the stand-in echoes this frame back (its benchmark message)
-
-
-ECHO_FRAME = struct.pack(">I", 4 + 32 * 1024) + struct.pack("<I", STANDIN_ECHO) + bytes(32 * 1024)
 
 
 def test_the_oracle_holds_every_message_we_speak() -> None:

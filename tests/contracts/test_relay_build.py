@@ -11,9 +11,7 @@ from pathlib import Path
 
 from gt_remote.protocol import stream
 from gt_remote.remote.relay import build as relay_build
-from tests.helpers import agent_file
-
-PYTHON_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"
+from tests.helpers import PYTHON_38, agent_file
 
 
 def imported_roots(source: str) -> set[str]:

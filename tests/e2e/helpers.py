@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import select
 import shlex
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
+import asyncssh
+
+from gt_remote.remote.scripts import use_install_dir
+from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN
-from tests.testbed import USER, SshHost, free_loopback_port, wait_for
+from tests.helpers import STANDIN_ECHO, STANDIN_PATTERN
+from tests.testbed import STANDIN, USER, SshHost, free_loopback_port, wait_for
 
 PORT = 9999
 
@@ -42,9 +53,6 @@ PONG = PING
 
 
 GET_SERVER_STATUS = b"\x00\x00\x00\x04\x0f\x00\x00\x00"
-
-
-STANDIN_ECHO = 0x7FFF0001
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -105,8 +113,8 @@ class LongClient:
         self._thread.join(10)
 
 
-def row(gt: Gt) -> dict[str, Any]:
-    [status] = gt.status("gaming-pc")
+def row(gt: Gt, name: str = "gaming-pc") -> dict[str, Any]:
+    [status] = gt.status(name)
     return status
 
 
@@ -256,3 +264,126 @@ def over_checks(host: SshHost, count: int) -> tuple[int, int]:
     return shell_starts(host) - starts, len(touches) - 1  # the first value was there before
 
 
+# --- shared by several end-to-end test files --------------------------------------------
+
+HOME = "/home/gamer"
+
+
+REMOTE_STATE = "/home/gamer/.local/state/gt-remote"
+
+
+SERVERS = "/home/gamer/.local/share/gt-remote/servers"
+
+
+LOCAL = "tcp://127.0.0.1:9999"
+
+
+ROUNDS = 3
+
+
+SECRET = "ghp_Zq8sEcReTtOkEn0123456789abcdefXYZ"  # what a token in an install_command looks like
+
+
+MOTD_ON = ["sh", "-c", "sed -i 's/^PrintMotd no/PrintMotd yes/' /etc/ssh/sshd_config && exec /usr/sbin/sshd -D -e"]
+
+
+T = TypeVar("T")
+
+
+def server_pids(host: SshHost, port: int = 9999) -> list[int]:
+    return host.pids(f"{STANDIN_PATTERN}{port}")
+
+
+def remote_ls(host: SshHost, path: str) -> list[str]:
+    code, output = host.exec(f"ls -A {path}", user="gamer")
+    return output.split() if code == 0 else []
+
+
+def new_build(tmp_path: Path, version: str = "0.1.2") -> Path:
+    """Another build of the stand-in: another version, so another hash."""
+    path = tmp_path / "new" / "ccmux-server"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(STANDIN.read_text().replace('VERSION = "0.1.1"', f'VERSION = "{version}"'))
+    path.chmod(0o755)
+    return path
+
+
+def default_ssh_config(gt: Gt, text: str) -> Path:
+    """The test's private HOME gets ~/.ssh/config: no -F anywhere."""
+    ssh_dir = gt.home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    config = ssh_dir / "config"
+    config.write_text(text)
+    config.chmod(0o600)
+    return config
+
+
+def doctor(gt: Gt, host: str = "gaming-pc") -> dict[str, dict[str, str]]:
+    result = gt("doctor", host, "--json")
+    return {check["name"]: check for check in json.loads(result.stdout)}
+
+
+def other_shell(gt: Gt, tmp_path: Path) -> Gt:
+    """The same user in another shell: same home, another XDG_RUNTIME_DIR (su, cron, ssh -T)."""
+    runtime = Path(os.path.join("/tmp", f"gtr-other-{os.getpid()}-{tmp_path.name[-12:]}"))
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    other = Gt(gt.home, runtime)
+    other.env = {**gt.env, "XDG_RUNTIME_DIR": str(runtime)}
+    return other
+
+
+def free_local() -> str:
+    """A local address no other test (of any worktree on this machine) is using now."""
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{spare.getsockname()[1]}"
+
+
+def on(host: SshHost, action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]], install_dir: str | None = None) -> T:
+    async def main() -> T:
+        conn = await connect(SshTarget(host.alias, str(host.ssh_config)))
+        use_install_dir(conn, install_dir)
+        try:
+            return await action(conn)
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
+    return asyncio.run(main())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def up(gt: Gt, host: SshHost, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`up` with the stand-in uploaded, on a free local port (other tunnels may hold 9999)."""
+    local = free_loopback_port()
+    result = gt("up", host.alias, "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{local}", *args, ssh_config=host.ssh_config)
+    return result, local
+
+
+def bring_up_local(gt: Gt, host: SshHost, *args: str) -> str:
+    local = f"tcp://127.0.0.1:{free_loopback_port()}"
+    result = gt.up(host, "--local", local, *args)
+    assert result.returncode == 0, result.stderr
+    return local
+
+
+def private_setup(gt: Gt, ssh_host: SshHost) -> dict[str, Path | str]:
+    """A host `pc` reached as user@alias, through an ssh_config (naming an identity) at a path
+    of the user's choosing, whose install_command carries a token."""
+    ssh_dir = gt.home / "work-secrets"
+    ssh_dir.mkdir(mode=0o700)
+    ssh_config = ssh_dir / "client_ssh_config"
+    shutil.copy(ssh_host.ssh_config, ssh_config)
+    destination = f"{ssh_host.user}@{ssh_host.alias}"
+    config = gt.home / "gt-remote-private.toml"
+    config.write_text(
+        "[hosts.pc]\n"
+        f'ssh = "{destination}"\n'
+        f'local = "tcp://127.0.0.1:{free_loopback_port()}"\n'
+        f'server_binary = "{STANDIN}"\n'
+        f'install_command = "curl -H \'Authorization: token {SECRET}\' https://example.invalid/ccmux | sh"\n'
+    )
+    return {"ssh_config": ssh_config, "config": config, "destination": destination, "identity": ssh_host.key.path}

@@ -12,14 +12,9 @@ from gt_remote.remote.probe import file_digest
 from gt_remote.remote.relay.deploy import agent_digest
 from gt_remote.remote.scripts import REMOTE_RELAY_ROOT, script_text
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, ping
+from tests.e2e.helpers import HOME, REMOTE_STATE, SERVERS, new_build, remote_ls, server_pids
+from tests.helpers import local_files, ping
 from tests.testbed import STANDIN, SshHost, wait_for
-
-HOME = "/home/gamer"
-
-
-SERVERS = f"{HOME}/.local/share/gt-remote/servers"
-
 
 RELAYS = f"{HOME}/{REMOTE_RELAY_ROOT}"
 
@@ -48,33 +43,6 @@ def snapshot(host: SshHost, *roots: str) -> str:
     """Every path under `roots` with its type, and every file's SHA-256: equal means untouched."""
     quoted = " ".join(shlex.quote(root) for root in roots)
     return host.sh(f"find {quoted} -printf '%y %p\\n' | sort && find {quoted} -type f -exec sha256sum {{}} + | sort", user="gamer")
-
-
-REMOTE_STATE = "/home/gamer/.local/state/gt-remote"
-
-
-def server_pids(host: SshHost, port: int = 9999) -> list[int]:
-    return host.pids(f"{STANDIN_PATTERN}{port}")
-
-
-def new_build(tmp_path: Path, version: str = "0.1.2") -> Path:
-    """Another build of the stand-in: another version, so another hash."""
-    path = tmp_path / "new" / "ccmux-server"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(STANDIN.read_text().replace('VERSION = "0.1.1"', f'VERSION = "{version}"'))
-    path.chmod(0o755)
-    return path
-
-
-def remote_ls(host: SshHost, path: str) -> list[str]:
-    code, output = host.exec(f"ls -A {path}", user="gamer")
-    return output.split() if code == 0 else []
-
-
-def local_files(gt: Gt) -> list[str]:
-    """Every file gt-remote keeps locally (directories do not count)."""
-    roots = [gt.home / ".local/state/gt-remote", Path(gt.env["XDG_RUNTIME_DIR"]) / "gt-remote"]
-    return sorted(str(path) for root in roots if root.exists() for path in root.rglob("*") if not path.is_dir())
 
 
 def test_clean_leaves_partial_uploads_in_flight_and_removes_stale_ones(gt: Gt, ssh_host: SshHost) -> None:

@@ -6,26 +6,10 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-from pathlib import Path
 
 from tests.conftest import Gt
+from tests.e2e.helpers import default_ssh_config, doctor
 from tests.testbed import SshHost
-
-
-def default_ssh_config(gt: Gt, text: str) -> Path:
-    """The test's private HOME gets ~/.ssh/config: no -F anywhere."""
-    ssh_dir = gt.home / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    config = ssh_dir / "config"
-    config.write_text(text)
-    config.chmod(0o600)
-    return config
-
-
-def doctor(gt: Gt, host: str = "gaming-pc") -> dict[str, dict[str, str]]:
-    result = gt("doctor", host, "--json")
-    return {check["name"]: check for check in json.loads(result.stdout)}
-
 
 # --- doctor -----------------------------------------------------------------------------
 

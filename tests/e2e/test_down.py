@@ -4,47 +4,15 @@ host, and a `down` from another shell cancels a bring-up."""
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, one_error_line, supervisor_processes, tcp_port_free, tcp_port_refuses
+from tests.e2e.helpers import REMOTE_STATE, SERVERS, free_local, other_shell, remote_ls, server_pids
+from tests.helpers import local_files, one_error_line, rows, start_up, supervisor_processes, tcp_port_free, tcp_port_refuses
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
-
-SERVERS = "/home/gamer/.local/share/gt-remote/servers"
-
-
-def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
-    result = gt("status", *([host] if host else []), "--json")
-    return list(json.loads(result.stdout or "[]"))
-
-
-def start_up(gt: Gt, host: str, *args: str, ssh_config: Path | None = None) -> subprocess.Popen[str]:
-    """`gt-remote up` as a background process this test signals by pid."""
-    config = ssh_config or gt.ssh_config
-    cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), "up", host, *args]
-    return subprocess.Popen(cmd, env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def other_shell(gt: Gt, tmp_path: Path) -> Gt:
-    """The same user in another shell: same home, another XDG_RUNTIME_DIR (su, cron, ssh -T)."""
-    runtime = Path(os.path.join("/tmp", f"gtr-other-{os.getpid()}-{tmp_path.name[-12:]}"))
-    runtime.mkdir(mode=0o700, exist_ok=True)
-    other = Gt(gt.home, runtime)
-    other.env = {**gt.env, "XDG_RUNTIME_DIR": str(runtime)}
-    return other
-
-
-def free_local() -> str:
-    """A local address no other test (of any worktree on this machine) is using now."""
-    with socket.socket() as spare:
-        spare.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{spare.getsockname()[1]}"
 
 
 def remember_unreachable_remote(gt: Gt, tmp_path: Path, name: str) -> None:
@@ -59,28 +27,6 @@ def remember_unreachable_remote(gt: Gt, tmp_path: Path, name: str) -> None:
         "reach.remember(resolve(sys.argv[1], {}, {}, sys.argv[2]))"
     )
     subprocess.run([sys.executable, "-c", code, name, str(config)], env=gt.env, check=True)
-
-
-REMOTE_STATE = "/home/gamer/.local/state/gt-remote"
-
-
-def server_pids(host: SshHost, port: int = 9999) -> list[int]:
-    return host.pids(f"{STANDIN_PATTERN}{port}")
-
-
-def remote_ls(host: SshHost, path: str) -> list[str]:
-    code, output = host.exec(f"ls -A {path}", user="gamer")
-    return output.split() if code == 0 else []
-
-
-def local_files(gt: Gt) -> list[str]:
-    """Every file gt-remote keeps locally (directories do not count)."""
-    roots = [gt.home / ".local/state/gt-remote", Path(gt.env["XDG_RUNTIME_DIR"]) / "gt-remote"]
-    return sorted(str(path) for root in roots if root.exists() for path in root.rglob("*") if not path.is_dir())
-
-
-def remote_server_pids(host: SshHost, port: int = 9999) -> list[int]:
-    return host.pids(f"{STANDIN_PATTERN}{port}")
 
 
 def test_down_from_another_shell_cancels_a_bring_up_and_undoes_it(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
@@ -170,12 +116,12 @@ def test_down_stop_server_after_down_leaves_a_server_gt_remote_did_not_start(gt:
 
 def test_down_leaves_the_server_running(gt: Gt, ssh_host: SshHost) -> None:
     assert gt.up(ssh_host).returncode == 0
-    [pid] = remote_server_pids(ssh_host)
+    [pid] = server_pids(ssh_host)
     result = gt("down", "gaming-pc")
     assert result.returncode == 0
     assert "keeps running" in result.stderr
     wait_for(lambda: tcp_port_refuses(9999), 2, "the local listener to close")
-    assert remote_server_pids(ssh_host) == [pid]
+    assert server_pids(ssh_host) == [pid]
     assert supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == []
     again = gt("down", "gaming-pc")
     assert again.returncode == 0 and "already down" in again.stderr
@@ -183,22 +129,22 @@ def test_down_leaves_the_server_running(gt: Gt, ssh_host: SshHost) -> None:
 
 def test_down_stop_server_stops_only_ours(gt: Gt, ssh_host: SshHost) -> None:
     assert gt.up(ssh_host).returncode == 0
-    [pid] = remote_server_pids(ssh_host)
+    [pid] = server_pids(ssh_host)
     result = gt("down", "gaming-pc", "--stop-server")
     assert result.returncode == 0
     assert f"stopped the remote server (pid {pid})" in result.stderr
-    assert remote_server_pids(ssh_host) == []
+    assert server_pids(ssh_host) == []
 
 
 def test_stop_server_leaves_a_server_gt_remote_did_not_start(gt: Gt, ssh_host: SshHost) -> None:
     ssh_host.install_standin()
     ssh_host.spawn("exec ccmux-server --listen-tcp 127.0.0.1:9999 2>/tmp/own.log")
     wait_for(lambda: "listening on tcp" in ssh_host.exec("cat /tmp/own.log")[1], 10, "the user's own server")
-    [pid] = remote_server_pids(ssh_host)
+    [pid] = server_pids(ssh_host)
     up = gt.up(ssh_host, standin=False)
     assert up.returncode == 0, up.stderr
     assert "did not start" in up.stderr
     result = gt("down", "gaming-pc", "--stop-server")
     assert result.returncode == 1 and "left running" in result.stderr and "the remote server still runs" in result.stderr
-    assert remote_server_pids(ssh_host) == [pid]
+    assert server_pids(ssh_host) == [pid]
 

@@ -2,41 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.conftest import Gt
+from tests.helpers import gt_on_path, in_a_terminal, run_in, up_line
 from tests.testbed import STANDIN, SshHost
-
-
-def gt_on_path(gt: Gt, tmp_path: Path) -> dict[str, str]:
-    """The environment of a user shell with `gt-remote` on PATH, running this checkout."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    shim = bin_dir / "gt-remote"
-    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m gt_remote \"$@\"\n")
-    shim.chmod(0o755)
-    return {**gt.env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-
-
-def run_in(shell: str, script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    assert shutil.which(shell), f"{shell} is missing: run docker/testbed.sh (make testbed)"
-    return subprocess.run([shell, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-
-
-def up_line(shell: str, args: str) -> str:
-    """The documented way to bring a host up in each shell."""
-    return f"gt-remote {args} | source" if shell == "fish" else f'eval "$(gt-remote {args})"'
-
-
-def in_a_terminal(command: list[str], env: dict[str, str]) -> str:
-    """Run with stdout on a real pseudo-terminal (script(1)), return what it showed."""
-    result = subprocess.run(["script", "-qec", shlex.join(command), "/dev/null"], env=env, capture_output=True, text=True, timeout=120)
-    return result.stdout.replace("\r\n", "\n")
 
 
 def test_up_in_real_shells_and_on_a_terminal(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:

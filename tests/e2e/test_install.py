@@ -4,9 +4,7 @@ another architecture, a swapped build), a server already on PATH, `--install-com
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import os
 import platform
 import re
@@ -15,19 +13,16 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import asyncssh
 import pytest
 
 from gt_remote.remote.relay import build as relay_build
 from gt_remote.remote.relay import deploy as remote_relay
-from gt_remote.remote.scripts import use_install_dir
-from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, assert_nothing_left, one_error_line, ping, supervisor_processes
+from tests.e2e.helpers import SERVERS, on, server_pids, sha256, up
+from tests.helpers import assert_nothing_left, local_files, one_error_line, ping, rows, start_up, supervisor_processes
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
 
 
@@ -40,26 +35,6 @@ def other_arch_elf(directory: Path) -> tuple[Path, str]:
     path.write_bytes(header)
     path.chmod(0o755)
     return path, arch
-
-
-SERVERS = "/home/gamer/.local/share/gt-remote/servers"
-
-
-def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
-    result = gt("status", *([host] if host else []), "--json")
-    return list(json.loads(result.stdout or "[]"))
-
-
-def start_up(gt: Gt, host: str, *args: str, ssh_config: Path | None = None) -> subprocess.Popen[str]:
-    """`gt-remote up` as a background process this test signals by pid."""
-    config = ssh_config or gt.ssh_config
-    cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), "up", host, *args]
-    return subprocess.Popen(cmd, env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def local_files(gt: Gt) -> list[str]:
-    roots = [gt.home / ".local/state/gt-remote", Path(gt.env["XDG_RUNTIME_DIR"]) / "gt-remote"]
-    return sorted(str(path) for root in roots if root.exists() for path in root.rglob("*") if not path.is_dir())
 
 
 def big_standin(path: Path, padding_mib: int) -> Path:
@@ -76,50 +51,9 @@ def big_standin(path: Path, padding_mib: int) -> Path:
     return path
 
 
-T = TypeVar("T")
-
-
-MOTD_ON = ["sh", "-c", "sed -i 's/^PrintMotd no/PrintMotd yes/' /etc/ssh/sshd_config && exec /usr/sbin/sshd -D -e"]
-
-
-def on(host: SshHost, action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]], install_dir: str | None = None) -> T:
-    async def main() -> T:
-        conn = await connect(SshTarget(host.alias, str(host.ssh_config)))
-        use_install_dir(conn, install_dir)
-        try:
-            return await action(conn)
-        finally:
-            conn.close()
-            await conn.wait_closed()
-
-    return asyncio.run(main())
-
-
-@pytest.fixture
-def chatty(host_factory: Any) -> SshHost:
-    """One container with MOTD on; tests reach its accounts with `as_user`."""
-    host: SshHost = host_factory(command=MOTD_ON)
-    return host
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def up(gt: Gt, host: SshHost, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
-    """`up` with the stand-in uploaded, on a free local port (other tunnels may hold 9999)."""
-    local = free_loopback_port()
-    result = gt("up", host.alias, "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{local}", *args, ssh_config=host.ssh_config)
-    return result, local
-
-
 # --- noexec homes and --install-dir -----------------------------------------------------
 
 NOEXEC_HOME = {"/home/gamer/.local": "rw,noexec,nosuid,size=64m,uid=1000,gid=1000,mode=0755"}
-
-
-def remote_server_pids(host: SshHost, port: int = 9999) -> list[int]:
-    return host.pids(f"{STANDIN_PATTERN}{port}")
 
 
 def test_server_missing_and_no_way_to_install(gt: Gt, ssh_host: SshHost) -> None:
@@ -294,8 +228,6 @@ def test_relay_upload_on_a_full_disk_leaves_nothing_and_counts_the_space(host_fa
     assert host.sh("find /home/gamer/.local/share -type f", user="gamer").strip() == ""
 
 
-
-
 def test_a_failing_install_command_is_reported_with_its_last_lines(chatty: SshHost) -> None:
     """The user's own command runs in their login shell; a long output is read as a bounded tail."""
     from gt_remote.base.errors import InstallFailed
@@ -323,7 +255,7 @@ def test_server_already_on_path_is_used(gt: Gt, ssh_host: SshHost) -> None:
     result = gt.up(ssh_host, standin=False)
     assert result.returncode == 0, result.stderr
     assert "uploading" not in result.stderr
-    assert "/usr/local/bin/ccmux-server" in ssh_host.sh(f"tr '\\0' ' ' < /proc/{remote_server_pids(ssh_host)[0]}/cmdline")
+    assert "/usr/local/bin/ccmux-server" in ssh_host.sh(f"tr '\\0' ' ' < /proc/{server_pids(ssh_host)[0]}/cmdline")
 
 
 def test_install_command_installs_the_server(gt: Gt, ssh_host: SshHost) -> None:

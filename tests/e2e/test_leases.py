@@ -4,18 +4,12 @@ lease, and the remote script keeps the lease when the relay cannot."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from gt_remote.remote.lease import LEASE_TOUCH_KEEPALIVES
 from tests.conftest import Gt
-from tests.e2e.helpers import CHECKS, LEASES, count_shell_starts, our_server_pids, over_checks, up_resumable
+from tests.e2e.helpers import CHECKS, LEASES, count_shell_starts, our_server_pids, over_checks, row, up_resumable
 from tests.helpers import answers, one_error_line
 from tests.testbed import STANDIN, USER, SshHost, combined_ssh_config, free_loopback_port, wait_for
-
-
-def row(gt: Gt, name: str = "gaming-pc") -> dict[str, Any]:
-    [status] = gt.status(name)
-    return status
 
 
 def test_two_aliases_share_one_server_knowingly(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:

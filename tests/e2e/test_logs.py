@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from tests.conftest import Gt
+from tests.e2e.helpers import bring_up
 from tests.testbed import SshHost
-
-
-def row(gt: Gt) -> dict[str, Any]:
-    [status] = gt.status("gaming-pc")
-    return status
-
-
-def bring_up(gt: Gt, host: SshHost) -> dict[str, Any]:
-    result = gt.up(host, "--keepalive", "1")
-    assert result.returncode == 0, result.stderr
-    return row(gt)
 
 
 def test_logs_command_and_rotation(gt: Gt, ssh_host: SshHost) -> None:

@@ -10,13 +10,12 @@ import shlex
 import signal
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gt_remote.remote.relay import build as relay_build
 from tests.conftest import Gt
-from tests.e2e.helpers import PORT, add_account, our_server_pids, relay_request
+from tests.e2e.helpers import PORT, add_account, our_server_pids, relay_request, row
 from tests.helpers import STANDIN_PATTERN, agent_file, answers, one_error_line, supervisor_processes
 from tests.testbed import REPO, STANDIN, USER, SshHost, free_loopback_port, wait_for
 
@@ -39,11 +38,6 @@ def squat_with_a_standin(host: SshHost, port: int = PORT) -> None:
 def squatter_pids(host: SshHost) -> list[int]:
     code, output = host.exec(f"exec pgrep -u {SQUATTER} -f -- {shlex.quote(STANDIN_PATTERN + str(PORT))}")
     return [int(pid) for pid in output.split()] if code == 0 else []
-
-
-def row(gt: Gt, name: str = "gaming-pc") -> dict[str, Any]:
-    [status] = gt.status(name)
-    return status
 
 
 PORT = 9999

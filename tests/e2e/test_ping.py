@@ -3,26 +3,12 @@ reconnects."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from tests.conftest import Gt
+from tests.e2e.helpers import bring_up_local, row
 from tests.helpers import answers, one_error_line
-from tests.testbed import SshHost, free_loopback_port, wait_for
-
-
-def row(gt: Gt) -> dict[str, Any]:
-    [status] = json.loads(gt("status", "gaming-pc", "--json").stdout)
-    return dict(status)
-
-
-def bring_up(gt: Gt, host: SshHost, *args: str) -> str:
-    local = f"tcp://127.0.0.1:{free_loopback_port()}"
-    result = gt.up(host, "--local", local, *args)
-    assert result.returncode == 0, result.stderr
-    return local
-
+from tests.testbed import SshHost, wait_for
 
 # --- against the test host ----------------------------------------------------------------
 
@@ -51,7 +37,7 @@ def test_ping_exec_and_status_around_down(gt: Gt, ssh_host: SshHost, tmp_path: P
 def test_ping_through_a_frozen_relay_names_the_relay(gt: Gt, ssh_host: SshHost) -> None:
     """A killed relay is started again by the next stream (test_relay_restart.py); a frozen one
     takes the Ping and never passes it on: `ping` says so, and the health check replaces it."""
-    local = bring_up(gt, ssh_host, "--keepalive", "1")
+    local = bring_up_local(gt, ssh_host, "--keepalive", "1")
     assert row(gt)["resumable"] is True
     for pid in ssh_host.pids("relay_agent.py --socket"):
         ssh_host.kill(pid, "STOP")
@@ -63,7 +49,7 @@ def test_ping_through_a_frozen_relay_names_the_relay(gt: Gt, ssh_host: SshHost) 
 
 
 def test_ping_while_the_tunnel_reconnects_names_the_tunnel(gt: Gt, ssh_host: SshHost) -> None:
-    bring_up(gt, ssh_host, "--keepalive", "1")
+    bring_up_local(gt, ssh_host, "--keepalive", "1")
     ssh_host.pause()
     try:
         wait_for(lambda: row(gt)["state"] in ("reconnecting", "failed"), 20, "the link to drop")

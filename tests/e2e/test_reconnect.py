@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -16,23 +15,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, answers
+from tests.e2e.helpers import LOCAL, ROUNDS, row
+from tests.helpers import ECHO_FRAME, STANDIN_PATTERN, answers
 from tests.testbed import SshHost, free_loopback_port, wait_for
-
-LOCAL = "tcp://127.0.0.1:9999"
-
-
-ROUNDS = 3
 
 
 def server_pid(host: SshHost) -> int:
     [pid] = host.pids(f"{STANDIN_PATTERN}9999")
     return pid
-
-
-def row(gt: Gt) -> dict[str, Any]:
-    [status] = gt.status("gaming-pc")
-    return status
 
 
 def wait_recovered_from_fault(gt: Gt, reconnects: int, timeout: float = 45) -> dict[str, Any]:
@@ -51,12 +41,6 @@ def bring_up_for_faults(gt: Gt, host: SshHost) -> int:
 
 
 UPLINK_BYTES_PER_S = 256 * 1024
-
-
-STANDIN_ECHO = 0x7FFF0001  # the stand-in echoes this frame back (its benchmark message)
-
-
-ECHO_FRAME = struct.pack(">I", 4 + 32 * 1024) + struct.pack("<I", STANDIN_ECHO) + bytes(32 * 1024)
 
 
 TICK = 0.05

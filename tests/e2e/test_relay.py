@@ -17,7 +17,7 @@ from gt_remote.ccmux import wire
 from gt_remote.protocol.stream import CAP  # per stream and direction, at both ends
 from gt_remote.remote.relay.deploy import agent_digest
 from tests.conftest import Gt
-from tests.e2e.helpers import GET_SERVER_STATUS, PING, PONG, PORT, bring_up, expect_clean_close, offer_until_full, recv_frame, relay_pids, relay_stats, row, server_clients_inside
+from tests.e2e.helpers import GET_SERVER_STATUS, HOME, PING, PONG, PORT, bring_up, expect_clean_close, offer_until_full, recv_frame, relay_pids, relay_stats, row, server_clients_inside
 from tests.helpers import agent_file, answers
 from tests.testbed import SshHost, free_loopback_port, wait_for
 
@@ -128,9 +128,6 @@ def ping_once(port: int) -> str:
             return "pong" if data == wire.PING else f"not a Pong: {data.hex()}"
     except OSError as exc:
         return repr(exc)
-
-
-HOME = "/home/gamer"
 
 
 STATE = f"{HOME}/.local/state/gt-remote"

@@ -3,65 +3,22 @@ look like gt-remote's answers), floods from start-up files, Windows' shells."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import shlex
-import subprocess
 import sys
 import tracemalloc
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import asyncssh
 import pytest
 
 from gt_remote.base.errors import NonPosixShell, RemoteOutputTooLarge
 from gt_remote.remote.relay import deploy as remote_relay
-from gt_remote.remote.scripts import ascii_int, run_script, use_install_dir
-from gt_remote.tunnel.connection import SshTarget, connect
+from gt_remote.remote.scripts import ascii_int, run_script
 from tests.conftest import Gt
+from tests.e2e.helpers import on, sha256, up
 from tests.helpers import answers, assert_nothing_left, one_error_line
 from tests.testbed import STANDIN, USER, SshHost, free_loopback_port, wait_for
 
-T = TypeVar("T")
-
-
 NOISY_SHELLS = {"bashy": "bash", "zshy": "zsh", "fishy": "fish", "dashy": "dash", "ashy": "busybox ash"}
-
-
-MOTD_ON = ["sh", "-c", "sed -i 's/^PrintMotd no/PrintMotd yes/' /etc/ssh/sshd_config && exec /usr/sbin/sshd -D -e"]
-
-
-def on(host: SshHost, action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]], install_dir: str | None = None) -> T:
-    async def main() -> T:
-        conn = await connect(SshTarget(host.alias, str(host.ssh_config)))
-        use_install_dir(conn, install_dir)
-        try:
-            return await action(conn)
-        finally:
-            conn.close()
-            await conn.wait_closed()
-
-    return asyncio.run(main())
-
-
-@pytest.fixture
-def chatty(host_factory: Any) -> SshHost:
-    """One container with MOTD on; tests reach its accounts with `as_user`."""
-    host: SshHost = host_factory(command=MOTD_ON)
-    return host
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def up(gt: Gt, host: SshHost, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
-    """`up` with the stand-in uploaded, on a free local port (other tunnels may hold 9999)."""
-    local = free_loopback_port()
-    result = gt("up", host.alias, "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{local}", *args, ssh_config=host.ssh_config)
-    return result, local
 
 
 def status_row(gt: Gt, host: SshHost) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from tests.e2e.helpers import (
     PING,
     PONG,
     PORT,
+    ROUNDS,
     LongClient,
     bring_up,
     echo_frame,
@@ -34,9 +35,6 @@ from tests.e2e.helpers import (
 )
 from tests.helpers import STANDIN_PATTERN, answers
 from tests.testbed import STANDIN, SshHost, wait_for
-
-ROUNDS = 3
-
 
 READ_CHUNK = 256 * 1024  # what one socket read may add beyond the cap
 

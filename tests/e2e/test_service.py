@@ -3,47 +3,19 @@ unit that holds no setting of the config. The unit file itself: tests/unit/test_
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import Gt
-from tests.helpers import answers, one_error_line, openssl_mapped
-from tests.testbed import STANDIN, SshHost, free_loopback_port
+from tests.e2e.helpers import SECRET, private_setup
+from tests.helpers import answers, one_error_line, openssl_mapped, received
+from tests.testbed import STANDIN, SshHost
 
 # --- the sd_notify datagram ---------------------------------------------------------------
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket standing in for systemd's notify socket, at a short path."""
-    path = Path(f"/tmp/gtr-notify-{os.getpid()}-{time.monotonic_ns()}.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    try:
-        yield sock, str(path)
-    finally:
-        sock.close()
-        path.unlink(missing_ok=True)
-
-
-def received(sock: socket.socket) -> list[str]:
-    """Every datagram already queued, without waiting."""
-    sock.setblocking(False)
-    messages = []
-    while True:
-        try:
-            messages.append(sock.recv(4096).decode())
-        except BlockingIOError:
-            return messages
 
 
 # --- up --foreground under a service manager --------------------------------------------
@@ -67,28 +39,6 @@ def wait_for_ready(sock: socket.socket, proc: subprocess.Popen[str], timeout: fl
             assert proc.poll() is None, f"up --foreground exited {proc.returncode} before READY=1: {proc.communicate()}"
             assert time.monotonic() < deadline, f"no READY=1 within {timeout} s; got {messages}"
     return messages
-
-
-SECRET = "ghp_Zq8sEcReTtOkEn0123456789abcdefXYZ"  # what a token in an install_command looks like
-
-
-def private_setup(gt: Gt, ssh_host: SshHost) -> dict[str, Path | str]:
-    """A host `pc` reached as user@alias, through an ssh_config (naming an identity) at a path
-    of the user's choosing, whose install_command carries a token."""
-    ssh_dir = gt.home / "work-secrets"
-    ssh_dir.mkdir(mode=0o700)
-    ssh_config = ssh_dir / "client_ssh_config"
-    shutil.copy(ssh_host.ssh_config, ssh_config)
-    destination = f"{ssh_host.user}@{ssh_host.alias}"
-    config = gt.home / "gt-remote-private.toml"
-    config.write_text(
-        "[hosts.pc]\n"
-        f'ssh = "{destination}"\n'
-        f'local = "tcp://127.0.0.1:{free_loopback_port()}"\n'
-        f'server_binary = "{STANDIN}"\n'
-        f'install_command = "curl -H \'Authorization: token {SECRET}\' https://example.invalid/ccmux | sh"\n'
-    )
-    return {"ssh_config": ssh_config, "config": config, "destination": destination, "identity": ssh_host.key.path}
 
 
 def test_ready_is_sent_only_once_the_tunnel_answers_a_ping(gt: Gt, ssh_host: SshHost, receiver: tuple[socket.socket, str]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,29 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, one_error_line, supervisor_processes, tcp_port_free
-from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
-
-
-def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
-    result = gt("status", *([host] if host else []), "--json")
-    return list(json.loads(result.stdout or "[]"))
-
-
-def other_shell(gt: Gt, tmp_path: Path) -> Gt:
-    """The same user in another shell: same home, another XDG_RUNTIME_DIR (su, cron, ssh -T)."""
-    runtime = Path(os.path.join("/tmp", f"gtr-other-{os.getpid()}-{tmp_path.name[-12:]}"))
-    runtime.mkdir(mode=0o700, exist_ok=True)
-    other = Gt(gt.home, runtime)
-    other.env = {**gt.env, "XDG_RUNTIME_DIR": str(runtime)}
-    return other
-
-
-def free_local() -> str:
-    """A local address no other test (of any worktree on this machine) is using now."""
-    with socket.socket() as spare:
-        spare.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{spare.getsockname()[1]}"
+from tests.e2e.helpers import bring_up_local, free_local, new_build, other_shell, row, server_pids
+from tests.helpers import STANDIN_PATTERN, one_error_line, rows, supervisor_processes, tcp_port_free
+from tests.helpers import TITLE_CLIPBOARD_SHOWN as SHOWN
+from tests.testbed import SshHost, free_loopback_port, wait_for
 
 
 def status_row(gt: Gt) -> dict[str, Any]:
@@ -46,35 +26,7 @@ def status_row(gt: Gt) -> dict[str, Any]:
     return row
 
 
-SHOWN = "\\x1b]0;pwned\\x07\\x1b]52;c;cHduZWQ=\\x07"
-
-
-def new_build(tmp_path: Path, version: str = "0.1.2") -> Path:
-    """Another build of the stand-in: another version, so another hash."""
-    path = tmp_path / "new" / "ccmux-server"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(STANDIN.read_text().replace('VERSION = "0.1.1"', f'VERSION = "{version}"'))
-    path.chmod(0o755)
-    return path
-
-
-def row(gt: Gt) -> dict[str, Any]:
-    [status] = json.loads(gt("status", "gaming-pc", "--json").stdout)
-    return dict(status)
-
-
-def bring_up(gt: Gt, host: SshHost, *args: str) -> str:
-    local = f"tcp://127.0.0.1:{free_loopback_port()}"
-    result = gt.up(host, "--local", local, *args)
-    assert result.returncode == 0, result.stderr
-    return local
-
-
 STATUS_KEYS = {"host", "state", "local", "remote_port", "supervisor_pid", "uptime_s", "reconnects", "rtt_ms", "server", "last_error"}
-
-
-def remote_server_pids(host: SshHost, port: int = 9999) -> list[int]:
-    return host.pids(f"{STANDIN_PATTERN}{port}")
 
 
 def test_status_and_down_from_a_shell_with_another_runtime_dir(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
@@ -200,7 +152,7 @@ def test_status_shows_the_running_version_and_another_installed_build(gt: Gt, ss
 
 
 def test_outage_clears_the_rtt_and_recovery_is_told_in_the_past(gt: Gt, ssh_host: SshHost) -> None:
-    bring_up(gt, ssh_host, "--keepalive", "1")
+    bring_up_local(gt, ssh_host, "--keepalive", "1")
     wait_for(lambda: row(gt)["rtt_ms"] is not None, 10, "a round trip to be measured")
     ssh_host.pause()
     try:
@@ -224,7 +176,7 @@ def test_outage_clears_the_rtt_and_recovery_is_told_in_the_past(gt: Gt, ssh_host
 
 
 def test_a_hung_server_of_ours_is_not_called_another_program(gt: Gt, ssh_host: SshHost) -> None:
-    local = bring_up(gt, ssh_host)
+    local = bring_up_local(gt, ssh_host)
     assert gt("down", "gaming-pc").returncode == 0  # the server keeps running
     [pid] = ssh_host.pids(f"{STANDIN_PATTERN}9999")
     ssh_host.kill(pid, "STOP")  # hung
@@ -239,7 +191,7 @@ def test_a_hung_server_of_ours_is_not_called_another_program(gt: Gt, ssh_host: S
 
 
 def test_a_hung_server_while_up_is_reported_as_hung_with_a_reason_in_the_log(gt: Gt, ssh_host: SshHost) -> None:
-    bring_up(gt, ssh_host, "--keepalive", "1")
+    bring_up_local(gt, ssh_host, "--keepalive", "1")
     [pid] = ssh_host.pids(f"{STANDIN_PATTERN}9999")
     ssh_host.kill(pid, "STOP")
     try:
@@ -278,7 +230,7 @@ def test_status_fields_and_exit_codes(gt: Gt, ssh_host: SshHost) -> None:
     assert row["state"] == "up" and row["host"] == "gaming-pc" and row["local"] == "tcp://127.0.0.1:9999"
     assert row["remote_port"] == 9999 and row["reconnects"] == 0 and row["last_error"] is None
     assert row["rtt_ms"] > 0 and row["uptime_s"] >= 0
-    assert row["server"]["version"] == "0.1.1" and row["server"]["pid"] == remote_server_pids(ssh_host)[0]
+    assert row["server"]["version"] == "0.1.1" and row["server"]["pid"] == server_pids(ssh_host)[0]
     assert row["supervisor_pid"] in supervisor_processes(gt.env["XDG_RUNTIME_DIR"])
     human = gt("status")
     assert human.returncode == 0 and "gaming-pc: up" in human.stdout and "0.1.1" in human.stdout

@@ -4,7 +4,6 @@ outage, runtime files remade, and settings that are not shown to other local acc
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -12,55 +11,14 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gt_remote.ccmux import wire
 from tests.conftest import Gt
-from tests.helpers import answers, openssl_mapped, ping, supervisor_processes
+from tests.e2e.helpers import LOCAL, SECRET, bring_up, private_setup, row
+from tests.helpers import answers, openssl_mapped, ping, rows, supervisor_processes
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
-
-
-def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
-    result = gt("status", *([host] if host else []), "--json")
-    return list(json.loads(result.stdout or "[]"))
-
-
-SECRET = "ghp_Zq8sEcReTtOkEn0123456789abcdefXYZ"  # what a token in an install_command looks like
-
-
-def private_setup(gt: Gt, ssh_host: SshHost) -> dict[str, Path | str]:
-    """A host `pc` reached as user@alias, through an ssh_config (naming an identity) at a path
-    of the user's choosing, whose install_command carries a token."""
-    ssh_dir = gt.home / "work-secrets"
-    ssh_dir.mkdir(mode=0o700)
-    ssh_config = ssh_dir / "client_ssh_config"
-    shutil.copy(ssh_host.ssh_config, ssh_config)
-    destination = f"{ssh_host.user}@{ssh_host.alias}"
-    config = gt.home / "gt-remote-private.toml"
-    config.write_text(
-        "[hosts.pc]\n"
-        f'ssh = "{destination}"\n'
-        f'local = "tcp://127.0.0.1:{free_loopback_port()}"\n'
-        f'server_binary = "{STANDIN}"\n'
-        f'install_command = "curl -H \'Authorization: token {SECRET}\' https://example.invalid/ccmux | sh"\n'
-    )
-    return {"ssh_config": ssh_config, "config": config, "destination": destination, "identity": ssh_host.key.path}
-
-
-LOCAL = "tcp://127.0.0.1:9999"
-
-
-def row(gt: Gt) -> dict[str, Any]:
-    [status] = gt.status("gaming-pc")
-    return status
-
-
-def bring_up(gt: Gt, host: SshHost) -> dict[str, Any]:
-    result = gt.up(host, "--keepalive", "1")
-    assert result.returncode == 0, result.stderr
-    return row(gt)
 
 
 def drop_connection(host: SshHost) -> None:

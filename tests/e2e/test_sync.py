@@ -3,45 +3,18 @@ rsync's own messages, chatty login shells, git files, and rsync missing on eithe
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gt_remote.base.config import HostSettings
 from gt_remote.commands import sync
 from tests.conftest import Gt
-from tests.helpers import one_error_line
+from tests.helpers import SEQUENCES, SHOWN, assert_no_control, one_error_line
 from tests.testbed import SshHost
 
-MOTD_ON = ["sh", "-c", "sed -i 's/^PrintMotd no/PrintMotd yes/' /etc/ssh/sshd_config && exec /usr/sbin/sshd -D -e"]
-
-
-@pytest.fixture
-def chatty(host_factory: Any) -> SshHost:
-    """One container with MOTD on; tests reach its accounts with `as_user`."""
-    host: SshHost = host_factory(command=MOTD_ON)
-    return host
-
-
-# A window title (OSC 0), a clipboard write (OSC 52), a screen clear, a forged red line.
-SEQUENCES = "\x1b]0;pwned\x07\x1b]52;c;cHduZWQ=\x07\x1b[2J\x1b[31mforged: all files deleted\x1b[0m"
-
-
-SHOWN = "\\x1b]0;pwned\\x07\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J\\x1b[31mforged: all files deleted\\x1b[0m"
-
-
-CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but TAB and the newline
-
-
 NOTICE = "gt-remote: left out .git/hooks and .git/config (git runs them); --with-git-config brings them"
-
-
-def assert_no_control(text: str) -> None:
-    found = CONTROL.search(text)
-    assert found is None, f"{found.group()!r} reached the terminal: {text!r}"
 
 
 def settings_for(host: SshHost) -> HostSettings:

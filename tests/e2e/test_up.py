@@ -18,8 +18,8 @@ from gt_remote.remote.ownership import Holder
 from gt_remote.remote.probe import file_digest, survey
 from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
-from tests.e2e.helpers import PORT
-from tests.helpers import STANDIN_PATTERN, answers, exports, mode, one_error_line, ping, supervisor_processes, tcp_port_free
+from tests.e2e.helpers import PORT, SERVERS, default_ssh_config, new_build, other_shell, remote_ls, server_pids
+from tests.helpers import answers, exports, mode, one_error_line, ping, rows, sock_dir, start_up, supervisor_processes, tcp_port_free
 from tests.testbed import STANDIN, USER, SshHost, free_loopback_port, wait_for
 
 # --- WSL2 -------------------------------------------------------------------------------
@@ -29,74 +29,6 @@ FAKE_UNAME = """#!/bin/sh
 # A WSL2 kernel, as `uname -r` shows it there; everything else as the real uname says.
 case "$1" in -r) echo 5.15.153.1-microsoft-standard-WSL2 ;; *) exec /bin/uname "$@" ;; esac
 """
-
-
-def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
-    result = gt("status", *([host] if host else []), "--json")
-    return list(json.loads(result.stdout or "[]"))
-
-
-def start_up(gt: Gt, host: str, *args: str, ssh_config: Path | None = None) -> subprocess.Popen[str]:
-    """`gt-remote up` as a background process this test signals by pid."""
-    config = ssh_config or gt.ssh_config
-    cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), "up", host, *args]
-    return subprocess.Popen(cmd, env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def other_shell(gt: Gt, tmp_path: Path) -> Gt:
-    """The same user in another shell: same home, another XDG_RUNTIME_DIR (su, cron, ssh -T)."""
-    runtime = Path(os.path.join("/tmp", f"gtr-other-{os.getpid()}-{tmp_path.name[-12:]}"))
-    runtime.mkdir(mode=0o700, exist_ok=True)
-    other = Gt(gt.home, runtime)
-    other.env = {**gt.env, "XDG_RUNTIME_DIR": str(runtime)}
-    return other
-
-
-def sock_dir(gt: Gt) -> Path:
-    """A private directory with a short path: sun_path holds about 100 bytes."""
-    path = Path(gt.env["XDG_RUNTIME_DIR"]) / "s"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
-
-
-def default_ssh_config(gt: Gt, text: str) -> Path:
-    """The test's private HOME gets ~/.ssh/config: no -F anywhere."""
-    ssh_dir = gt.home / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    config = ssh_dir / "config"
-    config.write_text(text)
-    config.chmod(0o600)
-    return config
-
-
-def doctor(gt: Gt, host: str = "gaming-pc") -> dict[str, dict[str, str]]:
-    result = gt("doctor", host, "--json")
-    return {check["name"]: check for check in json.loads(result.stdout)}
-
-
-SERVERS = "/home/gamer/.local/share/gt-remote/servers"
-
-
-def server_pids(host: SshHost, port: int = 9999) -> list[int]:
-    return host.pids(f"{STANDIN_PATTERN}{port}")
-
-
-def new_build(tmp_path: Path, version: str = "0.1.2") -> Path:
-    """Another build of the stand-in: another version, so another hash."""
-    path = tmp_path / "new" / "ccmux-server"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(STANDIN.read_text().replace('VERSION = "0.1.1"', f'VERSION = "{version}"'))
-    path.chmod(0o755)
-    return path
-
-
-def remote_ls(host: SshHost, path: str) -> list[str]:
-    code, output = host.exec(f"ls -A {path}", user="gamer")
-    return output.split() if code == 0 else []
-
-
-def remote_server_pids(host: SshHost, port: int = 9999) -> list[int]:
-    return host.pids(f"{STANDIN_PATTERN}{port}")
 
 
 def test_a_wsl_looking_host_gets_the_idle_warning_and_works(gt: Gt, ssh_host: SshHost) -> None:
@@ -265,7 +197,7 @@ def test_up_uploads_starts_and_exports(gt: Gt, ssh_host: SshHost) -> None:
     assert exports(result.stdout) == {"GASTOWN_CCMUX_ADDR": "tcp://127.0.0.1:9999", "CCMUX_ADDR": "tcp://127.0.0.1:9999"}
     assert "uploading" in result.stderr and "starting ccmux-server 0.1.1" in result.stderr
     ping("tcp://127.0.0.1:9999")
-    [pid] = remote_server_pids(ssh_host)
+    [pid] = server_pids(ssh_host)
     cmdline = ssh_host.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
     assert "/home/gamer/.local/share/gt-remote/servers/" in cmdline and "--listen-tcp 127.0.0.1:9999" in cmdline
     # The remote server binds loopback only: 127.0.0.1:9999 is 0100007F:270F in /proc/net/tcp.
@@ -277,15 +209,15 @@ def test_up_uploads_starts_and_exports(gt: Gt, ssh_host: SshHost) -> None:
 
 def test_up_reuses_a_running_server(gt: Gt, ssh_host: SshHost) -> None:
     assert gt.up(ssh_host).returncode == 0
-    [first_pid] = remote_server_pids(ssh_host)
+    [first_pid] = server_pids(ssh_host)
     assert gt("down", "gaming-pc").returncode == 0
-    assert remote_server_pids(ssh_host) == [first_pid]
+    assert server_pids(ssh_host) == [first_pid]
     again = gt.up(ssh_host)
     assert again.returncode == 0, again.stderr
     assert f"reusing the running ccmux-server (pid {first_pid})" in again.stderr
     [row] = gt.status()
     assert row["server"]["pid"] == first_pid
-    assert remote_server_pids(ssh_host) == [first_pid]
+    assert server_pids(ssh_host) == [first_pid]
 
 
 def test_up_is_idempotent(gt: Gt, ssh_host: SshHost) -> None:
@@ -295,7 +227,7 @@ def test_up_is_idempotent(gt: Gt, ssh_host: SshHost) -> None:
     assert first.stdout == second.stdout
     assert "already up" in second.stderr
     assert len(supervisor_processes(gt.env["XDG_RUNTIME_DIR"])) == 1
-    assert len(remote_server_pids(ssh_host)) == 1
+    assert len(server_pids(ssh_host)) == 1
 
 
 def test_racing_ups_leave_one_supervisor(gt: Gt, ssh_host: SshHost) -> None:
@@ -308,7 +240,7 @@ def test_racing_ups_leave_one_supervisor(gt: Gt, ssh_host: SshHost) -> None:
     assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
     assert len({r.stdout for r in results}) == 1
     assert len(supervisor_processes(gt.env["XDG_RUNTIME_DIR"])) == 1
-    assert len(remote_server_pids(ssh_host)) == 1
+    assert len(server_pids(ssh_host)) == 1
     ping("tcp://127.0.0.1:9999")
 
 
@@ -353,7 +285,7 @@ def test_config_file_host_table(gt: Gt, ssh_host: SshHost) -> None:
     result = gt("--config", str(config), "up", "pc", ssh_config=ssh_host.ssh_config)
     assert result.returncode == 0, result.stderr
     assert exports(result.stdout)["GASTOWN_CCMUX_ADDR"] == f"tcp://127.0.0.1:{port}"
-    assert remote_server_pids(ssh_host, 9998)
+    assert server_pids(ssh_host, 9998)
     override = gt("--config", str(config), "up", "pc", "--remote-port", "9997", ssh_config=ssh_host.ssh_config)
     assert override.returncode == 2 and "already up" in override.stderr
 

@@ -7,12 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, assert_nothing_left, one_error_line, silent_server
+from tests.e2e.helpers import REMOTE_STATE, remote_ls, server_pids
+from tests.helpers import assert_nothing_left, one_error_line, silent_server
 from tests.testbed import SshHost, wait_for
-
-
-def server_pids(host: SshHost, port: int = 9999) -> list[int]:
-    return host.pids(f"{STANDIN_PATTERN}{port}")
 
 
 def start_tcpless_server(host: SshHost) -> int:
@@ -21,16 +18,6 @@ def start_tcpless_server(host: SshHost) -> int:
     wait_for(lambda: "listening on unix socket" in host.exec("cat /tmp/own.log")[1], 10, "the TCP-less server")
     [pid] = host.pids("/usr/local/bin/ccmux-server")
     return pid
-
-
-REMOTE_STATE = "/home/gamer/.local/state/gt-remote"
-
-
-def remote_ls(host: SshHost, path: str) -> list[str]:
-    code, output = host.exec(f"ls -A {path}", user="gamer")
-    return output.split() if code == 0 else []
-
-
 
 
 def test_authentication_refused(gt: Gt, ssh_host: SshHost) -> None:
@@ -91,8 +78,6 @@ def test_ssh_config_cannot_turn_host_key_checking_off(gt: Gt, ssh_host: SshHost)
     assert "turns host key checking off" in line and "always verifies host keys" in line
     assert_nothing_left(gt)
     assert server_pids(ssh_host) == []
-
-
 
 
 def test_remote_port_held_by_another_program(gt: Gt, ssh_host: SshHost) -> None:

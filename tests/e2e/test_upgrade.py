@@ -4,8 +4,6 @@ restarted with the tunnel kept, a build that never answers rolled back, `--insta
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pty
 import subprocess
@@ -15,46 +13,9 @@ from typing import Any
 
 from gt_remote.remote.probe import file_digest
 from tests.conftest import Gt
-from tests.helpers import STANDIN_PATTERN, exports, one_error_line, ping, silent_server
+from tests.e2e.helpers import SERVERS, new_build, remote_ls, server_pids, sha256, up
+from tests.helpers import exports, one_error_line, ping, rows, silent_server
 from tests.testbed import STANDIN, SshHost, free_loopback_port
-
-
-def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
-    result = gt("status", *([host] if host else []), "--json")
-    return list(json.loads(result.stdout or "[]"))
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def up(gt: Gt, host: SshHost, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
-    """`up` with the stand-in uploaded, on a free local port (other tunnels may hold 9999)."""
-    local = free_loopback_port()
-    result = gt("up", host.alias, "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{local}", *args, ssh_config=host.ssh_config)
-    return result, local
-
-
-SERVERS = "/home/gamer/.local/share/gt-remote/servers"
-
-
-def server_pids(host: SshHost, port: int = 9999) -> list[int]:
-    return host.pids(f"{STANDIN_PATTERN}{port}")
-
-
-def new_build(tmp_path: Path, version: str = "0.1.2") -> Path:
-    """Another build of the stand-in: another version, so another hash."""
-    path = tmp_path / "new" / "ccmux-server"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(STANDIN.read_text().replace('VERSION = "0.1.1"', f'VERSION = "{version}"'))
-    path.chmod(0o755)
-    return path
-
-
-def remote_ls(host: SshHost, path: str) -> list[str]:
-    code, output = host.exec(f"ls -A {path}", user="gamer")
-    return output.split() if code == 0 else []
-
 
 # --- an upgrade that sticks -------------------------------------------------------------------
 

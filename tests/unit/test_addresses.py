@@ -7,7 +7,7 @@ import shlex
 import subprocess
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gt_remote.base.addresses import (
@@ -21,6 +21,7 @@ from gt_remote.base.addresses import (
     require_loopback,
 )
 from gt_remote.base.errors import AddressError
+from tests.unit.strategies import FUZZ, TEXT
 
 hostnames = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,2}", fullmatch=True)
 
@@ -35,16 +36,6 @@ ports = st.integers(1, 65535)
 
 
 paths = st.lists(st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=12), min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts))
-
-
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-# Text that hits the interesting corners: digits of every script, controls, separators.
-ODD = st.sampled_from(["²", "٣", "\x1b", "\x00", "\n", "\r", "=", ":", "[", "]", "/", "%", "@", "\u202e", "\udc80", "9" * 30, "-", " ", "\t", "~", "~nobody-here/", "a" * 300])
-
-
-TEXT = st.lists(st.one_of(st.text(max_size=8), ODD), max_size=12).map("".join)
 
 
 # --- the address parser ----------------------------------------------------------------------

@@ -4,7 +4,7 @@ log tail of any bytes parse."""
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gt_remote.base.errors import GtRemoteError
@@ -15,16 +15,7 @@ from gt_remote.remote.ownership import Holder, owner_from, refusal
 from gt_remote.remote.probe import build_of, facts_from_fields
 from gt_remote.remote.scripts import parse_fields
 from tests.e2e.helpers import PORT
-
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-# Text that hits the interesting corners: digits of every script, controls, separators.
-ODD = st.sampled_from(["²", "٣", "\x1b", "\x00", "\n", "\r", "=", ":", "[", "]", "/", "%", "@", "\u202e", "\udc80", "9" * 30, "-", " ", "\t", "~", "~nobody-here/", "a" * 300])
-
-
-TEXT = st.lists(st.one_of(st.text(max_size=8), ODD), max_size=12).map("".join)
-
+from tests.unit.strategies import FUZZ, TEXT
 
 # --- numbers and names from the far side (pure logic) -----------------------------------
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gt_remote.base.addresses import parse_address
 from gt_remote.base.config import HostSettings, load_config, resolve
 from gt_remote.base.errors import AuthRefused, ConfigError, ConnectFailed, GtRemoteError, UsageError
 from gt_remote.tunnel.policy import FAST_JITTER, FAST_PHASE, FAST_WAIT, INITIAL_WAIT, JITTER, MAX_WAIT, reconnect_policy
+from tests.unit.strategies import FUZZ, JSON_LEAF, TEXT
 
 
 def run_policy(outcomes: list[GtRemoteError | None]) -> tuple[list[float], int, BaseException | None]:
@@ -40,19 +41,6 @@ def run_policy(outcomes: list[GtRemoteError | None]) -> tuple[list[float], int, 
 
     error = asyncio.run(scenario())
     return sleeps, attempts, error
-
-
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-# Text that hits the interesting corners: digits of every script, controls, separators.
-ODD = st.sampled_from(["²", "٣", "\x1b", "\x00", "\n", "\r", "=", ":", "[", "]", "/", "%", "@", "\u202e", "\udc80", "9" * 30, "-", " ", "\t", "~", "~nobody-here/", "a" * 300])
-
-
-TEXT = st.lists(st.one_of(st.text(max_size=8), ODD), max_size=12).map("".join)
-
-
-JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), TEXT)
 
 
 # --- the config loader -----------------------------------------------------------------------

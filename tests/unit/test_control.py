@@ -20,21 +20,9 @@ from gt_remote.base.errors import UsageError
 from gt_remote.cli import _status_table
 from gt_remote.host import client, lifecycle
 from gt_remote.runtime.control import MAX_REPLY_BYTES, decode_reply, request
-
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
+from tests.unit.strategies import FUZZ, JSON_LEAF, TEXT
 
 FEW = settings(max_examples=40, deadline=3000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-# Text that hits the interesting corners: digits of every script, controls, separators.
-ODD = st.sampled_from(["²", "٣", "\x1b", "\x00", "\n", "\r", "=", ":", "[", "]", "/", "%", "@", "\u202e", "\udc80", "9" * 30, "-", " ", "\t", "~", "~nobody-here/", "a" * 300])
-
-
-TEXT = st.lists(st.one_of(st.text(max_size=8), ODD), max_size=12).map("".join)
-
-
-JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), TEXT)
 
 
 JSON = st.recursive(JSON_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(TEXT, inner, max_size=4)), max_leaves=12)

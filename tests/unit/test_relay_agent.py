@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import agent_file, load_agent
+from tests.helpers import PYTHON_38, agent_file, load_agent
 from tests.testbed import wait_for
-
-PYTHON_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"
-HEADER = struct.Struct(">cI")
+from tests.unit.helpers import HEADER
 
 
 class EchoServer:

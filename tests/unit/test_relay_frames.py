@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -15,10 +14,10 @@ from hypothesis import strategies as st
 from gt_remote.protocol import stream as core
 from gt_remote.tunnel import resumable
 from tests.helpers import load_agent
+from tests.unit.helpers import HEADER
 
 agent = load_agent()
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-HEADER = struct.Struct(">cI")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),

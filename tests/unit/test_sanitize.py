@@ -7,29 +7,18 @@ import logging
 import string
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gt_remote.base.sanitize import ascii_int, visible, visible_data, visible_formatter, visible_lines
 from gt_remote.remote.probe import facts_from_fields, parse_version
-
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-# Text that hits the interesting corners: digits of every script, controls, separators.
-ODD = st.sampled_from(["²", "٣", "\x1b", "\x00", "\n", "\r", "=", ":", "[", "]", "/", "%", "@", "\u202e", "\udc80", "9" * 30, "-", " ", "\t", "~", "~nobody-here/", "a" * 300])
-
-
-TEXT = st.lists(st.one_of(st.text(max_size=8), ODD), max_size=12).map("".join)
-
+from tests.helpers import TITLE_CLIPBOARD_SHOWN as SHOWN
+from tests.unit.strategies import FUZZ, TEXT
 
 TITLE = "\x1b]0;pwned\x07"
 
 
 CLIPBOARD = "\x1b]52;c;cHduZWQ=\x07"
-
-
-SHOWN = "\\x1b]0;pwned\\x07\\x1b]52;c;cHduZWQ=\\x07"
 
 
 @FUZZ

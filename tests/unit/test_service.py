@@ -6,39 +6,15 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gt_remote.runtime import notify
 from tests.conftest import Gt
+from tests.helpers import received
 
 # --- the sd_notify datagram ---------------------------------------------------------------
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket standing in for systemd's notify socket, at a short path."""
-    path = Path(f"/tmp/gtr-notify-{os.getpid()}-{time.monotonic_ns()}.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    try:
-        yield sock, str(path)
-    finally:
-        sock.close()
-        path.unlink(missing_ok=True)
-
-
-def received(sock: socket.socket) -> list[str]:
-    """Every datagram already queued, without waiting."""
-    sock.setblocking(False)
-    messages = []
-    while True:
-        try:
-            messages.append(sock.recv(4096).decode())
-        except BlockingIOError:
-            return messages
 
 
 # --- service status ---------------------------------------------------------------------

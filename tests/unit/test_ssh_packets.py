@@ -1,11 +1,7 @@
-"""What a small message costs on gt-remote's SSH connection: one packet, not two, on AES-GCM.
-
-asyncssh sends an empty SSH_MSG_IGNORE before every packet, a countermeasure only CBC
-ciphers need. gt-remote's connections leave it out with any other cipher (every message of
-an interactive pane then costs one packet to encrypt, send, read and decrypt instead of two)
-and keep it with CBC. Checked against a real sshd, from asyncssh's own log of what it sent.
-With AES in hardware and no `Ciphers` in ssh_config, the connection prefers AES-GCM, which
-costs asyncssh less per packet than chacha20-poly1305 (gt_remote/tunnel/ciphers.py)."""
+"""Which ciphers keep asyncssh's empty SSH_MSG_IGNORE packets (only CBC needs them) and which
+cipher goes first (AES-GCM with AES in hardware and no `Ciphers` in ssh_config): the choices
+alone, without a connection. tests/e2e/test_ssh_packets.py counts the packets against a real
+sshd (gt_remote/tunnel/ciphers.py)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ operands follow `--`, git files are left out of a pull unless asked, progress on
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -13,20 +12,7 @@ from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError
 from gt_remote.commands import sync
 from gt_remote.commands.sync import Transfer, rsync_command
-
-# A window title (OSC 0), a clipboard write (OSC 52), a screen clear, a forged red line.
-SEQUENCES = "\x1b]0;pwned\x07\x1b]52;c;cHduZWQ=\x07\x1b[2J\x1b[31mforged: all files deleted\x1b[0m"
-
-
-SHOWN = "\\x1b]0;pwned\\x07\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J\\x1b[31mforged: all files deleted\\x1b[0m"
-
-
-CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but TAB and the newline
-
-
-def assert_no_control(text: str) -> None:
-    found = CONTROL.search(text)
-    assert found is None, f"{found.group()!r} reached the terminal: {text!r}"
+from tests.helpers import SEQUENCES, SHOWN, assert_no_control
 
 
 def settings_for_name(name: str) -> HostSettings:

@@ -5,35 +5,19 @@ and nothing left behind."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import Gt
-from tests.helpers import assert_nothing_left, one_error_line, supervisor_processes, tcp_port_free
+from tests.helpers import assert_nothing_left, local_files, one_error_line, rows, sock_dir, start_up, supervisor_processes, tcp_port_free
 from tests.testbed import STANDIN, free_loopback_port, wait_for
 
 INTERRUPT_DEADLINE = 5.0  # well under the 10 s connect timeout a late Ctrl-C used to wait for
-
-
-def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
-    result = gt("status", *([host] if host else []), "--json")
-    return list(json.loads(result.stdout or "[]"))
-
-
-def start_up(gt: Gt, host: str, *args: str, ssh_config: Path | None = None) -> subprocess.Popen[str]:
-    """`gt-remote up` as a background process this test signals by pid."""
-    config = ssh_config or gt.ssh_config
-    cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), "up", host, *args]
-    return subprocess.Popen(cmd, env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture
@@ -48,19 +32,7 @@ def silent_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     listener.close()
 
 
-def local_files(gt: Gt) -> list[str]:
-    roots = [gt.home / ".local/state/gt-remote", Path(gt.env["XDG_RUNTIME_DIR"]) / "gt-remote"]
-    return sorted(str(path) for root in roots if root.exists() for path in root.rglob("*") if not path.is_dir())
-
-
 PRECIOUS = b"thesis draft, chapter 3\n\x00\xff binary tail\n"
-
-
-def sock_dir(gt: Gt) -> Path:
-    """A private directory with a short path: sun_path holds about 100 bytes."""
-    path = Path(gt.env["XDG_RUNTIME_DIR"]) / "s"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
 
 
 def refused(gt: Gt, path: Path) -> str:

@@ -14,16 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gt_remote.base.addresses import UnixAddress
 from gt_remote.base.errors import PingFailed
 from gt_remote.ccmux import wire
 from tests.testbed import STANDIN, free_loopback_port, wait_for
-
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
+from tests.unit.strategies import FUZZ
 
 # --- the wire frame reader (ccmux Ping through the tunnel) ----------------------------------
 
