@@ -1,7 +1,8 @@
 """Frames made by ccmux's own codec, decoded and re-encoded by ours and by the stand-in's.
 
-The oracle is ../shared/ccmux-golden-frames.json (built from ccmux's protocol crate, see
-../shared/ccmux-facts.md). Both the wire module and the stand-in must read every frame to
+The oracle is tests/data/ccmux-golden-frames.json, copied unchanged from the project's shared
+reference folder (shared/ccmux-golden-frames.json, built from ccmux's protocol crate; see
+shared/ccmux-facts.md), so a clone needs nothing beside it. Both the wire module and the stand-in must read every frame to
 the codec's fields and write the same bytes back, so neither can drift from the real codec."""
 
 from __future__ import annotations
@@ -26,17 +27,12 @@ from gt_remote.ccmux import wire
 from tests.helpers import ECHO_FRAME, STANDIN_ECHO
 from tests.testbed import REPO, STANDIN, free_loopback_port
 
-# ../shared beside the clone (CI, /work/main); a worktree under ../wt/ finds it one level up.
-GOLDEN_CANDIDATES = [REPO.parent / "shared" / "ccmux-golden-frames.json", REPO.parent.parent / "shared" / "ccmux-golden-frames.json"]
+GOLDEN = REPO / "tests" / "data" / "ccmux-golden-frames.json"
 
 
 def golden_frames() -> list[dict[str, Any]]:
-    """Missing oracle = a failing run, never a skipped one: the check must not go quiet."""
-    for path in GOLDEN_CANDIDATES:
-        if path.exists():
-            frames: list[dict[str, Any]] = json.loads(path.read_text())["frames"]
-            return frames
-    raise FileNotFoundError(f"no golden frames at {' or '.join(map(str, GOLDEN_CANDIDATES))}: the shared folder belongs beside the clone")
+    frames: list[dict[str, Any]] = json.loads(GOLDEN.read_text())["frames"]
+    return frames
 
 
 FRAMES = golden_frames()
