@@ -14,7 +14,7 @@ from gt_remote.base.errors import BinaryIncompatible, RemoteError, RemotePortBus
 from gt_remote.remote import server as remote_server
 from gt_remote.remote.install import check_platform, run_install_command, upload_server
 from gt_remote.remote.ownership import Holder, Owner, PortNotOurs, check_owner, refusal
-from gt_remote.remote.probe import PORT_CHECK_TIMEOUT, PortState, RemoteFacts, Survey, build_of, file_digest, parse_version, port_state, probe, survey
+from gt_remote.remote.probe import PORT_CHECK_TIMEOUT, PortState, RemoteFacts, Survey, build_of, file_digest, no_channel_to, parse_version, port_state, probe, survey
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,9 @@ async def state_of_port(conn: asyncssh.SSHClientConnection, settings: HostSettin
     """Ping the port only once its listener is known to be the user's: another account's program
     never gets even a Ping. A listener no tool on the remote can name is Pinged, then refused;
     a program of the user's own that is not our server is Pinged, to say what it is."""
-    if owner.holder is Holder.FOREIGN:
-        raise refusal(owner, settings.name, settings.remote_port) or AssertionError("a foreign owner is always refused")
+    refused = refusal(owner, settings.name, settings.remote_port)
+    if refused and owner.holder is Holder.FOREIGN:
+        raise refused
     if owner.holder is Holder.NONE:
         return PortState.CLOSED, None
     socket = owner.socket
@@ -101,7 +102,7 @@ async def state_of_port(conn: asyncssh.SSHClientConnection, settings: HostSettin
         # channel to it (OpenSSH says only "open failed"). The port, which it holds, then.
         state = await port_state(conn, settings.remote_port)
         if state is not PortState.CLOSED:
-            log.warning("the remote sshd opens no channel to %s (AllowStreamLocalForwarding?); Pings and plain forwarding use 127.0.0.1:%d", socket, settings.remote_port)
+            no_channel_to(socket, settings.remote_port)
             socket = None
     if owner.holder is Holder.UNKNOWN and state is not PortState.CLOSED:
         raise PortNotOurs(

@@ -86,6 +86,17 @@ install_dir_safe() {
     done
     return 0
 }
+# install_dir_safe, asked once per script (the bring-up's facts, probe and relay parts all
+# need it): afterwards $install_unsafe is empty when the directories are safe, else its
+# unsafe_dir= and unsafe_why= lines. Call it directly, not in $(...), so the answer is kept.
+check_install_dir() {
+    [ -n "${install_checked:-}" ] && return 0
+    install_unsafe=$(install_dir_safe); install_checked=1
+}
+# The first unsafe directory of $install_unsafe.
+unsafe_dir() {
+    printf '%s\n' "$install_unsafe" | sed -n 's/^unsafe_dir=//p'
+}
 # Run `$1 --version`: its status, and the first line of its answer in $version_line. The answer
 # is stdout (a loader's warning on stderr is not a version); a failure says why on either stream.
 ask_version() {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from dataclasses import dataclass
 
 import asyncssh
@@ -18,12 +19,14 @@ from gt_remote.remote.ownership import Owner, owner_from
 from gt_remote.remote.relay import deploy as relay_script
 from gt_remote.remote.scripts import run_script
 
+log = logging.getLogger(__name__)
+
 PROBE_SCRIPT = r"""
 server=$1 port=$2 digest=$3
 found=""
 # An installed build counts only while it still hashes to its directory's name (build_intact).
 # Builds under the install dir count only while no other account can change them (install_dir_safe).
-builds_ok=0; install_dir_safe >/dev/null && builds_ok=1
+check_install_dir; builds_ok=0; [ -n "$install_unsafe" ] || builds_ok=1
 if [ -n "$digest" ]; then
     if [ "$builds_ok" = 1 ] && [ -x "$install_root/$digest/$server" ] && build_intact "$install_root/$digest/$server"; then
         found="$install_root/$digest/$server"
@@ -91,7 +94,9 @@ dir=$install_root; [ -d "$dir" ] || dir=$HOME
 # Free KiB and the mount point from one df; the mount's options say whether builds may run there.
 df_line=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4, $6 }')
 echo "free_kib=${df_line%% *}"
-if ! install_dir_safe; then
+check_install_dir
+if [ -n "$install_unsafe" ]; then
+    printf '%s\n' "$install_unsafe"
     echo "install_dir=unsafe"
 elif [ ! -w "$dir" ]; then
     echo "install_dir=readonly"
@@ -232,6 +237,13 @@ async def open_server(conn: asyncssh.SSHClientConnection, port: int, socket: str
             if exc.code != asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
                 raise
     return await conn.open_connection("127.0.0.1", port)
+
+
+def no_channel_to(socket: str, port: int) -> None:
+    """The server was just seen listening on `socket`, yet this sshd opened no channel to it:
+    OpenSSH refuses them (AllowStreamLocalForwarding no) with a bare "open failed", the words
+    of a dead socket too. From now on the port, whose listener was just seen to be ours."""
+    log.warning("the remote sshd opens no channel to %s (AllowStreamLocalForwarding?); Pings and plain forwarding use 127.0.0.1:%d", socket, port)
 
 
 async def ping_remote(conn: asyncssh.SSHClientConnection, port: int, timeout: float = 3.0, socket: str | None = None) -> float:

@@ -8,7 +8,6 @@ A live process proves nothing (a TCP bind failure is only logged), so readiness 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 import asyncssh
@@ -16,10 +15,8 @@ import asyncssh
 from gt_remote.base.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp, shell_word
 from gt_remote.base.sanitize import ascii_int, visible
 from gt_remote.remote.ownership import Holder, Owner, owner_from
-from gt_remote.remote.probe import ping_remote
+from gt_remote.remote.probe import no_channel_to, ping_remote
 from gt_remote.remote.scripts import run_script
-
-log = logging.getLogger(__name__)
 
 LOG_CAP_BYTES = 1024 * 1024
 
@@ -125,7 +122,7 @@ async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, ser
             return socket
         except asyncssh.ChannelOpenError:
             if socket is not None:
-                log.warning("the remote sshd opens no channel to %s (AllowStreamLocalForwarding?); Pings and plain forwarding use 127.0.0.1:%d", socket, port)
+                no_channel_to(socket, port)
                 socket = None
                 continue
         except (TimeoutError, PingFailed):

@@ -405,8 +405,6 @@ class Supervisor:
             log.warning("port and lease check failed: %s", exc)
             return  # not counted as a touch: the next health check tries again
         self._last_upkeep = asyncio.get_running_loop().time()
-        if self.server is not None and owner.socket is not None and owner.pid == self.server.pid:
-            self.server.socket = owner.socket  # learnt again: a server reused before this version knew none
         self._refuse(refusal(owner, self.settings.name, self.settings.remote_port))
 
     def _server_socket(self) -> str | None:

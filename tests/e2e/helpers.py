@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -20,8 +19,8 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from gt_remote.remote.scripts import use_install_dir
-from gt_remote.tunnel.connection import SshTarget, connect
+from gt_remote.base.config import HostSettings
+from gt_remote.runtime.reach import run_on
 from tests.conftest import Gt
 from tests.helpers import STANDIN_ECHO, STANDIN_PATTERN
 from tests.testbed import STANDIN, USER, SshHost, free_loopback_port, wait_for
@@ -340,16 +339,8 @@ def free_local() -> str:
 
 
 def on(host: SshHost, action: Callable[[asyncssh.SSHClientConnection], Awaitable[T]], install_dir: str | None = None) -> T:
-    async def main() -> T:
-        conn = await connect(SshTarget(host.alias, str(host.ssh_config)))
-        use_install_dir(conn, install_dir)
-        try:
-            return await action(conn)
-        finally:
-            conn.close()
-            await conn.wait_closed()
-
-    return asyncio.run(main())
+    """Run `action` on one connection to the test host, as gt-remote reaches a host (reach.run_on)."""
+    return run_on(HostSettings(host.alias, host.alias, ssh_config=str(host.ssh_config), install_dir=install_dir), action)
 
 
 def sha256(path: Path) -> str:

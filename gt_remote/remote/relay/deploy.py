@@ -55,7 +55,8 @@ relay_python_of() {
 relay_check() {
     echo "relay_home=$HOME"
     # Code another account could swap after the hash check is never run (install_dir_safe).
-    if ! unsafe=$(install_dir_safe); then echo "relay_unsafe=$(printf '%s\n' "$unsafe" | sed -n 's/^unsafe_dir=//p')"; return 1; fi
+    check_install_dir
+    if [ -n "$install_unsafe" ]; then echo "relay_unsafe=$(unsafe_dir)"; return 1; fi
     intact=0
     build_intact "$relay_root/$1" && intact=1  # the file still hashes to its directory's name
     [ "$intact" = 1 ] && echo "relay_installed=1"
@@ -74,7 +75,8 @@ relay_check() {
 # Start the relay: python $1, agent $relay_root/$2, port $3, a stale relay's pid $4 to stop first.
 relay_start() {
     umask 077
-    if ! unsafe=$(install_dir_safe); then echo "relay_error=$(printf '%s\n' "$unsafe" | sed -n 's/^unsafe_dir=//p') is not this user's own"; return 1; fi
+    check_install_dir
+    if [ -n "$install_unsafe" ]; then echo "relay_error=$(unsafe_dir) is not this user's own"; return 1; fi
     mkdir -p "$state_dir/relay-$3" && chmod 700 "$state_dir" "$state_dir/relay-$3"
     if [ -n "$4" ]; then
         kill -TERM "$4" 2>/dev/null
