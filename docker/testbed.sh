@@ -98,18 +98,48 @@ ensure_test_image() {
 }
 
 # Host-side programs the tests drive: rsync (gt-remote sync), systemd-analyze (unit checks),
-# the OpenSSH client, and autossh (the benchmark's reference).
+# the OpenSSH client, and autossh (the benchmark's reference); and MariaDB's server and client
+# (mariadbd, mariadb-install-db, mariadb: the laptop's end of a back tunnel, a real MySQL-protocol
+# server each test starts on a free port of its own, tests/e2e/mariadb.py).
 ensure_host_tools() {
-    local missing=() pair
+    local missing=() server=() pair
     for pair in rsync:rsync systemd-analyze:systemd ssh:openssh-client autossh:autossh fish:fish zsh:zsh script:bsdutils; do
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
-    [ ${#missing[@]} -eq 0 ] && return
+    # The -core packages only: the programs, without mariadb-server's service, its postinst that
+    # starts it, or its default database on port 3306. mariadbd lives in /usr/sbin, off a user's PATH.
+    for pair in mariadbd:mariadb-server-core mariadb-install-db:mariadb-server-core mariadb:mariadb-client-core; do
+        command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] \
+            || [[ " ${server[*]} " == *" ${pair#*:} "* ]] || server+=("${pair#*:}")
+    done
+    local all=("${missing[@]}" "${server[@]}")
+    [ ${#all[@]} -eq 0 ] && return
     [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-        || die "missing programs: ${missing[*]}; install them, then run again"
-    say "installing ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
-        || die "installing ${missing[*]} failed"
+        || die "missing programs: ${all[*]}; install them, then run again"
+    say "installing ${all[*]}"
+    apt-get update -qq
+    if [ ${#missing[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+            || die "installing ${missing[*]} failed"
+    fi
+    if [ ${#server[@]} -gt 0 ]; then
+        install_starting_nothing "${server[@]}" || die "installing ${server[*]} failed"
+    fi
+}
+
+# apt-get install with every service start refused: a policy-rc.d that answers 101 ("action
+# forbidden") while it runs, for invoke-rc.d and deb-systemd-invoke alike. A machine that already
+# has a policy-rc.d keeps its own (and its own policy); ours is removed afterwards, also when
+# apt-get fails or the script is interrupted (the EXIT trap).
+install_starting_nothing() {
+    local guard=/usr/sbin/policy-rc.d status=0
+    if [ ! -e "$guard" ]; then
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        printf '#!/bin/sh\nexit 101\n' >"$guard" && chmod 0755 "$guard"
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 || status=$?
+    if [ "$(trap -p EXIT)" ]; then rm -f "$guard"; trap - EXIT; fi
+    return "$status"
 }
 
 ensure_host_tools
