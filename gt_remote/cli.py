@@ -516,15 +516,16 @@ def doctor(g: Globals, host: str | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
 @click.option("--delete", is_flag=True, help="Delete files on the receiving side that the sender lacks.")
 @click.option("--with-git-config", is_flag=True, help="With --pull: also bring the remote's .git/hooks and .git/config (git runs them).")
+@click.option("--force", is_flag=True, help="Copy a tree that holds a live database (.dolt, .dolt-data, SQLite with its -wal) anyway.")
 @click.pass_obj
 @user_errors
-def sync(g: Globals, host: str, paths: tuple[str, ...], push: bool, pull: bool, dry_run: bool, delete: bool, with_git_config: bool) -> None:
+def sync(g: Globals, host: str, paths: tuple[str, ...], push: bool, pull: bool, dry_run: bool, delete: bool, with_git_config: bool, force: bool) -> None:
     """rsync PATHS (default: [hosts.HOST] sync) with HOST over the same SSH settings."""
     from gt_remote.commands import sync as syncing
 
     if push and pull:
         raise UsageError("--push and --pull go opposite ways", f"run 'gt-remote sync {shell_word(host)} --push' and then 'gt-remote sync {shell_word(host)} --pull'")
-    syncing.run(_settings(g, host), list(paths), not pull, dry_run, delete, say, with_git_config=with_git_config)
+    syncing.run(_settings(g, host), list(paths), not pull, dry_run, delete, say, with_git_config=with_git_config, force=force)
 
 
 @main.command()

@@ -6,7 +6,9 @@ absolute path maps to itself. Nothing on the receiving side is deleted without -
 Everything the far side prints (rsync's and ssh's messages, a login shell's start-up files,
 file names) reaches the terminal only through `visible()`, so it cannot retitle the window,
 write the clipboard, clear the screen or forge a line. A pull leaves out the git files git
-runs (hooks, config) unless the user opts in: see `git_exclusions`.
+runs (hooks, config) unless the user opts in: see `git_exclusions`. A tree that holds a live
+database (Dolt's data directory, SQLite with its -wal) is refused before rsync starts, unless
+--force: see `refuse_live_databases`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from gt_remote.base import progress
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import GtRemoteError, UsageError
+from gt_remote.base.errors import GtRemoteError, UsageError, shell_word
 from gt_remote.base.sanitize import visible
 
 PROGRESS_DELAY = 1.0  # a transfer shows progress only once it has run this long
@@ -98,16 +100,21 @@ def rsync_command(settings: HostSettings, transfer: Transfer, push: bool, dry_ru
     return [*args, "--", *([local, remote] if push else [remote, local])]  # `--`: no operand is ever read as an option
 
 
-def run(settings: HostSettings, paths: list[str], push: bool, dry_run: bool, delete: bool, out: Callable[[str], None], with_git_config: bool = False) -> None:
-    """Transfer each path in turn; a pull ends with one line if it left git's files out."""
+def run(settings: HostSettings, paths: list[str], push: bool, dry_run: bool, delete: bool, out: Callable[[str], None], with_git_config: bool = False, force: bool = False) -> None:
+    """Transfer each path in turn; a pull ends with one line if it left git's files out.
+    Unless `force`, no path is sent if any holds a live database (a dry run too: it shows
+    what the real run would do)."""
     if not paths:
         paths = list(settings.sync)
     if not paths:
         raise UsageError(f"nothing to sync for {settings.name}", f"name paths, or list them under [hosts.{settings.name}] sync = [...] in the config")
     if shutil.which("rsync") is None:
         raise RsyncMissing("rsync is not installed on this machine", "install it (Debian: apt install rsync; macOS: brew install rsync)")
+    transfers = plan(paths)
+    if not force:
+        refuse_live_databases(settings, transfers, push)
     left_out = LeftOut()
-    for transfer in plan(paths):
+    for transfer in transfers:
         if push and not transfer.local.exists():
             raise UsageError(f"{transfer.local} does not exist here", "check the path, or use --pull to fetch it")
         if not push:
@@ -118,6 +125,175 @@ def run(settings: HostSettings, paths: list[str], push: bool, dry_run: bool, del
         _rsync(command, settings, left_out.saw)
     if left_out.count:
         out(GIT_FILES_LEFT_OUT)
+
+
+# --- live databases -----------------------------------------------------------------------
+
+DOLT_DIRS = frozenset({".dolt", ".dolt-data"})  # a Dolt database's own directory; the town's data directory
+WAL = "-wal"  # SQLite in WAL mode: X-wal beside X holds what X does not yet
+FINDS_SHOWN = 3  # a refusal names this many; the search stops at one more
+REMOTE_SEARCH_TIMEOUT = 120.0
+
+
+class LiveDatabase(GtRemoteError):
+    """The tree to sync holds a database's live files: copied while the database writes them,
+    they arrive torn (a Dolt data directory, a SQLite file with its -wal beside it)."""
+
+
+@dataclass(frozen=True)
+class Database:
+    kind: str  # "dolt": a Dolt directory; "sqlite": the file X of an X-wal pair
+    path: str
+
+    def describe(self, shown: Callable[[str], str]) -> str:
+        name = PurePosixPath(self.path).name
+        if self.kind == "dolt":
+            return f"{name}/ at {shown(self.path)}"
+        return f"{name} with {name}{WAL} at {shown(self.path)}"
+
+
+def dolt_above(path: PurePosixPath | Path) -> Database | None:
+    """The Dolt directory that `path` is (or lies in), by its name alone."""
+    for index, part in enumerate(path.parts):
+        if part in DOLT_DIRS:
+            return Database("dolt", str(type(path)(*path.parts[: index + 1])))
+    return None
+
+
+def local_databases(top: Path, limit: int = FINDS_SHOWN + 1) -> list[Database]:
+    """The live databases rsync would copy from `top`: a Dolt directory it is, lies in or holds,
+    SQLite files with their -wal beside them; at most `limit`, the walk ends there.
+
+    Links below `top` are never followed (rsync --archive copies a link, not what it names);
+    `top` itself is, as rsync does with `top/`. What cannot be read is left to rsync to report."""
+    above = dolt_above(top)
+    if above is not None:
+        return [above]
+    if not top.is_dir():
+        return [Database("sqlite", str(db)) for db in _sqlite_pair(top)]
+    found: list[Database] = []
+    stack = [top]
+    while stack and len(found) < limit:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            continue
+        by_name = {entry.name: entry for entry in entries}
+        below = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name in DOLT_DIRS:
+                    found.append(Database("dolt", entry.path))  # not entered: one database, named once
+                else:
+                    below.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False) and (wal := by_name.get(entry.name + WAL)) is not None and wal.is_file(follow_symlinks=False):
+                found.append(Database("sqlite", entry.path))
+        stack.extend(reversed(below))  # depth first, in name order
+    return found[:limit]
+
+
+def _sqlite_pair(file: Path) -> list[Path]:
+    """The database file of a single file sent: itself with its -wal beside it, or the -wal's own."""
+    if Path(f"{file}{WAL}").is_file():
+        return [file]
+    main_file = Path(str(file).removesuffix(WAL))
+    if file.name.endswith(WAL) and main_file != file and main_file.is_file() and file.is_file():
+        return [main_file]
+    return []
+
+
+# One remote command for every path of a pull, its arguments quoted by run_script: what
+# `local_databases` finds, by find's -name patterns; links below a path never followed (-H:
+# only the path itself, as rsync does with PATH/). A relative path is relative to the remote
+# home, as rsync's is, and arrives as ./PATH: never read as an option.
+REMOTE_SEARCH = r"""
+cd || exit 0
+limit=$1; shift
+for top in "$@"; do
+    [ -e "$top" ] || continue
+    if [ -f "$top" ] && [ -f "$top-wal" ]; then printf 'sqlite=%s
+' "$top"; fi
+    find -H "$top" \( -type d \( -name .dolt -o -name .dolt-data \) -prune -exec printf 'dolt=%s
+' {} \; \)         -o \( -type f -name '*-wal' -exec sh -c '[ -f "${1%-wal}" ] && [ ! -L "${1%-wal}" ] && printf "sqlite=%s
+" "${1%-wal}"' sh {} \; \) 2>/dev/null
+done | head -n "$limit"
+"""
+
+
+def remote_arguments(transfers: list[Transfer], limit: int = FINDS_SHOWN + 1) -> list[str]:
+    return [str(limit), *(path if path.startswith("/") else f"./{path}" for path in (transfer.remote for transfer in transfers))]
+
+
+def parse_remote_databases(stdout: str) -> list[Database]:
+    found = []
+    for line in stdout.splitlines():
+        kind, sep, path = line.partition("=")
+        if sep and kind in ("dolt", "sqlite") and path:
+            found.append(Database(kind, path.removeprefix("./")))
+    return found
+
+
+def remote_databases(settings: HostSettings, transfers: list[Transfer]) -> list[Database]:
+    """What `local_databases` would find in the remote trees of a pull, asked in one command."""
+    from gt_remote.remote.scripts import run_script
+    from gt_remote.runtime import reach
+
+    arguments = remote_arguments(transfers)
+    result = reach.run_on(settings, lambda conn: run_script(conn, REMOTE_SEARCH, *arguments, timeout=REMOTE_SEARCH_TIMEOUT))
+    return parse_remote_databases(result.stdout)
+
+
+def refuse_live_databases(settings: HostSettings, transfers: list[Transfer], push: bool) -> None:
+    """Raise LiveDatabase, naming the first finds, if any path to be sent holds a live database:
+    the local trees for a push, the remote ones (one command there) for a pull."""
+    if push:
+        for transfer in transfers:
+            if transfer.local.exists():
+                found = local_databases(transfer.local)
+                if found:
+                    raise refusal(settings.name, shown_local(transfer.local), found, shown_local, pulling=False)
+        return
+    named = [(transfer, db) for transfer in transfers if (db := dolt_above(PurePosixPath(transfer.remote))) is not None]
+    if named:
+        transfer, db = named[0]
+        raise refusal(settings.name, shown_local(transfer.local), [db], shown_remote, pulling=True)
+    found = remote_databases(settings, transfers)
+    if found:
+        first = PurePosixPath(found[0].path)
+        transfer = next((t for t in transfers if first == PurePosixPath(t.remote) or PurePosixPath(t.remote) in first.parents), transfers[0])
+        raise refusal(settings.name, shown_local(transfer.local), found, shown_remote, pulling=True)
+
+
+def shown_local(path: Path | str, home: Path | None = None) -> str:
+    """A local path as the user writes it: ~/... under the home."""
+    home = home or Path.home()
+    try:
+        rest = Path(path).relative_to(home)
+    except ValueError:
+        return visible(str(path))
+    return visible("~" if rest == Path() else f"~/{rest}")
+
+
+def shown_remote(path: str) -> str:
+    """A remote path as rsync takes it (relative to the remote home), as ~/...: the far side's text made visible."""
+    return visible(path if path.startswith("/") else f"~/{path}")
+
+
+def refusal(host: str, what: str, found: list[Database], shown: Callable[[str], str], pulling: bool) -> LiveDatabase:
+    listed = ", ".join(db.describe(shown) for db in found[:FINDS_SHOWN]) + (", and more" if len(found) > FINDS_SHOWN else "")
+    source = f" from {host}" if pulling else ""
+    there = " there" if pulling else ""
+    cause = f"refusing to sync {what}{source}: it holds a live database{there} ({listed}; copying a running database's files corrupts it)"
+    if any(db.kind == "dolt" for db in found):
+        fix = (
+            f"beads live in the town's Dolt server and reach {host} through the back tunnel ('gt-remote up {shell_word(host)} --back dolt'); "
+            "sync a path without it, or stop the database and pass --force to copy it anyway"
+        )
+    else:
+        fix = "sync a path without it, or stop the program that writes it and pass --force to copy it anyway"
+    return LiveDatabase(cause, fix)
 
 
 class LeftOut:

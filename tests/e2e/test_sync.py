@@ -1,5 +1,6 @@
 """`gt-remote sync` against a real sshd: push, pull and dry run, `--delete`, paths from the config,
-rsync's own messages, chatty login shells, git files, and rsync missing on either side."""
+rsync's own messages, chatty login shells, git files, rsync missing on either side, and trees
+holding a live database refused both ways unless `--force`."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def make_remote_repo(host: SshHost) -> None:
 
 def make_rig(root: Path) -> Path:
     rig = root / "gt" / "rig1"
-    (rig / ".beads").mkdir(parents=True)
-    (rig / ".beads" / "ledger.jsonl").write_text('{"id": "bd-1", "status": "open"}\n')
+    (rig / "notes").mkdir(parents=True)
+    (rig / "notes" / "plan.md").write_text("- [ ] step 1\n")
     (rig / "src.py").write_text("print('polecat')\n")
     return rig
 
@@ -162,19 +163,19 @@ def test_sync_push_pull_round_trip_and_dry_run(gt: Gt, ssh_host: SshHost) -> Non
     rig = make_rig(gt.home)
     pushed = gt("sync", "gaming-pc", "--push", str(rig), ssh_config=ssh_host.ssh_config)
     assert pushed.returncode == 0, pushed.stderr
-    assert ssh_host.sh("cat /home/gamer/gt/rig1/.beads/ledger.jsonl", user="gamer") == '{"id": "bd-1", "status": "open"}\n'
+    assert ssh_host.sh("cat /home/gamer/gt/rig1/notes/plan.md", user="gamer") == "- [ ] step 1\n"
 
-    ssh_host.sh("echo '{\"id\": \"bd-2\"}' >> /home/gamer/gt/rig1/.beads/ledger.jsonl && echo new > /home/gamer/gt/rig1/remote.txt", user="gamer")
+    ssh_host.sh("echo '- [ ] step 2' >> /home/gamer/gt/rig1/notes/plan.md && echo new > /home/gamer/gt/rig1/remote.txt", user="gamer")
     dry = gt("sync", "gaming-pc", "--pull", "--dry-run", str(rig), ssh_config=ssh_host.ssh_config)
     assert dry.returncode == 0, dry.stderr
-    assert not (rig / "remote.txt").exists() and "bd-2" not in (rig / ".beads/ledger.jsonl").read_text()
+    assert not (rig / "remote.txt").exists() and "step 2" not in (rig / "notes/plan.md").read_text()
     assert "remote.txt" in dry.stdout
 
     pulled = gt("sync", "gaming-pc", "--pull", str(rig), ssh_config=ssh_host.ssh_config)
     assert pulled.returncode == 0, pulled.stderr
-    assert (rig / "remote.txt").read_text() == "new\n" and "bd-2" in (rig / ".beads/ledger.jsonl").read_text()
+    assert (rig / "remote.txt").read_text() == "new\n" and "step 2" in (rig / "notes/plan.md").read_text()
     listing = lambda: sorted(str(p.relative_to(rig)) for p in rig.rglob("*"))  # noqa: E731
-    assert listing() == [".beads", ".beads/ledger.jsonl", "remote.txt", "src.py"]
+    assert listing() == ["notes", "notes/plan.md", "remote.txt", "src.py"]
 
 
 def test_sync_never_deletes_without_delete(gt: Gt, ssh_host: SshHost) -> None:
@@ -207,3 +208,75 @@ def test_sync_without_rsync_on_either_side(gt: Gt, ssh_host: SshHost) -> None:
     local = gt("sync", "gaming-pc", str(rig), ssh_config=ssh_host.ssh_config)
     assert local.returncode == 1 and "rsync is not installed on this machine" in local.stderr
 
+
+
+# --- live databases ---------------------------------------------------------------------
+
+DOLT_FIX = "beads live in the town's Dolt server and reach gaming-pc through the back tunnel ('gt-remote up gaming-pc --back dolt')"
+
+
+def test_sync_push_refuses_a_tree_with_a_live_database_and_force_copies_it(gt: Gt, ssh_host: SshHost) -> None:
+    """Dolt's data directory, or SQLite with its -wal: refused before rsync starts (a dry run
+    too), nothing reaches the gaming PC; --force copies it all."""
+    rig = make_rig(gt.home)
+    (rig / ".dolt-data" / "beads" / ".dolt").mkdir(parents=True)
+    (rig / ".dolt-data" / "beads" / ".dolt" / "manifest").write_text("live\n")
+    for extra in ((), ("--dry-run",)):
+        refused = gt("sync", "gaming-pc", "--push", *extra, str(rig), ssh_config=ssh_host.ssh_config)
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert one_error_line(refused.stderr) == (
+            "gt-remote: error: refusing to sync ~/gt/rig1: it holds a live database (.dolt-data/ at ~/gt/rig1/.dolt-data; "
+            f"copying a running database's files corrupts it); {DOLT_FIX}; sync a path without it, or stop the database and pass --force to copy it anyway"
+        )
+        assert len(refused.stderr.splitlines()) == 1  # not even the announcement: nothing started
+    assert ssh_host.exec("test -e /home/gamer/gt")[0] != 0
+
+    notes = gt.home / "notes"
+    notes.mkdir()
+    (notes / "cache.sqlite").write_text("db\n")
+    (notes / "cache.sqlite-wal").write_text("wal\n")
+    sqlite = gt("sync", "gaming-pc", "--push", str(rig / "src.py"), str(notes), ssh_config=ssh_host.ssh_config)
+    assert sqlite.returncode == 1
+    assert "refusing to sync ~/notes: it holds a live database (cache.sqlite with cache.sqlite-wal at ~/notes/cache.sqlite;" in one_error_line(sqlite.stderr)
+    assert ssh_host.exec("test -e /home/gamer/gt/rig1/src.py")[0] != 0  # the first path, clean, was not sent either
+
+    forced = gt("sync", "gaming-pc", "--push", "--force", str(rig), ssh_config=ssh_host.ssh_config)
+    assert forced.returncode == 0, forced.stderr
+    assert ssh_host.sh("cat /home/gamer/gt/rig1/.dolt-data/beads/.dolt/manifest /home/gamer/gt/rig1/src.py", user="gamer") == "live\nprint('polecat')\n"
+
+
+def test_sync_pull_refuses_a_remote_tree_with_a_live_database(gt: Gt, ssh_host: SshHost) -> None:
+    """Found there, in one remote command, before rsync runs: nothing lands here; --force pulls.
+    A path with a space, a quote and `$(...)` reaches find as one path."""
+    ssh_host.sh("mkdir -p /home/gamer/gt/rig/sub/.dolt/noms && echo live > /home/gamer/gt/rig/sub/.dolt/noms/manifest && echo hi > /home/gamer/gt/rig/a.txt", user="gamer")
+    rig = gt.home / "gt" / "rig"
+    refused = gt("sync", "gaming-pc", "--pull", str(rig), ssh_config=ssh_host.ssh_config)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert one_error_line(refused.stderr) == (
+        "gt-remote: error: refusing to sync ~/gt/rig from gaming-pc: it holds a live database there (.dolt/ at ~/gt/rig/sub/.dolt; "
+        f"copying a running database's files corrupts it); {DOLT_FIX}; sync a path without it, or stop the database and pass --force to copy it anyway"
+    )
+    assert not (gt.home / "gt").exists()
+
+    odd = "it's $(touch pwned) x"
+    ssh_host.sh(f"cd /home/gamer && mkdir -p {shlex.quote(odd)} && touch {shlex.quote(odd)}/app.db {shlex.quote(odd)}/app.db-wal", user="gamer")
+    sqlite = gt("sync", "gaming-pc", "--pull", "--dry-run", str(gt.home / odd), ssh_config=ssh_host.ssh_config)
+    assert sqlite.returncode == 1
+    assert f"refusing to sync ~/{odd} from gaming-pc: it holds a live database there (app.db with app.db-wal at ~/{odd}/app.db;" in one_error_line(sqlite.stderr)
+    assert ssh_host.exec("test -e /home/gamer/pwned")[0] != 0 and not (gt.home / odd).exists()
+
+    rig.mkdir(parents=True)  # a directory here too: its contents are synced, not itself
+    forced = gt("sync", "gaming-pc", "--pull", "--force", str(rig), ssh_config=ssh_host.ssh_config)
+    assert forced.returncode == 0, forced.stderr
+    assert (rig / "sub" / ".dolt" / "noms" / "manifest").read_text() == "live\n" and (rig / "a.txt").read_text() == "hi\n"
+
+
+def test_sync_pull_of_a_clean_tree_still_works_on_a_chatty_fish_login(gt: Gt, chatty: SshHost) -> None:
+    """The remote search runs under fish's `sh -s`, past its banner: a tree with a database is
+    refused by name, a clean one is left to rsync (whose own error names the start-up file)."""
+    host = chatty.as_user("fishy", alias="pc")
+    chatty.sh("mkdir -p /home/fishy/db/.dolt /home/fishy/clean && echo x > /home/fishy/clean/a.txt", user="fishy")
+    refused = gt("sync", host.alias, "--pull", str(gt.home / "db"), ssh_config=host.ssh_config)
+    assert refused.returncode == 1 and "refusing to sync ~/db from pc: it holds a live database there (.dolt/ at ~/db/.dolt;" in one_error_line(refused.stderr)
+    clean = gt("sync", host.alias, "--pull", str(gt.home / "clean"), ssh_config=host.ssh_config)
+    assert clean.returncode == 1 and "protocol version mismatch" in one_error_line(clean.stderr)
