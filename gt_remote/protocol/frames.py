@@ -181,7 +181,48 @@ def parse_hello(payload: bytes) -> Dict[str, Any]:
         return {"op": "close", "owner": "", "ids": [_stream_id(one) for one in ids]}
     if op == "lease":
         return {"op": "lease", "name": _lease_name(request.get("name")), "ttl": _lease_ttl(request.get("ttl"))}
+    if op == "listen":
+        listened: Dict[str, Any] = {"op": "listen", "owner": _lease_name(request.get("owner")), "port": _port(request.get("port"))}
+        listened.update(_timing(request))
+        return listened
     raise HelloError("unknown op")
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise HelloError("port must be a TCP port number (1-65535)")
+    return value
+
+
+def announcement(stream_id: str) -> bytes:
+    """On a listen channel: a connection was accepted, and its stream waits to be attached."""
+    return frame(b"N", json.dumps({"id": stream_id}).encode())
+
+
+def refusal_notice(reason: str) -> bytes:
+    """On a listen channel: a connection was refused (another account's), for `status`."""
+    return frame(b"N", json.dumps({"refused": reason[:300]}).encode())
+
+
+def parse_notice(kind: bytes, payload: bytes) -> Tuple[str, str]:
+    """A listen channel's frame from the relay: ("stream", id), ("refused", why) or
+    ("heartbeat", ""); FrameError for anything else."""
+    if kind == b"K":
+        return "heartbeat", ""
+    if kind != b"N":
+        raise FrameError("a %r frame on a listen channel" % (kind,))
+    try:
+        notice = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise FrameError("a notice that is not JSON") from None
+    if isinstance(notice, dict) and "id" in notice:
+        try:
+            return "stream", _stream_id(notice["id"])
+        except HelloError:
+            raise FrameError("a notice with a bad stream id") from None
+    if isinstance(notice, dict) and isinstance(notice.get("refused"), str):
+        return "refused", notice["refused"][:300]
+    raise FrameError("a notice of no known kind")
 
 
 def _is_count(value: Any) -> bool:

@@ -12,12 +12,20 @@ Wire format on a channel, both ways: 1-byte type, 4-byte big-endian length, payl
       {"op": "new", "id", "window", "heartbeat", "owner"}
       | {"op": "resume", "id", "received", "consumed", "owner"[, "create": true, "window", "heartbeat"]}
       | {"op": "close", "ids": [...]} | {"op": "close", "owner"} | {"op": "stats"[, "owner"]}
-      | {"op": "lease", "name", "ttl"}
+      | {"op": "lease", "name", "ttl"} | {"op": "listen", "owner", "port", "window", "heartbeat"}
   R reply (JSON), the first frame from the relay: {"received", "consumed", "replaying"}
-      | {"closed": N} | {"holders": [...], "streams": N} | {"error": TEXT}
+      | {"closed": N} | {"holders": [...], "streams": N} | {"listening": PORT} | {"error": TEXT}
   D data   E end of data (counts as one position)   C close: this end's application is gone
   A ack (two 8-byte counts: positions received, bytes the application has taken)
   K heartbeat: the laptop sends one each keepalive, the relay answers each with one
+  N notice, on a listen channel only (JSON): {"id"} a back connection's stream waits to be
+      attached | {"refused": TEXT} a connection from another account was closed
+
+Back tunnels: the relay listens on the gaming PC's 127.0.0.1:PORT for a `listen` hello, and
+keeps listening across drops. Each connection it accepts from this user becomes a stream the
+relay made (`StreamTable.accept`), announced with N on every listen channel until a channel
+takes it; the laptop's stream for it is `peer_opened`, and its first hello is a resume at 0.
+From then on it is a stream like any other: same positions, replay, windows and budget.
 
 Positions: each end counts the bytes its application wrote (`sent`) and one more for their
 end (E). After a resume it replays from the peer's `received`. It keeps every byte until
@@ -84,9 +92,12 @@ from gt_remote.protocol.frames import (
     FrameReader,
     HelloError,
     StreamGone,
+    announcement,
     frame,
     parse_hello,
+    parse_notice,
     parse_reply,
+    refusal_notice,
 )
 from gt_remote.protocol.outbox import Budget, Chunk, Outbox
 
@@ -102,8 +113,13 @@ class Stream:
     to pause or resume its application, and `finished` (with `why`) to let the stream go.
     """
 
-    def __init__(self, role: str, window: float, now: float, budget: Optional[Budget[Stream]] = None, cap: int = CAP, stream_id: str = "", owner: str = "") -> None:
+    def __init__(self, role: str, window: float, now: float, budget: Optional[Budget[Stream]] = None, cap: int = CAP, stream_id: str = "", owner: str = "", peer_opened: bool = False) -> None:
         self.role = role
+        # The laptop's stream of a back tunnel: the relay accepted its connection and made the
+        # stream, so its first hello attaches (resume at 0), never creates.
+        self.peer_opened = peer_opened
+        self.accepted_on: Optional[int] = None  # the relay's: the back tunnel's port it was accepted on
+        self.attaches = 0  # the relay's: channels that took the stream (0: a back stream not yet announced and taken)
         self.window = window
         self.cap = cap
         self.id = stream_id
@@ -227,11 +243,11 @@ class Stream:
         bytes follow it at once; a retry, whose first hello may have arrived, resumes
         (creating the stream only if the relay never saw its id) and waits for the answer."""
         fields: Dict[str, Any] = {"id": self.id, "owner": self.owner}
-        if self.hellos == 0:
+        if self.hellos == 0 and not self.peer_opened:
             fields.update(op="new", window=self.window, heartbeat=heartbeat)
-        else:
+        else:  # a back stream's first hello too: the relay made it, and holds what its client sent
             fields.update(op="resume", received=self.in_positions, consumed=self.consumed)
-            if not self.answered:
+            if not self.answered and not self.peer_opened:
                 fields.update(create=True, window=self.window, heartbeat=heartbeat)
         self.hellos += 1
         self.out = [frame(b"H", json.dumps(fields).encode())]
@@ -249,7 +265,9 @@ class Stream:
             return False
         self.last_rx = now
         self._acknowledged(peer_received, min(peer_consumed, peer_received))
-        self.replayed += self.sent - min(peer_received, self.sent)
+        if self.attaches:  # a first attach sends what waited, which is no replay
+            self.replayed += self.sent - min(peer_received, self.sent)
+        self.attaches += 1
         reply = {"received": self.in_positions, "consumed": self.consumed, "replaying": self.sent - min(peer_received, self.sent)}
         self.out = [frame(b"R", json.dumps(reply).encode())]
         self.acked_received, self.acked_consumed = self.in_positions, self.consumed
@@ -403,14 +421,17 @@ class Stream:
         except StreamGone as gone:
             self._finish(str(gone))
             return
-        resuming = not (self.hellos == 1 and not self.answered)
+        first_answer = not self.answered
+        sent_with_hello = first_answer and self.hellos == 1 and not self.peer_opened  # a `new`: its bytes went with it
         self.answered = True
         self.awaiting_reply = False
         self._acknowledged(received, consumed)
-        if resuming:
+        if sent_with_hello:
+            return
+        if not (first_answer and self.peer_opened):  # a back stream's first attach is no resume
             self.resumes += 1
             self.replayed += self.sent - min(received, self.sent)
-            self._start_sending(received)
+        self._start_sending(received)
 
     def _ack(self, now: float) -> None:
         """Acknowledge what arrived and what the application took; while it still holds
@@ -522,12 +543,30 @@ class StreamTable:
             return None, frame(b"R", json.dumps({"error": str(error)}).encode())
         if created:
             return stream, b""
+        resumed = stream.attaches > 0  # else a back stream's first attach
         if not stream.attach(request["received"], request["consumed"], now):
             stream.close("the laptop claimed more than was sent")
             self.forget(stream)
             return None, frame(b"R", json.dumps({"error": "unknown"}).encode())
-        self.resumes += 1
+        self.resumes += resumed
         return stream, b""
+
+    def accept(self, stream_id: str, port: int, owner: str, window: float, heartbeat: float, now: float) -> Stream:
+        """A back tunnel's connection the relay accepted (and found to be this user's): its
+        stream waits, reading its client into the outbox, until the laptop attaches it
+        (a resume at 0) after the announcement; its window runs from now. HelloError when full."""
+        if len(self.streams) >= self.most:
+            raise HelloError("too many streams (at most %d)" % self.most)
+        stream = Stream(RELAY, max(window, 2 * heartbeat), now, self.budget, stream_id=stream_id, owner=owner)
+        stream.accepted_on = port
+        self.streams[stream_id] = stream
+        self.total += 1
+        return stream
+
+    def waiting(self, owner: str, port: int) -> List[Stream]:
+        """A back tunnel's streams that no channel has taken yet: announced again to each new
+        listen channel, as the last announcement may have been lost with its connection."""
+        return [s for s in self.streams.values() if s.accepted_on == port and s.owner == owner and not s.attaches and not s.finished]
 
     def forget(self, stream: Stream) -> None:
         """An ended stream: its id is remembered, never served again."""

@@ -445,6 +445,26 @@ StreamPair.TestCase.settings = PROOF if FULL_PROOF else settings(PROOF, max_exam
 test_stream_pair = StreamPair.TestCase
 
 
+class BackStreamPair(StreamPair):
+    """The same model for a back tunnel's stream (issue #29): the relay accepted a connection
+    on the gaming PC and made the stream, whose application (the polecat's client) may write
+    at once; the laptop attaches it after the announcement with a resume at 0, and its own
+    application is the laptop's service. Every property above must hold the same way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.laptop_budget, self.relay_budget = core.Budget(BUDGET), core.Budget(BUDGET)
+        self.laptop = core.Stream(core.LAPTOP, WINDOW, self.now, self.laptop_budget, CAP, stream_id="ab" * 16, owner="laptop-host", peer_opened=True)
+        self.table = core.StreamTable(self.relay_budget)
+        self.relay = self.table.accept("ab" * 16, 3307, "laptop-host", WINDOW, 1.0, self.now)
+        self.relay.cap = CAP
+        self.dialled = True  # the relay's application is the accepted connection: there from the start
+
+
+BackStreamPair.TestCase.settings = StreamPair.TestCase.settings
+test_back_stream_pair = BackStreamPair.TestCase
+
+
 class TodaysOutbox(core.Stream):
     """The stream as both ends kept it before the core (commit d7d3717): the outbox's
     `append` merged a small write into the last chunk whenever nothing was pending, and a

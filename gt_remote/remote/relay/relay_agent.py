@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
+import pwd
 import re
 import signal
 import socket
@@ -52,8 +54,10 @@ from gt_remote.protocol.stream import (
     HelloError,
     Stream,
     StreamTable,
+    announcement,
     frame,
     parse_hello,
+    refusal_notice,
 )
 
 HELLO_DEADLINE = 10.0  # a channel that has not sent a whole hello by then is closed
@@ -122,16 +126,12 @@ class ServerPipe(StreamPipe):
         local_port = local[1] if isinstance(local, tuple) else None
         if local_port is None or local_port == port:  # a connection to itself: nothing listened
             return "cannot reach 127.0.0.1:%d: nothing listens there" % port
-        deadline = self.loop.time() + PEER_LOOKUP_DEADLINE
-        while True:
-            uid = peer_uid(port, local_port)
-            if uid == os.getuid():
-                return None
-            if uid is not None:
-                return "127.0.0.1:%d is held by uid %d, not by this user; closed before a byte was sent" % (port, uid)
-            if self.loop.time() >= deadline or transport.is_closing():
-                return "127.0.0.1:%d answered, but the socket that answered cannot be found to check whose it is; not used" % port
-            await asyncio.sleep(0.01)  # the far end is still finishing its handshake
+        uid = await far_uid(self.loop, transport, port, local_port)
+        if uid == os.getuid():
+            return None
+        if uid is not None:
+            return "127.0.0.1:%d is held by %s, not by this user; closed before a byte was sent" % (port, account(uid))
+        return "127.0.0.1:%d answered, but the socket that answered cannot be found to check whose it is; not used" % port
 
     def refuse(self, reason: str) -> None:
         """The server cannot be had: the channel that asked is told why; a channel that
@@ -199,6 +199,7 @@ class ChannelProtocol(asyncio.Protocol):
         self.reader = FrameReader(MAX_FRAME, MAX_HELLO)
         self.transport: Optional[asyncio.Transport] = None
         self.pipe: Optional[ServerPipe] = None
+        self.listener: Optional[BackListener] = None  # a listen channel's back tunnel
         self.greeted = False
         self.pending = False  # counted in the relay's pending hellos
         self.deadline: Optional[asyncio.TimerHandle] = None
@@ -246,6 +247,8 @@ class ChannelProtocol(asyncio.Protocol):
             pipe = self.pipe
             if pipe is not None and frames:
                 pipe.on_frames(frames)
+            elif self.listener is not None and frames:
+                self.listener.on_frames(self, frames)
         except FrameError as error:
             if self.greeted:
                 self.abort()  # the stream waits for a channel that speaks the protocol
@@ -267,6 +270,8 @@ class ChannelProtocol(asyncio.Protocol):
                 self.reply(self.relay.stats(request["owner"]))
             elif op == "close":
                 self.reply({"closed": self.relay.close_streams(request["ids"], request["owner"])})
+            elif op == "listen":
+                self.relay.listen(self, request)
             else:
                 self.reply({"holders": self.relay.keep_lease(request["name"], request["ttl"]), "streams": len(self.relay.table.of_owner(request["name"]))})
         except HelloError as error:
@@ -300,6 +305,207 @@ class ChannelProtocol(asyncio.Protocol):
         pipe, self.pipe = self.pipe, None
         if pipe is not None:
             pipe.lose_channel(self)
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.lose_channel(self)
+
+
+class BackProtocol(ServerProtocol):
+    """A connection a back tunnel's listener accepted: not read before its peer is known to
+    be this user's; then the client of a stream the relay made (ServerProtocol's part)."""
+
+    def __init__(self, listener: BackListener) -> None:
+        self.listener = listener
+        self.pipe = None  # type: ignore[assignment]  # set once the peer is checked
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        asyncio.ensure_future(self.listener.take(self, transport))  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.lost = True
+        if self.pipe is not None:
+            super().connection_lost(exc)
+
+
+class BackListener:
+    """A back tunnel's listener on 127.0.0.1:PORT, held by the relay and not by sshd: an SSH
+    drop leaves it listening, and the next connection's `listen` finds it. Each connection
+    from this user becomes a stream the laptop attaches after the announcement (N); one from
+    another account is closed before a byte moves. It closes at `down` (the close op by
+    owner), when the relay stops, or after a window with no word from any listen channel."""
+
+    def __init__(self, relay: Relay, port: int, owner: str, window: float, heartbeat: float) -> None:
+        self.relay = relay
+        self.port = port
+        self.owner = owner
+        self.window = max(window, 2 * heartbeat)
+        self.heartbeat = heartbeat
+        self.server = None  # type: Optional[asyncio.AbstractServer]
+        self.channels = []  # type: List[ChannelProtocol]
+        self.last_rx = relay.loop.time()
+        self.accepted = 0
+        self.refused = 0
+        self.closed = False
+        self.timer = None  # type: Optional[asyncio.TimerHandle]
+
+    async def bind(self) -> None:
+        """Listen, or HelloError naming whoever holds the port."""
+        try:
+            self.server = await self.relay.loop.create_server(lambda: BackProtocol(self), "127.0.0.1", self.port, reuse_address=True)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise HelloError("127.0.0.1:%d on the remote is held by %s" % (self.port, port_holder(self.port))) from None
+            raise HelloError("cannot listen on 127.0.0.1:%d on the remote: %s" % (self.port, exc.strerror or exc)) from None
+        self.relay.log("back tunnel: listening on 127.0.0.1:%d for %s" % (self.port, self.owner))
+        self._arm()
+
+    def add_channel(self, channel: ChannelProtocol) -> None:
+        """A listen channel (after a reconnect, the new one; older ones are aborted: their
+        connection is likely dead). Every stream no channel took yet is announced on it."""
+        for old in self.channels:
+            old.listener = None
+            old.abort()
+        self.channels = [channel]
+        channel.listener = self
+        self.last_rx = self.relay.loop.time()
+        channel.send(frame(b"R", json.dumps({"listening": self.port, "accepted": self.accepted, "refused": self.refused}).encode()))
+        for core in self.relay.table.waiting(self.owner, self.port):
+            channel.send(announcement(core.id))
+
+    def lose_channel(self, channel: ChannelProtocol) -> None:
+        if channel in self.channels:
+            self.channels.remove(channel)
+
+    def on_frames(self, channel: ChannelProtocol, frames: List[Any]) -> None:
+        for kind, _ in frames:
+            if kind != b"K":
+                raise FrameError("a %r frame on a listen channel" % (kind,))
+            self.last_rx = self.relay.loop.time()
+            channel.send(frame(b"K"))
+
+    def _arm(self) -> None:
+        self.timer = self.relay.loop.call_at(self.last_rx + self.window, self._expire)
+
+    def _expire(self) -> None:
+        """No listen channel has spoken for a window: the laptop is gone for good."""
+        if self.closed:
+            return
+        if self.relay.loop.time() < self.last_rx + self.window:
+            self._arm()
+            return
+        self.close("nothing from the laptop for %g s (window)" % self.window)
+
+    async def take(self, protocol: BackProtocol, transport: asyncio.Transport) -> None:
+        """An accepted connection: used only once the socket that made it is this user's."""
+        peer = transport.get_extra_info("peername")
+        far_port = peer[1] if isinstance(peer, tuple) else None
+        uid = None if far_port is None else await far_uid(self.relay.loop, transport, far_port, self.port)
+        if uid != os.getuid():
+            transport.abort()
+            self.refused += 1
+            why = "a connection to 127.0.0.1:%d from %s was refused: not this user's; closed before a byte moved" % (self.port, account(uid) if uid is not None else "a socket that cannot be found")
+            self.relay.log("back tunnel: " + why)
+            for channel in self.channels:
+                channel.send(refusal_notice(why))
+            return
+        if protocol.lost or self.closed:
+            transport.abort()
+            return
+        loop = self.relay.loop
+        try:
+            core = self.relay.table.accept(os.urandom(16).hex(), self.port, self.owner, self.window, self.heartbeat, loop.time())
+        except HelloError as error:
+            transport.abort()
+            self.relay.log("back tunnel: a connection to 127.0.0.1:%d was closed: %s" % (self.port, error))
+            return
+        self.accepted += 1
+        pipe = ServerPipe(self.relay, core)
+        pipe.server = transport
+        protocol.pipe = pipe
+        transport.resume_reading()
+        pipe.pump()
+        for channel in self.channels:
+            channel.send(announcement(core.id))
+
+    def close(self, why: str) -> None:
+        """No more connections; the streams not yet taken end (their clients get EOF)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.server is not None:
+            self.server.close()
+        for channel in self.channels:
+            channel.listener = None
+            channel.close()
+        self.channels = []
+        for core in self.relay.table.waiting(self.owner, self.port):
+            core.close(why)
+            core.io.pump()
+        if self.relay.listeners.get(self.port) is self:
+            del self.relay.listeners[self.port]
+        self.relay.log("back tunnel: 127.0.0.1:%d closed: %s" % (self.port, why))
+
+
+def account(uid: int) -> str:
+    """A uid as a person reads it: `uid 1001 (bob)`."""
+    try:
+        return "uid %d (%s)" % (uid, pwd.getpwuid(uid).pw_name)
+    except KeyError:
+        return "uid %d" % uid
+
+
+async def far_uid(loop: Any, transport: asyncio.BaseTransport, far_port: int, near_port: int) -> Optional[int]:
+    """The uid of the socket at the far end of this loopback connection (its own port
+    `far_port`, its peer `near_port`), waiting briefly for it to show; None if it never does."""
+    deadline = loop.time() + PEER_LOOKUP_DEADLINE
+    while True:
+        uid = peer_uid(far_port, near_port)
+        if uid is not None or loop.time() >= deadline or transport.is_closing():
+            return uid
+        await asyncio.sleep(0.01)  # the far end is still finishing its handshake
+
+
+def port_holder(port: int) -> str:
+    """Who listens on `port` (any address), for a refusal: an account, and a pid and its
+    command when it is this user's process (others' are not visible)."""
+    inodes = {}  # type: Dict[str, int]
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and cols[1].rpartition(":")[2] == "%04X" % port and cols[7].isdigit():
+                inodes[cols[9]] = int(cols[7])
+    if not inodes:
+        return "another program (its owner cannot be seen)"
+    inode, uid = sorted(inodes.items())[0]
+    process = _process_of_socket(inode) if uid == os.getuid() else None
+    return account(uid) + (", %s" % process if process else "") + ("" if uid != os.getuid() else " (this user)")
+
+
+def _process_of_socket(inode: str) -> Optional[str]:
+    target = "socket:[%s]" % inode
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%s/fd/%s" % (pid, fd)) == target:
+                    with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                        command = handle.read().split(b"\0")[0].decode("utf-8", "replace")
+                    return "pid %s (%s)" % (pid, os.path.basename(command) or "?")
+            except OSError:
+                continue
+    return None
 
 
 # Linux's sock_diag over netlink, as `ss` asks: the sockets of one port pair, each with its uid.
@@ -477,6 +683,7 @@ class Relay:
         self.peak_unacked = 0
         self.channels = 0
         self.pending_hellos = 0
+        self.listeners = {}  # type: Dict[int, BackListener]  # back tunnels, by port
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -500,8 +707,37 @@ class Relay:
         self.bytes_replayed += core.replayed - replayed
         pipe.pump()
 
+    def listen(self, channel: ChannelProtocol, request: Dict[str, Any]) -> None:
+        """A back tunnel's listen channel: the listener this owner has on the port, or a new
+        one; a port another tunnel's listener or another program holds is refused, named."""
+        port, owner = request["port"], request["owner"]
+        listener = self.listeners.get(port)
+        if listener is not None and listener.owner != owner:
+            raise HelloError("127.0.0.1:%d on the remote is held by gt-remote's relay for another tunnel (%s)" % (port, listener.owner))
+        if listener is not None:
+            listener.add_channel(channel)
+            return
+        listener = self.listeners[port] = BackListener(self, port, owner, request["window"], request["heartbeat"])
+        asyncio.ensure_future(self._bind(listener, channel))
+
+    async def _bind(self, listener: BackListener, channel: ChannelProtocol) -> None:
+        try:
+            await listener.bind()
+        except HelloError as error:
+            if self.listeners.get(listener.port) is listener:
+                del self.listeners[listener.port]
+            channel.reply({"error": str(error)})
+            return
+        if channel.transport is None:  # its channel went while it bound: the next listen finds it
+            return
+        listener.add_channel(channel)
+
     def close_streams(self, ids: List[str], owner: str = "") -> int:
-        """`gt-remote down`: these streams (or all of this owner's) will not be resumed."""
+        """`gt-remote down`: these streams (or all of this owner's) will not be resumed; the
+        owner's back tunnels stop listening."""
+        if owner:
+            for listener in [one for one in self.listeners.values() if one.owner == owner]:
+                listener.close("closed on request")
         cores = self.table.of_owner(owner) if owner else [self.table.streams[i] for i in ids if i in self.table.streams]
         for core in cores:
             core.close("closed on request")
@@ -535,6 +771,7 @@ class Relay:
             "budget": self.budget.limit,
             "channels": self.channels,
             "unacked": {sid[:8]: len(core.outbox) for sid, core in streams.items()},
+            "back": {str(port): {"owner": one.owner, "accepted": one.accepted, "refused": one.refused, "channels": len(one.channels)} for port, one in self.listeners.items()},
         }  # type: Dict[str, object]
         if owner:
             answer["owner_streams"] = len(self.table.of_owner(owner))
@@ -561,6 +798,8 @@ async def serve(socket_path: str, port: int, budget: int = BUDGET, leases: Optio
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     server.close()
+    for listener in list(relay.listeners.values()):
+        listener.close("the relay stopped")
     for core in list(relay.table.streams.values()):
         core.close("the relay stopped")
         core.io.pump()
