@@ -224,6 +224,13 @@ def _ssh_config(globals_: Globals) -> str | None:
 @click.option("--restart-server", is_flag=True, help="Restart a server that runs without TCP (ends its panes).")
 @click.option("--resume-window", type=float, metavar="SECONDS", help="How long a client's connection waits for the tunnel to come back (default 900).")
 @click.option("--no-resume", is_flag=True, help="Plain forwarding: connections end when the SSH connection does.")
+@click.option(
+    "--back",
+    "back",
+    multiple=True,
+    metavar="SPEC",
+    help="A back tunnel: the remote's 127.0.0.1 port reaches this laptop's (PORT, REMOTE_PORT:127.0.0.1:LOCAL_PORT, dolt, gt-proxy, dolt:13307). Repeatable.",
+)
 @click.option("--foreground", is_flag=True, help="Stay in the foreground as the supervisor (for systemd and launchd).")
 @SHELL_OPTION
 @click.pass_obj
@@ -234,6 +241,8 @@ def up(g: Globals, host: str, foreground: bool, shell: str, no_resume: bool, **o
     overrides = {key: value for key, value in options.items() if value is not None and value is not False}  # 0 is a value, and wrong
     if no_resume:
         overrides["resume"] = False
+    if not overrides.get("back"):
+        overrides.pop("back", None)  # none given: the config's
     settings = _settings(g, host, overrides)
     if "server_binary" not in overrides:  # the build `gt-remote upgrade` installed wins over the config's
         settings = lifecycle.with_installed_build(settings, say)
@@ -551,6 +560,26 @@ def upgrade(host: str, server_binary: str, yes: bool, install_dir: str | None) -
             sys.exit(1)
     server = upgrading.run(plan)
     say(f"{host}: now runs {server.get('path')} {server.get('version') or ''} (pid {server.get('pid')}, build {server.get('build')}); the tunnel stayed up")
+
+
+@main.command("restart-server")
+@click.argument("host")
+@click.option("--yes", is_flag=True, help="Restart without asking (the panes' processes end).")
+@user_errors
+def restart_server(host: str, yes: bool) -> None:
+    """Restart HOST's server on purpose, with the back tunnels' variables; its panes' processes end."""
+    from gt_remote.commands import upgrade as upgrading
+
+    server = upgrading.restart_plan(host)
+    say(f"restarting {server.get('name')} (pid {server.get('pid')}) on {host}: every pane's process there ends")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise NeedsConfirmation("restarting ends the panes' processes and there is no terminal to ask on", f"pass --yes: 'gt-remote restart-server {shell_word(host)} --yes'")
+        if not click.confirm("gt-remote: restart the server now?", default=False, err=True):
+            say("restart cancelled; nothing changed")
+            sys.exit(1)
+    new = upgrading.restart(host)
+    say(f"{host}: {new.get('name') or 'the server'} runs again (pid {new.get('pid')}), with the back tunnels' variables; the tunnel stayed up")
 
 
 @main.command()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gt_remote.base.addresses import Address, UnixAddress, normalize_local, parse_address, require_loopback
+from gt_remote.base.backs import parse_backs
 from gt_remote.base.errors import ConfigError, UsageError
 from gt_remote.base.paths import check_socket_dir, runtime_path
 
@@ -20,7 +21,7 @@ DEFAULT_REMOTE_PORT = 9999
 DEFAULT_SERVER = "ccmux-server"
 DEFAULT_KEEPALIVE = 5.0
 DEFAULT_RESUME_WINDOW = 900.0
-HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync", "resume", "resume_window", "install_dir"}
+HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync", "resume", "resume_window", "install_dir", "back"}
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -42,6 +43,7 @@ class HostSettings:
     resume: bool = True  # resumable streams through the remote relay, where it can run
     resume_window: float = DEFAULT_RESUME_WINDOW
     install_dir: str | None = None  # remote dir for server builds and the relay (<dir>/gt-remote/...); None: ~/.local/share
+    back: tuple[str, ...] = field(default_factory=tuple)  # back tunnels' specs, canonical (gt_remote/base/backs.py)
 
     @property
     def local(self) -> Address:
@@ -54,6 +56,7 @@ class HostSettings:
     def from_json(cls, text: str) -> HostSettings:
         data = json.loads(text)
         data["sync"] = tuple(data.get("sync", ()))
+        data["back"] = tuple(data.get("back", ()))
         return cls(**data)
 
 
@@ -123,6 +126,7 @@ def resolve(host: str, config: Mapping[str, Mapping[str, Any]], overrides: Mappi
         resume=_flag(merged.get("resume", True), "resume"),
         resume_window=_resume_window(merged.get("resume_window", DEFAULT_RESUME_WINDOW)),
         install_dir=install_dir_value(merged.get("install_dir")),
+        back=parse_backs(merged.get("back", ())),
     )
 
 

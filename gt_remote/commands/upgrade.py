@@ -67,3 +67,25 @@ def run(plan_: Plan) -> dict[str, Any]:
     server: dict[str, Any] = reply["server"]
     lifecycle.remember_installed_build(plan_.host, plan_.binary, plan_.digest, plan_.running_binary)  # the next `up` uses it
     return server
+
+
+def restart_plan(host: str) -> dict[str, Any]:
+    """The running server `restart-server` would restart; refuses one gt-remote did not start."""
+    server: dict[str, Any] = lifecycle.require_up(host).get("server") or {}
+    if not server.get("started_by_gt_remote"):
+        raise UsageError(
+            f"the server {host} uses was not started by gt-remote, so gt-remote will not restart it",
+            "restart it yourself on the remote with the variables 'gt-remote status --json' lists under back",
+        )
+    return server
+
+
+def restart(host: str) -> dict[str, Any]:
+    """Ask the supervisor to stop its server and start the same build again; the new server."""
+    reply = client.ask(HostFiles(host), {"op": "restart_server"}, timeout=120.0)
+    if reply is None:
+        raise GtRemoteError(f"the supervisor of {host} did not answer the restart", f"see its log: gt-remote logs {shell_word(host)}")
+    if not reply.get("ok"):
+        raise client.error_from_dict(reply.get("error") or {})
+    server: dict[str, Any] = reply["server"]
+    return server

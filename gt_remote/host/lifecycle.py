@@ -132,7 +132,7 @@ NOT_COMPARED = {
     "sync": "paths this `up` syncs once, not a property of the tunnel",
     "ssh_config": "where this shell's ssh settings are read; the destination they give is compared",
 }
-LABELS = {"destination": "ssh destination", "local_url": "local", "remote_port": "remote port", "install_dir": "install dir"}
+LABELS = {"destination": "ssh destination", "local_url": "local", "remote_port": "remote port", "install_dir": "install dir", "back": "back tunnels"}
 
 
 def differences(settings: HostSettings, status: dict[str, Any]) -> list[tuple[str, object, object]]:
@@ -149,6 +149,8 @@ def differences(settings: HostSettings, status: dict[str, Any]) -> list[tuple[st
             continue
         asked = getattr(settings, field.name)
         have = observed[field.name] if observed.get(field.name) is not None else running.get(field.name, asked)
+        if isinstance(have, list):
+            have = tuple(have)  # JSON's lists: the back tunnels
         if have != asked:
             found.append((LABELS.get(field.name, field.name.replace("_", " ")), _shown(field.name, have), _shown(field.name, asked)))
     return found
@@ -157,6 +159,8 @@ def differences(settings: HostSettings, status: dict[str, Any]) -> list[tuple[st
 def _shown(name: str, value: object) -> object:
     if name == "resume":
         return "on" if value else "off (--no-resume)"
+    if name == "back" and isinstance(value, tuple):
+        return " ".join(f"--back {spec}" for spec in value) or "none"
     if name == "install_dir" and value is None:
         return "~/.local/share (the default)"
     return value

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import asyncssh
 
-from gt_remote.base import progress
+from gt_remote.base import backs, progress
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import BinaryIncompatible, RemoteError, RemotePortBusy, ServerHung, ServerMissing, ServerOnOtherPort, ServerWithoutTcp, install_dir_unsafe, shell_word
 from gt_remote.remote import server as remote_server
@@ -159,7 +159,7 @@ async def _ensure(
 async def start_and_wait(conn: asyncssh.SSHClientConnection, path: str, settings: HostSettings) -> tuple[int, str | None]:
     """Start the server, and wait for its first Pong: through its own Unix socket once the
     start script saw it hold the port (so a Ping never goes to whoever took the port first)."""
-    pid, owner = await remote_server.start(conn, path, settings.server, settings.remote_port)
+    pid, owner = await remote_server.start(conn, path, settings.server, settings.remote_port, backs.environment(settings.back))
     refused = refusal(owner, settings.name, settings.remote_port)
     if refused:
         await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=pid)

@@ -8,7 +8,9 @@ A live process proves nothing (a TCP bind failure is only logged), so readiness 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Mapping
 
 import asyncssh
 
@@ -19,9 +21,23 @@ from gt_remote.remote.probe import no_channel_to, ping_remote
 from gt_remote.remote.scripts import run_script
 
 LOG_CAP_BYTES = 1024 * 1024
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
+
+ENVIRONMENT_SCRIPT = r"""
+pid=$1; shift
+[ -r "/proc/$pid/environ" ] || { echo "environ=unreadable"; exit 0; }
+echo "environ=read"
+for name in "$@"; do
+    value=$(tr '\000' '\n' < "/proc/$pid/environ" | sed -n "s/^$name=//p" | head -n 1)
+    [ -n "$value" ] && printf 'env_%s=%s\n' "$name" "$value"
+done
+exit 0
+"""
 
 START_SCRIPT = r"""
 path=$1 server=$2 port=$3
+shift 3
+for pair in "$@"; do export "$pair"; done  # the back tunnels' variables, which the panes inherit
 umask 077
 mkdir -p "$state_dir" && chmod 700 "$state_dir"
 log="$state_dir/$server-$port.log"
@@ -89,13 +105,25 @@ echo "stopped=$(echo $pids | tr ' ' ',')"
 """
 
 
-async def start(conn: asyncssh.SSHClientConnection, path: str, server: str, port: int) -> tuple[int, Owner]:
-    """Start it detached; its pid, and who holds the port once it listens (or gave up)."""
-    fields = (await run_script(conn, START_SCRIPT, path, server, str(port))).fields
+async def start(conn: asyncssh.SSHClientConnection, path: str, server: str, port: int, environment: Mapping[str, str] | None = None) -> tuple[int, Owner]:
+    """Start it detached, with `environment` added to its own (the panes inherit it); its pid,
+    and who holds the port once it listens (or gave up)."""
+    pairs = [f"{name}={value}" for name, value in sorted((environment or {}).items()) if ENV_NAME.match(name) and "\0" not in value]
+    fields = (await run_script(conn, START_SCRIPT, path, server, str(port), *pairs)).fields
     pid = ascii_int(fields.get("pid"))
     if pid is None:
         raise RemoteError(f"could not start {path} on the remote", "check that the remote home directory is writable")
     return pid, owner_from(fields) if "listen" in fields or "listen_uid" in fields else Owner(Holder.NONE)
+
+
+async def environment_lacking(conn: asyncssh.SSHClientConnection, pid: int, wanted: Mapping[str, str]) -> dict[str, str] | None:
+    """Of `wanted`, the variables the running server (and so its panes) lacks or has with
+    another value; None when its environment cannot be read (no /proc there)."""
+    names = [name for name in sorted(wanted) if ENV_NAME.match(name)]
+    fields = (await run_script(conn, ENVIRONMENT_SCRIPT, str(pid), *names)).fields
+    if fields.get("environ") != "read":
+        return None
+    return {name: wanted[name] for name in names if fields.get(f"env_{name}") != wanted[name]}
 
 
 async def stop(conn: asyncssh.SSHClientConnection, server: str, port: int, only_pid: int | None = None) -> int | None:

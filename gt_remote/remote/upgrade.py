@@ -55,3 +55,13 @@ async def replace_server(conn: asyncssh.SSHClientConnection, settings: HostSetti
         restored(ServerInfo(facts.running_path, facts.running_version, old_pid, started_by_gt_remote=True, reused=False, socket=old_socket))
         raise type(error)(f"{error.cause}; the previous build runs again", error.fix) from None
     return ServerInfo(path, version, pid, started_by_gt_remote=True, reused=False, socket=socket)
+
+
+async def restart_server(conn: asyncssh.SSHClientConnection, settings: HostSettings, known: ServerInfo) -> ServerInfo:
+    """`gt-remote restart-server`: stop the server gt-remote started and start the same build
+    again, with the back tunnels' variables (start_and_wait passes them)."""
+    if known.pid is None or not known.started_by_gt_remote or not known.path:
+        raise NotOurServer(f"the server on {settings.name} was not started by gt-remote, so gt-remote will not restart it", "restart it yourself on the remote")
+    await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=known.pid)
+    pid, socket = await start_and_wait(conn, known.path, settings)
+    return ServerInfo(known.path, known.version, pid, started_by_gt_remote=True, reused=False, socket=socket)

@@ -46,8 +46,9 @@ import asyncssh
 
 from gt_remote.base import progress
 from gt_remote.base.addresses import export_lines
+from gt_remote.base.backs import environment as backs_environment
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import ConnectFailed, GtRemoteError, Interrupted, PingFailed, SupervisorTaskEnded
+from gt_remote.base.errors import ConnectFailed, GtRemoteError, Interrupted, PingFailed, SupervisorTaskEnded, shell_word
 from gt_remote.base.paths import HostFiles, runtime_path, write_private
 from gt_remote.ccmux.wire import ping_address
 from gt_remote.remote import lease as remote_lease
@@ -57,8 +58,9 @@ from gt_remote.remote.ensure import ServerInfo, bring_up, revive_server
 from gt_remote.remote.ownership import PortNotOurs, refusal
 from gt_remote.remote.probe import Survey, ping_remote
 from gt_remote.remote.relay import deploy as remote_relay
-from gt_remote.remote.upgrade import replace_server
+from gt_remote.remote.upgrade import replace_server, restart_server
 from gt_remote.runtime import control, reach
+from gt_remote.runtime.back_keeper import BackKeeper
 from gt_remote.runtime.process import EventPipe, settings_from_stdin, setup_logging
 from gt_remote.runtime.relay_keeper import RelayKeeper
 from gt_remote.runtime.words import iso, reason
@@ -93,6 +95,8 @@ class Supervisor:
         self.forwarder = Forwarder(settings.local, settings.remote_port, self.link)
         self.forwarder.server_socket = self._server_socket  # plain forwarding's way in, as Pings'
         self.relay = RelayKeeper(lambda: self.settings, self.link, self.forwarder, say)  # resumable streams, or why not
+        self.backs = BackKeeper(settings, self.link, self.relay)  # the gaming PC's ports that reach the laptop
+        self.server_env_lacking: dict[str, str] = {}  # back tunnels' variables the running server was started without
         self.server: ServerInfo | None = None
         self.server_restarts = 0
         self.server_error: GtRemoteError | None = None
@@ -146,6 +150,10 @@ class Supervisor:
             self._set_step("checking")
             self.say(f"checking {self.settings.local_url} end to end with a ccmux Ping")
             self.rtt_ms = await self._prove_end_to_end(conn) * 1000
+            if self.backs.tunnels:
+                self._set_step("opening back tunnels")
+                await self.backs.start(self.say)
+                await self._check_server_environment(conn)
         except TimeoutError as exc:
             await self._undo()
             raise ConnectFailed(f"{self.settings.destination} did not answer in time while {self.step}", "check the network and the remote, then run up again") from exc
@@ -157,6 +165,23 @@ class Supervisor:
         self._save_record()
         reach.remember(self.settings)
         log.info("up: %s -> %s:127.0.0.1:%d", self.settings.local_url, self.settings.destination, self.settings.remote_port)
+
+    async def _check_server_environment(self, conn: asyncssh.SSHClientConnection) -> None:
+        """A server that was running already may lack the back tunnels' variables, which its
+        panes inherit: never restarted silently (its panes would end), but said, with the way
+        to restart it on purpose."""
+        wanted = backs_environment(self.settings.back)
+        server = self.server
+        if not wanted or server is None or not server.reused or server.pid is None:
+            return
+        lacking = await remote_server.environment_lacking(conn, server.pid, wanted)
+        self.server_env_lacking = lacking or {}
+        if lacking:
+            shown = " ".join(f"{name}={value}" for name, value in sorted(lacking.items()))
+            self.say(
+                f"warning: {self.settings.server} (pid {server.pid}) on {self.settings.name} was started without {shown}, so its panes do not find the back tunnels; "
+                f"restart it on purpose with 'gt-remote restart-server {shell_word(self.settings.name)} --yes' (its panes' processes end)"
+            )
 
     def _surveyed(self, conn: asyncssh.SSHClientConnection, survey: Survey) -> None:
         """Before any decision: what the bring-up script started is stopped again if `up` fails.
@@ -234,6 +259,9 @@ class Supervisor:
         elif server is None and self._starting_server and conn is not None:
             # Cancelled while the server started: the pid file for this port names the one we started.
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port)
+        await self.backs.close()
+        if self.backs.tunnels:
+            await self.relay.path.close_detached()  # the relay's listeners this bring-up opened
         await self.relay.abandon(conn)
         await self.forwarder.close()
         await self.link.close()
@@ -526,6 +554,8 @@ class Supervisor:
             return await self._upgrade(str(request.get("server_binary")), install_dir if isinstance(install_dir, str) else None)
         if op == "diagnose":
             return await self._diagnose()
+        if op == "restart_server":
+            return await self._restart_server()
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     async def _diagnose(self) -> dict[str, Any]:
@@ -568,6 +598,26 @@ class Supervisor:
         reach.remember(self.settings)
         log.info("upgraded the remote server: pid %s -> %s", old and old.pid, self.server.pid)
         return {"ok": True, "old": old.to_dict() if old else None, "server": self.server.to_dict()}
+
+    async def _restart_server(self) -> dict[str, Any]:
+        """Restart the server on purpose (`gt-remote restart-server`): its panes end, and the
+        new one has the back tunnels' variables."""
+        old = self.server
+        try:
+            conn = await self.link.wait_connected(10.0)
+            if old is None:
+                raise GtRemoteError(f"{self.settings.name} has no server to restart yet", "wait until 'gt-remote status' says up")
+            async with self._server_lock:
+                self.server = await restart_server(conn, self.settings, old)
+        except GtRemoteError as error:
+            log.error("restarting the server failed: %s", error)
+            return {"ok": False, "error": error.to_dict()}
+        self.server_restarts += 1
+        self.server_env_lacking = {}
+        self.server_error = None
+        self._save_record()
+        log.warning("the server was restarted on request: pid %s -> %s", old.pid, self.server.pid)
+        return {"ok": True, "server": {**self.server.to_dict(), "name": self.settings.server}}
 
     async def _shared_refusal(self, force: bool) -> GtRemoteError | None:
         """`down --stop-server` while another tunnel holds a live lease: refuse, unless forced."""
@@ -673,6 +723,8 @@ class Supervisor:
             "tunnels_sharing_server": 1 + len(self.lease_holders),
             "shared_with": list(self.lease_holders),
             **self.relay.status(),
+            "back": self.backs.status(),
+            "server_env_lacking": self.server_env_lacking,
             "last_wake": self._last_wake_status(),
             "last_recovery_s": None if link.last_recovery_s is None else round(link.last_recovery_s, 3),
             "exports": export_lines(self.settings.local_url, self.settings.server),
@@ -716,7 +768,8 @@ class Supervisor:
         if self._control is not None:
             self._control.close()
             self.files.control.unlink(missing_ok=True)
-        await self.relay.path.close_detached()  # streams waiting for the link end now, not after the window
+        await self.backs.close()
+        await self.relay.path.close_detached()  # streams waiting for the link end now, and the relay's back listeners
         await self.forwarder.close()
         await self.link.close()
         if self.exit_cause is None:

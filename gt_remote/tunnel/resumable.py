@@ -167,10 +167,12 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
     """A local client's socket, and the channel its stream rides on now: the adapter between
     them and the stream's core, which holds every count and byte of the protocol."""
 
-    def __init__(self, path: RelayPath, registry: set[Any]) -> None:
+    def __init__(self, path: RelayPath, registry: set[Any], stream_id: str | None = None) -> None:
+        """`stream_id`: a back tunnel's stream, which the relay made and announced (its
+        application here is the laptop's service, dialled for it)."""
         self.path = path
         self.registry = registry
-        self.id = secrets.token_hex(16)
+        self.id = stream_id or secrets.token_hex(16)
         loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.channel: asyncssh.SSHUNIXChannel[bytes] | None = None
@@ -179,7 +181,10 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
         self.client_gone = False
         self.opened_at = loop.time()
         self._task: asyncio.Task[None] | None = None
-        self.start_pipe(core.Stream(core.LAPTOP, path.window, loop.time(), path.shared_budget, stream_id=self.id, owner=path.owner), loop)
+        peer_opened = stream_id is not None
+        # A back stream waits in the relay for the whole window, so its first attach may too.
+        self.first_attach_within = path.window if peer_opened else HELLO_TIMEOUT
+        self.start_pipe(core.Stream(core.LAPTOP, path.window, loop.time(), path.shared_budget, stream_id=self.id, owner=path.owner, peer_opened=peer_opened), loop)
 
     # --- the client socket ---------------------------------------------------------------
 
@@ -301,7 +306,7 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
         while True:
             if self.core.finished:
                 raise StreamGone("closed at shutdown")
-            remaining = HELLO_TIMEOUT if deadline is None else max(0.0, deadline - self.loop.time())
+            remaining = self.first_attach_within if deadline is None else max(0.0, deadline - self.loop.time())
             conn = await self.path.link.wait_connected(remaining)
             if self.core.finished:
                 raise StreamGone("closed at shutdown")
@@ -312,7 +317,7 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
                 connection_alive = conn is self.path.link.connection and not conn.is_closed()
                 if isinstance(exc, asyncssh.ChannelOpenError) and connection_alive:
                     self.path.missing = True
-                    if self.core.answered or self.path.restart_relay is None:
+                    if self.core.answered or self.core.peer_opened or self.path.restart_relay is None:
                         raise StreamGone(f"the relay is not there ({exc.reason})") from None
                     # A new stream: have the relay started at once and try again within the hello's time.
                     deadline = deadline or self.loop.time() + HELLO_TIMEOUT
@@ -324,7 +329,7 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
                 # (the core sends `resume` after a first hello), so a new stream retries too, within
                 # its hello time: a channel closed by a dying connection can arrive while that
                 # connection still looks alive, and giving up then closed the client for nothing.
-                deadline = deadline or self.opened_at + HELLO_TIMEOUT
+                deadline = deadline or self.opened_at + self.first_attach_within
                 if self.loop.time() >= deadline:
                     raise StreamGone(f"the relay did not answer: {exc}") from None
                 log.info("stream %s: %s failed (%s); retrying", self.id[:8], "reattaching" if self.core.answered else "opening", exc)
