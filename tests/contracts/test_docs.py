@@ -279,12 +279,13 @@ def test_setup_key_only_login_line_works(gt: Gt, ssh_host: SshHost, tmp_path: Pa
 def test_state_sync_dry_run_example_matches_sync(gt: Gt, ssh_host: SshHost) -> None:
     """state-sync.md's sample output: the same announcement and itemized changes as sync prints."""
     (sample,) = [block for block in code_blocks(REPO / "docs" / "state-sync.md") if block and block[0].startswith("$ gt-remote sync")]
-    rig = gt.home / "gt" / "myrig"
-    (rig / ".beads").mkdir(parents=True)
-    (rig / ".beads" / "ledger.jsonl").write_text('{"id": "bd-1"}\n')
-    assert gt("sync", "gaming-pc", "--push", str(rig), ssh_config=ssh_host.ssh_config).returncode == 0
-    (rig / ".beads" / "ledger.jsonl").write_text('{"id": "bd-1"}\n{"id": "bd-2"}\n')
-    (rig / "notes.txt").write_text("work in progress\n")
+    scratch = gt.home / "scratch"
+    scratch.mkdir()
+    (scratch / "plan.md").write_text("- [ ] step 1\n")
+    os.utime(scratch / "plan.md", (1_700_000_000, 1_700_000_000))  # an old file: its change below is in another second, so rsync always shows the t
+    assert gt("sync", "gaming-pc", "--push", str(scratch), ssh_config=ssh_host.ssh_config).returncode == 0
+    (scratch / "plan.md").write_text("- [x] step 1\n- [ ] step 2\n")
+    (scratch / "notes.txt").write_text("work in progress\n")
     result = gt(*shell_words(sample[0].removeprefix("$ gt-remote "), {**PASTE_ENV, "HOME": str(gt.home)}), ssh_config=ssh_host.ssh_config)
     assert result.returncode == 0, result.stderr
     announced = sample[1].replace("/home/you", str(gt.home))
@@ -354,7 +355,7 @@ def test_commands_and_options_named_in_prose_exist(path: Path) -> None:
         for word in words:
             if word == "--":  # the rest belongs to the program `exec` runs
                 break
-            if isinstance(command, click.Group) and not word.startswith("-") and word.isidentifier():
+            if isinstance(command, click.Group) and not word.startswith("-") and word.replace("-", "_").isidentifier():  # restart-server too
                 sub = command.get_command(click.Context(command), word)
                 if sub is None and command is main and words.index(word) > 0 and words[words.index(word) - 1] in ("-F", "--config"):
                     continue  # the value of a global option
