@@ -357,6 +357,10 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {shell_word(row['host'])} --server-binary PATH' switches")
         lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
         lines.append(f"  streams     {_streams_line(row)}")
+        lines += [f"  back        {_back_line(back)}" for back in row.get("back") or []]
+        if row.get("server_env_lacking"):
+            lacking = " ".join(f"{name}={value}" for name, value in sorted(row["server_env_lacking"].items()))
+            lines.append(f"  panes lack  {lacking}: 'gt-remote restart-server {shell_word(row['host'])} --yes' restarts the server with them (its panes end)")
         if row.get("tunnels_sharing_server", 1) > 1:
             lines.append(f"  shared      the server is shared by {row['tunnels_sharing_server']} tunnels (also {', '.join(row.get('shared_with') or [])})")
         if row.get("relay_error") or row.get("last_relay_death"):
@@ -393,6 +397,18 @@ def _streams_line(row: dict[str, Any]) -> str:
     on_relay = row.get("relay_streams")
     held = f" ({on_relay} on the relay)" if isinstance(on_relay, int) else ""
     return f"resumable, {row.get('streams_open', 0)} open{held}, {row.get('streams_resumed', 0)} resumed, {row.get('bytes_replayed', 0)} bytes replayed"
+
+
+def _back_line(back: dict[str, Any]) -> str:
+    """One back tunnel: the gaming PC's port, the laptop's, its state and why, its traffic."""
+    state = back.get("state") or "?"
+    why = f" ({back['why']})" if back.get("why") else ""
+    traffic = (
+        f"{back.get('connections_open', 0)} open, {back.get('connections_total', 0)} in all, {back.get('connections_refused', 0)} refused (not this user's), "
+        f"{back.get('bytes_to_laptop', 0)} bytes to the laptop, {back.get('bytes_to_remote', 0)} back"
+    )
+    error = f"; last error: {back['last_error']}" if back.get("last_error") else ""
+    return f"{back.get('spec')}: remote {back.get('remote')} -> here {back.get('local')}, {state}{why}, {back.get('mode') or '-'}; {traffic}{error}"
 
 
 def _wake_line(wake: dict[str, Any] | None) -> str:

@@ -11,9 +11,11 @@ from typing import Any
 import asyncssh
 
 from gt_remote.base.addresses import ENV_VARS, address_from_env, default_ccmux_socket, parse_address
+from gt_remote.base.backs import parse_back
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import GtRemoteError, UnknownHost, shell_word
 from gt_remote.base.sanitize import ascii_int, visible
+from gt_remote.base.service_probe import probe_service
 from gt_remote.ccmux.wire import ping_address
 from gt_remote.host import lifecycle
 from gt_remote.remote.probe import probe
@@ -158,6 +160,41 @@ def check_resumable(status: dict[str, Any]) -> Check:
     )
 
 
+def check_back_tunnels(settings: HostSettings, status: dict[str, Any]) -> list[Check]:
+    """Each back tunnel: does the gaming PC's port listen (and why not), its traffic, whether
+    the laptop's service answers (for dolt, its MySQL greeting), and whether the panes have
+    the variables that name it."""
+    running = {back.get("spec"): back for back in status.get("back") or []} if status.get("state") == "up" else {}
+    checks = []
+    for text in settings.back or tuple(running):
+        spec = parse_back(text)
+        back = running.get(spec.canonical)
+        if back is not None:
+            checks.append(_back_listens(status["host"], back))
+        answer = asyncio.run(probe_service(spec.local_host, spec.local_port, spec.protocol, 2.0))
+        name = f"back tunnel {spec.canonical}: the laptop's {spec.local_text} answers"
+        if answer.answers:
+            checks.append(Check(name, "ok", answer.detail))
+        else:
+            checks.append(Check(name, "warn", answer.detail, "start the service on this laptop; the back tunnel waits for it"))
+    lacking = status.get("server_env_lacking") if status.get("state") == "up" else None
+    if lacking:
+        shown = " ".join(f"{key}={value}" for key, value in sorted(lacking.items()))
+        checks.append(Check("the panes have the back tunnels' variables", "warn", f"the server was started without {shown}", f"gt-remote restart-server {shell_word(status['host'])} --yes (its panes' processes end)"))
+    return checks
+
+
+def _back_listens(host: str, back: dict[str, Any]) -> Check:
+    name = f"back tunnel {back.get('spec')}: {back.get('remote')} listens on {host}"
+    traffic = f"{back.get('connections_open', 0)} open, {back.get('connections_total', 0)} in all, {back.get('connections_refused', 0)} refused, {back.get('bytes_to_laptop', 0)}/{back.get('bytes_to_remote', 0)} bytes"
+    error = f"; last error: {back['last_error']}" if back.get("last_error") else ""
+    if back.get("state") == "listening":
+        return Check(name, "ok", f"{back.get('mode')}; {traffic}{error}")
+    if back.get("state") == "refused":
+        return Check(name, "fail", back.get("why") or "refused", "pick another port on the gaming PC, e.g. --back dolt:13307 (see docs/usage.md#back-tunnels)")
+    return Check(name, "warn", f"{back.get('state')}: {back.get('why') or 'not listening yet'}; {traffic}{error}")
+
+
 async def check_ping(name: str | None) -> Check:
     """Ping what gastown would use: $GASTOWN_CCMUX_ADDR, else the host's local address."""
     try:
@@ -191,6 +228,7 @@ def run(settings: HostSettings | None) -> list[Check]:
         status = lifecycle.host_status(settings.name)
         if status["state"] == "up":
             checks.append(check_resumable(status))
+        checks += check_back_tunnels(settings, status)
     checks.append(asyncio.run(check_ping(settings.name if settings else None)))
     checks += check_clients()
     return checks

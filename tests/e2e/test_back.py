@@ -10,7 +10,7 @@ import socket
 from typing import Any
 
 from tests.conftest import Gt
-from tests.e2e.helpers import add_account, bring_up, kill_ssh_sessions, row, wait_recovered
+from tests.e2e.helpers import add_account, bring_up, doctor, kill_ssh_sessions, row, wait_recovered
 from tests.e2e.mariadb import LaptopMariaDB
 from tests.helpers import one_error_line
 from tests.testbed import USER, SshHost, wait_for
@@ -184,3 +184,43 @@ def test_a_laptop_service_not_started_yet_is_a_warning_and_the_tunnel_waits(gt: 
     assert result.returncode == 0, result.stderr
     assert "warning: back tunnel" in result.stderr and f"127.0.0.1:{free}" in result.stderr, result.stderr
     assert back_row(gt)["state"] == "listening"
+
+
+def test_status_and_doctor_show_the_back_tunnel_and_whether_the_laptops_service_answers(gt: Gt, ssh_host: SshHost, laptop_mariadb: LaptopMariaDB) -> None:
+    bring_up(gt, ssh_host, "--back", back_spec(laptop_mariadb))
+    assert mariadb_inside(ssh_host, "SELECT 1")[0] == 0
+    text = gt("status", "gaming-pc").stdout
+    [line] = [line for line in text.splitlines() if line.strip().startswith("back")]
+    assert f"remote 127.0.0.1:{BACK_PORT} -> here 127.0.0.1:{laptop_mariadb.port}, listening, relay;" in line and "1 in all" in line, line
+    checks = doctor(gt)
+    listens = checks[f"back tunnel {back_spec(laptop_mariadb)}: 127.0.0.1:{BACK_PORT} listens on gaming-pc"]
+    assert listens["status"] == "ok", listens
+    answers = checks[f"back tunnel {back_spec(laptop_mariadb)}: the laptop's 127.0.0.1:{laptop_mariadb.port} answers"]
+    assert answers["status"] == "ok" and "MySQL protocol 10" in answers["detail"] and "MariaDB" in answers["detail"], answers
+    laptop_mariadb.stop()
+    answers = doctor(gt)[f"back tunnel {back_spec(laptop_mariadb)}: the laptop's 127.0.0.1:{laptop_mariadb.port} answers"]
+    assert answers["status"] == "warn" and "nothing listens" in answers["detail"], answers
+
+
+def test_other_back_tunnels_than_the_running_ones_are_refused_not_dropped(gt: Gt, ssh_host: SshHost, laptop_mariadb: LaptopMariaDB) -> None:
+    bring_up(gt, ssh_host, "--back", back_spec(laptop_mariadb))
+    result = gt.up(ssh_host, "--keepalive", "1", "--back", back_spec(laptop_mariadb), "--back", "8080")
+    assert result.returncode == 2, result.stderr
+    assert "back tunnels" in result.stderr and "--back 8080" in result.stderr, result.stderr
+
+
+def test_a_running_server_without_the_variables_is_named_not_restarted_until_asked(gt: Gt, ssh_host: SshHost, laptop_mariadb: LaptopMariaDB) -> None:
+    bring_up(gt, ssh_host)
+    pid = server_pid(ssh_host)
+    assert gt("down", "gaming-pc").returncode == 0  # the server stays, its panes with it
+    result = gt.up(ssh_host, "--keepalive", "1", "--back", back_spec(laptop_mariadb))
+    assert result.returncode == 0, result.stderr
+    assert server_pid(ssh_host) == pid, "the server was restarted without being asked"
+    assert f"was started without BEADS_DOLT_PORT={BACK_PORT}" in result.stderr and "gt-remote restart-server gaming-pc --yes" in result.stderr, result.stderr
+    assert row(gt)["server_env_lacking"]["GT_DOLT_PORT"] == str(BACK_PORT)
+    restarted = gt("restart-server", "gaming-pc", "--yes")
+    assert restarted.returncode == 0, restarted.stderr
+    new_pid = server_pid(ssh_host)
+    assert new_pid != pid and not row(gt)["server_env_lacking"]
+    code, output = in_a_pane(ssh_host, new_pid, "SELECT 'panes find it now'")
+    assert (code, output.strip()) == (0, "panes find it now"), output
