@@ -48,7 +48,7 @@ class BackSpec:
         """The spec as HostSettings keeps it, and as `status` shows it."""
         tail = f"{self.remote_port}:{self.local_host}:{self.local_port}"
         if self.preset is None:
-            return tail
+            return str(self.remote_port) if self.local_host == "127.0.0.1" and self.local_port == self.remote_port else tail
         default = PRESETS[self.preset].port
         if self.local_host == "127.0.0.1" and self.local_port == default:
             return self.preset if self.remote_port == default else f"{self.preset}:{self.remote_port}"
