@@ -122,6 +122,10 @@ class BackTunnel:
                 if self.state == "listening":
                     self._set("waiting", f"the connection to the relay dropped ({exc.__class__.__name__}); the relay keeps listening")
                 await asyncio.sleep(0.2 if conn is not self.link.connection else 1.0)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not end the tunnel's keeping for good
+                log.exception("back tunnel %s: unexpected error; trying again", self.spec.canonical)
+                self.note_error(f"internal error: {exc!r}")
+                await asyncio.sleep(1.0)
 
     def _set(self, state: str, why: str | None) -> None:
         if (state, why) != (self.state, self.why):
