@@ -40,6 +40,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from gt_remote.protocol.mux import MUX_MAGIC, MuxEnd, parse_target
 from gt_remote.protocol.pipe import StreamPipe
 from gt_remote.protocol.stream import (
     BUDGET,
@@ -810,13 +811,224 @@ async def serve(socket_path: str, port: int, budget: int = BUDGET, leases: Optio
     relay.log("stopped")
 
 
+# --- the stdio transport's bridge (--mux): one per SSH connection that cannot forward ---------
+
+
+class MuxTarget(asyncio.Protocol):
+    """One virtual channel's far end: a connection to the relay's socket (or a server's)."""
+
+    def __init__(self, bridge: MuxBridge, channel: int) -> None:
+        self.bridge = bridge
+        self.channel = channel
+        self.transport = None  # type: Optional[asyncio.Transport]
+        self.credit_paused = False  # no credit left for what it sends: not read
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.bridge.from_target(self, data)
+
+    def eof_received(self) -> bool:
+        self.bridge.send_eof(self.channel)
+        return True
+
+    def pause_writing(self) -> None:
+        self.bridge.target_full.add(self.channel)
+
+    def resume_writing(self) -> None:
+        self.bridge.target_full.discard(self.channel)
+        self.bridge.credit_back(self.channel)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.transport = None
+        self.bridge.target_gone(self.channel)
+
+
+class MuxBridge:
+    """The laptop's virtual channels, each to a Unix socket (the relay's) or 127.0.0.1:PORT
+    (a server's, only once its socket is known to be this user's), over this process's stdin
+    and stdout. It ends with its stdin: the SSH connection is gone, and so are its channels."""
+
+    def __init__(self, loop: Any, out: asyncio.WriteTransport) -> None:
+        self.loop = loop
+        self.out = out
+        self.mux = MuxEnd()
+        self.targets = {}  # type: Dict[int, MuxTarget]
+        self.held = {}  # type: Dict[int, int]  # bytes written to a target while it was full: credited once it drains
+        self.target_full = set()  # type: set
+        self.done = asyncio.Event()
+
+    def flush(self) -> None:
+        data = self.mux.take_out()
+        if data and not self.out.is_closing():
+            self.out.write(data)
+
+    def from_laptop(self, data: bytes) -> None:
+        try:
+            events = self.mux.feed(data)
+        except FrameError as error:
+            log_line("mux: the laptop's frames are broken (%s); closing" % error)
+            self.done.set()
+            return
+        for event in events:
+            self._on_event(event)
+        self.flush()
+
+    def _on_event(self, event: Any) -> None:
+        kind, channel = event[0], event[1]
+        target = self.targets.get(channel)
+        if kind == "open":
+            asyncio.ensure_future(self._open(channel, event[2]))
+        elif kind == "data" and target is not None and target.transport is not None:
+            target.transport.write(event[2])
+            if channel in self.target_full:
+                self.held[channel] = self.held.get(channel, 0) + len(event[2])
+            else:
+                self.mux.took(channel, len(event[2]))
+        elif kind == "eof" and target is not None and target.transport is not None and target.transport.can_write_eof():
+            target.transport.write_eof()
+        elif kind == "closed" and target is not None:
+            self.targets.pop(channel, None)
+            if target.transport is not None:
+                target.transport.close()
+        elif kind == "writable" and target is not None and target.transport is not None and target.credit_paused:
+            target.credit_paused = False
+            target.transport.resume_reading()
+
+    async def _open(self, channel: int, where: Any) -> None:
+        try:
+            kind, address = parse_target(where)
+            target = MuxTarget(self, channel)
+            if kind == "unix":
+                await asyncio.wait_for(self.loop.create_unix_connection(lambda: target, address), HELLO_DEADLINE)
+            else:
+                transport, _ = await asyncio.wait_for(self.loop.create_connection(lambda: target, "127.0.0.1", address), HELLO_DEADLINE)
+                transport.pause_reading()
+                refused = await self._whose(transport, address)
+                if refused is not None:
+                    transport.abort()
+                    raise OSError(refused)
+                transport.resume_reading()
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            self.mux.refuse(channel, getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+            self.flush()
+            return
+        if channel not in self.mux.channels:  # the laptop closed it meanwhile
+            if target.transport is not None:
+                target.transport.close()
+            return
+        self.targets[channel] = target
+        self.mux.opened(channel)
+        self.flush()
+
+    async def _whose(self, transport: asyncio.BaseTransport, port: int) -> Optional[str]:
+        local = transport.get_extra_info("sockname")
+        local_port = local[1] if isinstance(local, tuple) else None
+        if local_port is None or local_port == port:
+            return "nothing listens on 127.0.0.1:%d" % port
+        uid = await far_uid(self.loop, transport, port, local_port)
+        if uid == os.getuid():
+            return None
+        return "127.0.0.1:%d is held by %s, not by this user" % (port, account(uid) if uid is not None else "a socket that cannot be found")
+
+    def from_target(self, target: MuxTarget, data: bytes) -> None:
+        if not self.mux.send(target.channel, data) and target.transport is not None and not target.credit_paused:
+            target.credit_paused = True  # the rest waits for credit: stop reading it meanwhile
+            target.transport.pause_reading()
+        self.flush()
+
+    def send_eof(self, channel: int) -> None:
+        self.mux.send_eof(channel)
+        self.flush()
+
+    def credit_back(self, channel: int) -> None:
+        held = self.held.pop(channel, 0)
+        if held:
+            self.mux.took(channel, held, now=True)
+            self.flush()
+
+    def target_gone(self, channel: int) -> None:
+        self.targets.pop(channel, None)
+        self.mux.close(channel)
+        self.flush()
+
+    def pause_all(self) -> None:
+        for target in self.targets.values():
+            if target.transport is not None:
+                target.transport.pause_reading()
+
+    def resume_all(self) -> None:
+        for target in self.targets.values():
+            if target.transport is not None and not target.credit_paused:
+                target.transport.resume_reading()
+
+
+class _Stdin(asyncio.Protocol):
+    def __init__(self, bridge: MuxBridge) -> None:
+        self.bridge = bridge
+
+    def data_received(self, data: bytes) -> None:
+        self.bridge.from_laptop(data)
+
+    def eof_received(self) -> bool:
+        self.bridge.done.set()
+        return False
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.bridge.done.set()
+
+
+class _Stdout(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.bridge = None  # type: Optional[MuxBridge]
+
+    def pause_writing(self) -> None:
+        if self.bridge is not None:
+            self.bridge.pause_all()
+
+    def resume_writing(self) -> None:
+        if self.bridge is not None:
+            self.bridge.resume_all()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self.bridge is not None:
+            self.bridge.done.set()
+
+
+def log_line(message: str) -> None:
+    print("%s mux: %s" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), message), file=sys.stderr, flush=True)
+
+
+async def bridge_stdio() -> None:
+    """Run the bridge on this process's stdin and stdout until stdin ends."""
+    loop = asyncio.get_running_loop()
+    stdout = _Stdout()
+    out, _ = await loop.connect_write_pipe(lambda: stdout, os.fdopen(1, "wb", buffering=0, closefd=False))
+    bridge = MuxBridge(loop, out)  # type: ignore[arg-type]
+    stdout.bridge = bridge
+    out.write(MUX_MAGIC)
+    await loop.connect_read_pipe(lambda: _Stdin(bridge), os.fdopen(0, "rb", buffering=0, closefd=False))
+    await bridge.done.wait()
+    for target in list(bridge.targets.values()):
+        if target.transport is not None:
+            target.transport.close()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="gt-remote relay (runs on the remote)")
-    parser.add_argument("--socket", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--socket")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--mux", action="store_true", help="bridge virtual channels over stdin and stdout (the stdio transport)")
     parser.add_argument("--budget", type=int, default=BUDGET, help="unacknowledged bytes across all streams")
     parser.add_argument("--leases", help="the directory of this port's leases (the lease op)")
     args = parser.parse_args(argv)
+    if args.mux:
+        asyncio.run(bridge_stdio())
+        return 0
+    if not args.socket or args.port is None:
+        parser.error("--socket and --port are needed (or --mux)")
     asyncio.run(serve(args.socket, args.port, args.budget, args.leases))
     return 0
 
