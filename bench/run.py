@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import subprocess
@@ -23,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import cli, cost, probes, report
+from bench import back, cli, cost, probes, report
 from bench.report import PLAIN, RESUMABLE
-from bench.tunnels import NO_RESUME, REMOTE_PORT, Tunnel, resumable_mode, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, wait_ready
-from tests.testbed import REPO, RESTARTABLE_SSHD, STANDIN, ClientKey, Gt, SshHost, free_loopback_port, start_host
+from bench.tunnels import NO_RESUME, REMOTE_PORT, Tunnel, resumable_mode, reverse_logs, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, start_reverse, wait_ready
+from tests.testbed import REPO, RESTARTABLE_SSHD, STANDIN, ClientKey, Gt, SshHost, free_loopback_port, start_host, wait_for
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,20 @@ class Plan:
     cost_pings: int = 10_000  # round trips whose CPU is counted
     cost_mib: int = 1024  # MiB echoed whose CPU is counted
     connects: int = 200  # new connections, each with one Ping, per path
+    back_queries: int = 2000  # SELECT 1 round trips per back path
+    back_rounds: int = 10  # ... interleaved in this many rounds
+    back_mb: int = 100  # MB (10**6 bytes) each way per transfer
+    back_transfer_runs: int = 3
+    back_kills: int = 10  # SSH sessions killed under the query loops
+    back_freezes: int = 3  # SSH sessions frozen (SIGSTOP) for outage_s, then killed
+    query_gap_s: float = 0.01  # the query loop's pause between queries
+    query_deadline_s: float = 20.0  # a query unanswered this long is a failure
+    query_retry_s: float = 0.1  # after a failed query, a new client (connection) this much later
 
 
 SMOKE = Plan(reps=1, pause_s=4.0, pings=50, frames=4, throughput_runs=1, idle_s=3.0, connections=(1, 10), hosts=2,
-             attached_reps=1, outage_s=5.0, stall_cap_s=10.0, cli_reps=2, cost_pings=200, cost_mib=16, connects=4)
+             attached_reps=1, outage_s=5.0, stall_cap_s=10.0, cli_reps=2, cost_pings=200, cost_mib=16, connects=4,
+             back_queries=50, back_rounds=2, back_mb=16, back_transfer_runs=1, back_kills=1, back_freezes=1)
 
 
 @dataclass
@@ -631,6 +642,187 @@ def cost_section(bed: Bed, plan: Plan) -> dict[str, Any]:
     return {"pings": plan.cost_pings, "mib": plan.cost_mib, "tools": tools}
 
 
+# --- 8. back tunnels ----------------------------------------------------------------------
+
+# The container's ports each tool listens on: (the laptop's MariaDB, the laptop's source and sink).
+BACK_PORTS = {RESUMABLE: (3307, 4307), PLAIN: (3308, 4308), "ssh -R": (3309, 4309), "autossh": (3310, 0)}
+HELD = "remote port forwarding failed"  # ssh's words when the gaming PC's port is still held
+
+
+def back_tools(bed: Bed, plan: Plan, host: SshHost, database: int, sink: int, with_ssh: bool) -> dict[str, Tunnel]:
+    """On one container: gt-remote's back tunnel through the relay (`up --back`) and through
+    sshd (`up --no-resume --back`, a second alias), autossh -R, and `ssh -R` if asked; each
+    reaching the laptop's MariaDB, and the source and sink when `sink`."""
+    plain_alias = f"{host.alias}-plain"
+    config = bed.work / f"{host.alias}-modes.ssh_config"
+    config.write_text(host.config_block() + host.config_block().replace(f"Host {host.alias}", f"Host {plain_alias}"))
+
+    def specs(name: str) -> tuple[str, ...]:
+        db, bulk = BACK_PORTS[name]
+        return ("--back", f"dolt:{db}:127.0.0.1:{database}", *(("--back", f"{bulk}:127.0.0.1:{sink}") if sink else ()))
+
+    def forwards(name: str) -> list[tuple[int, int]]:
+        db, bulk = BACK_PORTS[name]
+        return [(db, database), *([(bulk, sink)] if sink and bulk else [])]
+
+    tools = {
+        RESUMABLE: start_gt_remote(bed.gt, host, plan.keepalive, name=RESUMABLE, options=specs(RESUMABLE), ssh_config=config),
+        PLAIN: start_gt_remote(bed.gt, host, plan.keepalive, plain_alias, name=PLAIN, options=(NO_RESUME, *specs(PLAIN)), ssh_config=config),
+        "autossh": start_reverse(host, plan.keepalive, forwards("autossh"), autossh=True, log_dir=bed.work),
+    }
+    if with_ssh:
+        tools["ssh -R"] = start_reverse(host, plan.keepalive, forwards("ssh -R"), autossh=False, log_dir=bed.work)
+    for tunnel in tools.values():
+        bed.keep(tunnel)
+    ports = [port for name in tools for port, _ in forwards(name)]
+    wait_for(lambda: back.listening(host, *ports), 30, f"the back tunnels to listen in {host.alias}")
+    return tools
+
+
+def back_status(tunnel: Tunnel) -> dict[str, Any]:
+    """gt-remote's own account of its back tunnel to the database, and of its reconnects."""
+    assert tunnel.gt is not None
+    [row] = tunnel.gt.status(tunnel.host)
+    [database] = [b for b in row.get("back") or [] if b["remote"].endswith(f":{BACK_PORTS[tunnel.name][0]}")]
+    keys = ("mode", "state", "connections_total", "bytes_to_laptop", "bytes_to_remote", "last_error")
+    return {**{key: database.get(key) for key in keys}, "reconnects": row.get("reconnects"), "streams_resumed": row.get("streams_resumed")}
+
+
+def back_data(host: SshHost, plan: Plan, tools: dict[str, Tunnel], database: int) -> dict[str, Any]:
+    """SELECT 1 round trips from inside the container (interleaved rounds, the CPU of every
+    process on the path counted across them), then the transfers each way."""
+    paths = [RESUMABLE, PLAIN, "ssh -R"]
+    rtt: dict[str, list[float]] = {name: [] for name in paths}
+    client_rtt: dict[str, list[float]] = {name: [] for name in paths}
+    cpu: dict[str, dict[str, float]] = {name: {} for name in paths}
+    per_round = max(1, plan.back_queries // plan.back_rounds)
+    for _ in range(plan.back_rounds):
+        for name in paths:
+            before = cost.cpu(tools[name], host)
+            rtt[name] += back.rtts(host, BACK_PORTS[name][0], per_round)
+            after = cost.cpu(tools[name], host)
+            for kind, value in after.items():
+                cpu[name][kind] = cpu[name].get(kind, 0.0) + value - before.get(kind, 0.0)
+            client_rtt[name] += back.rtts(host, BACK_PORTS[name][0], max(1, per_round // 4), through_client=True)
+    rtt["unforwarded"] = back.local_rtts(database, plan.back_queries)
+    size = plan.back_mb * 1_000_000
+    transfer: dict[str, dict[str, list[float]]] = {name: {"to": [], "from": []} for name in paths}
+    for _ in range(plan.back_transfer_runs):
+        for name in paths:
+            for direction in ("to", "from"):
+                transfer[name][direction].append(back.transfer(host, direction, BACK_PORTS[name][1], size))
+    queries = len(rtt[RESUMABLE])
+    return {"rtt_us": rtt, "client_rtt_us": client_rtt, "cpu_us_per_query": {name: {k: v * 1e6 / queries for k, v in per.items()} for name, per in cpu.items()},
+            "transfer_mb_s": transfer, "mb": plan.back_mb}
+
+
+@dataclass
+class BackRounds:
+    """When each fault of a kind struck and ended, inside the container, and where autossh's two
+    logs (ssh's stderr, its own) ended at each fault and at the end."""
+
+    start: float  # the loops answering, before the first fault
+    autossh_logs: tuple[Path, Path]
+    faults: list[float] = field(default_factory=list)
+    releases: list[float] = field(default_factory=list)  # freezes: the kill that ended each
+    marks: list[tuple[int, int]] = field(default_factory=list)
+    end: float = 0.0
+
+
+def log_ends(paths: tuple[Path, Path]) -> tuple[int, int]:
+    first, second = (path.stat().st_size if path.exists() else 0 for path in paths)
+    return first, second
+
+
+def back_rounds(host: SshHost, plan: Plan, loops: list[back.Loop], freeze: bool, autossh_logs: tuple[Path, Path]) -> BackRounds:
+    """Each round: kill the SSH sessions (or freeze them for outage_s, then kill them: the frozen
+    session holds its listening port until then), then wait for every loop's next answer."""
+    rounds = BackRounds(time.monotonic(), autossh_logs)
+    reps = plan.back_freezes if freeze else plan.back_kills
+    for rep in range(reps):
+        rounds.marks.append(log_ends(autossh_logs))
+        sessions = host.pids("sshd: gamer")
+        if freeze:
+            rounds.faults.append(back.signal_sessions(host, "STOP", sessions))
+            time.sleep(plan.outage_s)  # the fault's length: the frozen session holds its port
+            rounds.releases.append(back.signal_sessions(host, "KILL", sessions))
+            until = rounds.releases[-1] + plan.stall_cap_s
+        else:
+            rounds.faults.append(back.signal_sessions(host, "KILL", sessions))
+            until = rounds.faults[-1] + plan.kill_cap_s
+        while True:  # the loops' logs say when each answered
+            recovered = {name: log.first_answer_sent_after(rounds.faults[-1]) for name, log in back.read_all(loops).items()}
+            if time.monotonic() > until or None not in recovered.values():
+                break
+            time.sleep(0.1)
+        say(f"back {'freeze' if freeze else 'kill'} {rep + 1}/{reps}: " + ", ".join(f"{k} {report.seconds(v)}" for k, v in recovered.items()))
+        time.sleep(plan.kill_spacing_s)  # the scenario's spacing between faults
+    rounds.end = time.monotonic()
+    rounds.marks.append(log_ends(autossh_logs))
+    return rounds
+
+
+def rounds_summary(rounds: BackRounds, logs: dict[str, back.LoopLog], freeze: bool) -> dict[str, Any]:
+    """Per tool and round: recovery, failed queries, new connections; for autossh, ssh's refusals
+    of a port still held and its restarts, from the slices of its logs between the faults."""
+    out: dict[str, Any] = {name: back.summarise(log, rounds.faults, rounds.start, rounds.end, rounds.releases if freeze else None) for name, log in logs.items()}
+    stderr, own_log = (path.read_bytes().decode(errors="replace") if path.exists() else "" for path in rounds.autossh_logs)
+    slices = list(zip(rounds.marks, rounds.marks[1:]))
+    out["autossh"]["held_port_refusals"] = [stderr[a[0] : b[0]].count(HELD) for a, b in slices]
+    out["autossh"]["ssh_starts"] = [own_log[a[1] : b[1]].count("starting ssh") for a, b in slices]
+    if freeze:
+        out["release_after_s"] = [release - fault for fault, release in zip(rounds.faults, rounds.releases)]
+    return out
+
+
+def answering(host: SshHost, loops: list[back.Loop], since: float, what: str) -> None:
+    wait_for(lambda: all(log.first_answer_sent_after(since) is not None for log in back.read_all(loops).values()), 30, what)
+
+
+def back_section(bed: Bed, plan: Plan) -> dict[str, Any]:
+    """A client on the gaming PC reaching the laptop's MariaDB: round trips and transfers against
+    `ssh -R`, then query loops through SSH sessions killed, and then frozen while they hold the
+    port, against autossh -R, all on one container."""
+    from tests.e2e.mariadb import start_mariadb
+
+    load = [os.getloadavg()[0]]  # how busy the machine was, beside figures a busy machine moves
+    database = start_mariadb()  # in this thread: the server dies with the thread that started it (PR_SET_PDEATHSIG)
+    sink = back.SourceSink()
+    try:
+        host = bed.host("back-pc")
+        back.install(host)
+        tools = back_tools(bed, plan, host, database.port, sink.port, with_ssh=True)
+        modes = {name: back_status(tools[name])["mode"] for name in (RESUMABLE, PLAIN)}
+        data = back_data(host, plan, tools, database.port)
+        say("back: SELECT 1 p50 " + ", ".join(f"{k} {probes.median(v):.0f} µs" for k, v in data["rtt_us"].items()))
+        tools.pop("ssh -R").stop()  # plain ssh -R ends at the first fault: not in the rounds
+        loops = [back.Loop(host, name, BACK_PORTS[name][0], plan.query_gap_s, plan.query_deadline_s, plan.query_retry_s) for name in (RESUMABLE, PLAIN, "autossh")]
+        answering(host, loops, 0.0, "the query loops' first answers")
+
+        def statuses() -> dict[str, Any]:
+            return {name: back_status(tools[name]) for name in (RESUMABLE, PLAIN)}
+
+        before = statuses()
+        kills = back_rounds(host, plan, loops, False, reverse_logs(tools["autossh"], bed.work, host.alias))
+        between = statuses()
+        # A fresh autossh for the freezes, so that they do not inherit the back-off the kills led it into.
+        tools["autossh"].stop()
+        tools["autossh"] = bed.keep(start_reverse(host, plan.keepalive, [(BACK_PORTS["autossh"][0], database.port)], autossh=True, log_dir=bed.work, tag="freeze"))
+        answering(host, loops, time.monotonic(), "the query loop through the new autossh")
+        freezes = back_rounds(host, plan, loops, True, reverse_logs(tools["autossh"], bed.work, host.alias, tag="freeze"))
+        after = statuses()
+        for loop in loops:
+            loop.stop()
+        logs = back.read_all(loops)
+        faults = {"kill": rounds_summary(kills, logs, False), "freeze": rounds_summary(freezes, logs, True)}
+        load.append(os.getloadavg()[0])
+        return {**data, "modes": modes, "faults": faults, "status_before": {"kill": before, "freeze": between}, "status": {"kill": between, "freeze": after},
+                "load_average": load}
+    finally:
+        sink.close()
+        database.stop()
+
+
 # --- main -------------------------------------------------------------------------------
 
 
@@ -659,6 +851,7 @@ SECTIONS: dict[str, tuple[str, str, Section]] = {  # --only name: (results key, 
     "attached": ("attached", "attached client (faults under long-lived connections, side by side)", attached),
     "cli": ("cli", "CLI (short commands beside import click)", cli_section),
     "cost": ("cost", "CPU cost per GiB and per 10,000 round trips", cost_section),
+    "back": ("back", "back tunnels (a MySQL client on the gaming PC, the laptop's MariaDB; ssh -R and autossh -R)", back_section),
 }
 ALIASES = {"memory": "scale", "bringup": "bring-up", "bring_up": "bring-up", "data-path": "data", "data_path": "data"}
 
@@ -674,7 +867,19 @@ def sections(only: str | None) -> list[str]:
     return [name for name in SECTIONS if name in wanted]
 
 
-def run(plan: Plan, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
+def merged(report_json: Path, results: dict[str, Any], only: list[str]) -> dict[str, Any]:
+    """The committed run with these sections replaced by (or added from) this run's, each
+    marked as measured apart, with when and in how long; the plan gains this run's new fields."""
+    base: dict[str, Any] = json.loads(report_json.read_text())
+    base["plan"] = {**results["plan"], **base["plan"]}
+    for name in only:
+        key = SECTIONS[name][0]
+        base[key] = results[key]
+        base.setdefault("measured_apart", {})[key] = {"finished_at": results["finished_at"], "duration_s": results["duration_s"]}
+    return base
+
+
+def run(plan: Plan, out_dir: Path, only: list[str] | None = None, merge: bool = False) -> dict[str, Any]:
     bed = Bed.create()
     started = time.monotonic()
     try:
@@ -689,7 +894,7 @@ def run(plan: Plan, out_dir: Path, only: list[str] | None = None) -> dict[str, A
         results["finished_at"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     finally:
         bed.close()
-    report.write(results, out_dir)
+    report.write(merged(out_dir / "benchmarks.json", results, only or list(SECTIONS)) if merge else results, out_dir)
     return results
 
 
@@ -699,11 +904,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="where benchmarks.md and the chart go")
     parser.add_argument("--only", metavar="SECTIONS", help=f"run only these, comma-separated: {', '.join(SECTIONS)} (memory = scale); "
                         "the report then has only them, so give --out a scratch directory")
+    parser.add_argument("--merge", action="store_true", help="with --only: put these sections' results into the report in --out "
+                        "(docs/ by default: its benchmarks.json, then benchmarks.md written again), the other sections kept as they are")
     args = parser.parse_args(argv)
     chosen = sections(args.only)
-    if args.only and args.out == REPO / "docs":
-        raise SystemExit("bench: --only writes a partial report; pass --out DIR so docs/benchmarks.md keeps the full run")
-    results = run(SMOKE if args.smoke else Plan(), args.out, chosen)
+    if args.merge and (not args.only or args.smoke):
+        raise SystemExit("bench: --merge adds the sections of --only to a full run's report, measured with the full plan (no --smoke)")
+    if args.merge and not (args.out / "benchmarks.json").exists():
+        raise SystemExit(f"bench: --merge needs a full run's {args.out / 'benchmarks.json'}")
+    if args.only and not args.merge and args.out == REPO / "docs":
+        raise SystemExit("bench: --only writes a partial report; pass --out DIR so docs/benchmarks.md keeps the full run, or --merge")
+    results = run(SMOKE if args.smoke else Plan(), args.out, chosen, merge=args.merge)
     say(f"done in {results['duration_s']:.0f} s; report in {args.out / 'benchmarks.md'}")
     return 0
 

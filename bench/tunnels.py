@@ -107,3 +107,24 @@ def start_plain_ssh(host: SshHost, keepalive: float) -> Tunnel:
     command = ["ssh", "-N", *ssh_options(host, keepalive), "-L", f"127.0.0.1:{port}:127.0.0.1:{REMOTE_PORT}", host.alias]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return wait_ready(Tunnel("ssh -L", port, proc))
+
+
+def start_reverse(host: SshHost, keepalive: float, forwards: list[tuple[int, int]], *, autossh: bool, log_dir: Path, tag: str = "") -> Tunnel:
+    """`ssh -N -R` (or autossh -M 0 around it) with the same options as the others: each
+    (remote, local) pair makes the container's 127.0.0.1:remote reach this machine's
+    127.0.0.1:local. ssh's stderr goes to a file (its "remote port forwarding failed" lines are
+    counted), autossh's own log to another; `port` is the first remote port, inside the container."""
+    name = "autossh" if autossh else "ssh -R"
+    spec = [arg for remote, local in forwards for arg in ("-R", f"127.0.0.1:{remote}:127.0.0.1:{local}")]
+    command = [*(["autossh", "-M", "0"] if autossh else ["ssh"]), "-N", *ssh_options(host, keepalive), *spec, host.alias]
+    stem = log_dir / f"{host.alias}-{'autossh' if autossh else 'ssh-R'}{tag}"
+    env = {**os.environ, "AUTOSSH_GATETIME": "0", "AUTOSSH_LOGFILE": f"{stem}.autossh.log", "AUTOSSH_LOGLEVEL": "6"}
+    with open(f"{stem}.stderr", "wb") as stderr:  # the child keeps its own descriptor
+        proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    return Tunnel(name, forwards[0][0], proc)
+
+
+def reverse_logs(tunnel: Tunnel, log_dir: Path, alias: str, tag: str = "") -> tuple[Path, Path]:
+    """(ssh's stderr, autossh's own log) of a tunnel from start_reverse."""
+    stem = log_dir / f"{alias}-{'autossh' if tunnel.name == 'autossh' else 'ssh-R'}{tag}"
+    return Path(f"{stem}.stderr"), Path(f"{stem}.autossh.log")

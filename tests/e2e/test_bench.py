@@ -15,7 +15,7 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks") and "## Summary" in text
     assert (tmp_path / report.CHART).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = report.summary(results)
-    assert len(rows) == 20 and all(row["reference"] >= 0 and (row["ours"] is None or row["ours"] >= 0) for row in rows)
+    assert len(rows) == 27 and all(row["reference"] >= 0 and (row["ours"] is None or row["ours"] >= 0) for row in rows)
     recovery = results["recovery"]
     assert recovery["kill"]["gt-remote"][0] is not None and recovery["pause"]["gt-remote"][0] is not None
     assert recovery["kill"]["ssh -L"] == [None]  # plain ssh -L never comes back
@@ -40,4 +40,12 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     steps = results["bring_up"]["steps"]["gt-remote warm"][0]  # where `up` spends its time, step by step
     assert steps[-1][1] == "exit N" and [at for at, _ in steps] == sorted(at for at, _ in steps)
     assert "| step (the line that ends it) | arrives at | took (since the line before) |" in text
-
+    back = results["back"]  # a MySQL client on the gaming PC, the laptop's MariaDB, against ssh -R and autossh -R
+    assert "## 8. Back tunnels" in text and back["modes"] == {"gt-remote resumable": "relay", "gt-remote plain": "plain"}
+    assert set(back["rtt_us"]) == {"gt-remote resumable", "gt-remote plain", "ssh -R", "unforwarded"}
+    assert all(len(values) == SMOKE.back_transfer_runs for path in back["transfer_mb_s"].values() for values in path.values())
+    for fault in ("kill", "freeze"):
+        resumable = back["faults"][fault]["gt-remote resumable"]  # the client's one connection survives: no query fails, none doubles
+        assert resumable["recovery_s"][0] is not None and resumable["failed"] == [0] and resumable["wrong"] == [0] and resumable["failed_before_faults"] == 0
+        assert back["faults"][fault]["gt-remote plain"]["failed"][0] >= 1  # sshd's forward ends with the session: the query in flight fails
+        assert back["status"][fault]["gt-remote resumable"]["connections_total"] == back["status_before"][fault]["gt-remote resumable"]["connections_total"]
