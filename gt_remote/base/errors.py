@@ -73,6 +73,11 @@ class AuthRefused(SshError):
     """The server refused every key we offered: retrying cannot help."""
 
 
+class KeyNeedsPassphrase(AuthRefused):
+    """The identity file is encrypted and no agent holds it: gt-remote runs unattended and never
+    asks for a passphrase, so the key was never offered."""
+
+
 class HostKeyRejected(SshError):
     """The server's host key is unknown or has changed: never bypassed."""
 

@@ -335,7 +335,7 @@ def _rsync(command: list[str], settings: HostSettings, drop: Callable[[str], boo
     host = settings.name
     text = "\n".join(errors)
     if "protocol version mismatch" in text or "is your shell clean" in text:
-        raise noisy_shell_error(host, remote_login_shell(settings))
+        raise noisy_shell_error(host, *printing_files(settings))
     if "command not found" in text or "rsync: not found" in text or code == 127:
         raise RsyncMissing(f"rsync is not installed on {host}", f"install it there (e.g. 'sudo apt install rsync' on {host})")
     cause = visible(_main_error(errors) or f"exit {code}")  # the far side's words, shown as text
@@ -343,43 +343,88 @@ def _rsync(command: list[str], settings: HostSettings, drop: Callable[[str], boo
 
 
 class NoisyShell(GtRemoteError):
-    """A start-up file of the remote login shell prints text, which breaks rsync's protocol."""
+    """A start-up file on the remote prints text for every command, which breaks rsync's protocol."""
 
 
-STARTUP_FILES = {
-    "bash": ("~/.bashrc", "wrap what it prints in 'if [ -t 1 ]; then ... fi'"),
-    "zsh": ("~/.zshenv", "wrap what it prints in 'if [ -t 1 ]; then ... fi' (or move it to ~/.zshrc)"),
-    "fish": ("~/.config/fish/config.fish", "wrap what it prints in 'if status is-interactive ... end'"),
+# The files that can print for a command sshd runs (rsync's `rsync --server`), each with what
+# quiets it, and the login shells that read it for such a command (None: sshd runs it for every
+# shell; () for none: ~/.profile is read by login shells only, a suspect when nothing else prints).
+GUARD_SH = "wrap what it prints in 'if [ -t 1 ]; then ... fi'"
+GUARD_FISH = "wrap what it prints in 'if status is-interactive ... end'"
+STARTUP_FILES: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "~/.ssh/rc": (GUARD_SH, None),
+    "/etc/bash.bashrc": (GUARD_SH + " (as root)", ("bash",)),
+    "~/.bashrc": (GUARD_SH, ("bash",)),
+    "~/.zshenv": (GUARD_SH + " (or move it to ~/.zshrc)", ("zsh",)),
+    "~/.config/fish/config.fish": (GUARD_FISH, ("fish",)),
+    "~/.profile": (GUARD_SH, ()),
 }
 
+# Each candidate run alone, the way a session runs it for a command: not interactive, no
+# terminal, nothing on stdin, a clean environment (what sshd sets), at most 5 s; a file that
+# writes any byte to stdout, the stream rsync's protocol needs clean, is named. Run through
+# run_script, so what the session's own start-up files print is never taken for an answer.
+PRINTING_FILES = r"""
+cd || exit 0
+echo "shell=$SHELL"
+check() {  # NAME FILE PROGRAM ARG...
+    name=$1 file=$2
+    shift 2
+    [ -f "$file" ] && command -v "$1" >/dev/null 2>&1 || return 0
+    if command -v timeout >/dev/null 2>&1; then set -- timeout 5 "$@"; fi
+    count=$(env -i HOME="$HOME" USER="${USER-}" LOGNAME="${LOGNAME-}" PATH="$PATH" SHELL="${SHELL-}"         SSH_CLIENT="${SSH_CLIENT-}" SSH_CONNECTION="${SSH_CONNECTION-}" "$@" </dev/null 2>/dev/null | head -c 1 | wc -c)
+    [ "$count" -gt 0 ] 2>/dev/null && echo "prints=$name"
+    return 0
+}
+check '~/.ssh/rc' .ssh/rc sh .ssh/rc
+check /etc/bash.bashrc /etc/bash.bashrc bash --norc --noprofile -c '. "$1"' bash /etc/bash.bashrc
+check '~/.bashrc' .bashrc bash --norc --noprofile -c '. "$1"' bash ./.bashrc
+check '~/.zshenv' .zshenv zsh -f -c '. "$1"' zsh ./.zshenv
+check '~/.config/fish/config.fish' .config/fish/config.fish fish --no-config -c 'source $argv[1]' ./.config/fish/config.fish
+check '~/.profile' .profile sh -c '. "$1"' sh ./.profile
+"""
 
-def noisy_shell_error(host: str, shell: str | None) -> NoisyShell:
-    """Name the start-up file of the login shell that printed, and the guard that quiets it."""
-    name = visible((shell or "").rsplit("/", 1)[-1])  # the remote's $SHELL, shown as text
-    if name in STARTUP_FILES:
-        file, fix = STARTUP_FILES[name]
+
+def culprits(shell: str | None, printing: list[str]) -> list[str]:
+    """Of the files that print, those a command's session runs for this login shell; if none
+    of them prints (an unknown shell), every file that prints is a suspect."""
+    name = (shell or "").rsplit("/", 1)[-1]
+    known = [file for file in printing if file in STARTUP_FILES]
+    runs = [file for file in known if STARTUP_FILES[file][1] is None or name in (STARTUP_FILES[file][1] or ())]
+    return runs or known
+
+
+def noisy_shell_error(host: str, shell: str | None, printing: list[str]) -> NoisyShell:
+    """Name the start-up files that print, found by running each on the remote, and the guard
+    that quiets each; when none could be found to print, every file that could."""
+    files = culprits(shell, printing)
+    if files:
+        named = " and ".join(files)
+        verb = "prints" if len(files) == 1 else "print"
         return NoisyShell(
-            f"rsync with {host} failed: the login shell there ({name}) prints text from {file} for non-interactive commands, which breaks rsync (protocol version mismatch)",
-            f"in {file} on {host}, {fix}",
+            f"rsync with {host} failed: {named} on {host} {verb} text for non-interactive commands, which breaks rsync (protocol version mismatch)",
+            "; ".join(f"in {file} on {host}, {STARTUP_FILES[file][0]}" for file in files),
         )
-    shown = f" ({name})" if name else ""
+    shown = visible((shell or "").rsplit("/", 1)[-1])  # the remote's $SHELL, shown as text
     return NoisyShell(
-        f"rsync with {host} failed: the login shell there{shown} or ~/.ssh/rc prints text for non-interactive commands, which breaks rsync (protocol version mismatch)",
+        f"rsync with {host} failed: the login shell there{f' ({shown})' if shown else ''} or ~/.ssh/rc prints text for non-interactive commands, which breaks rsync (protocol version mismatch)",
         f"on {host}, make ~/.ssh/rc and the shell's start-up files print only in interactive sessions: guard the output with 'if [ -t 1 ]; then ... fi' "
         "(bash ~/.bashrc, zsh ~/.zshenv) or 'if status is-interactive ... end' (fish config.fish)",
     )
 
 
-def remote_login_shell(settings: HostSettings) -> str | None:
-    """$SHELL on the remote, asked through gt-remote's noise-proof scripts; None if that fails."""
+def printing_files(settings: HostSettings) -> tuple[str | None, list[str]]:
+    """($SHELL on the remote, the start-up files there that print for a command), asked through
+    gt-remote's noise-proof scripts; (None, []) if that fails."""
     from gt_remote.remote.scripts import run_script
     from gt_remote.runtime import reach
 
     try:
-        result = reach.run_on(settings, lambda conn: run_script(conn, 'echo "shell=$SHELL"', timeout=20))
+        result = reach.run_on(settings, lambda conn: run_script(conn, PRINTING_FILES, timeout=60))
     except GtRemoteError:
-        return None
-    return result.fields.get("shell") or None
+        return None, []
+    printing = [line.removeprefix("prints=") for line in result.stdout.splitlines() if line.startswith("prints=")]
+    return result.fields.get("shell") or None, [file for file in printing if file in STARTUP_FILES]
 
 
 def _tee_stderr(stream: IO[bytes], kept: list[str]) -> None:

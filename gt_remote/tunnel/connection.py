@@ -13,6 +13,7 @@ import socket
 import time
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -20,7 +21,7 @@ from asyncssh.constants import MSG_IGNORE
 from asyncssh.encryption import get_default_encryption_algs
 from asyncssh.packet import String
 
-from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, NoCommonAlgorithm, SshError, UnknownHost, shell_word
+from gt_remote.base.errors import AuthRefused, ConnectFailed, GtRemoteError, HostKeyRejected, KeyNeedsPassphrase, NoCommonAlgorithm, SshError, UnknownHost, shell_word
 from gt_remote.base.sanitize import ascii_int
 from gt_remote.tunnel.ciphers import aes_in_hardware, preferred_ciphers
 
@@ -165,9 +166,103 @@ async def connect(target: SshTarget) -> asyncssh.SSHClientConnection:
         steps.debug("ssh: host key verified; authenticated as %s; cipher %s", conn.get_extra_info("username"), conn.get_extra_info("send_cipher"))
         return conn
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise _host_key_error(target.destination, resolved) from exc
+        raise _host_key_error(target.destination, resolved, target.ssh_config) from exc
+    except asyncssh.PermissionDenied as exc:
+        locked = await locked_keys(resolved) if resolved is not None else []
+        raise (needs_passphrase(target.destination, locked) if locked else classify(exc, target.destination)) from exc
     except Exception as exc:  # every failure leaves here typed
         raise classify(exc, target.destination) from exc
+
+
+# --- keys that need their passphrase ------------------------------------------------------
+
+DEFAULT_KEY_NAMES = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa", "id_rsa", "id_dsa")  # asyncssh's, as ssh's
+
+
+async def locked_keys(options: asyncssh.SSHClientConnectionOptions) -> list[str]:
+    """The identity files in use (ssh_config's IdentityFile, else the default ~/.ssh/id_*) that
+    are encrypted and that no agent offers. asyncssh leaves such a key out without a word
+    (gt-remote never prompts), so the server's refusal alone would blame authorized_keys."""
+    configured: list[object] = list(options.config.get("IdentityFile", None) or [])  # type: ignore[call-overload]
+    files = [os.path.expanduser(_path_text(path)) for path in configured] or [os.path.expanduser(f"~/.ssh/{name}") for name in DEFAULT_KEY_NAMES]
+    locked = [file for file in files if _encrypted(file)]
+    if not locked:
+        return []
+    offered = await _agent_keys(getattr(options, "agent_path", None) or "")
+    return [file for file in locked if _public_blob(file) not in offered]
+
+
+def _encrypted(file: str) -> bool:
+    """Whether the private key in `file` needs a passphrase to load."""
+    try:
+        asyncssh.read_private_key(file)
+    except asyncssh.KeyImportError as exc:
+        return str(exc).startswith("Passphrase")
+    except (OSError, ValueError):
+        return False  # missing or unreadable: not this error's business
+    return False
+
+
+async def _agent_keys(path: str) -> set[bytes]:
+    """The public keys the agent at `path` holds; none without an agent, or one that fails."""
+    if not path:
+        return set()
+    try:
+        async with asyncssh.connect_agent(path) as agent:
+            return {key.key_public_data for key in await agent.get_keys()}
+    except (OSError, ValueError, asyncssh.Error):
+        return set()
+
+
+def _public_blob(file: str) -> bytes | None:
+    """The public half of an encrypted key, without its passphrase: from FILE.pub, else from the
+    unencrypted header of OpenSSH's own format; None if neither says."""
+    try:
+        return bytes(asyncssh.read_public_key(file + ".pub").public_data)
+    except (OSError, ValueError, asyncssh.KeyImportError):
+        pass
+    try:
+        import base64
+        import struct
+
+        text = Path(file).read_text()
+        body = base64.b64decode("".join(line for line in text.splitlines() if line and not line.startswith("-----")))
+        magic = b"openssh-key-v1\0"
+        if not body.startswith(magic):
+            return None
+        at = len(magic)
+        for _ in range(3):  # cipher name, KDF name, KDF options
+            (size,) = struct.unpack_from(">I", body, at)
+            at += 4 + size
+        at += 4  # the number of keys
+        (size,) = struct.unpack_from(">I", body, at)
+        return body[at + 4 : at + 4 + size]
+    except (OSError, ValueError, struct.error):
+        return None
+
+
+def needs_passphrase(destination: str, locked: list[str]) -> KeyNeedsPassphrase:
+    """The refusal said as what it is: a key that was never offered, and the one command that offers it."""
+    named = " and ".join(_home_short(file) for file in locked)
+    add = f"'ssh-add {' '.join(_home_word(file) for file in locked)}' (and make sure SSH_AUTH_SOCK reaches gt-remote)"
+    if len(locked) == 1:
+        return KeyNeedsPassphrase(
+            f"{destination} refused authentication: the key {named} needs its passphrase, and gt-remote runs unattended and never prompts", f"add it to your agent with {add}"
+        )
+    return KeyNeedsPassphrase(
+        f"{destination} refused authentication: the keys {named} need their passphrases, and gt-remote runs unattended and never prompts", f"add them to your agent with {add}"
+    )
+
+
+def _home_short(file: str) -> str:
+    home = os.path.expanduser("~")
+    return "~" + file[len(home):] if file.startswith(home + "/") else file
+
+
+def _home_word(file: str) -> str:
+    """`file` as one shell word, ~/... under the home (a quoted ~ would not expand)."""
+    short = _home_short(file)
+    return "~/" + shell_word(short[2:]) if short.startswith("~/") else shell_word(file)
 
 
 def _resolved_options(host: str, options: dict[str, object]) -> asyncssh.SSHClientConnectionOptions | None:
@@ -178,31 +273,47 @@ def _resolved_options(host: str, options: dict[str, object]) -> asyncssh.SSHClie
         return None  # connect() reports it, typed
 
 
-def _host_key_error(destination: str, options: asyncssh.SSHClientConnectionOptions | None) -> HostKeyRejected:
-    """Unknown and changed keys need different fixes: tell them apart by the known_hosts files."""
-    if options is not None and _has_pinned_key(options):
+def _host_key_error(destination: str, options: asyncssh.SSHClientConnectionOptions | None, ssh_config: str | None = None) -> HostKeyRejected:
+    """Unknown and changed keys need different fixes: tell them apart by the known_hosts files.
+    The commands it hands over use the same ssh_config (-F) and known_hosts file as gt-remote."""
+    ssh = f"ssh{f' -F {shell_word(ssh_config)}' if ssh_config else ''} {shell_word(destination)}"
+    pinned = _pinned_key(options) if options is not None else None
+    if pinned is not None:
+        file, name = pinned
+        elsewhere = f" -f {shell_word(file)}" if file != os.path.expanduser(DEFAULT_KNOWN_HOSTS) else ""  # ssh-keygen's own default otherwise
         return HostKeyRejected(
             f"the host key of {destination} has CHANGED since it was saved in known_hosts: the host was reinstalled, or someone is intercepting the connection",
-            f"if you know it was reinstalled, remove the old key with 'ssh-keygen -R <host>' and connect once with 'ssh {shell_word(destination)}' to check and save the new one",
+            f"if you know it was reinstalled, remove the old key with 'ssh-keygen -R {_double_quoted(name)}{elsewhere}' and connect once with '{ssh}' to check and save the new one",
         )
     return HostKeyRejected(
         f"the host key of {destination} is not in known_hosts yet",
-        f"connect once with 'ssh {shell_word(destination)}', check the fingerprint and accept it; gt-remote never accepts an unknown key by itself",
+        f"connect once with '{ssh}', check the fingerprint and accept it; gt-remote never accepts an unknown key by itself",
     )
 
 
-def _has_pinned_key(options: asyncssh.SSHClientConnectionOptions) -> bool:
-    files = options.known_hosts if isinstance(options.known_hosts, list) and options.known_hosts else ["~/.ssh/known_hosts"]
+def _double_quoted(word: str) -> str:
+    """`[host]:port` as "[host]:port": one word in sh, bash and zsh (whose unmatched glob is an
+    error), readable inside a hint that is itself in single quotes; anything odder, shell-quoted."""
+    if shell_word(word) == word:
+        return word
+    return f'"{word}"' if not any(char in word for char in '"$`\\!') else shell_word(word)
+
+
+def _pinned_key(options: asyncssh.SSHClientConnectionOptions) -> tuple[str, str] | None:
+    """(the known_hosts file, the name in it) of a key saved for this host, if any: what
+    `ssh-keygen -R NAME -f FILE` removes (`[host]:port` off port 22, as ssh saves it)."""
+    files = options.known_hosts if isinstance(options.known_hosts, list) and options.known_hosts else [DEFAULT_KNOWN_HOSTS]
     host = str(getattr(options, "host_key_alias", None) or getattr(options, "host", None) or "")
     port = getattr(options, "port", 22)
     for path in files:
+        file = os.path.expanduser(_path_text(path))
         try:
-            known = asyncssh.read_known_hosts(os.path.expanduser(str(path)))
+            known = asyncssh.read_known_hosts(file)
             if known.match(host, "", port)[0]:
-                return True
+                return file, host if port == 22 else f"[{host}]:{port}"
         except (OSError, ValueError, asyncssh.Error):
             continue
-    return False
+    return None
 
 
 class Receipts:

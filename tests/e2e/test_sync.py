@@ -85,6 +85,24 @@ def test_sync_on_a_chatty_shell_names_the_start_up_file(gt: Gt, chatty: SshHost,
     assert "protocol version mismatch" in line and file in line and guard in line
 
 
+def test_sync_names_the_file_that_prints_not_the_login_shells(gt: Gt, ssh_host: SshHost) -> None:
+    """#30.7: ~/.ssh/rc prints, and the bash login's ~/.bashrc (Debian's) is already guarded:
+    sync names ~/.ssh/rc, found by running each start-up file there, and not ~/.bashrc."""
+    quiet_bashrc = ssh_host.sh("cd && bash --norc --noprofile -c '. ./.bashrc' </dev/null | wc -c", user="gamer").strip()
+    assert quiet_bashrc == "0", "the check is void: gamer's ~/.bashrc is to print nothing when not interactive"
+    ssh_host.sh("printf 'echo Welcome to the gaming PC\\n' > /home/gamer/.ssh/rc", user="gamer")
+    folder = gt.home / "rig"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello\n")
+    result = gt("sync", "gaming-pc", "--push", str(folder), ssh_config=ssh_host.ssh_config)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "failed: ~/.ssh/rc on gaming-pc prints text for non-interactive commands" in line and "in ~/.ssh/rc on gaming-pc, wrap what it prints in 'if [ -t 1 ]" in line
+    assert "bashrc" not in line
+    ssh_host.sh("printf 'if [ -t 1 ]; then echo Welcome to the gaming PC; fi\\n' > /home/gamer/.ssh/rc", user="gamer")  # the fix it gives
+    assert gt("sync", "gaming-pc", "--push", str(folder), ssh_config=ssh_host.ssh_config).returncode == 0
+
+
 def test_sync_works_once_the_start_up_file_is_guarded(gt: Gt, chatty: SshHost) -> None:
     """The fix the message gives really fixes it."""
     host = chatty.as_user("fishy", alias="pc")

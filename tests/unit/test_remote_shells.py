@@ -45,11 +45,21 @@ def test_ascii_int_takes_only_ascii_digits(text: str) -> None:
     assert value is None or (text.isascii() and text.isdigit() and value == int(text))
 
 
-def test_noisy_shell_message_names_each_start_up_file() -> None:
+def test_noisy_shell_message_names_the_files_that_print_with_their_guard() -> None:
+    """sync names the start-up files found printing on the remote (#30.7), with the guard each
+    needs; not the login shell's file unless that one prints."""
     from gt_remote.commands.sync import noisy_shell_error
 
-    assert "~/.bashrc" in str(noisy_shell_error("pc", "/bin/bash")) and "[ -t 1 ]" in str(noisy_shell_error("pc", "/bin/bash"))
-    assert "~/.zshenv" in str(noisy_shell_error("pc", "/usr/bin/zsh"))
-    assert "config.fish" in str(noisy_shell_error("pc", "/usr/bin/fish")) and "status is-interactive" in str(noisy_shell_error("pc", "/usr/bin/fish"))
-    assert "~/.ssh/rc" in str(noisy_shell_error("pc", None))
+    bash = str(noisy_shell_error("pc", "/bin/bash", ["~/.bashrc"]))
+    assert "failed: ~/.bashrc on pc prints text" in bash and "[ -t 1 ]" in bash
+    assert "~/.zshenv" in str(noisy_shell_error("pc", "/usr/bin/zsh", ["~/.zshenv"]))
+    fish = str(noisy_shell_error("pc", "/usr/bin/fish", ["~/.config/fish/config.fish"]))
+    assert "config.fish" in fish and "status is-interactive" in fish
+    rc = str(noisy_shell_error("pc", "/bin/bash", ["~/.ssh/rc"]))
+    assert "~/.ssh/rc on pc prints" in rc and "bashrc" not in rc
+    both = str(noisy_shell_error("pc", "/usr/bin/fish", ["~/.ssh/rc", "~/.bashrc", "~/.config/fish/config.fish", "~/.profile"]))
+    assert "~/.ssh/rc and ~/.config/fish/config.fish on pc print text" in both  # what a fish login reads for a command, not bash's or a login's files
+    assert "in ~/.ssh/rc on pc, wrap what it prints in 'if [ -t 1 ]" in both and "in ~/.config/fish/config.fish on pc, wrap what it prints in 'if status is-interactive" in both
+    assert "~/.profile on pc prints" in str(noisy_shell_error("pc", "/bin/dash", ["~/.profile"]))  # nothing a command reads prints: the suspects that do
+    assert "~/.ssh/rc" in str(noisy_shell_error("pc", None, []))  # nothing found: every file that could
 
