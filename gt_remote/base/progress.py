@@ -89,6 +89,26 @@ def show_steps(show: Callable[[str], None], propagate: bool = True) -> None:
         logger.propagate = propagate
 
 
+# Notices a library writes about its own dependencies, as asyncssh's use of cryptography's DSA
+# (`CryptographyDeprecationWarning: DSA is deprecated`, ten lines at every import): news for
+# that library's maintainers, never for a user, in a terminal or in a supervisor's log. Matched by
+# message and by the module the warning points at, so cryptography is never imported for its class.
+LIBRARY_NOTICE = r".*deprecat"  # re.match, case-insensitive: "DSA is deprecated", "... deprecation ..."
+LIBRARY_MODULES = r"(asyncssh|cryptography)(\.|$)"
+
+
+def hush_library_warnings() -> None:
+    """Hide the libraries' deprecation notices in this process, unless -v asks to see everything.
+
+    Called before asyncssh is first imported: by the CLI once it has read -v, and by the
+    supervisor's first import (tunnel/quick_import.py), which reads -v from the environment."""
+    if verbosity() >= 1:
+        return
+    import warnings  # already loaded by the interpreter: costs nothing
+
+    warnings.filterwarnings("ignore", message=LIBRARY_NOTICE, module=LIBRARY_MODULES)
+
+
 def is_terminal(stream: object) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())

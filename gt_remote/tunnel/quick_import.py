@@ -10,6 +10,10 @@ at once when the dynamic loader could not load the library anyway: no file named
 lib<name>.so* in /etc/ld.so.cache, in LD_LIBRARY_PATH or in the loader's default directories.
 If such a file exists anywhere there, ctypes' own search runs, unchanged; other names and
 other systems always get ctypes' own search. The patch is undone when asyncssh is in.
+
+The same first import hides the deprecation notices asyncssh's import writes (cryptography's
+"DSA is deprecated", ten lines at the top of every supervisor log), unless -v asks for them:
+gt_remote.base.progress.hush_library_warnings.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import sys
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
+
+from gt_remote.base.progress import hush_library_warnings
 
 SKIPPABLE = frozenset({"oqs", "liboqs"})  # the names asyncssh asks for
 LOADER_CACHE = Path("/etc/ld.so.cache")
@@ -63,6 +69,7 @@ def quick(real: FindLibrary) -> FindLibrary:
 def import_asyncssh() -> None:
     if "asyncssh" in sys.modules:
         return
+    hush_library_warnings()
     real = ctypes.util.find_library
     setattr(ctypes.util, "find_library", quick(real))  # noqa: B010  (mypy: a module's function is not assignable)
     try:

@@ -68,3 +68,29 @@ def test_a_library_in_the_loader_s_multiarch_directory_goes_to_ctypes_search(tmp
     cache = tmp_path / "ld.so.cache"
     cache.write_bytes(b"glibc-ld.so.cache1.1\0")  # a cache that names nothing: only the directories can answer
     assert might_be_installed("c", cache, {})
+
+
+NOTICES = """
+import warnings
+import gt_remote.tunnel.quick_import
+for module, message in (("asyncssh.crypto.misc", "DSA is deprecated and support will be removed"), ("cryptography.utils", "X is deprecated"),
+                        ("asyncssh.connection", "an unrelated note"), ("gt_remote.tunnel.link", "our own deprecation")):
+    warnings.warn_explicit(message, UserWarning, module.replace(".", "/") + ".py", 1, module=module)
+"""
+
+
+def test_library_deprecation_notices_are_hidden_unless_verbose() -> None:
+    """#30.3: the first import of asyncssh hides the libraries' deprecation notices (the real
+    one, cryptography's DSA, is checked in tests/e2e/test_logs.py), and only those; -v (the
+    verbosity the CLI passes on in the environment) shows them."""
+    def shown(verbose: str) -> str:
+        env = {**os.environ, "GT_REMOTE_VERBOSE": verbose}
+        result = subprocess.run([sys.executable, "-c", NOTICES], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    quiet = shown("0")
+    assert "DSA is deprecated" not in quiet and "X is deprecated" not in quiet
+    assert "an unrelated note" in quiet and "our own deprecation" in quiet
+    verbose = shown("1")
+    assert "DSA is deprecated" in verbose and "X is deprecated" in verbose
