@@ -22,7 +22,7 @@ import click
 from gt_remote import __version__
 from gt_remote.base import progress
 from gt_remote.base.addresses import export_vars
-from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, UsageError, shell_word
+from gt_remote.base.errors import CommandNotExecutable, CommandNotFound, GtRemoteError, NeedsConfirmation, NotUp, UsageError, shell_word
 from gt_remote.base.paths import HostFiles, config_file, known_host_names
 from gt_remote.base.sanitize import visible, visible_data, visible_lines
 from gt_remote.commands import shell as shells
@@ -148,6 +148,7 @@ class Globals:
     def __init__(self, ssh_config: str | None, config_path: str | None) -> None:
         self.ssh_config = ssh_config
         self.config_path = Path(config_path).expanduser() if config_path else config_file()
+        self.config_given = bool(config_path)
         if config_path and not self.config_path.is_file():
             fix = "pass an existing file with --config, or leave --config out for the default"
             raise UsageError(f"config file {self.config_path} does not exist", _moved_under_a_service("--config") or fix)
@@ -165,6 +166,7 @@ def main(ctx: click.Context, ssh_config: str | None, config_path: str | None, ve
     if verbose and quiet:
         _global_error(UsageError("-v and -q contradict each other", "pass one of them"))
     progress.configure(verbose=verbose, quiet=quiet)
+    progress.hush_library_warnings()  # before any command imports asyncssh; -v shows them
     progress.show_steps(tell, propagate=False)
     try:
         ctx.obj = Globals(ssh_config, config_path)
@@ -182,7 +184,9 @@ def _global_error(error: GtRemoteError) -> None:
 def eval_output(func: F) -> F:
     """For commands whose stdout is eval'd: any failure also prints a failing line there.
 
-    Not for `up --foreground`, whose stdout a service manager reads, never a shell.
+    Not for `up --foreground`, whose stdout a service manager reads, never a shell, nor for
+    `env --if-up`, the rc file's line, which must never fail a new shell (its error is still said
+    on stderr, and its exit status still tells a script).
     """
 
     @functools.wraps(func)
@@ -190,7 +194,7 @@ def eval_output(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (GtRemoteError, KeyboardInterrupt):
-            if not kwargs.get("foreground"):
+            if not kwargs.get("foreground") and not kwargs.get("if_up"):  # --if-up: an rc file's line never fails the shell
                 fail_the_eval()
             raise
 
@@ -231,6 +235,11 @@ def _ssh_config(globals_: Globals) -> str | None:
     metavar="SPEC",
     help="A back tunnel: the remote's 127.0.0.1 port reaches this laptop's (PORT, REMOTE_PORT:127.0.0.1:LOCAL_PORT, dolt, gt-proxy, dolt:13307). Repeatable.",
 )
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "forward", "stdio"]),
+    help="How streams reach the remote relay: sshd's channels (forward), an exec channel's stdio (stdio, for Dropbear or DisableForwarding), or auto (default).",
+)
 @click.option("--foreground", is_flag=True, help="Stay in the foreground as the supervisor (for systemd and launchd).")
 @SHELL_OPTION
 @click.pass_obj
@@ -243,17 +252,30 @@ def up(g: Globals, host: str, foreground: bool, shell: str, no_resume: bool, **o
         overrides["resume"] = False
     if not overrides.get("back"):
         overrides.pop("back", None)  # none given: the config's
-    settings = _settings(g, host, overrides)
+    from gt_remote.base.config import given_fields, load_config, resolve
+
+    config = load_config(g.config_path)
+    settings = resolve(host, config, overrides, _ssh_config(g))
     if "server_binary" not in overrides:  # the build `gt-remote upgrade` installed wins over the config's
         settings = lifecycle.with_installed_build(settings, say)
 
     def print_exports(lines: list[str]) -> None:
-        _print_for_shell(shell_lines(lines, shell), f"gt-remote up {shell_word(host)}", shell)
+        _print_for_shell(shell_lines(lines, shell), f"gt-remote{_globals_again(g)} up {shell_word(host)}", shell)
 
-    lines = lifecycle.up(settings, say, foreground=foreground, on_ready=print_exports)
+    given = given_fields(config.get(host, {}), overrides)
+    lines = lifecycle.up(settings, say, foreground=foreground, on_ready=print_exports, given=given)
     if not foreground:
         print_exports(lines)
         say(f"{host} is up; 'gt-remote status' shows it, 'gt-remote down {shell_word(host)}' stops it")
+
+
+def _globals_again(g: Globals) -> str:
+    """` -F FILE --config FILE` as this command was given them (absolute), for a hint to run
+    another gt-remote command the same way; '' without them."""
+    words = ["-F", _ssh_config(g) or ""] if g.ssh_config else []
+    if g.config_given:
+        words += ["--config", str(g.config_path.resolve())]
+    return "".join(f" {shell_word(word)}" for word in words)
 
 
 def shell_lines(exports: list[str], syntax: str) -> list[str]:
@@ -355,7 +377,12 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         other = server.get("other_build")
         if other:
             lines.append(f"  installed   another build there: {other.get('version') or '?'} (build {other.get('build') or other.get('path')}), not running; 'gt-remote upgrade {shell_word(row['host'])} --server-binary PATH' switches")
-        lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {row.get('server_restarts', 0)}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
+        restarts = row.get("server_restarts", 0)
+        ended = " (its panes ended)" if restarts == 1 else " (the panes ended each time)" if restarts else ""  # a restart is never harmless: say so
+        lines.append(f"  uptime {uptime}, reconnects {row.get('reconnects', 0)}, server restarts {restarts}{ended}, rtt {rtt}, supervisor pid {row.get('supervisor_pid') or '-'}")
+        restart = row.get("last_server_restart")
+        if restart:
+            lines.append(f"  restarted   server at {restart.get('at')}: {restart.get('cause')}; pid {restart.get('old_pid') or '-'} -> {restart.get('pid') or '-'}; its panes' processes ended")
         lines.append(f"  streams     {_streams_line(row)}")
         lines += [f"  back        {_back_line(back)}" for back in row.get("back") or []]
         if row.get("server_env_lacking"):
@@ -381,7 +408,7 @@ def _down_lines(row: dict[str, Any]) -> list[str]:
     if row.get("local") and row.get("remote_port"):
         lines.append(f"  was         {row['local']}  ->  remote 127.0.0.1:{row['remote_port']} (no tunnel now)")
     lines.append(f"  why         {row.get('last_error') or 'no supervisor runs for it (stopped with down, or never brought up)'}")
-    lines.append(f"  bring it up with: eval \"$(gt-remote up {shell_word(host)})\"")
+    lines.append(f"  bring it up with: eval \"$({lifecycle.up_again(host)})\"")  # with the -F it was brought up with
     return lines
 
 
@@ -396,7 +423,8 @@ def _streams_line(row: dict[str, Any]) -> str:
         return f"not resumable: {row.get('resumable_reason') or 'unknown'}"
     on_relay = row.get("relay_streams")
     held = f" ({on_relay} on the relay)" if isinstance(on_relay, int) else ""
-    return f"resumable, {row.get('streams_open', 0)} open{held}, {row.get('streams_resumed', 0)} resumed, {row.get('bytes_replayed', 0)} bytes replayed"
+    way = f", through the stdio transport ({row.get('transport_reason')})" if row.get("transport") == "stdio" else ""
+    return f"resumable, {row.get('streams_open', 0)} open{held}, {row.get('streams_resumed', 0)} resumed, {row.get('bytes_replayed', 0)} bytes replayed{way}"
 
 
 def _back_line(back: dict[str, Any]) -> str:
@@ -434,14 +462,20 @@ def _duration(seconds: float) -> str:
 @click.argument("host", shell_complete=complete_host)
 @SHELL_OPTION
 @click.option("--unset", "-u", is_flag=True, help="Print the lines that remove the variables instead (HOST need not be up).")
+@click.option("--if-up", is_flag=True, help="For rc files: when HOST is not up, print nothing and exit 0, so a new shell's status stays 0.")
 @user_errors
 @eval_output
-def env(host: str, shell: str, unset: bool) -> None:
+def env(host: str, shell: str, unset: bool, if_up: bool) -> None:
     """Print the export lines of HOST, which must be up: eval "$(gt-remote env HOST)"."""
     if unset:
         _print_for_shell(shells.unset_lines(shell), f"gt-remote env {shell_word(host)} --unset", shell)
         return
-    status_ = lifecycle.require_up(host)
+    try:
+        status_ = lifecycle.require_up(host)
+    except NotUp:
+        if if_up:  # a gaming PC that is off is no error at shell start-up: the prompt stays green
+            return
+        raise
     lines = shells.export_lines(export_vars(status_["local"], status_["server"]["name"]), shell)
     _print_for_shell(lines, f"gt-remote env {shell_word(host)}", shell)
 
@@ -601,13 +635,14 @@ def restart_server(host: str, yes: bool) -> None:
 @main.command()
 @click.argument("host", required=False)
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@click.option("--forget", is_flag=True, help="Clean HOST's remote one last time, then forget it: later cleans no longer connect there.")
 @click.pass_obj
 @user_errors
-def clean(g: Globals, host: str | None, dry_run: bool) -> None:
-    """Remove old server builds and stale pid files on the remote, and local files of hosts that are not up."""
+def clean(g: Globals, host: str | None, dry_run: bool, forget: bool) -> None:
+    """Remove old server builds and stale pid files on every remote gt-remote brought up, and local files of hosts that are not up."""
     from gt_remote.commands import clean as cleaning
 
-    report = cleaning.clean(host, lambda name: _settings(g, name), _ssh_config(g), dry_run, say)
+    report = cleaning.clean(host, lambda name: _settings(g, name), _ssh_config(g), dry_run, say, forget=forget)
     click.echo("\n".join(visible(line) for line in report.lines))
     sys.exit(1 if report.failed else 0)
 

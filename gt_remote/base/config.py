@@ -21,7 +21,7 @@ DEFAULT_REMOTE_PORT = 9999
 DEFAULT_SERVER = "ccmux-server"
 DEFAULT_KEEPALIVE = 5.0
 DEFAULT_RESUME_WINDOW = 900.0
-HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync", "resume", "resume_window", "install_dir", "back"}
+HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync", "resume", "resume_window", "install_dir", "back", "transport"}
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -44,6 +44,7 @@ class HostSettings:
     resume_window: float = DEFAULT_RESUME_WINDOW
     install_dir: str | None = None  # remote dir for server builds and the relay (<dir>/gt-remote/...); None: ~/.local/share
     back: tuple[str, ...] = field(default_factory=tuple)  # back tunnels' specs, canonical (gt_remote/base/backs.py)
+    transport: str = "auto"  # how streams reach the relay: auto, forward (sshd's channels) or stdio (an exec channel)
 
     @property
     def local(self) -> Address:
@@ -127,7 +128,28 @@ def resolve(host: str, config: Mapping[str, Mapping[str, Any]], overrides: Mappi
         resume_window=_resume_window(merged.get("resume_window", DEFAULT_RESUME_WINDOW)),
         install_dir=install_dir_value(merged.get("install_dir")),
         back=parse_backs(merged.get("back", ())),
+        transport=_transport(merged.get("transport", "auto")),
     )
+
+
+TRANSPORTS = ("auto", "forward", "stdio")
+
+
+def _transport(value: Any) -> str:
+    if value not in TRANSPORTS:
+        raise UsageError(f"transport {value!r} is not one of {', '.join(TRANSPORTS)}", "use --transport auto (the default), forward or stdio")
+    return str(value)
+
+
+FIELD_OF_KEY = {"ssh": "destination", "local": "local_url"}  # the config's and options' names that differ from HostSettings'
+
+
+def given_fields(table: Mapping[str, Any], overrides: Mapping[str, Any]) -> frozenset[str]:
+    """The HostSettings fields the user set, in the host's config table or on the command line:
+    what `up` compares with a running tunnel. Every other field holds a default, and a default
+    is no request."""
+    keys = set(table) | {key for key, value in overrides.items() if value is not None}
+    return frozenset(FIELD_OF_KEY.get(key, key) for key in keys)
 
 
 def _port(value: Any) -> int:

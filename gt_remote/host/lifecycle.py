@@ -10,14 +10,14 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gt_remote.base import errors
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.builds import file_digest
-from gt_remote.base.errors import GtRemoteError, NotUp, RemoteError, UsageError, shell_word
+from gt_remote.base.errors import GtRemoteError, LocalPortInUse, NotUp, RemoteError, UsageError, shell_word
 from gt_remote.base.paths import HostFiles, known_host_names, remembered_host_names, write_private
 from gt_remote.host.client import ask, error_from_dict, live_status, read_record, supervisor_pid
 from gt_remote.host.lock import LOCK_TIMEOUT, HostLock
@@ -35,8 +35,11 @@ STOP_GRACE = 5.0
 # --- up ---------------------------------------------------------------------------------
 
 
-def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Callable[[list[str]], None] | None = None) -> list[str]:
-    """Bring a host up (or find it up) and return its export lines."""
+def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Callable[[list[str]], None] | None = None, given: Collection[str] | None = None) -> list[str]:
+    """Bring a host up (or find it up) and return its export lines.
+
+    `given` names the settings the user set (on the command line or in the config): only those
+    are compared with a running tunnel's, the others are its own. None: all of them."""
     files = HostFiles(settings.name)
     with sigterm_interrupts(not foreground), HostLock(files) as lock:
         status = _settled_status(files, say)
@@ -46,12 +49,13 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
                 f"stop that one with 'gt-remote down {shell_word(settings.name)}', then start this again",
             )
         if status is not None:
+            settings = as_running(settings, status, given)  # a default is no request: a bare `up HOST` finds the tunnel as it is
             _check_same(settings, status)
             refused = status.get("port_refused")
             if isinstance(refused, dict):  # another account holds the remote port: no address to hand out
                 raise RemoteError(str(refused.get("cause")), str(refused.get("fix") or ""))
             say(f"{settings.name} is already up ({status['local']}, state {status['state']})")
-            # Built here from our own settings (which _check_same matched), never the names the socket sent.
+            # Built here from settings _check_same matched, never the names the socket sent.
             return export_lines(settings.local_url, settings.server)
         pid = supervisor_pid(files)
         if pid is not None:
@@ -65,9 +69,33 @@ def up(settings: HostSettings, say: Say, foreground: bool = False, on_ready: Cal
             if foreground:
                 return run_foreground(settings, lock, on_ready)
             return spawn(settings, files, say)
+        except LocalPortInUse as error:
+            _forget_failed(files, had_log)
+            raise _held_by_our_tunnel(settings, error) from None
         except (GtRemoteError, KeyboardInterrupt):
             _forget_failed(files, had_log)
             raise
+
+
+def _held_by_our_tunnel(settings: HostSettings, error: LocalPortInUse) -> LocalPortInUse:
+    """The local address refused: when this user's tunnel to another host holds it (its
+    supervisor says so), the error names that tunnel and its `down`, not just "in use"."""
+    from gt_remote.base.addresses import parse_address
+    from gt_remote.base.errors import AddressError
+
+    wanted = settings.local
+    for name in known_host_names():
+        status = live_status(HostFiles(name), timeout=1.0) if name != settings.name else None
+        try:
+            theirs = parse_address(status["local"]) if status is not None else None
+        except AddressError:
+            continue
+        if theirs is not None and type(theirs) is type(wanted) and theirs == wanted:
+            return LocalPortInUse(
+                f"local address {settings.local_url} is already in use by gt-remote's tunnel to {name}",
+                f"pick another with --local (e.g. tcp://127.0.0.1:19999), or run 'gt-remote down {shell_word(name)}'",
+            )
+    return error
 
 
 def _settled_status(files: HostFiles, say: Say) -> dict[str, Any] | None:
@@ -139,11 +167,32 @@ def differences(settings: HostSettings, status: dict[str, Any]) -> list[tuple[st
     """(what, the running tunnel's value, the asked value) for each setting of `up` that shapes
     the tunnel and differs. A supervisor from before a setting existed counts as having the
     asked value."""
+    found = []
+    for name, have, asked in _compared(settings, status):
+        if have != asked:
+            found.append((LABELS.get(name, name.replace("_", " ")), _shown(name, have), _shown(name, asked)))
+    return found
+
+
+def as_running(settings: HostSettings, status: dict[str, Any], given: Collection[str] | None) -> HostSettings:
+    """`settings` with each compared setting the user did not give (None: gave all) taken from
+    the running tunnel: after `up HOST --local tcp://127.0.0.1:29999`, a bare `up HOST` asks for
+    nothing, and prints that tunnel's lines rather than refusing the default 9999."""
+    if given is None:
+        return settings
+    adopted: dict[str, Any] = {
+        name: have for name, have, asked in _compared(settings, status) if name not in given and (have is None or asked is None or type(have) is type(asked))
+    }
+    return dataclasses.replace(settings, **adopted)
+
+
+def _compared(settings: HostSettings, status: dict[str, Any]) -> list[tuple[str, object, object]]:
+    """(field, the running tunnel's value, the asked value) for each setting that shapes a tunnel."""
     from gt_remote.base.config import HostSettings  # only `up` compares: the light commands never load it
 
     running = status.get("settings") or {}
     observed = {"local_url": status.get("local"), "remote_port": status.get("remote_port")}  # what it really has
-    found = []
+    found: list[tuple[str, object, object]] = []
     for field in dataclasses.fields(HostSettings):
         if field.name in NOT_COMPARED:
             continue
@@ -151,8 +200,7 @@ def differences(settings: HostSettings, status: dict[str, Any]) -> list[tuple[st
         have = observed[field.name] if observed.get(field.name) is not None else running.get(field.name, asked)
         if isinstance(have, list):
             have = tuple(have)  # JSON's lists: the back tunnels
-        if have != asked:
-            found.append((LABELS.get(field.name, field.name.replace("_", " ")), _shown(field.name, have), _shown(field.name, asked)))
+        found.append((field.name, have, asked))
     return found
 
 
@@ -336,9 +384,9 @@ def host_status(name: str) -> dict[str, Any]:
     if pid is not None:
         last_error = f"the supervisor (pid {pid}) is alive but does not answer; it may be stopped (SIGSTOP)"
     elif last.get("exit_cause"):  # its watchdog ended it and said why
-        last_error = f"the supervisor (pid {last.get('supervisor_pid')}) exited: {last['exit_cause']}; run 'gt-remote up {name}' to bring the tunnel back"
+        last_error = f"the supervisor (pid {last.get('supervisor_pid')}) exited: {last['exit_cause']}; run '{up_again(name)}' to bring the tunnel back"
     elif record:
-        last_error = f"the supervisor (pid {last.get('supervisor_pid')}) is not running: it died or was killed; run 'gt-remote up {shell_word(name)}' to bring the tunnel back"
+        last_error = f"the supervisor (pid {last.get('supervisor_pid')}) is not running: it died or was killed; run '{up_again(name)}' to bring the tunnel back"
     else:
         last_error = None
     return {
@@ -379,12 +427,20 @@ def require_up(name: str) -> dict[str, Any]:
     """The live status of a host whose tunnel can be used now (or comes back by itself)."""
     status = live_status(HostFiles(name))
     if status is None:
-        raise NotUp(f"{name} is not up", f"run 'eval \"$(gt-remote up {shell_word(name)})\"' first")
+        raise NotUp(f"{name} is not up", f"run 'eval \"$({up_again(name)})\"' first")
     if status["state"] == "connecting":
         raise NotUp(f"{name} is still coming up ({status.get('step') or 'connecting'})", f"wait until 'gt-remote status {shell_word(name)}' says up, then try again")
     if status["state"] == "failed":
         raise NotUp(f"{name} has failed: {status['last_error']}", f"fix that, then run 'gt-remote down {shell_word(name)}' and 'gt-remote up {shell_word(name)}'")
     return status
+
+
+def up_again(name: str) -> str:
+    """`gt-remote up NAME` as a hint, with the -F FILE the host's tunnel was last brought up
+    with (from its record): without it, `up` would read another ssh_config."""
+    settings = (read_record(HostFiles(name)).get("status") or {}).get("settings") or {}
+    config = settings.get("ssh_config") if isinstance(settings, dict) else None
+    return f"gt-remote {f'-F {shell_word(config)} ' if isinstance(config, str) and config else ''}up {shell_word(name)}"
 
 
 def is_known(name: str) -> bool:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -19,7 +19,7 @@ from gt_remote.remote.probe import file_digest, survey
 from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
 from tests.e2e.helpers import PORT, SERVERS, default_ssh_config, new_build, other_shell, remote_ls, server_pids
-from tests.helpers import answers, exports, mode, one_error_line, ping, rows, sock_dir, start_up, supervisor_processes, tcp_port_free
+from tests.helpers import answers, exports, gt_on_path, in_a_terminal, mode, one_error_line, ping, rows, run_in, sock_dir, start_up, supervisor_processes, tcp_port_free
 from tests.testbed import STANDIN, USER, SshHost, free_loopback_port, wait_for
 
 # --- WSL2 -------------------------------------------------------------------------------
@@ -38,11 +38,11 @@ def test_a_wsl_looking_host_gets_the_idle_warning_and_works(gt: Gt, ssh_host: Ss
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "WSL2" in line]
     assert len(warnings) == 1, result.stderr
-    assert "vmIdleTimeout=-1" in warnings[0] and "[wsl2]" in warnings[0] and ".wslconfig" in warnings[0] and "systemd" in warnings[0]
+    assert "instanceIdleTimeout=-1 under [general]" in warnings[0] and ".wslconfig" in warnings[0] and "vmIdleTimeout=-1" not in warnings[0]  # the distro's timer, not the VM's
     assert exports(result.stdout) and answers(local)
     doctor = gt("doctor", "gaming-pc", "--json", ssh_config=ssh_host.ssh_config)
     [check] = [check for check in json.loads(doctor.stdout) if "WSL" in check["name"]]
-    assert check["status"] == "warn" and "vmIdleTimeout=-1" in check["fix"]
+    assert check["status"] == "warn" and "instanceIdleTimeout=-1 under [general]" in check["fix"]
 
 
 def test_a_plain_linux_host_gets_no_wsl_warning(gt: Gt, ssh_host: SshHost) -> None:
@@ -118,6 +118,49 @@ def test_up_with_another_resume_setting_is_refused_naming_the_running_value(gt: 
     assert gt.up(ssh_host, *local).returncode == 0  # the same options are still fine
 
 
+def test_a_bare_up_on_a_tunnel_brought_up_with_options_prints_its_lines(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """Defaults stay defaults (#30.4): only what the user gave, on the command line or in the
+    config, is compared with the running tunnel; a default is no request. The hint shown on a
+    terminal carries -F and --config, and runs as shown. (Every command here is typed in a
+    shell, as the user would, so no option is added on the way.)"""
+    local = f"tcp://127.0.0.1:{free_loopback_port()}"
+    config = tmp_path / "config.toml"
+    config.write_text("[hosts.gaming-pc]\nresume_window = 600\n")
+    env = gt_on_path(gt, tmp_path)
+    given = f"-F {ssh_host.ssh_config} --config {config}"
+    first = run_in("sh", f"gt-remote {given} up gaming-pc --server-binary {STANDIN} --local {local} --keepalive 2", env)
+    assert first.returncode == 0, first.stderr
+    bare = run_in("sh", f"gt-remote -F {ssh_host.ssh_config} up gaming-pc", env)  # no --local, --keepalive or config: defaults, none asked for
+    assert bare.returncode == 0, bare.stderr
+    assert exports(bare.stdout) == {"GASTOWN_CCMUX_ADDR": local, "CCMUX_ADDR": local}
+    shown = in_a_terminal(["gt-remote", *given.split(), "up", "gaming-pc"], env)
+    [hint] = [line.removeprefix("# Run: ") for line in shown.splitlines() if line.startswith("# Run: ")]
+    assert hint == f'eval "$(gt-remote {given} up gaming-pc)"', shown
+    evaluated = run_in("sh", f'set -e; {hint}; echo "addr=$GASTOWN_CCMUX_ADDR"', env)
+    assert evaluated.returncode == 0 and evaluated.stdout.strip() == f"addr={local}", evaluated.stderr
+    differing = run_in("sh", f"gt-remote {given} up gaming-pc --keepalive 7", env)  # an option given that differs: refused, as ever
+    assert differing.returncode == 2 and differing.stdout.strip() == "false"
+    assert "with keepalive 2.0 (asked: 7.0);" in one_error_line(differing.stderr)
+    config.write_text("[hosts.gaming-pc]\nresume_window = 60\n")  # the config's value is asked for too
+    by_config = run_in("sh", f"gt-remote {given} up gaming-pc", env)
+    assert by_config.returncode == 2 and "with resume window 600.0 (asked: 60.0);" in one_error_line(by_config.stderr)
+    assert len(supervisor_processes(gt.env["XDG_RUNTIME_DIR"])) == 1
+
+
+def test_hints_for_a_tunnel_whose_supervisor_died_carry_its_ssh_config(gt: Gt, ssh_host: SshHost) -> None:
+    """After a reboot or a kill the record stays: status's `bring it up with` and env's error
+    give the `up` with the -F it was brought up with (#30.4)."""
+    assert gt.up(ssh_host, "--local", f"tcp://127.0.0.1:{free_loopback_port()}").returncode == 0
+    [pid] = supervisor_processes(gt.env["XDG_RUNTIME_DIR"])
+    os.kill(pid, signal.SIGKILL)  # the supervisor this test's `up` started, by its pid
+    wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 10, "the supervisor to be gone")
+    again = f"gt-remote -F {ssh_host.ssh_config} up gaming-pc"
+    status = gt("status", "gaming-pc")
+    assert f'bring it up with: eval "$({again})"' in status.stdout and "died or was killed" in status.stdout, status.stdout
+    env = gt("env", "gaming-pc")
+    assert env.returncode == 1 and f"run 'eval \"$({again})\"' first" in one_error_line(env.stderr)
+
+
 def test_a_dead_socket_at_the_local_path_is_replaced(gt: Gt, ssh_host: SshHost) -> None:
     """What the removal is for: a socket left by a supervisor that died is taken over."""
     path = sock_dir(gt) / "ccmux.sock"
@@ -136,7 +179,7 @@ def test_verbose_shows_ssh_steps_and_quiet_shows_nothing(gt: Gt, ssh_host: SshHo
     said = verbose.stderr
     assert f"ssh_config {ssh_host.ssh_config}" in said and f"known_hosts {ssh_host.known_hosts}" in said
     assert f"keys {ssh_host.key.path}" in said and f"gamer@{ssh_host.hostname}:{ssh_host.port}" in said
-    assert "authenticated as gamer" in said and "forward: listening on tcp://127.0.0.1:9999" in said
+    assert "authenticated as gamer" in said and f"forward: listening on {gt.local()}" in said
     assert gt("down", "gaming-pc").returncode == 0
     quiet = gt("-q", "up", "gaming-pc", ssh_config=ssh_host.ssh_config)
     assert quiet.returncode == 0 and quiet.stderr == "" and "GASTOWN_CCMUX_ADDR" in quiet.stdout
@@ -162,7 +205,7 @@ def test_second_port_for_the_same_user_is_refused_before_uploading(gt: Gt, ssh_h
     assert "serving 127.0.0.1:9999" in line and "--remote-port 9999" in line and "down HOST --stop-server" in line
     assert "uploading" not in result.stderr
     assert remote_ls(ssh_host, SERVERS) == [file_digest(str(STANDIN))]
-    assert tcp_port_free(9998)
+    assert tcp_port_free(gt.port("same-pc"))  # its local address was let go too
 
 
 # --- options for a host that is already up ----------------------------------------------
@@ -194,17 +237,32 @@ def test_records_are_private(gt: Gt, ssh_host: SshHost) -> None:
 def test_up_uploads_starts_and_exports(gt: Gt, ssh_host: SshHost) -> None:
     result = gt.up(ssh_host)
     assert result.returncode == 0, result.stderr
-    assert exports(result.stdout) == {"GASTOWN_CCMUX_ADDR": "tcp://127.0.0.1:9999", "CCMUX_ADDR": "tcp://127.0.0.1:9999"}
+    assert exports(result.stdout) == {"GASTOWN_CCMUX_ADDR": gt.local(), "CCMUX_ADDR": gt.local()}
     assert "uploading" in result.stderr and "starting ccmux-server 0.1.1" in result.stderr
-    ping("tcp://127.0.0.1:9999")
+    ping(gt.local())
     [pid] = server_pids(ssh_host)
     cmdline = ssh_host.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
     assert "/home/gamer/.local/share/gt-remote/servers/" in cmdline and "--listen-tcp 127.0.0.1:9999" in cmdline
     # The remote server binds loopback only: 127.0.0.1:9999 is 0100007F:270F in /proc/net/tcp.
     listening = ssh_host.sh("awk '$4 == \"0A\" {print $2}' /proc/net/tcp").split()
     assert "0100007F:270F" in listening and "00000000:270F" not in listening
-    # No partial upload left beside the binary; only its --version answer, kept for the next probe.
-    assert ssh_host.sh("ls -A /home/gamer/.local/share/gt-remote/servers/*/").split() == ["ccmux-server", "ccmux-server.version"]
+    # No partial upload left beside the binary; only its --version answer, kept for the next probe,
+    # and the mark that it answered a Ping (only such a build is the one a plain `up` starts).
+    assert ssh_host.sh("ls -A /home/gamer/.local/share/gt-remote/servers/*/").split() == ["ccmux-server", "ccmux-server.answered", "ccmux-server.version"]
+
+
+def test_the_local_address_defaults_to_the_remote_port(gt: Gt, ssh_host: SshHost) -> None:
+    """No --local anywhere: the tunnel listens on the laptop's 127.0.0.1 at the remote port's
+    number (9999 unless told). A free port stands for 9999 here, whose laptop side the user's
+    own tunnel may hold."""
+    port = free_loopback_port()
+    result = gt.up(ssh_host, "--remote-port", str(port), own_local=False)
+    assert result.returncode == 0, result.stderr
+    assert exports(result.stdout)["GASTOWN_CCMUX_ADDR"] == f"tcp://127.0.0.1:{port}"
+    ping(f"tcp://127.0.0.1:{port}")
+    assert server_pids(ssh_host, port)  # the remote server on the same number, inside the container
+    assert gt("down", "gaming-pc").returncode == 0
+    assert tcp_port_free(port)
 
 
 def test_up_reuses_a_running_server(gt: Gt, ssh_host: SshHost) -> None:
@@ -241,7 +299,7 @@ def test_racing_ups_leave_one_supervisor(gt: Gt, ssh_host: SshHost) -> None:
     assert len({r.stdout for r in results}) == 1
     assert len(supervisor_processes(gt.env["XDG_RUNTIME_DIR"])) == 1
     assert len(server_pids(ssh_host)) == 1
-    ping("tcp://127.0.0.1:9999")
+    ping(gt.local())
 
 
 def test_unix_socket_local(gt: Gt, ssh_host: SshHost) -> None:
@@ -291,18 +349,18 @@ def test_config_file_host_table(gt: Gt, ssh_host: SshHost) -> None:
 
 
 def test_foreground_mode_serves_until_terminated(gt: Gt, ssh_host: SshHost) -> None:
-    cmd = [sys.executable, "-m", "gt_remote", "-F", str(ssh_host.ssh_config), "up", "gaming-pc", "--foreground", "--server-binary", str(STANDIN)]
+    cmd = gt.command("up", "gaming-pc", "--foreground", "--server-binary", str(STANDIN), ssh_config=ssh_host.ssh_config)
     proc = subprocess.Popen(cmd, env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
-        assert first == "export GASTOWN_CCMUX_ADDR=tcp://127.0.0.1:9999\n"
-        ping("tcp://127.0.0.1:9999")
+        assert first == f"export GASTOWN_CCMUX_ADDR={gt.local()}\n"
+        ping(gt.local())
         assert gt.status()[0]["supervisor_pid"] == proc.pid
     finally:
         proc.terminate()  # the process this test started, by its pid
         assert proc.wait(10) == 0
-    assert tcp_port_free(9999)
+    assert tcp_port_free(gt.port())
 
 
 def test_a_warm_up_runs_no_server_process_to_learn_its_version(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
