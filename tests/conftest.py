@@ -42,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-CONTAINER_FIXTURES = frozenset({"ssh_host", "host_factory", "test_image"})
+CONTAINER_FIXTURES = frozenset({"ssh_host", "host_factory", "test_image", "dropbear_host", "hardened_host", "other_sshd_host"})
 E2E_DIR = Path(__file__).parent / "e2e"
 RELEASE_TESTS = "tests/contracts/test_packaging.py::"
 
@@ -129,6 +129,25 @@ def host_factory(tmp_path: Path, client_key: ClientKey, test_image: str) -> Iter
 @pytest.fixture
 def ssh_host(host_factory: HostFactory) -> SshHost:
     return host_factory()
+
+
+@pytest.fixture
+def dropbear_host(host_factory: HostFactory) -> SshHost:
+    """The gaming PC with Dropbear in sshd's place: commands run, no stream-local forwarding (#31)."""
+    return host_factory(kind="dropbear")
+
+
+@pytest.fixture
+def hardened_host(host_factory: HostFactory) -> SshHost:
+    """The gaming PC's OpenSSH with `DisableForwarding yes`: commands run, every forward refused (#31)."""
+    return host_factory(kind="hardened")
+
+
+@pytest.fixture(params=["dropbear", "hardened"])
+def other_sshd_host(request: pytest.FixtureRequest, host_factory: HostFactory) -> SshHost:
+    """The same test once on each SSH server that does not forward (#31): Dropbear, then
+    OpenSSH under `DisableForwarding yes`. A test takes it in place of ssh_host."""
+    return host_factory(kind=request.param)
 
 
 @pytest.fixture

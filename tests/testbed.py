@@ -40,6 +40,29 @@ USER = "gamer"
 RESTARTABLE_SSHD = ["sh", "-c", "/usr/sbin/sshd -D -e & exec sleep infinity"]
 FOREIGN_HOST_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIGtsPLXmX0l7o4g3q+7yF0b8fQmB9cXh3Qn8l1sD0o4T"  # not any test host's
 
+# SSH servers other than a default OpenSSH (#31), each as the container's command (PID 1):
+# - "hardened": the same sshd with `DisableForwarding yes` (a hardening guide's setting): it runs
+#   commands, and refuses every TCP and stream-local forward;
+# - "dropbear": Debian's Dropbear (dropbear-bin), which has no stream-local forwarding. Its host
+#   keys are made at container start (the package makes none), kept across a restart; -s: keys
+#   only, -w: no root, as docker/sshd_config; -E: log on stderr, -F: in the foreground.
+DROPBEAR_KEY_TYPES = ("ed25519", "ecdsa")
+DROPBEAR_KEYS = tuple(f"/etc/dropbear/dropbear_{kind}_host_key" for kind in DROPBEAR_KEY_TYPES)
+DROPBEAR = [
+    "sh",
+    "-c",
+    "set -e; mkdir -p /etc/dropbear; "
+    + "".join(f"[ -f {key} ] || dropbearkey -t {kind} -f {key} >/dev/null; " for kind, key in zip(DROPBEAR_KEY_TYPES, DROPBEAR_KEYS))
+    + "exec /usr/sbin/dropbear -F -E -s -w -p 22 "
+    + " ".join(f"-r {key}" for key in DROPBEAR_KEYS),
+]
+HARDENED_SSHD = ["/usr/sbin/sshd", "-D", "-e", "-o", "DisableForwarding=yes"]
+HOST_KINDS = ("openssh", "hardened", "dropbear")  # start_host(kind=...); "openssh" is the image's own
+KIND_COMMANDS: dict[str, list[str] | None] = {"openssh": None, "hardened": HARDENED_SSHD, "dropbear": DROPBEAR}
+# What each server logs as it starts ("Not backgrounding": Dropbear's line under -F); whether or
+# not the port is bound by then, start_host then waits for the banner on the published port.
+KIND_READY = {"openssh": "Server listening on", "hardened": "Server listening on", "dropbear": "Not backgrounding"}
+
 
 def context_hash() -> str:
     """Same as docker/testbed.sh: sha256 of Dockerfile + sshd_config + shells.sh, first 16 hex digits."""
@@ -94,6 +117,7 @@ class SshHost:
     hostname: str = "127.0.0.1"  # as the client names it; a network alias when not published
     published: dict[int, int] = field(default_factory=dict)  # container port -> loopback port
     user: str = USER  # the account the ssh_config logs in as
+    kind: str = "openssh"  # which SSH server runs inside: one of HOST_KINDS
 
     @property
     def ssh_config(self) -> Path:
@@ -111,11 +135,22 @@ class SshHost:
 
     def authorize(self) -> None:
         self.sh(f"printf '%s\\n' {shlex.quote(self.key.public)} > /home/{self.user}/.ssh/authorized_keys", user=self.user)
-        host_key = self.sh("cat /etc/ssh/ssh_host_ed25519_key.pub").strip().split()
+        host_key = self.host_public_key()
         name = self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
         self.host_key_line = f"{name} {host_key[0]} {host_key[1]}"
         self.known_hosts.write_text(self.host_key_line + "\n")
         self.write_ssh_config()
+
+    def host_public_key(self) -> tuple[str, str]:
+        """(type, base64) of the server's ed25519 host key, read inside the container: sshd's
+        .pub file, or what `dropbearkey -y` prints of Dropbear's key."""
+        if self.kind != "dropbear":
+            words = self.sh("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
+            return words[0], words[1]
+        printed = self.sh(f"dropbearkey -y -f {DROPBEAR_KEYS[0]}")
+        [line] = [line for line in printed.splitlines() if line.startswith("ssh-ed25519 ")]
+        words = line.split()
+        return words[0], words[1]
 
     def config_block(self) -> str:
         lines = [
@@ -228,11 +263,15 @@ def start_host(
     publish: bool = True,
     extra_ports: tuple[int, ...] = (),
     command: str | list[str] | None = None,
+    kind: str = "openssh",
 ) -> SshHost:
     """Start a host. Unpublished hosts live only on `network`, named by their alias there.
-    `command` replaces the image's (sshd as PID 1), e.g. to restart sshd inside."""
+    `command` replaces the image's (sshd as PID 1), e.g. to restart sshd inside. `kind` picks
+    the SSH server (HOST_KINDS): "hardened" (sshd refusing every forward) or "dropbear"."""
+    assert kind in HOST_KINDS, f"unknown host kind {kind!r}: one of {', '.join(HOST_KINDS)}"
     port = free_loopback_port() if publish else 22
     container = DockerContainer(TEST_IMAGE)
+    command = command or KIND_COMMANDS[kind]
     if command:
         container.with_command(command)
     container.tmpfs.update(tmpfs or {})
@@ -243,12 +282,12 @@ def start_host(
         container.ports[f"{inner}/tcp"] = ("127.0.0.1", outer)
     if network:
         container.with_kwargs(network=network)
-    container.waiting_for(LogMessageWaitStrategy("Server listening on").with_startup_timeout(30))
+    container.waiting_for(LogMessageWaitStrategy(KIND_READY[kind]).with_startup_timeout(30))
     container.start()
     if network and not publish:
         _alias_on(container, network, alias)
     directory.mkdir(parents=True, exist_ok=True)
-    host = SshHost(container, alias, port, directory, key, network, hostname="127.0.0.1" if publish else alias, published=published)
+    host = SshHost(container, alias, port, directory, key, network, hostname="127.0.0.1" if publish else alias, published=published, kind=kind)
     host.authorize()
     if publish:
         wait_for(host.answers_ssh, 15, "sshd to answer on the published port")

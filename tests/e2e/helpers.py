@@ -164,10 +164,18 @@ def server_clients_inside(host: SshHost) -> int:
 
 
 def kill_ssh_sessions(host: SshHost) -> None:
-    serving = host.pids("sshd: gamer")
-    assert serving, "no sshd process serves our connection"
+    serving = dropbear_sessions(host) if host.kind == "dropbear" else host.pids("sshd: gamer")
+    assert serving, f"no {host.kind} process serves our connection"
     for pid in serving:
         host.kill(pid)
+
+
+def dropbear_sessions(host: SshHost) -> list[int]:
+    """Dropbear's per-connection processes: `dropbear` children of the listener (PID 1 on a
+    dropbear host). They keep root's uid and sshd's "sshd: user" title has no match here, so
+    they are found by parent; the relay, reparented to PID 1 too, is not named dropbear."""
+    code, output = host.exec("exec pgrep -x -P 1 dropbear")
+    return [int(pid) for pid in output.split()] if code == 0 else []
 
 
 def relay_pids(host: SshHost) -> list[int]:
