@@ -132,7 +132,7 @@ def check_wsl(host: str, distro: str) -> Check:
         "WSL2 keeps the distro running",
         "warn",
         f"{host} is WSL2 ({distro}): Windows stops an idle distro, and ccmux-server and its panes with it",
-        "set vmIdleTimeout=-1 under [wsl2] in %UserProfile%\\.wslconfig, and run sshd and the server under the distro's systemd (see docs/wsl.md)",
+        "set instanceIdleTimeout=-1 under [general] in %UserProfile%\\.wslconfig (WSL 2.5.4 or newer; vmIdleTimeout keeps only the VM), then run 'wsl --shutdown' once (see docs/wsl.md)",
     )
 
 

@@ -113,9 +113,12 @@ async def state_of_port(conn: asyncssh.SSHClientConnection, settings: HostSettin
 
 
 def wsl_warning(host: str, distro: str) -> str:
+    """The distro's own idle timer (`[general] instanceIdleTimeout`, WSL 2.5.4+) is what stops it
+    about 15 s after its last Windows-side session ends, systemd services or not; `[wsl2]
+    vmIdleTimeout` only times the VM once every distro has stopped (microsoft/WSL 8654, 9968)."""
     return (
         f"warning: {host} is WSL2 ({distro}): Windows stops an idle distro, and ccmux-server and its panes with it; "
-        "set vmIdleTimeout=-1 under [wsl2] in %UserProfile%\\.wslconfig and run sshd and the server under the distro's systemd (see docs/wsl.md)"
+        "set instanceIdleTimeout=-1 under [general] in %UserProfile%\\.wslconfig (WSL 2.5.4 or newer; vmIdleTimeout keeps only the VM), then run 'wsl --shutdown' once (see docs/wsl.md)"
     )
 
 
