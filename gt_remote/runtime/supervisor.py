@@ -99,6 +99,7 @@ class Supervisor:
         self.server_env_lacking: dict[str, str] = {}  # back tunnels' variables the running server was started without
         self.server: ServerInfo | None = None
         self.server_restarts = 0
+        self.last_server_restart: dict[str, Any] | None = None  # when, why, old and new pid: `status` says the panes ended
         self.server_error: GtRemoteError | None = None
         self.port_refusal: PortNotOurs | None = None  # the remote port is not the user's: nothing is forwarded
         self.lease_holders: list[str] = []  # other live tunnels sharing the remote server
@@ -495,7 +496,7 @@ class Supervisor:
     async def _check_server(self, conn: asyncssh.SSHClientConnection) -> None:
         self.rtt_ms = None  # the last Ping failed: an old round trip would mislead
         try:
-            await self._revive(conn)
+            await self._revive(conn, "at a health check")
         except PortNotOurs as error:
             self._refuse(error)
         except ConnectFailed as error:  # the SSH connection failed, not the server: the link reports that
@@ -510,21 +511,22 @@ class Supervisor:
         """Runs on every new connection before it is used; errors count as a failed attempt."""
         remote_scripts.use_install_dir(conn, self.settings.install_dir)
         try:
-            await self._revive(conn)
+            await self._revive(conn, "after a reconnect")
         except PortNotOurs as error:
             self._refuse(error)  # the link is fine: the health loop sees when the port is ours again
         self.server_error = None  # the server was just checked (and revived if it had died)
         await self.relay.ensure(conn)
 
-    async def _revive(self, conn: asyncssh.SSHClientConnection) -> None:
+    async def _revive(self, conn: asyncssh.SSHClientConnection, found_at: str) -> None:
         assert self.server is not None
         async with self._server_lock:
+            old_pid = self.server.pid
             revived = await revive_server(conn, self.settings, self.server)
         self._refuse(None)  # the port is the user's (revive_server checked)
         if revived is not None:
             self.server = revived
-            self.server_restarts += 1
-            log.warning("remote server restarted (pid %s), restart #%d", revived.pid, self.server_restarts)
+            self._count_server_restart(f"the server (pid {old_pid}) had stopped (it crashed, was killed, or the gaming PC restarted); found {found_at} and started again", old_pid)
+            log.warning("remote server restarted (pid %s), restart #%d; the old one's panes had ended with it", revived.pid, self.server_restarts)
 
     # --- control --------------------------------------------------------------------
 
@@ -612,12 +614,18 @@ class Supervisor:
         except GtRemoteError as error:
             log.error("restarting the server failed: %s", error)
             return {"ok": False, "error": error.to_dict()}
-        self.server_restarts += 1
+        self._count_server_restart("restarted on request ('gt-remote restart-server')", old.pid)
         self.server_env_lacking = {}
         self.server_error = None
         self._save_record()
         log.warning("the server was restarted on request: pid %s -> %s", old.pid, self.server.pid)
         return {"ok": True, "server": {**self.server.to_dict(), "name": self.settings.server}}
+
+    def _count_server_restart(self, cause: str, old_pid: int | None) -> None:
+        """Every server restart ends the panes' processes (they die with the server): `status`
+        says so, with when and why, next to the count."""
+        self.server_restarts += 1
+        self.last_server_restart = {"at": iso(time.time()), "cause": cause, "old_pid": old_pid, "pid": self.server.pid if self.server else None}
 
     async def _shared_refusal(self, force: bool) -> GtRemoteError | None:
         """`down --stop-server` while another tunnel holds a live lease: refuse, unless forced."""
@@ -702,6 +710,7 @@ class Supervisor:
             "uptime_s": None if not self.ready or link.state != LinkState.UP or link.up_since is None else round(time.time() - link.up_since, 1),
             "reconnects": link.reconnects,
             "server_restarts": self.server_restarts,
+            "last_server_restart": self.last_server_restart,
             "rtt_ms": None if rtt is None else round(rtt, 3),
             "server": {
                 "name": self.settings.server,

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from gt_remote.base.config import load_config
 from gt_remote.base.errors import AddressError
 from gt_remote.cli import main
 from tests.conftest import Gt
-from tests.testbed import REPO, STANDIN, ClientKey, SshHost
+from tests.testbed import REPO, STANDIN, ClientKey, SshHost, free_loopback_port, wait_for
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -42,7 +43,7 @@ def documented_commands() -> list[tuple[str, str]]:
             if start < 0:
                 continue
             rest = code[start + len("gt-remote "):]
-            if code[:start].endswith("$("):  # eval "$(gt-remote up HOST)"
+            if code[:start].endswith(("$(", "<(")):  # eval "$(gt-remote up HOST)", source <(gt-remote completion bash)
                 rest = rest.rsplit(")", 1)[0]
             rest = re.split(r" (?:>|>>|\||&&|\|\||;) |; | 2>", rest)[0]  # the command, not the shell's redirection or chain
             if rest.strip() and "COMMAND ..." not in rest:  # the synopsis is not a command
@@ -407,3 +408,91 @@ def test_wake_and_resume_agree_that_force_keeps_resumable_connections(gt: Gt, ss
     finally:
         client.close()
 
+
+
+def documented_status_fields() -> tuple[dict[str, str], set[str]]:
+    """usage.md's `status --json` table: each field (nested ones dotted, `server.pid`,
+    `back[].spec`) with its meaning; and the fields it says a `down` row has."""
+    usage = (REPO / "docs" / "usage.md").read_text()
+    table = usage.split("| field | type | meaning |\n", 1)[1].split("\n\n", 1)[0]
+    fields = {name: meaning for name, meaning in re.findall(r"^\| `([^`]+)` \| [^|]+ \| (.*) \|$", table, re.M)}
+    down = usage.split("A host whose supervisor is gone shows as `down`, with only ", 1)[1].split(":", 1)[0]
+    return fields, set(re.findall(r"`([^`]+)`", down))
+
+
+def undocumented_keys(row: dict[str, object], fields: dict[str, str]) -> list[str]:
+    """Each key of a status row the table does not name, and each named top-level field the row
+    lacks; one level down, an object's keys are named as rows (`server.pid`) or in its meaning."""
+    top = {name for name in fields if "." not in name}
+    found = [f"{key} (not documented)" for key in sorted(set(row) - top)] + [f"{name} (documented, not in status)" for name in sorted(top - set(row))]
+    for key, value in row.items():
+        inner = value[0] if key == "back" and isinstance(value, list) and value else value
+        if not isinstance(inner, dict) or key in ("server_env_lacking",):  # variable names, not fields
+            continue
+        prefix = f"{key}[]." if key == "back" else f"{key}."
+        rows = {name.removeprefix(prefix) for name in fields if name.startswith(prefix)}
+        if rows:
+            found += [f"{prefix}{sub} (not documented)" for sub in sorted(set(inner) - rows)]
+            found += [f"{prefix}{sub} (documented, not in status)" for sub in sorted(rows - set(inner))]
+        else:
+            found += [f"{prefix}{sub} (not named in the meaning of {key})" for sub in inner if f"`{sub}`" not in fields.get(key, "")]
+    return found
+
+
+def test_every_status_field_is_documented(gt: Gt, ssh_host: SshHost) -> None:
+    """A real `up` with a back tunnel, a server that died and came back, a `reconnect`: every key
+    of `status --json` (and of `server`, each `back` entry and the other objects) is a row of
+    usage.md's table, and each row is a key; then `down`, whose row has just the listed fields."""
+    fields, down_fields = documented_status_fields()
+    nothing_there = free_loopback_port()  # the laptop's side of the back tunnel: up only warns
+    up = gt.up(ssh_host, "--keepalive", "1", "--back", f"dolt:3307:127.0.0.1:{nothing_there}", "--local", f"tcp://127.0.0.1:{free_loopback_port()}")
+    assert up.returncode == 0, up.stderr
+    [row] = gt.status("gaming-pc")
+    ssh_host.kill(row["server"]["pid"])  # fills last_server_restart
+    wait_for(lambda: gt.status("gaming-pc")[0]["server_restarts"] == 1, 30, "the server to be started again")
+    assert gt("reconnect", "gaming-pc").returncode == 0  # fills last_wake
+    [row] = gt.status("gaming-pc")
+    assert row["back"] and row["last_server_restart"] and row["last_wake"], row
+    assert undocumented_keys(row, fields) == []
+    assert gt("down", "gaming-pc").returncode == 0
+    [down] = gt.status("gaming-pc")
+    assert down["state"] == "down" and set(down) == down_fields, sorted(set(down) ^ down_fields)
+
+
+def _completion_line(shell: str) -> str:
+    """usage.md's line that loads the completion in `shell`'s start-up file."""
+    section = (REPO / "docs" / "usage.md").read_text().split("## Shell completion", 1)[1].split("\n## ", 1)[0]
+    (line,) = [line for block in re.findall(rf"```{shell}\n(.*?)```", section, re.S) for line in block.splitlines() if f"completion {shell}" in line]
+    return line
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_line_works_in_a_bare_shell(gt: Gt, shell: str) -> None:
+    """The documented start-up line, in a real shell with no start-up files of its own, so no
+    bash-completion package (bash), only compinit (zsh): Tab on `gt-remote sta` offers status."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed here")
+    line = _completion_line(shell)
+    bin_dir = gt.home / "bin"  # the scripts run `gt-remote` by name, as an installed command
+    bin_dir.mkdir()
+    (bin_dir / "gt-remote").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m gt_remote \"$@\"\n")
+    (bin_dir / "gt-remote").chmod(0o755)
+    drivers = {
+        "bash": ["bash", "--norc", "--noprofile", "-c", f"{line}\ntype _init_completion >/dev/null 2>&1 && echo 'bash-completion is loaded'\n"
+                 "COMP_WORDS=(gt-remote sta); COMP_CWORD=1; _gt_remote_completion gt-remote; printf '%s\\n' \"${COMPREPLY[@]}\""],
+        "zsh": ["zsh", "-f", "-c", f"autoload -Uz compinit && compinit -u -D\n{line}\nprint -r -- ${{_comps[gt-remote]}}"],
+        "fish": ["fish", "--no-config", "-c", f"{line}\ncomplete -C'gt-remote sta'"],
+    }
+    env = {**gt.env, "PATH": f"{bin_dir}:{gt.env['PATH']}"}
+    result = subprocess.run(drivers[shell], env=env, capture_output=True, text=True, timeout=60, cwd=gt.home)
+    assert result.returncode == 0, result.stderr
+    expected = {"bash": ["status"], "zsh": ["_gt_remote_completion"], "fish": ["status"]}[shell]
+    assert [word.split("\t")[0] for word in result.stdout.splitlines()] == expected, result.stdout + result.stderr
+
+
+def test_fish_snippets_name_the_fish_shell() -> None:
+    """`gt-remote up|env ... | source` is fish: each such line says `--shell fish`, so it works
+    whatever `$SHELL` says (the default follows `$SHELL`, which is often bash under fish)."""
+    found = [(path.name, line) for path in DOCS for line in re.findall(r"gt-remote (?:up|env) [^`\n|]*\| source", path.read_text())]
+    assert len(found) >= 4, found
+    assert [(name, line) for name, line in found if "--shell fish" not in line] == []

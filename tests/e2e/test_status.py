@@ -239,3 +239,29 @@ def test_status_fields_and_exit_codes(gt: Gt, ssh_host: SshHost) -> None:
     assert gone.returncode == 1
     assert json.loads(gone.stdout)[0]["state"] == "down"
 
+
+
+def test_a_server_restart_says_that_the_panes_ended(gt: Gt, ssh_host: SshHost) -> None:
+    """A server that died and was started again, then one restarted on request: the count, and
+    a line saying when, why, which pids and that the panes' processes ended."""
+    bring_up_local(gt, ssh_host, "--keepalive", "1")
+    [first] = server_pids(ssh_host)
+    before = gt("status", "gaming-pc").stdout
+    assert "server restarts 0," in before and "panes" not in before and row(gt)["last_server_restart"] is None
+    ssh_host.kill(first)  # as a crash would: every pane's process ends with the server
+    revived = wait_for(lambda: (s := row(gt))["server_restarts"] == 1 and s, 30, "the server to be started again")
+    assert isinstance(revived, dict)
+    [second] = server_pids(ssh_host)
+    last = revived["last_server_restart"]
+    assert last["old_pid"] == first and last["pid"] == second, last
+    assert f"the server (pid {first}) had stopped" in last["cause"] and datetime.fromisoformat(last["at"]).timestamp() > time.time() - 60
+    text = gt("status", "gaming-pc").stdout
+    assert "server restarts 1 (its panes ended)," in text, text
+    assert f"  restarted   server at {last['at']}: {last['cause']}; pid {first} -> {second}; its panes' processes ended" in text.splitlines(), text
+    restart = gt("restart-server", "gaming-pc", "--yes")
+    assert restart.returncode == 0, restart.stderr
+    [third] = server_pids(ssh_host)
+    again = row(gt)
+    assert again["server_restarts"] == 2 and again["last_server_restart"]["old_pid"] == second and again["last_server_restart"]["pid"] == third
+    text = gt("status", "gaming-pc").stdout
+    assert "server restarts 2 (the panes ended each time)," in text and "restarted on request ('gt-remote restart-server')" in text, text
