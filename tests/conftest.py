@@ -4,6 +4,7 @@ whose state, runtime and config directories are private to the test."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,9 +18,16 @@ from typing import Any
 import pytest
 from testcontainers.core.image import DockerImage
 
-from tests.testbed import BASE_TAG, REPO, TEST_IMAGE, ClientKey, Gt, SshHost, context_hash, start_host
+from tests.reaper import SESSION_ENV
+from tests.testbed import BASE_TAG, REPO, TEST_IMAGE, ClientKey, Gt, SshHost, context_hash, session_labels, start_host
 
 __all__ = ["Gt"]  # tests import the runner from here
+
+# This run's name, in the environment of every process it starts (the supervisors too) and on
+# its containers: what its reaper ends, and only that. Set anew in a pytest started by a test.
+SESSION = f"{os.getpid()}-{secrets.token_hex(4)}"
+os.environ[SESSION_ENV] = SESSION
+_reaper: subprocess.Popen[bytes] | None = None  # held for the whole run: it outlives pytest by design
 
 HOG_LIMIT_S = 2 * 3600  # the hog ends by itself after this, or when pytest is gone
 HOG = """
@@ -82,6 +90,24 @@ def cpu_hog(request: pytest.FixtureRequest) -> Iterator[int | None]:
         hog.wait(10)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short directory under /tmp holding every test's XDG_RUNTIME_DIR, and this run's reaper
+    (tests/reaper.py), started once in a session of its own: when pytest ends, however it ends
+    (Ctrl-C, SIGKILL of make's process group), it ends the supervisors and removes the containers
+    this run started, and this directory. Its log: reaper.log in pytest's base temp dir."""
+    global _reaper
+    root = Path(tempfile.mkdtemp(prefix=f"gtr-{os.getpid()}-"))  # short: Unix socket paths are limited
+    log = tmp_path_factory.getbasetemp() / "reaper.log"
+    with log.open("ab") as errors:  # its own lines, and a traceback if it ever failed
+        _reaper = subprocess.Popen(
+            [sys.executable, "-m", "tests.reaper", str(os.getpid()), SESSION, str(root), str(log)],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
+        )  # fmt: skip
+    return root
+
+
 @pytest.fixture(scope="session")
 def test_image() -> str:
     """Built once per session (a cache hit after `make test`'s set-up built it)."""
@@ -108,7 +134,7 @@ def host_factory(tmp_path: Path, client_key: ClientKey, test_image: str) -> Iter
         if own_network:
             from docker import from_env
 
-            net = from_env().networks.create(f"gtr-{os.getpid()}-{len(networks)}-{alias}", driver="bridge")
+            net = from_env().networks.create(f"gtr-{os.getpid()}-{len(networks)}-{alias}", driver="bridge", labels=session_labels())
             networks.append(net)
             network = net.name
         host = start_host(tmp_path / alias, client_key, alias=alias, network=network, **kwargs)
@@ -172,8 +198,8 @@ def untouched_host(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def gt(tmp_path: Path) -> Iterator[Gt]:
-    runtime = Path(tempfile.mkdtemp(prefix="gtr-"))  # short: Unix socket paths are limited
+def gt(tmp_path: Path, session_root: Path) -> Iterator[Gt]:
+    runtime = Path(tempfile.mkdtemp(prefix="r-", dir=session_root))  # short: Unix socket paths are limited
     runner = Gt(tmp_path / "home", runtime)
     (tmp_path / "home").mkdir()
     yield runner

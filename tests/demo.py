@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.testbed import REPO, STANDIN, ClientKey, start_host
+from tests.testbed import NOT_INHERITED, REPO, STANDIN, ClientKey, free_loopback_port, start_host
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
@@ -37,12 +37,22 @@ def main() -> int:
     key = ClientKey.create(work)
     host = start_host(work / "gaming-pc", key, alias="gaming-pc")
     print(f"    sshd answers on 127.0.0.1:{host.port}; its host key is pinned in {host.known_hosts}")
-    env = {**os.environ, "HOME": str(work / "home"), "XDG_STATE_HOME": str(work / "state"), "XDG_RUNTIME_DIR": tempfile.mkdtemp(prefix="gtr-demo-"), "PYTHONPATH": str(REPO)}
-    env.pop("SSH_AUTH_SOCK", None)
+    env = {
+        **os.environ, "HOME": str(work / "home"), "XDG_STATE_HOME": str(work / "state"), "XDG_CONFIG_HOME": str(work / "config"),
+        "XDG_RUNTIME_DIR": tempfile.mkdtemp(prefix="gtr-demo-"), "PYTHONPATH": str(REPO),
+    }  # fmt: skip
+    for name in NOT_INHERITED:  # your agent, your tunnel's variables: the demo uses none of your world
+        env.pop(name, None)
+    # Its own config, naming a free laptop port: your own tunnel may hold the default 127.0.0.1:9999.
+    config = work / "config" / "gt-remote" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[hosts.gaming-pc]\nlocal = "tcp://127.0.0.1:{free_loopback_port()}"\n')
     gt = [sys.executable, "-m", "gt_remote", "-F", str(host.ssh_config)]
     try:
         step("An ssh_config entry names it 'gaming-pc', as you would write in ~/.ssh/config")
         print("\n".join(f"    {line}" for line in host.config_block().splitlines()))
+        print(f"    {DIM}and the demo's gt-remote config gives its tunnel a port of its own (yours may hold 9999):{RESET}")
+        print("\n".join(f"    {line}" for line in config.read_text().splitlines()))
 
         step("gt-remote up: connect, upload the server (a stand-in for your ccmux-server build), start it, tunnel it")
         up = show([*gt, "up", "gaming-pc", "--server-binary", str(STANDIN)], env)

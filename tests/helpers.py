@@ -36,8 +36,9 @@ def ping(url: str, timeout: float = 5.0) -> float:
     return asyncio.run(ping_address(parse_address(url), timeout))
 
 
-def answers(url: str = "tcp://127.0.0.1:9999", timeout: float = 2.0) -> bool:
-    """Does a Ping through `url` get a Pong? For wait_for conditions."""
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """Does a Ping through `url` get a Pong? For wait_for conditions. No default address: a
+    test's tunnel listens on its own port (Gt.local), never on the user's 127.0.0.1:9999."""
     try:
         ping(url, timeout)
         return True
@@ -99,14 +100,16 @@ def openssl_mapped(pid: int) -> list[str]:
     return sorted({line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/_ssl." in line or "/_hashlib." in line or "/libssl.so" in line})
 
 
-def assert_nothing_left(gt, port: int | None = 9999) -> None:  # type: ignore[no-untyped-def]
-    """After a failed `up`: no supervisor, no control socket, no record, the port free (unless
-    `port` is None: a test that never bound one, or whose port something else holds)."""
+def assert_nothing_left(gt, port: int | None | str = "gaming-pc") -> None:  # type: ignore[no-untyped-def]
+    """After a failed `up`: no supervisor, no control socket, no record, the port free: `port`, or
+    the test's own local port for the host named by `port` (by default gaming-pc's), unless
+    None (a test that never bound one, or whose port something else holds)."""
+    local_port: int | None = gt.port(port) if isinstance(port, str) else port
     runtime = Path(gt.env["XDG_RUNTIME_DIR"])
     assert supervisor_processes(str(runtime)) == []
     assert list((runtime / "gt-remote").glob("*.sock")) == []
     assert list((gt.home / ".local/state/gt-remote/hosts").glob("*.json")) == []
-    assert port is None or tcp_port_free(port)
+    assert local_port is None or tcp_port_free(local_port)
 
 
 def one_error_line(stderr: str) -> str:
@@ -207,9 +210,8 @@ def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:
 
 
 def start_up(gt: Gt, host: str, *args: str, ssh_config: Path | None = None) -> subprocess.Popen[str]:
-    """`gt-remote up` as a background process this test signals by pid."""
-    config = ssh_config or gt.ssh_config
-    cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), "up", host, *args]
+    """`gt-remote up` as a background process this test signals by pid (on the test's own local port)."""
+    cmd = gt.command("up", host, *args, ssh_config=ssh_config)
     return subprocess.Popen(cmd, env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -25,6 +25,8 @@ import asyncssh
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
+from tests.reaper import SESSION_ENV, SESSION_LABEL
+
 # testcontainers on this kind of machine: no registry for Ryuk, and keep traffic on loopback.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
@@ -62,6 +64,14 @@ KIND_COMMANDS: dict[str, list[str] | None] = {"openssh": None, "hardened": HARDE
 # What each server logs as it starts ("Not backgrounding": Dropbear's line under -F); whether or
 # not the port is bound by then, start_host then waits for the banner on the published port.
 KIND_READY = {"openssh": "Server listening on", "hardened": "Server listening on", "dropbear": "Not backgrounding"}
+
+
+def session_labels() -> dict[str, str]:
+    """The label naming this pytest session (SESSION_ENV, set by tests/conftest.py), for a container
+    or network it makes, so that its reaper (tests/reaper.py) removes exactly those if the run is
+    killed; none outside a session (make demo, make bench)."""
+    session = os.environ.get(SESSION_ENV)
+    return {SESSION_LABEL: session} if session else {}
 
 
 def context_hash() -> str:
@@ -280,8 +290,7 @@ def start_host(
     published = {inner: free_loopback_port() for inner in extra_ports}
     for inner, outer in published.items():
         container.ports[f"{inner}/tcp"] = ("127.0.0.1", outer)
-    if network:
-        container.with_kwargs(network=network)
+    container.with_kwargs(labels=session_labels(), **({"network": network} if network else {}))
     container.waiting_for(LogMessageWaitStrategy(KIND_READY[kind]).with_startup_timeout(30))
     container.start()
     if network and not publish:
@@ -307,8 +316,26 @@ def combined_ssh_config(path: Path, *hosts: SshHost) -> Path:
     return path
 
 
+# The user's world that must not reach a test's gt-remote: their agent, their tunnel's address
+# variables, a service manager's sockets and markers, their verbosity.
+NOT_INHERITED = (
+    "SSH_AUTH_SOCK", "GASTOWN_CCMUX_ADDR", "CCMUX_ADDR", "FUGUE_ADDR", "NOTIFY_SOCKET", "INVOCATION_ID", "XPC_SERVICE_NAME",
+    "GT_REMOTE_VERBOSE", "GT_REMOTE_QUIET",
+)  # fmt: skip
+GLOBAL_OPTIONS_WITH_VALUE = ("-F", "--config")
+
+
 class Gt:
-    """Runs the real `gt-remote` command line, as a user would, in an isolated home."""
+    """Runs the real `gt-remote` command line, as a user would, in an isolated home.
+
+    Nothing of the user's world is used: HOME, the XDG directories, the runtime dir, the config
+    and the ssh_config are the test's own, with no agent and no address variables. Nor is the
+    laptop's 127.0.0.1:9999, the default local address (the remote port's number), which the
+    user's own tunnel may hold: every `up HOST` without --local, whose config gives HOST no
+    `local` either, gets `--local` with this test's own free loopback port for HOST
+    (`local(HOST)`, one per host, the same for the whole test). A test about the default itself
+    passes own_local=False, and picks a free remote port so that the default is a free laptop port.
+    """
 
     def __init__(self, home: Path, runtime: Path) -> None:
         self.home = home
@@ -320,19 +347,69 @@ class Gt:
             "XDG_RUNTIME_DIR": str(runtime),
             "PYTHONPATH": str(REPO),
         }
-        self.env.pop("SSH_AUTH_SOCK", None)
-        for name in ("GASTOWN_CCMUX_ADDR", "CCMUX_ADDR", "FUGUE_ADDR"):
+        for name in NOT_INHERITED:
             self.env.pop(name, None)
         self.ssh_config: Path | None = None
+        self.ports: dict[str, int] = {}  # host -> this test's laptop port for its tunnel (shared by other_shell)
 
-    def __call__(self, *args: str, timeout: float = 120, ssh_config: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def port(self, host: str = "gaming-pc") -> int:
+        """This test's own laptop port for HOST's tunnel: free when first asked, then kept."""
+        if host not in self.ports:
+            self.ports[host] = free_loopback_port()
+        return self.ports[host]
+
+    def local(self, host: str = "gaming-pc") -> str:
+        """The local address `up HOST` gets in this test: tcp://127.0.0.1:port(HOST)."""
+        return f"tcp://127.0.0.1:{self.port(host)}"
+
+    def local_in_config(self, *hosts: str) -> Path:
+        """Each of `hosts` gets its own local address in the test's config file, for `up` typed
+        in a shell (an rc file, a guide's steps), where no --local can be added: exactly what
+        the user types still runs, on this test's ports. The config file, appended to."""
+        config = Path(self.env["XDG_CONFIG_HOME"]) / "gt-remote" / "config.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        with config.open("a") as out:
+            out.write("".join(f'\n[hosts."{host}"]\nlocal = "{self.local(host)}"\n' for host in hosts))
+        return config
+
+    def command(self, *args: str, ssh_config: Path | None = None, own_local: bool = True) -> list[str]:
+        """The argv of `gt-remote ARGS` (with -F when given), an `up` with this test's own local address."""
         config = ssh_config or self.ssh_config
-        cmd = [sys.executable, "-m", "gt_remote", *(["-F", str(config)] if config else []), *args]
+        words = [*(["-F", str(config)] if config else []), *args]
+        return [sys.executable, "-m", "gt_remote", *(self._with_own_local(words) if own_local else words)]
+
+    def _with_own_local(self, words: list[str]) -> list[str]:
+        """`up HOST ...` with `--local local(HOST)` added where gt-remote would use its default."""
+        config = Path(self.env["XDG_CONFIG_HOME"]) / "gt-remote" / "config.toml"
+        index = 0
+        while index < len(words) and words[index].startswith("-"):
+            if words[index] in GLOBAL_OPTIONS_WITH_VALUE and index + 1 < len(words):
+                if words[index] == "--config":
+                    config = Path(words[index + 1])
+                index += 2
+            else:
+                if words[index].startswith("--config="):
+                    config = Path(words[index].partition("=")[2])
+                index += 1
+        rest = words[index + 1 :]
+        if words[index : index + 1] != ["up"] or not rest or rest[0].startswith("-"):
+            return words
+        if any(word in ("--help", "-h", "--local") or word.startswith("--local=") for word in rest):
+            return words
+        table = _config_hosts(config).get(rest[0])
+        if isinstance(table, dict) and "local" in table:
+            return words  # the test's config names the address: that is what the test is about
+        return [*words, "--local", self.local(rest[0])]
+
+    def __call__(
+        self, *args: str, timeout: float = 120, ssh_config: Path | None = None, input: str | None = None, own_local: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = self.command(*args, ssh_config=ssh_config, own_local=own_local)
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, input=input)
 
-    def up(self, host: SshHost, *args: str, standin: bool = True) -> subprocess.CompletedProcess[str]:
+    def up(self, host: SshHost, *args: str, standin: bool = True, own_local: bool = True) -> subprocess.CompletedProcess[str]:
         extra = ["--server-binary", str(STANDIN)] if standin else []
-        return self(*(["up", host.alias, *extra, *args]), ssh_config=host.ssh_config)
+        return self(*(["up", host.alias, *extra, *args]), ssh_config=host.ssh_config, own_local=own_local)
 
     def status(self, host: str | None = None) -> list[dict[str, Any]]:
         result = self("status", *([host] if host else []), "--json")
@@ -346,3 +423,15 @@ class Gt:
             if text.isdigit():
                 pids.append(int(text))
         return pids
+
+
+def _config_hosts(path: Path) -> dict[str, Any]:
+    """The [hosts.*] tables of a gt-remote config, or none (a missing or broken file: the test's
+    `up` finds that out itself)."""
+    import tomllib
+
+    try:
+        hosts = tomllib.loads(path.read_text()).get("hosts", {})
+    except (OSError, ValueError):
+        return {}
+    return hosts if isinstance(hosts, dict) else {}

@@ -215,11 +215,13 @@ def test_documented_ccmux_compat_command_reaches_the_server(gt: Gt, ssh_host: Ss
     assert ("gastown.md", documented.removeprefix("gt-remote").strip()) in COMMANDS
     result = gt(*shlex.split(documented)[1:], ssh_config=ssh_host.ssh_config)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ccmux-compat stand-in: tcp://127.0.0.1:9999 ['new-session', '-d', '-s', 'polecat-1', 'claude --resume']"
+    assert result.stdout.strip() == f"ccmux-compat stand-in: {gt.local()} ['new-session', '-d', '-s', 'polecat-1', 'claude --resume']"
 
 
 def test_setup_guide_in_a_real_shell(gt: Gt, ssh_host: SshHost) -> None:
-    """docs/setup.md steps 5 to 7 as a new user types them, eval included."""
+    """docs/setup.md steps 5 to 7 as a new user types them, eval included (the test's own
+    local port comes from its config: what is typed is the guide's)."""
+    gt.local_in_config("gaming-pc")
     gt_remote = f"{sys.executable} -m gt_remote -F {ssh_host.ssh_config}"
     script = f"""
         set -e
@@ -235,9 +237,9 @@ def test_setup_guide_in_a_real_shell(gt: Gt, ssh_host: SshHost) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     before = (gt.home / "doctor-before.txt").read_text()
     assert "✓ SSH connection and authentication" in before and "✗ tunnel is up" in before
-    assert "gaming-pc: up" in result.stdout and "Pong from tcp://127.0.0.1:9999" in result.stdout
-    assert "✓ ccmux Ping answered: tcp://127.0.0.1:9999 via GASTOWN_CCMUX_ADDR" in result.stdout
-    assert result.stdout.strip().endswith("GASTOWN_CCMUX_ADDR=tcp://127.0.0.1:9999")
+    assert "gaming-pc: up" in result.stdout and f"Pong from {gt.local()}" in result.stdout
+    assert f"✓ ccmux Ping answered: {gt.local()} via GASTOWN_CCMUX_ADDR" in result.stdout
+    assert result.stdout.strip().endswith(f"GASTOWN_CCMUX_ADDR={gt.local()}")
 
 
 def test_gastown_address_examples_are_what_the_parser_says() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import select
 import shlex
 import shutil
@@ -25,7 +24,7 @@ from tests.conftest import Gt
 from tests.helpers import STANDIN_ECHO, STANDIN_PATTERN
 from tests.testbed import STANDIN, USER, SshHost, free_loopback_port, wait_for
 
-PORT = 9999
+PORT = 9999  # the remote port, inside the container (whose loopback is its own); the laptop's is gt.port()
 
 
 # --- helpers inside the container -------------------------------------------------------
@@ -77,7 +76,7 @@ def echo_frame(seq: int, filler: int = 200) -> bytes:
 class LongClient:
     """One connection through the tunnel, busy all the time: an echo frame and a Ping per round."""
 
-    def __init__(self, port: int = PORT) -> None:
+    def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.sock.settimeout(120)  # a fault stalls it; only a reset or EOF is a failure
         self.rounds = 0
@@ -282,9 +281,6 @@ REMOTE_STATE = "/home/gamer/.local/state/gt-remote"
 SERVERS = "/home/gamer/.local/share/gt-remote/servers"
 
 
-LOCAL = "tcp://127.0.0.1:9999"
-
-
 ROUNDS = 3
 
 
@@ -332,10 +328,11 @@ def doctor(gt: Gt, host: str = "gaming-pc") -> dict[str, dict[str, str]]:
 
 def other_shell(gt: Gt, tmp_path: Path) -> Gt:
     """The same user in another shell: same home, another XDG_RUNTIME_DIR (su, cron, ssh -T)."""
-    runtime = Path(os.path.join("/tmp", f"gtr-other-{os.getpid()}-{tmp_path.name[-12:]}"))
+    runtime = Path(gt.env["XDG_RUNTIME_DIR"]).parent / f"o-{tmp_path.name[-12:]}"  # in the session's root, as gt's
     runtime.mkdir(mode=0o700, exist_ok=True)
     other = Gt(gt.home, runtime)
     other.env = {**gt.env, "XDG_RUNTIME_DIR": str(runtime)}
+    other.ports = gt.ports  # the same user's tunnels: the same local addresses
     return other
 
 

@@ -185,5 +185,5 @@ def test_clean_keeps_the_local_files_of_a_host_that_is_up(gt: Gt, ssh_host: SshH
     assert result.returncode == 0, result.stderr
     assert "local:" not in result.stdout
     assert local_files(gt) == before
-    ping("tcp://127.0.0.1:9999")
+    ping(gt.local())
 

@@ -62,7 +62,7 @@ def test_doctor_names_the_connect_timeout(gt: Gt, ssh_host: SshHost) -> None:
 
 def test_doctor_all_green_when_up(gt: Gt, ssh_host: SshHost) -> None:
     assert gt.up(ssh_host).returncode == 0
-    gt.env["GASTOWN_CCMUX_ADDR"] = "tcp://127.0.0.1:9999"
+    gt.env["GASTOWN_CCMUX_ADDR"] = gt.local()
     result = gt("doctor", "gaming-pc", "--json", ssh_config=ssh_host.ssh_config)
     assert result.returncode == 0, result.stdout
     found = checks(result)

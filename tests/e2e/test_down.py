@@ -93,7 +93,7 @@ def test_down_stop_server_after_clean_connects_with_the_ssh_config_given(gt: Gt,
     assert gt.up(ssh_host).returncode == 0
     [pid] = server_pids(ssh_host)
     assert gt("down", "gaming-pc").returncode == 0
-    assert gt("clean", "gaming-pc", ssh_config=ssh_host.ssh_config).returncode == 0
+    assert gt("clean", "gaming-pc", "--forget", ssh_config=ssh_host.ssh_config).returncode == 0
     assert local_files(gt) == []
     result = gt("down", "gaming-pc", "--stop-server", ssh_config=ssh_host.ssh_config)
     assert result.returncode == 0, result.stderr
@@ -120,7 +120,7 @@ def test_down_leaves_the_server_running(gt: Gt, ssh_host: SshHost) -> None:
     result = gt("down", "gaming-pc")
     assert result.returncode == 0
     assert "keeps running" in result.stderr
-    wait_for(lambda: tcp_port_refuses(9999), 2, "the local listener to close")
+    wait_for(lambda: tcp_port_refuses(gt.port()), 2, "the local listener to close")
     assert server_pids(ssh_host) == [pid]
     assert supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == []
     again = gt("down", "gaming-pc")

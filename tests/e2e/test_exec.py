@@ -17,5 +17,5 @@ def test_exec_sets_the_variables_and_passes_the_exit_code(gt: Gt, ssh_host: SshH
     )
     result = gt("exec", "gaming-pc", "--", sys.executable, "-c", program)
     assert result.returncode == 7, result.stderr
-    assert result.stdout.split() == ["tcp://127.0.0.1:9999", "tcp://127.0.0.1:9999"]
+    assert result.stdout.split() == [gt.local(), gt.local()]
 

@@ -8,7 +8,7 @@ from typing import Any
 from docker import from_env
 from tests.conftest import Gt
 from tests.helpers import STANDIN_PATTERN, answers, exports, ping
-from tests.testbed import STANDIN, combined_ssh_config, free_loopback_port, start_host, wait_for
+from tests.testbed import STANDIN, combined_ssh_config, free_loopback_port, session_labels, start_host, wait_for
 
 
 def rows(gt: Gt) -> dict[str, dict[str, Any]]:
@@ -48,7 +48,7 @@ def test_two_hosts_at_once_are_independent(gt: Gt, host_factory, tmp_path) -> No
 
 def test_gaming_pc_behind_a_bastion(gt: Gt, tmp_path, client_key, test_image) -> None:  # type: ignore[no-untyped-def]
     client = from_env()
-    private = client.networks.create(f"gtr-private-{tmp_path.name}", driver="bridge", internal=True)
+    private = client.networks.create(f"gtr-private-{tmp_path.name}", driver="bridge", internal=True, labels=session_labels())
     bastion = target = None
     try:
         bastion = start_host(tmp_path / "bastion", client_key, alias="bastion")
@@ -63,14 +63,14 @@ def test_gaming_pc_behind_a_bastion(gt: Gt, tmp_path, client_key, test_image) ->
 
         result = gt("up", "gaming-pc", "--keepalive", "1", "--server-binary", str(STANDIN))
         assert result.returncode == 0, result.stderr
-        ping("tcp://127.0.0.1:9999")
+        ping(gt.local())
         server_pid = target.pids(f"{STANDIN_PATTERN}9999")
 
         for round_ in (1, 2):  # a fault on the bastion: its sshd serving our jump is killed
             for pid in bastion.pids("sshd: gamer"):
                 bastion.kill(pid)
             wait_for(lambda: (r := rows(gt)["gaming-pc"])["state"] == "up" and r["reconnects"] >= round_, 45, f"recovery #{round_}")
-            wait_for(lambda: answers("tcp://127.0.0.1:9999"), 30, "a Pong through the bastion")
+            wait_for(lambda: answers(gt.local()), 30, "a Pong through the bastion")
         assert target.pids(f"{STANDIN_PATTERN}9999") == server_pid
     finally:
         gt("down", "--all")

@@ -12,7 +12,6 @@ import shlex
 import signal
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +131,7 @@ def test_interrupt_during_a_large_upload_leaves_nothing_on_the_remote(gt: Gt, ss
 
 def test_a_large_upload_shows_progress_on_a_terminal(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
     binary = big_standin(tmp_path / "ccmux-server", 384)
-    command = [sys.executable, "-m", "gt_remote", "-F", str(ssh_host.ssh_config), "up", "gaming-pc", "--server-binary", str(binary)]
+    command = gt.command("up", "gaming-pc", "--server-binary", str(binary), ssh_config=ssh_host.ssh_config)
     ran = subprocess.run(["script", "-qec", shlex.join(command), "/dev/null"], env=gt.env, capture_output=True, timeout=300)
     shown = ran.stdout.decode().replace("\r\n", "\n")  # bytes: text mode would turn each \r into a newline
     assert "GASTOWN_CCMUX_ADDR" in shown, shown
@@ -264,5 +263,5 @@ def test_install_command_installs_the_server(gt: Gt, ssh_host: SshHost) -> None:
     result = gt.up(ssh_host, "--install-command", command, standin=False)
     assert result.returncode == 0, result.stderr
     assert "running the install command" in result.stderr
-    ping("tcp://127.0.0.1:9999")
+    ping(gt.local())
 

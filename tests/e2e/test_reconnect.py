@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Gt
-from tests.e2e.helpers import LOCAL, ROUNDS, row
+from tests.e2e.helpers import ROUNDS, row
 from tests.helpers import ECHO_FRAME, STANDIN_PATTERN, answers
 from tests.testbed import SshHost, free_loopback_port, wait_for
 
@@ -28,9 +28,9 @@ def server_pid(host: SshHost) -> int:
 def wait_recovered_from_fault(gt: Gt, reconnects: int, timeout: float = 45) -> dict[str, Any]:
     """Up again after the fault: state up, the expected reconnect count, and a Pong end to end."""
     wait_for(lambda: (s := row(gt))["state"] == "up" and s["reconnects"] >= reconnects, timeout, f"reconnect #{reconnects}")
-    wait_for(answers, timeout, "a Pong through the same local address")
+    wait_for(lambda: answers(gt.local()), timeout, "a Pong through the same local address")
     status = row(gt)
-    assert status["local"] == LOCAL
+    assert status["local"] == gt.local()
     return status
 
 
@@ -162,9 +162,9 @@ def bring_up(gt: Gt, host: SshHost) -> int:
 def wait_recovered(gt: Gt, host: SshHost, reconnects: int, server: int) -> dict[str, Any]:
     """Up again on a new connection, the same remote server, a Pong through the same address."""
     wait_for(lambda: (s := row(gt))["state"] == "up" and s["reconnects"] >= reconnects, SOONER_THAN_KEEPALIVE, f"reconnect #{reconnects}")
-    wait_for(lambda: answers(LOCAL), SOONER_THAN_KEEPALIVE, "a Pong through the same local address")
+    wait_for(lambda: answers(gt.local()), SOONER_THAN_KEEPALIVE, "a Pong through the same local address")
     status = row(gt)
-    assert status["reconnects"] == reconnects and status["local"] == LOCAL
+    assert status["reconnects"] == reconnects and status["local"] == gt.local()
     assert server_pid(host) == server and status["server"]["pid"] == server and status["server_restarts"] == 0
     assert status["last_recovery_s"] is not None and status["last_recovery_s"] > 0
     return status
@@ -188,7 +188,7 @@ def test_pause_beyond_keepalive_budget_then_unpause(gt: Gt, ssh_host: SshHost) -
     for round_ in range(1, ROUNDS + 1):
         ssh_host.pause()
         wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "the silent link to be noticed (keepalive x 3)")
-        assert not answers()  # the listener stays, but nothing answers through it
+        assert not answers(gt.local())  # the listener stays, but nothing answers through it
         ssh_host.unpause()
         status = wait_recovered_from_fault(gt, round_)
         assert server_pid(ssh_host) == pid and status["server_restarts"] == 0
@@ -219,7 +219,7 @@ def test_killed_server_is_restarted_over_the_live_link(gt: Gt, ssh_host: SshHost
     for round_ in range(1, ROUNDS + 1):
         ssh_host.kill(server_pid(ssh_host))
         wait_for(lambda: row(gt)["server_restarts"] == round_, 30, f"server restart #{round_}")
-        wait_for(answers, 15, "a Pong from the restarted server")
+        wait_for(lambda: answers(gt.local()), 15, "a Pong from the restarted server")
         status = row(gt)
         assert status["reconnects"] == 0 and status["server"]["pid"] == server_pid(ssh_host)
 
@@ -258,7 +258,7 @@ def test_reconnect_leaves_a_healthy_link_alone(gt: Gt, ssh_host: SshHost) -> Non
     every = gt("reconnect", "--all")
     assert every.returncode == 0 and "gaming-pc: the link was healthy" in every.stderr, every.stderr
     assert row(gt)["reconnects"] == 0
-    assert answers(LOCAL)
+    assert answers(gt.local())
 
 
 def test_reconnect_drops_a_silent_link_at_once(gt: Gt, ssh_host: SshHost) -> None:

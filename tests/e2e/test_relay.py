@@ -30,8 +30,8 @@ KEEPALIVE = 1.0
 SLACK = 6.0  # a loaded machine: docker exec, the stand-in noticing the close
 
 
-def attached_client() -> socket.socket:
-    client = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+def attached_client(gt: Gt) -> socket.socket:
+    client = socket.create_connection(("127.0.0.1", gt.port()), timeout=10)
     client.sendall(PING)
     assert recv_frame(client) == PONG
     return client
@@ -178,7 +178,7 @@ def test_silent_partition_leaves_no_ghost_on_the_remote(gt: Gt, host_factory) ->
     connection one window after the last heartbeat, and the laptop ends the client then too."""
     host = host_factory(own_network=True)
     bring_up(gt, host, "--resume-window", f"{WINDOW:g}")
-    client = attached_client()
+    client = attached_client(gt)
     assert server_clients_inside(host) == 1
     host.disconnect()
     lost_at = time.monotonic()
@@ -197,7 +197,7 @@ def test_silent_partition_leaves_no_ghost_on_the_remote(gt: Gt, host_factory) ->
 
 def test_killed_supervisor_releases_the_server_connections(gt: Gt, ssh_host: SshHost) -> None:
     bring_up(gt, ssh_host, "--resume-window", f"{WINDOW:g}")
-    clients = [attached_client() for _ in range(3)]
+    clients = [attached_client(gt) for _ in range(3)]
     assert server_clients_inside(ssh_host) == 3
     pid = row(gt)["supervisor_pid"]
     assert pid in gt.supervisor_pids()  # the supervisor this test started
@@ -215,7 +215,7 @@ def test_down_during_an_outage_ends_the_streams_with_the_window_not_after_it(gt:
     hears from sshd."""
     window = 10.0
     bring_up(gt, ssh_host, "--resume-window", f"{window:g}")
-    client = attached_client()
+    client = attached_client(gt)
     ssh_host.pause()
     paused_at = time.monotonic()
     try:
@@ -252,7 +252,7 @@ def test_bad_relay_reply_ends_that_stream_not_the_link(gt: Gt, ssh_host: SshHost
     wait_for(lambda: ssh_host.exec(f"test -S {socket_path} && pgrep -f 'nope'")[0] == 0, 10, "the fake relay to listen")
     reconnects = row(gt)["reconnects"]
     for _ in range(3):
-        client = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+        client = socket.create_connection(("127.0.0.1", gt.port()), timeout=10)
         client.sendall(PING)
         expect_clean_close(client)  # EOF, not a reset, not a hang
         client.close()
@@ -265,11 +265,11 @@ def test_clients_that_never_read_stay_within_the_budget_and_memory_comes_back(gt
     bring_up(gt, ssh_host)
     [relay_pid] = relay_pids(ssh_host)
     supervisor_pid = row(gt)["supervisor_pid"]
-    wait_for(answers, 15, "the tunnel to answer")
+    wait_for(lambda: answers(gt.local()), 15, "the tunnel to answer")
     relay_before, supervisor_before = rss_kib_inside(ssh_host, relay_pid), rss_kib(supervisor_pid)
     readers = []
     for n in range(4):
-        reader = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+        reader = socket.create_connection(("127.0.0.1", gt.port()), timeout=5)
         reader.setblocking(False)
         readers.append(reader)
         offer_until_full(reader, GET_SERVER_STATUS * 8192, lambda n=n: len(relay_stats(ssh_host)["unacked"]) > n and max(relay_stats(ssh_host)["unacked"].values()) >= CAP and sorted(relay_stats(ssh_host)["unacked"].values())[-n - 1] >= CAP, f"stalled stream {n + 1} to fill the relay's cap")
@@ -280,7 +280,7 @@ def test_clients_that_never_read_stay_within_the_budget_and_memory_comes_back(gt
     assert int(stats["peak_unacked_total"]) <= budget
     assert (relay_full - relay_before) * 1024 <= budget, "the relay grew past the budget"
     assert (supervisor_full - supervisor_before) * 1024 <= budget, "the supervisor grew past the budget"
-    assert answers(), "another stream stalled behind the full ones"
+    assert answers(gt.local()), "another stream stalled behind the full ones"
     for reader in readers:
         reader.close()
     wait_for(lambda: relay_stats(ssh_host)["streams"] == 0, 30, "the stalled streams to close")
@@ -301,7 +301,7 @@ def test_a_new_streams_first_bytes_go_with_its_hello(gt: Gt, ssh_host: SshHost) 
     ssh_host.spawn(f"exec python3 -c {shlex.quote(RELAY_THAT_WAITS_FOR_THE_BYTES)} {socket_path} {PORT}")
     connects = f"import socket; socket.socket(socket.AF_UNIX).connect({socket_path!r})"
     wait_for(lambda: ssh_host.exec(f"python3 -c {shlex.quote(connects)}", user="gamer")[0] == 0, 10, "the stand-in relay to listen")
-    with socket.create_connection(("127.0.0.1", PORT), timeout=10) as client:
+    with socket.create_connection(("127.0.0.1", gt.port()), timeout=10) as client:
         client.sendall(PING)
         assert recv_frame(client) == PONG
     assert relay_pids(ssh_host) == [], "answered by the stand-in, not by a relay started again"
@@ -314,7 +314,7 @@ def test_clients_that_close_at_once_leave_nothing_on_the_remote(gt: Gt, ssh_host
     bring_up(gt, ssh_host)
     before = server_clients_inside(ssh_host)
     for _ in range(10):
-        client = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+        client = socket.create_connection(("127.0.0.1", gt.port()), timeout=10)
         client.sendall(PING)
         client.close()
     wait_for(lambda: relay_stats(ssh_host)["streams"] == 0 and server_clients_inside(ssh_host) == before, 30, "the relay and the server to let go of every stream")

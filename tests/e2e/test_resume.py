@@ -39,8 +39,8 @@ from tests.testbed import STANDIN, SshHost, wait_for
 READ_CHUNK = 256 * 1024  # what one socket read may add beyond the cap
 
 
-def server_clients(port: int = PORT) -> int:
-    """The stand-in's client count, minus the connection that asks."""
+def server_clients(port: int) -> int:
+    """The stand-in's client count through the tunnel at laptop `port`, minus the connection that asks."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.settimeout(10)
         sock.sendall(GET_SERVER_STATUS)
@@ -62,16 +62,16 @@ def run_faults(gt: Gt, host: SshHost, inject: Any) -> None:
     in order, and the server never sees a new client."""
     status = bring_up(gt, host, "--resume-window", "120")
     assert status["resumable"] is True, status
-    client = LongClient()
+    client = LongClient(gt.port())
     try:
         client.wait_rounds(5)
-        assert server_clients() == 1
+        assert server_clients(gt.port()) == 1
         for round_ in range(1, ROUNDS + 1):
             inject(host)
             wait_recovered(gt, round_)
             client.wait_rounds(10)
             # The previous asker's close reaches the server through the relay a moment later.
-            wait_for(lambda: server_clients() == 1, 10, "the stand-in to count only the long-lived client")
+            wait_for(lambda: server_clients(gt.port()) == 1, 10, "the stand-in to count only the long-lived client")
         status = row(gt)
         assert status["streams_resumed"] >= ROUNDS
         assert client.error is None
@@ -114,7 +114,7 @@ def test_no_resume_is_plain_forwarding(gt: Gt, ssh_host: SshHost) -> None:
     status = bring_up(gt, ssh_host, "--no-resume")
     assert status["resumable"] is False and "turned off" in status["resumable_reason"]
     assert relay_pids(ssh_host) == []
-    client = LongClient()
+    client = LongClient(gt.port())
     try:
         client.wait_rounds(3)
         kill_ssh_sessions(ssh_host)
@@ -122,7 +122,7 @@ def test_no_resume_is_plain_forwarding(gt: Gt, ssh_host: SshHost) -> None:
     finally:
         client.close()
     wait_recovered(gt, 1)
-    wait_for(answers, 15, "a new plain connection to work")
+    wait_for(lambda: answers(gt.local()), 15, "a new plain connection to work")
 
 
 def test_relay_is_private_reused_and_stopped_with_the_server(gt: Gt, ssh_host: SshHost) -> None:
@@ -132,7 +132,7 @@ def test_relay_is_private_reused_and_stopped_with_the_server(gt: Gt, ssh_host: S
     relay_dir = f"/home/gamer/.local/state/gt-remote/relay-{PORT}"
     assert ssh_host.sh(f"stat -c '%a %U' {relay_dir} {relay_dir}/sock").split() == ["700", "gamer", "600", "gamer"]
     assert "127.0.0.1:9999" in ssh_host.sh("cat /home/gamer/.local/state/gt-remote/relay-9999.log")
-    attached = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    attached = socket.create_connection(("127.0.0.1", gt.port()), timeout=5)
     attached.sendall(PING)
     assert recv_frame(attached) == PONG
     assert gt("down", "gaming-pc").returncode == 0
@@ -142,7 +142,7 @@ def test_relay_is_private_reused_and_stopped_with_the_server(gt: Gt, ssh_host: S
     assert relay_pids(ssh_host) == [pid], "a live relay must be reused"
     ssh_host.kill(pid)
     wait_for(lambda: relay_pids(ssh_host) == [], 15, "the killed relay to be gone")
-    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)  # finds no relay: has it started and gets through
+    client = socket.create_connection(("127.0.0.1", gt.port()), timeout=5)  # finds no relay: has it started and gets through
     client.settimeout(60)  # the relay's start, however slow the machine: a Pong or an EOF ends the wait
     client.sendall(PING)
     assert recv_frame(client) == PONG
@@ -156,35 +156,35 @@ def test_relay_is_private_reused_and_stopped_with_the_server(gt: Gt, ssh_host: S
 
 def test_killed_server_closes_the_client_cleanly(gt: Gt, ssh_host: SshHost) -> None:
     bring_up(gt, ssh_host)
-    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    client = socket.create_connection(("127.0.0.1", gt.port()), timeout=5)
     client.sendall(PING)
     assert recv_frame(client) == PONG
     ssh_host.kill(standin_pid(ssh_host))
     expect_clean_close(client)
     client.close()
     wait_for(lambda: row(gt)["server_restarts"] == 1, 30, "the server to be restarted")
-    wait_for(answers, 15, "a new connection to work")
+    wait_for(lambda: answers(gt.local()), 15, "a new connection to work")
 
 
 def test_container_restart_closes_the_client_cleanly(gt: Gt, ssh_host: SshHost) -> None:
     bring_up(gt, ssh_host)
-    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    client = socket.create_connection(("127.0.0.1", gt.port()), timeout=5)
     client.sendall(PING)
     assert recv_frame(client) == PONG
     ssh_host.restart()
     expect_clean_close(client)
     client.close()
     wait_recovered(gt, 1)
-    wait_for(answers, 15, "a new connection to work")
+    wait_for(lambda: answers(gt.local()), 15, "a new connection to work")
     assert row(gt)["resumable"] is True  # the relay was started again with the server
 
 
 def test_resume_window_closes_both_ends(gt: Gt, ssh_host: SshHost) -> None:
     bring_up(gt, ssh_host, "--resume-window", "6")
-    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    client = socket.create_connection(("127.0.0.1", gt.port()), timeout=5)
     client.sendall(PING)
     assert recv_frame(client) == PONG
-    assert server_clients() == 1
+    assert server_clients(gt.port()) == 1
     ssh_host.pause()
     try:
         wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "the silent link to be noticed")
@@ -199,14 +199,14 @@ def test_resume_window_closes_both_ends(gt: Gt, ssh_host: SshHost) -> None:
         ssh_host.unpause()
     client.close()
     wait_recovered(gt, 1)
-    wait_for(lambda: server_clients() == 0, 30, "the server to see the client leave")
+    wait_for(lambda: server_clients(gt.port()) == 0, 30, "the server to see the client leave")
     assert row(gt)["streams_open"] == 0
 
 
 def test_buffers_stay_within_caps_while_the_far_side_is_silent(gt: Gt, ssh_host: SshHost) -> None:
     bring_up(gt, ssh_host)
     # Toward the server: the container is paused, so nothing is acknowledged.
-    writer = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    writer = socket.create_connection(("127.0.0.1", gt.port()), timeout=5)
     writer.sendall(PING)
     assert recv_frame(writer) == PONG
     ssh_host.pause()
@@ -220,8 +220,8 @@ def test_buffers_stay_within_caps_while_the_far_side_is_silent(gt: Gt, ssh_host:
         ssh_host.unpause()
     writer.close()
     # Toward the client: it sends echo frames and never reads their replies.
-    wait_for(answers, 45, "the tunnel to answer again")
-    reader = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    wait_for(lambda: answers(gt.local()), 45, "the tunnel to answer again")
+    reader = socket.create_connection(("127.0.0.1", gt.port()), timeout=5)
     reader.setblocking(False)
     # Status requests, not echoes: each 8-byte request brings 51 bytes back, so the replies fill the
     # relay's cap long before the requests fill the local side's. With echoes both caps are equal,
@@ -229,7 +229,7 @@ def test_buffers_stay_within_caps_while_the_far_side_is_silent(gt: Gt, ssh_host:
     offer_until_full(reader, GET_SERVER_STATUS * 8192, lambda: relay_stats(ssh_host)["peak_unacked"] >= CAP, "the relay's buffer toward the silent client to fill")
     stats = relay_stats(ssh_host)
     assert CAP <= stats["peak_unacked"] <= CAP + READ_CHUNK, stats
-    assert answers(), "another stream stalled behind the full one"
+    assert answers(gt.local()), "another stream stalled behind the full one"
     reader.close()
 
 
@@ -247,7 +247,7 @@ def test_no_python3_falls_back_to_plain_forwarding(gt: Gt, ssh_host: SshHost, tm
     status = row(gt)
     assert status["resumable"] is False
     assert "no python3" in status["resumable_reason"]
-    assert answers(), "plain forwarding must still work"
+    assert answers(gt.local()), "plain forwarding must still work"
     table = gt("status", "gaming-pc").stdout
     assert "not resumable: the remote has no python3" in table
     doctor = gt("doctor", "gaming-pc", "--json", ssh_config=ssh_host.ssh_config)
@@ -265,14 +265,14 @@ def test_sshd_without_stream_local_forwarding_falls_back_to_plain(gt: Gt, ssh_ho
     assert status["resumable"] is False
     assert "AllowStreamLocalForwarding" in status["resumable_reason"]
     for _ in range(3):  # each new client is forwarded, none is closed for want of the relay
-        assert answers(), "plain forwarding must still work"
+        assert answers(gt.local()), "plain forwarding must still work"
 
 
 def test_status_shows_the_relays_count_of_this_supervisors_streams(gt: Gt, ssh_host: SshHost) -> None:
     """The relay's own count beside the laptop's: a stream the laptop no longer knows would
     show there and nowhere else. `down` closes every one the relay holds for it."""
     bring_up(gt, ssh_host)
-    clients = [socket.create_connection(("127.0.0.1", PORT), timeout=5) for _ in range(2)]
+    clients = [socket.create_connection(("127.0.0.1", gt.port()), timeout=5) for _ in range(2)]
     try:
         for client in clients:
             client.sendall(PING)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tests.testbed import STANDIN, SshHost
 
 
 def foreground_up(gt: Gt, host: SshHost, notify_socket: str, *args: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "gt_remote", "-F", str(host.ssh_config), "up", host.alias, "--foreground", *args]
+    cmd = gt.command("up", host.alias, "--foreground", *args, ssh_config=host.ssh_config)
     env = {**gt.env, "NOTIFY_SOCKET": notify_socket}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -47,12 +46,13 @@ def test_ready_is_sent_only_once_the_tunnel_answers_a_ping(gt: Gt, ssh_host: Ssh
     try:
         messages = wait_for_ready(sock, proc)
         # At the moment READY=1 arrives, the server answers through the local address ...
-        assert answers("tcp://127.0.0.1:9999"), "READY=1 came before the tunnel answered a Ping"
+        local = gt.local()
+        assert answers(local), "READY=1 came before the tunnel answered a Ping"
         # ... and READY=1 came after the progress of the whole bring-up, the Ping included.
-        assert any(m.startswith("STATUS=checking tcp://127.0.0.1:9999 end to end with a ccmux Ping") for m in messages[:-1]), messages
-        assert messages[-1].splitlines() == ["READY=1", "STATUS=up: tcp://127.0.0.1:9999 -> gaming-pc:9999"]
+        assert any(m.startswith(f"STATUS=checking {local} end to end with a ccmux Ping") for m in messages[:-1]), messages
+        assert messages[-1].splitlines() == ["READY=1", f"STATUS=up: {local} -> gaming-pc:9999"]
         assert [row["supervisor_pid"] for row in gt.status("gaming-pc")] == [proc.pid]
-        assert proc.stdout is not None and proc.stdout.readline() == "export GASTOWN_CCMUX_ADDR=tcp://127.0.0.1:9999\n"
+        assert proc.stdout is not None and proc.stdout.readline() == f"export GASTOWN_CCMUX_ADDR={local}\n"
         assert openssl_mapped(proc.pid) == []  # a supervisor for as long as the service runs: lean as a detached one
     finally:
         proc.send_signal(signal.SIGTERM)  # what systemd sends on stop
@@ -84,7 +84,7 @@ def test_foreground_up_for_a_host_already_supervised_exits_non_zero(gt: Gt, ssh_
     second = gt("up", "gaming-pc", "--foreground", ssh_config=ssh_host.ssh_config)
     assert second.returncode == 1 and second.stdout == ""
     assert "gaming-pc is already up under another supervisor (pid %d)" % before in one_error_line(second.stderr)
-    assert gt.status("gaming-pc")[0]["supervisor_pid"] == before and answers()  # the first one is untouched
+    assert gt.status("gaming-pc")[0]["supervisor_pid"] == before and answers(gt.local())  # the first one is untouched
 
 
 def test_the_login_unit_holds_no_setting_of_the_config(gt: Gt, ssh_host: SshHost) -> None:

@@ -28,10 +28,10 @@ class Tally:
     errors: list[str] = field(default_factory=list)
 
 
-async def client(stop: asyncio.Event, tally: Tally) -> None:
+async def client(port: int, stop: asyncio.Event, tally: Tally) -> None:
     while not stop.is_set():
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 9999), PING_DEADLINE)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), PING_DEADLINE)
         except (TimeoutError, OSError) as exc:
             tally.errors.append(f"connect: {exc!r}")  # the listener must stay open throughout
             await asyncio.sleep(0.1)
@@ -85,7 +85,7 @@ def test_soak_with_faults(gt: Gt, ssh_host: SshHost) -> None:
 
     async def soak() -> None:
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(client(stop, tally)) for _ in range(CLIENTS)]
+        tasks = [asyncio.create_task(client(gt.port(), stop, tally)) for _ in range(CLIENTS)]
         injector.start()
         await asyncio.sleep(SOAK_SECONDS)  # the soak's length, not a synchronisation
         stop_faults.set()

@@ -227,7 +227,7 @@ def test_status_fields_and_exit_codes(gt: Gt, ssh_host: SshHost) -> None:
     assert live.returncode == 0
     [row] = json.loads(live.stdout)
     assert STATUS_KEYS <= set(row)
-    assert row["state"] == "up" and row["host"] == "gaming-pc" and row["local"] == "tcp://127.0.0.1:9999"
+    assert row["state"] == "up" and row["host"] == "gaming-pc" and row["local"] == gt.local()
     assert row["remote_port"] == 9999 and row["reconnects"] == 0 and row["last_error"] is None
     assert row["rtt_ms"] > 0 and row["uptime_s"] >= 0
     assert row["server"]["version"] == "0.1.1" and row["server"]["pid"] == server_pids(ssh_host)[0]

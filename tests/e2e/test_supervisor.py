@@ -16,7 +16,7 @@ import pytest
 
 from gt_remote.ccmux import wire
 from tests.conftest import Gt
-from tests.e2e.helpers import LOCAL, SECRET, bring_up, private_setup, row
+from tests.e2e.helpers import SECRET, bring_up, private_setup, row
 from tests.helpers import answers, openssl_mapped, ping, rows, supervisor_processes
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
 
@@ -31,9 +31,9 @@ def auth_failures(host: SshHost) -> int:
     return sum("Connection closed by authenticating user gamer" in line for line in logs.splitlines())
 
 
-async def _raw_ping(timeout: float) -> bytes:
+async def _raw_ping(port: int, timeout: float) -> bytes:
     """Send one Ping through the local address; return what came back before EOF or timeout."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", 9999)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(wire.PING)
     try:
         return await asyncio.wait_for(reader.read(8), timeout)
@@ -136,7 +136,7 @@ def test_sigkilled_supervisor_shows_down_and_up_recovers(gt: Gt, ssh_host: SshHo
     again = gt.up(ssh_host)
     assert again.returncode == 0, again.stderr
     assert f"reusing the running ccmux-server (pid {first['server']['pid']})" in again.stderr
-    ping(LOCAL)
+    ping(gt.local())
     assert row(gt)["state"] == "up"
 
 
@@ -150,10 +150,10 @@ def test_supervisor_process_leaves_out_pythons_openssl(gt: Gt, ssh_host: SshHost
     ssh_host.write_ssh_config()
     status = bring_up(gt, ssh_host)
     assert openssl_mapped(status["supervisor_pid"]) == []
-    ping(LOCAL)
+    ping(gt.local())
     drop_connection(ssh_host)
     wait_for(lambda: (s := row(gt))["state"] == "up" and s["reconnects"] >= 1, 45, "a reconnect")
-    ping(LOCAL)
+    ping(gt.local())
 
 
 def test_sigstopped_supervisor_recovers_by_itself(gt: Gt, ssh_host: SshHost) -> None:
@@ -166,7 +166,7 @@ def test_sigstopped_supervisor_recovers_by_itself(gt: Gt, ssh_host: SshHost) -> 
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: row(gt)["state"] == "up", 30, "the supervisor to be up again")
-    wait_for(answers, 30, "a Pong after the resume")
+    wait_for(lambda: answers(gt.local()), 30, "a Pong after the resume")
     assert row(gt)["supervisor_pid"] == pid
 
 
@@ -176,7 +176,7 @@ def test_client_in_an_outage_waits_then_is_closed_cleanly(gt: Gt, ssh_host: SshH
     try:
         wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "state reconnecting")
         started = time.monotonic()
-        assert asyncio.run(_raw_ping(timeout=40)) == b""  # EOF, not a hang
+        assert asyncio.run(_raw_ping(gt.port(), timeout=40)) == b""  # EOF, not a hang
         assert time.monotonic() - started < 40
     finally:
         ssh_host.unpause()
@@ -188,7 +188,7 @@ def test_client_in_a_short_outage_is_served_when_the_link_returns(gt: Gt, ssh_ho
     wait_for(lambda: row(gt)["state"] == "reconnecting", 15, "state reconnecting")
 
     async def scenario() -> bytes:
-        pending = asyncio.create_task(_raw_ping(timeout=30))
+        pending = asyncio.create_task(_raw_ping(gt.port(), timeout=30))
         await asyncio.to_thread(wait_for, lambda: row(gt)["clients"] >= 1, 10, "the client to wait inside the outage")
         await asyncio.to_thread(ssh_host.unpause)
         return await pending

@@ -145,7 +145,7 @@ def test_upgrade_restarts_the_new_build_and_the_tunnel_keeps_working(gt: Gt, ssh
     [row] = gt.status()
     assert row["state"] == "up" and row["supervisor_pid"] == before["supervisor_pid"]
     assert row["server"]["version"] == "0.1.2" and row["server"]["pid"] == new_pid and row["server"]["build"] == file_digest(str(build))
-    ping("tcp://127.0.0.1:9999")
+    ping(gt.local())
     # The same build again: no restart; `up` with it is what runs now, so it is accepted.
     again = gt("upgrade", "gaming-pc", "--server-binary", str(build))
     assert again.returncode == 0 and "nothing to do" in again.stderr
@@ -163,5 +163,5 @@ def test_upgrade_to_a_build_that_never_answers_brings_the_previous_one_back(gt: 
     [row] = gt.status()
     assert row["state"] == "up" and row["server"]["version"] == "0.1.1"
     assert [row["server"]["pid"]] == server_pids(ssh_host)
-    ping("tcp://127.0.0.1:9999")
+    ping(gt.local())
 
