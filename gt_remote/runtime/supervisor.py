@@ -33,6 +33,7 @@ import logging.handlers
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -64,7 +65,7 @@ from gt_remote.runtime.back_keeper import BackKeeper
 from gt_remote.runtime.process import EventPipe, settings_from_stdin, setup_logging
 from gt_remote.runtime.relay_keeper import RelayKeeper
 from gt_remote.runtime.words import iso, reason
-from gt_remote.tunnel.connection import SshTarget
+from gt_remote.tunnel.connection import SshTarget, classify
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import CheckOutcome, Link, LinkState
 from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
@@ -83,6 +84,27 @@ def _open_fds() -> int | None:
         return len(os.listdir(f"/proc/{os.getpid()}/fd"))
     except OSError:
         return None
+
+
+async def refuse_unknown_host(target: SshTarget) -> None:
+    """Raise UnknownHost (the connection's own error) when the destination's name, after
+    ssh_config, does not resolve here. Asked only once the local address refused: a mistyped
+    alias (`up gamng-pc`) is then named, not the default address it collided with (the user's
+    tunnel to another host holds 127.0.0.1:9999). No connection: ssh_config read here, and
+    one name lookup. A name behind ProxyJump or ProxyCommand is resolved over there: skipped."""
+    _user, host, port = target.parts()
+    try:
+        options = asyncssh.SSHClientConnectionOptions(host=host, config=[target.ssh_config] if target.ssh_config else (), **({"port": port} if port else {}))
+    except (ValueError, OSError, asyncssh.Error):
+        return  # unreadable settings: the local address's error stands
+    if options.tunnel or options.proxy_command:
+        return
+    try:
+        await asyncio.get_running_loop().getaddrinfo(options.host, options.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise classify(exc, target.destination) from None
+    except (OSError, UnicodeError):
+        return
 
 
 class Supervisor:
@@ -132,7 +154,11 @@ class Supervisor:
         The control socket answers from the first moment, so `status` (and a second `up`)
         see `connecting` and the step, not a silent supervisor.
         """
-        await self.forwarder.start()
+        try:
+            await self.forwarder.start()
+        except GtRemoteError:
+            await refuse_unknown_host(self.link.target)  # a mistyped alias is named first, not the address it collided with
+            raise
         progress.steps.debug("forward: listening on %s for 127.0.0.1:%d on the remote", self.settings.local_url, self.settings.remote_port)
         try:
             await self._serve_control()

@@ -35,10 +35,11 @@ def silent_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 PRECIOUS = b"thesis draft, chapter 3\n\x00\xff binary tail\n"
 
 
-def refused(gt: Gt, path: Path) -> str:
+def refused(gt: Gt, path: Path, untouched_host: Path) -> str:
     """`up` with --local at `path`, which must fail before reaching any remote: its error line.
-    No host is needed: the local listener is bound first, and that is what refuses."""
-    result = gt("up", "gaming-pc", "--local", f"unix://{path}", timeout=60)
+    The host resolves (an unknown one would be named first) and is never dialled: the local
+    listener is bound first, and that is what refuses."""
+    result = gt("up", "gaming-pc", "--local", f"unix://{path}", timeout=60, ssh_config=untouched_host)
     assert result.returncode == 1, (result.stdout, result.stderr)
     line = one_error_line(result.stderr)
     assert f"unix://{path}" in line and "not a socket" in line and f"move {path} away" in line, line
@@ -107,6 +108,31 @@ def test_local_port_in_use(gt: Gt, untouched_host: Path) -> None:
         holder.close()
 
 
+def test_a_mistyped_host_is_named_before_a_held_local_port(gt: Gt, untouched_host: Path) -> None:
+    """`up gamng-pc` (a typo, in no ssh_config, resolving nowhere) while another program holds
+    the default local address, as the user's tunnel to gaming-pc holds 127.0.0.1:9999: the
+    typo is the error, not the address. About the default, so no --local: a free remote port
+    stands for 9999, its default local address a laptop port this test holds."""
+    try:
+        socket.getaddrinfo("gamng-pc", 22)
+        pytest.skip("'gamng-pc' resolves on this machine (a DNS that answers every name): nothing to mistype")
+    except socket.gaierror:
+        pass
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        result = gt("up", "gamng-pc", "--remote-port", str(port), ssh_config=untouched_host, own_local=False)
+        assert result.returncode == 1
+        line = one_error_line(result.stderr)
+        assert "cannot resolve host 'gamng-pc'" in line and "in use" not in line, line
+        assert result.stdout == "false\n"
+        assert_nothing_left(gt, port=None)  # the holder still has it
+    finally:
+        holder.close()
+
+
 def test_missing_ssh_config_file(gt: Gt, tmp_path: Path) -> None:
     result = gt("up", "gaming-pc", ssh_config=tmp_path / "nope")
     assert result.returncode == 2
@@ -153,11 +179,11 @@ def test_interrupt_while_connecting_to_a_host_that_never_answers(gt: Gt, silent_
     assert rows(gt) == []
 
 
-def test_a_regular_file_at_the_local_path_survives_and_up_says_so(gt: Gt) -> None:
+def test_a_regular_file_at_the_local_path_survives_and_up_says_so(gt: Gt, untouched_host: Path) -> None:
     path = sock_dir(gt) / "ccmux.sock"
     path.write_bytes(PRECIOUS)
     before = os.lstat(path)
-    line = refused(gt, path)
+    line = refused(gt, path, untouched_host)
     assert "a regular file" in line, line
     assert path.read_bytes() == PRECIOUS
     after = os.lstat(path)
@@ -165,7 +191,7 @@ def test_a_regular_file_at_the_local_path_survives_and_up_says_so(gt: Gt) -> Non
 
 
 @pytest.mark.parametrize("target_kind", ["file", "dead socket"])
-def test_a_symlink_at_the_local_path_is_neither_followed_nor_removed(gt: Gt, tmp_path: Path, target_kind: str) -> None:
+def test_a_symlink_at_the_local_path_is_neither_followed_nor_removed(gt: Gt, untouched_host: Path, target_kind: str) -> None:
     """Even one pointing at a dead socket: what a link points to is the user's business."""
     target = sock_dir(gt) / "t"
     if target_kind == "file":
@@ -176,7 +202,7 @@ def test_a_symlink_at_the_local_path_is_neither_followed_nor_removed(gt: Gt, tmp
         dead.close()  # bound, never listening: a socket file nothing answers on
     link = sock_dir(gt) / "ccmux.sock"
     link.symlink_to(target)
-    line = refused(gt, link)
+    line = refused(gt, link, untouched_host)
     assert "a symbolic link" in line, line
     assert link.is_symlink() and os.readlink(link) == str(target)
     if target_kind == "file":
