@@ -21,6 +21,7 @@ from gt_remote.host import lifecycle
 from gt_remote.remote.probe import probe
 from gt_remote.remote.scripts import run_script
 from gt_remote.tunnel.connection import SshTarget, connect, resolve
+from gt_remote.tunnel.mux import server_software
 
 # No release binaries exist: each client is built from its source (docs/setup.md).
 CLIENTS = {
@@ -72,7 +73,7 @@ async def check_host(settings: HostSettings) -> list[Check]:
         ]
     checks = [
         Check(f"{settings.name} resolves through ssh_config", "ok", described),
-        Check("SSH connection and authentication", "ok", f"logged in as {conn.get_extra_info('username')}"),
+        Check("SSH connection and authentication", "ok", f"logged in as {conn.get_extra_info('username')}, to {server_software(conn)}"),
     ]
     async with conn:
         facts = await probe(conn, settings.server, settings.remote_port)
@@ -151,7 +152,12 @@ def check_tunnel(name: str, host_checks: list[Check] | None = None) -> Check:
 def check_resumable(status: dict[str, Any]) -> Check:
     """A warning, not a failure: plain forwarding works, connections just end with the SSH link."""
     if status.get("resumable"):
-        return Check("connections are resumable", "ok", f"a client's connection waits up to {status.get('resume_window_s'):g} s for the tunnel to come back")
+        way = (
+            f"; streams go through the stdio transport (an exec channel's stdin and stdout): {status.get('transport_reason')}"
+            if status.get("transport") == "stdio"
+            else "; streams go through sshd's channels to the relay's socket"
+        )
+        return Check("connections are resumable", "ok", f"a client's connection waits up to {status.get('resume_window_s'):g} s for the tunnel to come back{way}")
     return Check(
         "connections are resumable",
         "warn",

@@ -6,6 +6,7 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import asyncssh
 
@@ -13,11 +14,13 @@ from gt_remote.base.builds import build_of
 from gt_remote.base.errors import PingFailed
 from gt_remote.base.sanitize import ascii_int, visible
 from gt_remote.ccmux import wire
+from gt_remote.remote import bridge
 from gt_remote.remote.digest import file_digest as file_digest  # what the supervisor's modules import it as
 from gt_remote.remote.lease import holders
 from gt_remote.remote.ownership import Owner, owner_from
 from gt_remote.remote.relay import deploy as relay_script
 from gt_remote.remote.scripts import run_script
+from gt_remote.tunnel import mux
 
 log = logging.getLogger(__name__)
 
@@ -225,18 +228,30 @@ async def survey(
     )
 
 
-async def open_server(conn: asyncssh.SSHClientConnection, port: int, socket: str | None = None) -> tuple[asyncssh.SSHReader[bytes], asyncssh.SSHWriter[bytes]]:
+async def open_server(conn: asyncssh.SSHClientConnection, port: int, socket: str | None = None) -> tuple[Any, Any]:
     """A channel to the server: through its own Unix socket when known (a name in a directory
     only the user can change: no other account can be behind it, as one can be behind a TCP
     port the instant after a check), else to its port. A remote sshd that forbids
-    streamlocal channels gets the port, as it always did (docs/security.md)."""
-    if socket:
+    streamlocal channels gets the port, as it always did (docs/security.md); one that forwards
+    nothing goes through the stdio transport, or an exec bridge (gt_remote/remote/bridge.py)."""
+    way = await mux.opener(conn)
+    if way is not conn:  # the stdio transport: its bridge checks whose a port's listener is
+        return await (way.open_unix_connection(socket) if socket else way.open_connection("127.0.0.1", port))
+    if socket and mux.refused(conn, "unix") is None:
         try:
             return await conn.open_unix_connection(socket)
         except asyncssh.ChannelOpenError as exc:
             if exc.code != asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
                 raise
-    return await conn.open_connection("127.0.0.1", port)
+            mux.note_refused(conn, "unix", exc)
+    if mux.refused(conn, "tcp") is None:
+        try:
+            return await conn.open_connection("127.0.0.1", port)
+        except asyncssh.ChannelOpenError as exc:
+            if exc.code != asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                raise
+            log.warning("%s; Pings and plain forwarding go through exec bridges", mux.note_refused(conn, "tcp", exc))
+    return await bridge.open_bridge(conn, socket, port)
 
 
 def no_channel_to(socket: str, port: int) -> None:

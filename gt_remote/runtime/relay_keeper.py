@@ -29,6 +29,7 @@ from gt_remote.remote.relay import deploy as remote_relay
 from gt_remote.runtime.words import iso, reason
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import Link
+from gt_remote.tunnel.mux import MuxUnavailable, StdioTransport, refused, server_software, stdio_of, use_stdio
 from gt_remote.tunnel.resumable import RelayPath, ResumableClient, StreamGone
 
 log = logging.getLogger("gt_remote.runtime.supervisor")  # one log for the supervisor's jobs
@@ -59,6 +60,9 @@ class RelayKeeper:
         self._misses = 0  # health Pings in a row that failed through the relay only
         self._restarts_allowed = True  # until `down --stop-server` stops the relay
         self.setup: asyncio.Task[remote_relay.RelayState | None] | None = None  # the bring-up's, beside the server's
+        self.transport: str | None = None  # how streams reach the relay: "forward" or "stdio"
+        self.transport_why: str | None = None
+        self.stdio_error: str | None = None
 
     @property
     def settings(self) -> HostSettings:
@@ -84,8 +88,12 @@ class RelayKeeper:
             await asyncio.shield(self.setup)
 
     async def channel_refused(self, conn: asyncssh.SSHClientConnection) -> bool:
-        """Does sshd refuse channels to the relay's socket? Then forwarding goes plain, saying why."""
-        if not self.in_use:
+        """Can streams reach the relay the way they went so far? True when the way changed:
+        sshd refuses channels to its socket, so streams go through the stdio transport, or
+        else plain (saying why); what was under way must be tried again."""
+        if not self.in_use or stdio_of(conn) is not None:
+            if self.in_use:
+                self.say(f"connections are resumable (relay pid {self.pid}, {self.transport_line()})")
             return False
         refused = await remote_relay.channel_refused(conn, self.path.socket_path)
         if refused is None:
@@ -95,12 +103,36 @@ class RelayKeeper:
         self.say(f"connections are not resumable: {refused}")
         return True
 
+            self.transport, self.transport_why = "forward", f"{server_software(conn)} forwards channels to the relay's socket"
     async def abandon(self, conn: asyncssh.SSHClientConnection | None) -> None:
         """A failed bring-up: once the setup has finished (it may be an upload: the caller's
+        if self.settings.transport != "forward" and await self.use_stdio(conn, refused):
+            self.say(f"connections are resumable (relay pid {self.pid}, {self.transport_line()})")
+            return True
         time limit bounds the wait), stop the relay it started and take back its upload."""
         uploaded = False
         if self.setup is not None:
             [setup] = await asyncio.gather(self.setup, return_exceptions=True)
+    async def use_stdio(self, conn: asyncssh.SSHClientConnection, why: str) -> bool:
+        """Streams through the stdio transport on this connection: its bridge started now, so a
+        remote where it cannot run says so at once. False (and the reason kept) if it cannot."""
+        transport = StdioTransport(conn, remote_relay.start_mux, why)
+        try:
+            await transport.mux()
+        except (MuxUnavailable, asyncssh.Error, OSError, TimeoutError) as exc:
+            self.stdio_error = f"{why}; and the stdio transport did not start: {exc}"
+            log.warning("%s", self.stdio_error)
+            return False
+        use_stdio(conn, transport)
+        self.transport, self.transport_why, self.stdio_error = "stdio", why, None
+        log.info("streams go through the stdio transport: %s", why)
+        return True
+
+    def transport_line(self) -> str:
+        if self.transport == "stdio":
+            return f"through the stdio transport: {self.transport_why}"
+        return "through sshd's channels"
+
             uploaded = isinstance(setup, remote_relay.RelayState) and setup.uploaded
         if self.started_pid is not None and conn is not None:
             await remote_relay.stop_relay(conn, self.settings.remote_port, only_pid=self.started_pid)
@@ -123,10 +155,10 @@ class RelayKeeper:
             return None
         was_missing, self.path.missing = self.path.missing, False
         state = await remote_relay.ensure_relay(conn, self.settings.remote_port, known, lease=remote_lease.lease_name(self.settings))
-        if state.socket is not None and not at_bring_up and (was_missing or not self.in_use):
-            refused = await remote_relay.channel_refused(conn, state.socket)
-            if refused:
-                state = remote_relay.RelayState(None, pid=state.pid, reason=refused, started=state.started)
+        if state.socket is not None and not at_bring_up and (was_missing or not self.in_use) and stdio_of(conn) is None:
+            why = await remote_relay.channel_refused(conn, state.socket)
+            if why and not (self.settings.transport != "forward" and await self.use_stdio(conn, why)):
+                state = remote_relay.RelayState(None, pid=state.pid, reason=self.stdio_error or why, started=state.started)
         if at_bring_up and state.started:
             self.started_pid = state.pid  # stopped again if the bring-up fails
         if at_bring_up and state.socket is None:
@@ -137,6 +169,8 @@ class RelayKeeper:
         self.pid = state.pid
         self.path.socket_path = state.socket
         self.reason = None
+        if state.socket is not None and not await self._way_to(conn, state.socket, at_bring_up):
+            state = remote_relay.RelayState(None, pid=state.pid, reason=self.stdio_error or "no way to the relay", started=state.started)
         self.forwarder.relay = self.path
         return state
 
@@ -146,6 +180,20 @@ class RelayKeeper:
         await self.restart(cause)
         if self.restarts == before:  # none started (one runs, or none can): do not hammer the remote
             await asyncio.sleep(RELAY_RETRY_PAUSE)
+    async def _way_to(self, conn: asyncssh.SSHClientConnection, socket: str, at_bring_up: bool) -> bool:
+        """The stdio transport on this connection when it is asked for, or when streams used it
+        before (each new connection needs its own bridge), or when this sshd is known to open
+        no channel to a Unix socket (Dropbear): decided before a stream tries. False if it is
+        needed and cannot start. Other sshds are asked beside the first Ping (channel_refused)."""
+        if stdio_of(conn) is not None:
+            return True
+        known = refused(conn, "unix")
+        wanted = self.settings.transport == "stdio" or (self.settings.transport == "auto" and (self.transport == "stdio" or known is not None))
+        if not wanted:
+            return True
+        why = "asked for (transport = stdio)" if self.settings.transport == "stdio" else (known or self.transport_why or "")
+        return await self.use_stdio(conn, why)
+
 
     async def restart(self, cause: str, stop_first: bool = False) -> None:
         """Start the relay again; every caller meanwhile waits on the same restart."""
@@ -260,3 +308,5 @@ class RelayKeeper:
             "last_relay_death": self.last_death,
             "relay_error": self.error,
         }
+            "transport": self.transport if self.in_use else None,
+            "transport_reason": self.transport_why if self.in_use else None,

@@ -55,6 +55,7 @@ from gt_remote.ccmux.wire import ping_address
 from gt_remote.remote import lease as remote_lease
 from gt_remote.remote import scripts as remote_scripts
 from gt_remote.remote import server as remote_server
+from gt_remote.remote.bridge import create_bridge
 from gt_remote.remote.ensure import ServerInfo, bring_up, revive_server
 from gt_remote.remote.ownership import PortNotOurs, refusal
 from gt_remote.remote.probe import Survey, ping_remote
@@ -116,6 +117,7 @@ class Supervisor:
         self.link = Link(target, after_reconnect=self._after_reconnect)
         self.forwarder = Forwarder(settings.local, settings.remote_port, self.link)
         self.forwarder.server_socket = self._server_socket  # plain forwarding's way in, as Pings'
+        self.forwarder.bridge = create_bridge  # and where sshd forwards nothing: an exec bridge
         self.relay = RelayKeeper(lambda: self.settings, self.link, self.forwarder, say)  # resumable streams, or why not
         self.backs = BackKeeper(settings, self.link, self.relay)  # the gaming PC's ports that reach the laptop
         self.server_env_lacking: dict[str, str] = {}  # back tunnels' variables the running server was started without

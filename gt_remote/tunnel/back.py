@@ -31,6 +31,7 @@ from gt_remote.base.errors import GtRemoteError
 from gt_remote.protocol.stream import HEADER, MAX_FRAME, MAX_REPLY, FrameError, FrameReader, StreamGone, frame, parse_notice
 from gt_remote.tunnel.link import Link
 from gt_remote.tunnel.resumable import RelayPath, ResumableClient, relay_request
+from gt_remote.tunnel.mux import opener
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class BackTunnel:
     async def _listen_through_relay(self, conn: asyncssh.SSHClientConnection) -> None:
         """One listen channel: the hello, the relay's answer, then its notices until it closes."""
         try:
-            reader, writer = await asyncio.wait_for(conn.open_unix_connection(self.path.socket_path), LISTEN_TIMEOUT)
+            reader, writer = await asyncio.wait_for((await opener(conn)).open_unix_connection(self.path.socket_path), LISTEN_TIMEOUT)
         except asyncssh.ChannelOpenError as exc:
             if conn is self.link.connection and not conn.is_closed():
                 await self.restart_relay(f"a back tunnel found no relay ({exc.reason})")

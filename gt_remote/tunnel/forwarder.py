@@ -17,8 +17,8 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import asyncssh
 from asyncssh.channel import SSHChannel
@@ -26,6 +26,7 @@ from asyncssh.channel import SSHChannel
 from gt_remote.base.addresses import Address, TcpAddress, UnixAddress
 from gt_remote.base.errors import GtRemoteError, LocalPortInUse
 from gt_remote.tunnel.link import Link
+from gt_remote.tunnel.mux import BridgeFailed, MuxUnavailable, note_refused, opener, refused
 from gt_remote.tunnel.resumable import RelayPath, ResumableClient
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Forwarder:
         self.relay: RelayPath | None = None  # set while the remote relay runs: new clients get resumable streams
         self.refusal: GtRemoteError | None = None  # set while the remote port is not the user's: nothing is forwarded
         self.server_socket: Callable[[], str | None] = lambda: None  # the server's own Unix socket, when known
+        # An exec bridge to the server (gt_remote/remote/bridge.py), for an sshd that forwards nothing.
+        self.bridge: Callable[[asyncssh.SSHClientConnection, Callable[[], Any], str | None, int], Awaitable[tuple[Any, Any]]] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._socket_id: tuple[int, int] | None = None  # (device, inode) of the Unix socket we bound
 
@@ -103,6 +106,8 @@ class Forwarder:
             return await self._server_channel(conn, client)
         except asyncssh.ChannelOpenError as exc:
             raise GtRemoteError(f"the remote server refused the forwarded connection: {exc.reason}", "see `gt-remote status`") from None
+        except (MuxUnavailable, BridgeFailed) as exc:  # the SSH connection is fine: the next client tries again
+            raise GtRemoteError(f"no way to the remote server: {exc}", "see `gt-remote status`") from None
         except (asyncssh.Error, OSError) as exc:
             self.link.mark_lost(conn, str(exc))
             raise GtRemoteError(f"the SSH connection failed while forwarding: {exc}", "reconnecting") from None
@@ -110,17 +115,29 @@ class Forwarder:
 
     async def _server_channel(self, conn: asyncssh.SSHClientConnection, client: _ClientSide) -> SSHChannel[bytes]:
         socket_path = self.server_socket()
-        if socket_path is not None:
+        session = cast("Callable[[], asyncssh.SSHUNIXSession[bytes]]", lambda: _ServerSide(client))  # it only moves bytes
+        way = await opener(conn)
+        if way is not conn:  # the stdio transport
+            opened = await (way.create_unix_connection(session, socket_path) if socket_path else way.create_connection(session, "127.0.0.1", self.remote_port))
+            return cast("SSHChannel[bytes]", opened[0])
+        if socket_path is not None and refused(conn, "unix") is None:
             try:
-                # The same session class serves both: it only moves bytes (no encoding: bytes).
-                unix_channel, _ = await conn.create_unix_connection(cast("Callable[[], asyncssh.SSHUNIXSession[bytes]]", lambda: _ServerSide(client)), socket_path)
+                unix_channel, _ = await conn.create_unix_connection(session, socket_path)
                 return cast("SSHChannel[bytes]", unix_channel)
             except asyncssh.ChannelOpenError as exc:
                 if exc.code != asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
                     raise
-                log.warning("the remote sshd refuses channels to Unix sockets (%s); forwarding to 127.0.0.1:%d instead", exc.reason, self.remote_port)
-        channel, _ = await conn.create_connection(lambda: _ServerSide(client), "127.0.0.1", self.remote_port)
-        return channel
+                log.warning("%s; forwarding to 127.0.0.1:%d instead", note_refused(conn, "unix", exc), self.remote_port)
+        if refused(conn, "tcp") is None or self.bridge is None:
+            try:
+                channel, _ = await conn.create_connection(lambda: _ServerSide(client), "127.0.0.1", self.remote_port)
+                return channel
+            except asyncssh.ChannelOpenError as exc:
+                if exc.code != asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED or self.bridge is None:
+                    raise
+                log.warning("%s; forwarding through exec bridges", note_refused(conn, "tcp", exc))
+        bridged, _ = await self.bridge(conn, session, socket_path, self.remote_port)
+        return cast("SSHChannel[bytes]", bridged)
 
 
 class _ClientSide(asyncio.Protocol):

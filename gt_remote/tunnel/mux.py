@@ -34,6 +34,10 @@ class MuxUnavailable(ConnectionError):
     """The stdio transport could not start, or has ended: no channel goes through it."""
 
 
+class BridgeFailed(ConnectionError):
+    """An exec bridge could not reach the server (gt_remote/remote/bridge.py); the reason says why."""
+
+
 class VirtualChannel:
     """One channel through the bridge, as its session sees an SSH channel."""
 
@@ -358,3 +362,37 @@ async def opener(conn: asyncssh.SSHClientConnection) -> Any:
     open_unix_connection, create_connection and open_connection."""
     transport = _TRANSPORTS.get(conn)
     return conn if transport is None else await transport.mux()
+
+
+# --- what this connection's sshd forwards ------------------------------------------------------
+
+_REFUSED: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def server_software(conn: asyncssh.SSHClientConnection) -> str:
+    """The SSH server's version string without its protocol part: `OpenSSH_9.2p1 Debian-2`,
+    `dropbear_2022.83`; messages name it, and advice fits it."""
+    version = str(conn.get_extra_info("server_version") or "")
+    return version.removeprefix("SSH-2.0-").removeprefix("SSH-1.99-") or "an unknown SSH server"
+
+
+def is_dropbear(conn: asyncssh.SSHClientConnection) -> bool:
+    return "dropbear" in server_software(conn).lower()
+
+
+def refused(conn: asyncssh.SSHClientConnection, kind: str) -> str | None:
+    """Why this sshd refuses channels of `kind` ("unix" or "tcp"), once known; None if it
+    may open them. Dropbear opens no channel to a Unix socket, and is never asked."""
+    known = _REFUSED.get(conn, {}).get(kind)
+    if known is None and kind == "unix" and is_dropbear(conn):
+        return f"{server_software(conn)} has no stream-local forwarding (channels to Unix sockets)"
+    return known
+
+
+def note_refused(conn: asyncssh.SSHClientConnection, kind: str, exc: asyncssh.ChannelOpenError) -> str:
+    """An sshd's refusal, kept for the connection's life (so later channels do not ask again),
+    in words that name the server and its reason code."""
+    what = "channels to Unix sockets" if kind == "unix" else "TCP forwarding"
+    why = f"{server_software(conn)} refuses {what} ({exc.reason or 'no reason given'}, code {exc.code})"
+    _REFUSED.setdefault(conn, {})[kind] = why
+    return why

@@ -29,6 +29,7 @@ from gt_remote.protocol import stream as core
 from gt_remote.protocol.pipe import StreamPipe
 from gt_remote.protocol.stream import HEADER, HIGH_WATER, MAX_FRAME, MAX_REPLY, FrameError, FrameReader, StreamGone, frame
 from gt_remote.tunnel.link import Link
+from gt_remote.tunnel.mux import MuxUnavailable, opener
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ async def relay_request(conn: asyncssh.SSHClientConnection, socket_path: str, he
     its own, and the reply. StreamGone for every way it can fail, the relay's refusal included."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await conn.open_unix_connection(socket_path)
+            reader, writer = await (await opener(conn)).open_unix_connection(socket_path)
             try:
                 writer.write(frame(b"H", json.dumps(hello).encode()))
                 kind, length = HEADER.unpack(await reader.readexactly(HEADER.size))
@@ -333,7 +334,7 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
                 if self.loop.time() >= deadline:
                     raise StreamGone(f"the relay did not answer: {exc}") from None
                 log.info("stream %s: %s failed (%s); retrying", self.id[:8], "reattaching" if self.core.answered else "opening", exc)
-                if self.core.answered or not connection_alive:
+                if (self.core.answered or not connection_alive) and not isinstance(exc, MuxUnavailable):  # a dead bridge starts again, the link is fine
                     self.path.link.mark_lost(conn, str(exc))
                 await asyncio.sleep(0.2)
 
@@ -341,7 +342,7 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
         """A channel, the hello (the core says which), and its answer."""
         self.lost.clear()
         reply = self.reply = self.loop.create_future()
-        channel, _ = await conn.create_unix_connection(lambda: _RelayChannel(self), self.path.socket_path)
+        channel, _ = await (await opener(conn)).create_unix_connection(lambda: _RelayChannel(self), self.path.socket_path)
         channel.set_write_buffer_limits(high=HIGH_WATER)
         self.channel = channel
         self.core.hello(self.path.heartbeat_interval)

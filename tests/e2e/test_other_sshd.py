@@ -7,10 +7,9 @@ Two test hosts beside the default OpenSSH one (tests/testbed.py, HOST_KINDS):
 - OpenSSH under `DisableForwarding yes`: every forward refused, TCP and stream-local alike.
 Both run commands, which is all a stdio transport needs.
 
-The harness tests here pass today: each host starts, logs in by key with a pinned host key, runs a
-command, refuses the forwards it is meant to refuse, and has its SSH sessions found and killed.
-The others state #31's bar and fail until the stdio transport is built: they are strict xfails,
-so the suite stays green now and goes red the day one of them passes, to have its mark removed.
+The harness tests here check the test hosts themselves: each starts, logs in by key with a pinned
+host key, runs a command, refuses the forwards it is meant to refuse, and has its SSH sessions
+found and killed. The others are #31's bar, met through the stdio transport.
 """
 
 from __future__ import annotations
@@ -27,10 +26,8 @@ import pytest
 from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
 from tests.e2e.helpers import LongClient, kill_ssh_sessions, row, server_clients_inside, wait_recovered
+from tests.helpers import supervisor_processes
 from tests.testbed import SshHost, free_loopback_port, wait_for
-
-# raises=AssertionError: only the bar's own checks may fail; a broken harness still shows red.
-NOT_BUILT = pytest.mark.xfail(strict=True, raises=AssertionError, reason="#31: stdio transport not built yet")
 
 # Advice only an OpenSSH server can take: never shown for a Dropbear host.
 OPENSSH_ONLY = ("AllowStreamLocalForwarding", "AllowTcpForwarding", "DisableForwarding", "sshd_config")
@@ -161,10 +158,9 @@ def test_killing_the_ssh_sessions_ends_the_connection(other_sshd_host: SshHost) 
     assert other_sshd_host.answers_ssh(), "the listener itself must survive the sessions' kill"
 
 
-# --- #31's bar: fails until the stdio transport is built ----------------------------------
+# --- #31's bar -------------------------------------------------------------------------------
 
 
-@NOT_BUILT
 def test_up_ping_status_and_down(gt: Gt, other_sshd_host: SshHost) -> None:
     local, _ = up_local(gt, other_sshd_host)
     ping = gt("ping", "gaming-pc")
@@ -174,10 +170,9 @@ def test_up_ping_status_and_down(gt: Gt, other_sshd_host: SshHost) -> None:
     assert_truthful_status(status, other_sshd_host)
     down = gt("down", "gaming-pc", ssh_config=other_sshd_host.ssh_config)
     assert down.returncode == 0, down.stderr
-    assert gt.supervisor_pids() == [], "down left the supervisor running"
+    assert supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], "down left the supervisor running"
 
 
-@NOT_BUILT
 def test_an_attached_client_keeps_every_byte_through_killed_sessions(gt: Gt, other_sshd_host: SshHost) -> None:
     """Echo frames and Pings all the while, checked in order; two SSH sessions killed under it;
     the stand-in never sees a second client (the stream resumed, not reconnected)."""
@@ -198,7 +193,6 @@ def test_an_attached_client_keeps_every_byte_through_killed_sessions(gt: Gt, oth
         client.close()
 
 
-@NOT_BUILT
 def test_up_is_quick(gt: Gt, host_factory: Any, other_sshd_host: SshHost) -> None:
     """Under 3 s, and under 3x a default OpenSSH's `up` measured in the same test. `up` counts as
     done only with resumable streams: a quick fall-back to plain forwarding is not #31's `up`."""

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+import secrets
 from dataclasses import dataclass
 
 import asyncssh
@@ -20,6 +21,7 @@ from gt_remote.base.sanitize import ascii_int, visible
 from gt_remote.remote import scripts as remote
 from gt_remote.remote.relay import build as relay_build
 from gt_remote.remote.scripts import run_script
+from gt_remote.tunnel.mux import StdioMux, note_refused, refused, server_software
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +202,8 @@ async def ensure_relay(conn: asyncssh.SSHClientConnection, port: int, known: dic
         reason = await _upload(conn, path)
         if reason:
             return RelayState(None, reason=reason)
-    started = (await run_script(conn, START_SCRIPT, python, path, str(port), str(ascii_int(facts.get("relay_stale")) or ""))).fields
+    start = run_script(conn, START_SCRIPT, python, path, str(port), str(ascii_int(facts.get("relay_stale")) or ""))
+    started = (await remote.to_the_end(start)).fields  # never cut off mid-way: a relay it starts must be known
     state = _started(started, port, facts) or RelayState(None, reason="the relay did not start on the remote: no output")
     return dataclasses.replace(state, uploaded=uploaded)
 
@@ -253,16 +256,41 @@ def _started(fields: dict[str, str], port: int, facts: dict[str, str]) -> RelayS
     return None
 
 
+# The stdio transport's bridge: the relay's own file, run with --mux on this exec channel's
+# stdio; its script comes first on stdin (data_command), the frames after it.
+MUX_SCRIPT = RELAY_FUNCTIONS + r"""
+out=$(relay_python) || { echo "mux_error=the remote has no python3 3.8 or newer"; exit 1; }
+py=${out#relay_python=}
+check_install_dir
+if [ -n "$install_unsafe" ]; then echo "mux_error=$(unsafe_dir) is not this user's own"; exit 1; fi
+build_intact "$relay_root/$1" || { echo "mux_error=the relay is not installed there"; exit 1; }
+exec "$py" -I "$relay_root/$1" --mux
+"""
+
+
+async def start_mux(conn: asyncssh.SSHClientConnection) -> StdioMux:
+    """Start the stdio transport's bridge on this connection (MuxUnavailable if it cannot)."""
+    token = secrets.token_hex(16)
+    command, text = remote.data_command(MUX_SCRIPT, (remote_agent_path(),), remote.install_dir_of(conn), token)
+    return await StdioMux.start(conn, command, text, (remote.MARKER_PREFIX + token).encode())
+
+
 async def channel_refused(conn: asyncssh.SSHClientConnection, socket: str, timeout: float = 5.0) -> str | None:
     """Why this SSH connection cannot open a channel to the relay's socket, or None if it can.
 
-    sshd's AllowStreamLocalForwarding (on by default) may be off: then no stream could reach
-    the relay, and forwarding must stay plain instead of closing every new client.
-    """
+    sshd's AllowStreamLocalForwarding (on by default) may be off, or DisableForwarding on, and
+    Dropbear has no such channels at all: then streams go through the stdio transport, or stay
+    plain, instead of closing every new client. A refusal is the server's own answer (its
+    reason and code), never a timeout; Dropbear is known by its version string and not asked."""
+    known = refused(conn, "unix")
+    if known is not None:
+        return known
     try:
         _, writer = await asyncio.wait_for(conn.open_unix_connection(socket), timeout)
     except asyncssh.ChannelOpenError as exc:
-        return f"the remote sshd refused a channel to the relay ({exc.reason}); allow it with 'AllowStreamLocalForwarding yes' in the remote sshd_config"
+        return note_refused(conn, "unix", exc)
+    except TimeoutError:
+        return f"{server_software(conn)} did not answer a channel to the relay's socket within {timeout:g} s"
     writer.close()
     return None
 
