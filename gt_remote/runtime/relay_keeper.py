@@ -97,22 +97,16 @@ class RelayKeeper:
             return False
         refused = await remote_relay.channel_refused(conn, self.path.socket_path)
         if refused is None:
+            self.transport, self.transport_why = "forward", f"{server_software(conn)} forwards channels to the relay's socket"
             self.say(f"connections are resumable (relay pid {self.pid})")
             return False
+        if self.settings.transport != "forward" and await self.use_stdio(conn, refused):
+            self.say(f"connections are resumable (relay pid {self.pid}, {self.transport_line()})")
+            return True
         self.plain(refused)
         self.say(f"connections are not resumable: {refused}")
         return True
 
-            self.transport, self.transport_why = "forward", f"{server_software(conn)} forwards channels to the relay's socket"
-    async def abandon(self, conn: asyncssh.SSHClientConnection | None) -> None:
-        """A failed bring-up: once the setup has finished (it may be an upload: the caller's
-        if self.settings.transport != "forward" and await self.use_stdio(conn, refused):
-            self.say(f"connections are resumable (relay pid {self.pid}, {self.transport_line()})")
-            return True
-        time limit bounds the wait), stop the relay it started and take back its upload."""
-        uploaded = False
-        if self.setup is not None:
-            [setup] = await asyncio.gather(self.setup, return_exceptions=True)
     async def use_stdio(self, conn: asyncssh.SSHClientConnection, why: str) -> bool:
         """Streams through the stdio transport on this connection: its bridge started now, so a
         remote where it cannot run says so at once. False (and the reason kept) if it cannot."""
@@ -133,6 +127,12 @@ class RelayKeeper:
             return f"through the stdio transport: {self.transport_why}"
         return "through sshd's channels"
 
+    async def abandon(self, conn: asyncssh.SSHClientConnection | None) -> None:
+        """A failed bring-up: once the setup has finished (it may be an upload: the caller's
+        time limit bounds the wait), stop the relay it started and take back its upload."""
+        uploaded = False
+        if self.setup is not None:
+            [setup] = await asyncio.gather(self.setup, return_exceptions=True)
             uploaded = isinstance(setup, remote_relay.RelayState) and setup.uploaded
         if self.started_pid is not None and conn is not None:
             await remote_relay.stop_relay(conn, self.settings.remote_port, only_pid=self.started_pid)
@@ -163,23 +163,17 @@ class RelayKeeper:
             self.started_pid = state.pid  # stopped again if the bring-up fails
         if at_bring_up and state.socket is None:
             self.say(f"connections are not resumable: {state.reason}")
+        if state.socket is not None and not await self._way_to(conn, state.socket, at_bring_up):
+            state = remote_relay.RelayState(None, pid=state.pid, reason=self.stdio_error or "no way to the relay", started=state.started)
         if state.socket is None:
             self.plain(state.reason)
             return state
         self.pid = state.pid
         self.path.socket_path = state.socket
         self.reason = None
-        if state.socket is not None and not await self._way_to(conn, state.socket, at_bring_up):
-            state = remote_relay.RelayState(None, pid=state.pid, reason=self.stdio_error or "no way to the relay", started=state.started)
         self.forwarder.relay = self.path
         return state
 
-    async def on_missing(self, cause: str) -> None:
-        """RelayPath's hook: a new stream found no relay. It waits while the relay starts."""
-        before = self.restarts
-        await self.restart(cause)
-        if self.restarts == before:  # none started (one runs, or none can): do not hammer the remote
-            await asyncio.sleep(RELAY_RETRY_PAUSE)
     async def _way_to(self, conn: asyncssh.SSHClientConnection, socket: str, at_bring_up: bool) -> bool:
         """The stdio transport on this connection when it is asked for, or when streams used it
         before (each new connection needs its own bridge), or when this sshd is known to open
@@ -194,6 +188,12 @@ class RelayKeeper:
         why = "asked for (transport = stdio)" if self.settings.transport == "stdio" else (known or self.transport_why or "")
         return await self.use_stdio(conn, why)
 
+    async def on_missing(self, cause: str) -> None:
+        """RelayPath's hook: a new stream found no relay. It waits while the relay starts."""
+        before = self.restarts
+        await self.restart(cause)
+        if self.restarts == before:  # none started (one runs, or none can): do not hammer the remote
+            await asyncio.sleep(RELAY_RETRY_PAUSE)
 
     async def restart(self, cause: str, stop_first: bool = False) -> None:
         """Start the relay again; every caller meanwhile waits on the same restart."""
@@ -307,6 +307,6 @@ class RelayKeeper:
             "relay_restarts": self.restarts,
             "last_relay_death": self.last_death,
             "relay_error": self.error,
-        }
             "transport": self.transport if self.in_use else None,
             "transport_reason": self.transport_why if self.in_use else None,
+        }
