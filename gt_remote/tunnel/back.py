@@ -30,8 +30,8 @@ from gt_remote.base.backs import BackSpec
 from gt_remote.base.errors import GtRemoteError
 from gt_remote.protocol.stream import HEADER, MAX_FRAME, MAX_REPLY, FrameError, FrameReader, StreamGone, frame, parse_notice
 from gt_remote.tunnel.link import Link
-from gt_remote.tunnel.resumable import RelayPath, ResumableClient, relay_request
 from gt_remote.tunnel.mux import opener
+from gt_remote.tunnel.resumable import RelayPath, ResumableClient, relay_request
 
 log = logging.getLogger(__name__)
 
