@@ -20,7 +20,9 @@ from typing import Any
 
 import asyncssh
 
+from gt_remote.base.errors import RemoteError
 from gt_remote.remote import scripts
+from gt_remote.tunnel import mux
 from gt_remote.tunnel.mux import BridgeFailed
 
 log = logging.getLogger(__name__)
@@ -66,14 +68,14 @@ if command -v socat >/dev/null 2>&1; then
 fi
 if command -v nc >/dev/null 2>&1; then
     if [ "$kind" = unix ]; then
-        nc -h 2>&1 | grep -q -- ' -U' && { printf 'GT-REMOTE-BRIDGE-READY\n'; exec nc -U "$where"; }
+        nc -h 2>&1 | grep -q -e '-U' && { printf 'GT-REMOTE-BRIDGE-READY\n'; exec nc -U "$where"; }
     else
         printf 'GT-REMOTE-BRIDGE-READY\n'; exec nc 127.0.0.1 "$where"
     fi
 fi
 if [ "$kind" = tcp ] && command -v bash >/dev/null 2>&1; then
     printf 'GT-REMOTE-BRIDGE-READY\n'
-    exec bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; cat <&3 & cat >&3' bridge "$where"
+    exec bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; cat <&3 & cat >&3; wait' bridge "$where"
 fi
 echo "bridge_error=none of python3, socat, nc or bash is there to reach $where"
 exit 1
@@ -142,6 +144,19 @@ class _BridgeSession(asyncssh.SSHClientSession[bytes]):
     def _fail(self, why: str) -> None:
         if not self.ready.done():
             self.ready.set_exception(BridgeFailed(why))
+
+
+def forwarding_advice(conn: asyncssh.SSHClientConnection) -> str:
+    """How to let this SSH server forward, in its own terms."""
+    if mux.is_dropbear(conn):
+        return "start dropbear without -j (it then forwards TCP), or install python3 (3.8 or newer) there for the relay"
+    return "set 'AllowTcpForwarding yes' (and no 'DisableForwarding yes') in the remote sshd_config, or install python3 (3.8 or newer) there for the relay"
+
+
+def no_way_to_server(conn: asyncssh.SSHClientConnection, failed: BridgeFailed, port: int) -> RemoteError:
+    """One line for a remote where neither sshd nor a program there can reach the server."""
+    refusal = mux.refused(conn, "tcp") or f"{mux.server_software(conn)} forwards nothing"
+    return RemoteError(f"no way to the server on 127.0.0.1:{port}: {refusal}; {failed}", forwarding_advice(conn))
 
 
 async def create_bridge(conn: asyncssh.SSHClientConnection, session_factory: Callable[[], Any], socket: str | None, port: int) -> tuple[Any, Any]:

@@ -16,9 +16,11 @@ import asyncssh
 
 from gt_remote.base.errors import GtRemoteError, PingFailed, RemoteError, RemotePortBusy, ServerNotAnswering, ServerWithoutTcp, shell_word
 from gt_remote.base.sanitize import ascii_int, visible
+from gt_remote.remote.bridge import no_way_to_server
 from gt_remote.remote.ownership import Holder, Owner, owner_from
 from gt_remote.remote.probe import no_channel_to, ping_remote
 from gt_remote.remote.scripts import run_script
+from gt_remote.tunnel.mux import BridgeFailed
 
 LOG_CAP_BYTES = 1024 * 1024
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
@@ -153,6 +155,9 @@ async def wait_until_answering(conn: asyncssh.SSHClientConnection, pid: int, ser
                 no_channel_to(socket, port)
                 socket = None
                 continue
+        except BridgeFailed as failed:  # sshd forwards nothing, and nothing on the remote can bridge
+            await stop(conn, server, port, only_pid=pid)
+            raise no_way_to_server(conn, failed, port) from None
         except (TimeoutError, PingFailed):
             pass
         if time.monotonic() >= next_liveness_check:

@@ -203,3 +203,19 @@ def test_up_is_quick(gt: Gt, host_factory: Any, other_sshd_host: SshHost) -> Non
     assert_truthful_status(status, other_sshd_host)
     assert took < UP_BAR_S, f"up took {took:.2f} s on {other_sshd_host.kind} (bar {UP_BAR_S:g} s)"
     assert took < UP_BAR_FACTOR * default_took, f"up took {took:.2f} s on {other_sshd_host.kind}, {default_took:.2f} s on a default OpenSSH"
+
+
+def test_plain_mode_without_forwarding_goes_through_exec_bridges(gt: Gt, hardened_host: SshHost) -> None:
+    """--no-resume where sshd forwards nothing: Pings and each client through a command on the
+    remote that bridges to the server (python3 here; socat, nc or bash elsewhere)."""
+    local, _ = up_local(gt, hardened_host, "--no-resume")
+    status = row(gt)
+    assert status["state"] == "up" and not status["resumable"], status
+    ping = gt("ping", "gaming-pc")
+    assert ping.returncode == 0 and "Pong" in ping.stdout, ping.stderr
+    client = LongClient(int(local.rsplit(":", 1)[1]))
+    try:
+        client.wait_rounds(5)
+        assert client.error is None
+    finally:
+        client.close()
