@@ -103,6 +103,8 @@ class RelayKeeper:
         if self.settings.transport != "forward" and await self.use_stdio(conn, refused):
             self.say(f"connections are resumable (relay pid {self.pid}, {self.transport_line()})")
             return True
+        if self.settings.transport == "forward":
+            refused += "; --transport auto (the default) carries streams over an exec channel instead"
         self.plain(refused)
         self.say(f"connections are not resumable: {refused}")
         return True

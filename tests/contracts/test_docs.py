@@ -276,7 +276,7 @@ def test_setup_key_only_login_line_works(gt: Gt, ssh_host: SshHost, tmp_path: Pa
     ssh_host.key = new_key
     ssh_host.write_ssh_config()
     found = {check["name"]: check for check in json.loads(gt("doctor", "gaming-pc", "--json", ssh_config=ssh_host.ssh_config).stdout)}
-    assert found["SSH connection and authentication"]["detail"] == "logged in as gamer"
+    assert found["SSH connection and authentication"]["detail"].startswith("logged in as gamer, to OpenSSH_")
 
 
 def test_state_sync_dry_run_example_matches_sync(gt: Gt, ssh_host: SshHost) -> None:

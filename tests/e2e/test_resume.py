@@ -255,15 +255,30 @@ def test_no_python3_falls_back_to_plain_forwarding(gt: Gt, ssh_host: SshHost, tm
     assert check["status"] == "warn" and "no python3" in check["detail"]
 
 
-def test_sshd_without_stream_local_forwarding_falls_back_to_plain(gt: Gt, ssh_host: SshHost) -> None:
-    """A remote sshd that refuses direct-streamlocal channels must not cost every new client."""
+def test_sshd_without_stream_local_forwarding_carries_streams_over_the_stdio_transport(gt: Gt, ssh_host: SshHost) -> None:
+    """A remote sshd that refuses direct-streamlocal channels costs no client, and no resume:
+    streams go through the relay's bridge on an exec channel, saying why (#31)."""
     ssh_host.sh("sed -i 's/^AllowStreamLocalForwarding yes/AllowStreamLocalForwarding no/' /etc/ssh/sshd_config && kill -HUP 1")
     wait_for(ssh_host.answers_ssh, 15, "sshd to answer with its new configuration")
     result = gt.up(ssh_host, "--keepalive", "1")
     assert result.returncode == 0, result.stderr
     status = row(gt)
+    assert status["resumable"] is True and status["transport"] == "stdio", status
+    assert "OpenSSH_" in status["transport_reason"] and "refuses channels to Unix sockets" in status["transport_reason"]
+    for _ in range(3):  # each new client is carried, none is closed for want of the relay
+        assert answers(gt.local())
+
+
+def test_transport_forward_keeps_to_sshds_channels_and_falls_back_to_plain(gt: Gt, ssh_host: SshHost) -> None:
+    """`--transport forward`: where sshd refuses channels to the relay's socket, forwarding is
+    plain, as it was before the stdio transport, and says why."""
+    ssh_host.sh("sed -i 's/^AllowStreamLocalForwarding yes/AllowStreamLocalForwarding no/' /etc/ssh/sshd_config && kill -HUP 1")
+    wait_for(ssh_host.answers_ssh, 15, "sshd to answer with its new configuration")
+    result = gt.up(ssh_host, "--keepalive", "1", "--transport", "forward")
+    assert result.returncode == 0, result.stderr
+    status = row(gt)
     assert status["resumable"] is False
-    assert "AllowStreamLocalForwarding" in status["resumable_reason"]
+    assert "refuses channels to Unix sockets" in status["resumable_reason"]
     for _ in range(3):  # each new client is forwarded, none is closed for want of the relay
         assert answers(gt.local()), "plain forwarding must still work"
 
