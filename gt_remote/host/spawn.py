@@ -27,7 +27,15 @@ if TYPE_CHECKING:
 Say = Callable[[str], None]
 STOP_GRACE = 5.0
 ANSWER_PATIENCE = 3.0  # a supervisor just started answers on its socket within this
-UNDO_WAIT = 30.0  # how long an interrupted `up` waits for its supervisor to undo the bring-up
+# How long an interrupted `up` waits for its supervisor to undo the bring-up: a remote script
+# that starts something runs to its end first (remote/scripts.FINISH_GRACE, 15 s at most), then
+# the undo itself (supervisor.UNDO_TIMEOUT, 20 s). Both take well under a second as a rule.
+UNDO_WAIT = 40.0
+# Sent by an `up` that fails or is interrupted to the supervisor it started: undo the bring-up,
+# finished or not (runtime/supervisor.py). SIGTERM would only stop a finished one, as `down` does,
+# leaving the server and relay it started. Before its handler is set, it ends the process.
+UNDO_SIGNAL = signal.SIGUSR2
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def clean_stale(files: HostFiles) -> None:
@@ -60,7 +68,7 @@ def spawn(settings: HostSettings, files: HostFiles, say: Say) -> list[str]:
         raise
     except BaseException:
         if proc.poll() is None:
-            proc.terminate()
+            proc.send_signal(UNDO_SIGNAL)  # this `up` fails: nothing of its bring-up may stay
             _wait_quietly(proc, UNDO_WAIT)
         raise
     finally:
@@ -83,9 +91,9 @@ def _hand_over(proc: subprocess.Popen[bytes], settings: HostSettings) -> None:
 
 @contextmanager
 def sigterm_interrupts(wanted: bool = True) -> Iterator[None]:
-    """SIGTERM (a closing terminal, a service manager) cancels the bring-up as Ctrl-C does,
-    instead of killing `up` and leaving its supervisor to finish alone. (`up --foreground`
-    is the supervisor itself and handles both signals in its event loop.)"""
+    """SIGTERM (a service manager) and SIGHUP (a closing terminal) cancel the bring-up as
+    Ctrl-C does, instead of killing `up` and leaving its supervisor to finish alone. (`up
+    --foreground` is the supervisor itself and handles the signals in its event loop.)"""
 
 
     def interrupt(_signum: int, _frame: object) -> None:
@@ -94,19 +102,22 @@ def sigterm_interrupts(wanted: bool = True) -> Iterator[None]:
     if not wanted:
         yield
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    kept = (signal.SIGTERM, signal.SIGHUP)  # one ignored already (nohup) stays ignored
+    previous = {signum: signal.signal(signum, interrupt) for signum in kept if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _undo_interrupted(proc: subprocess.Popen[bytes], name: str, say: Say) -> None:
     """Ctrl-C: the supervisor (in its own session, so the terminal's SIGINT missed it) is told
-    at once; it cancels the bring-up and undoes what it started on the remote."""
+    at once; it cancels the bring-up and undoes what it started on the remote, also when it
+    had just finished (this `up` exits 130 and hands out nothing, so nothing may stay)."""
     if proc.poll() is not None:
         return
-    proc.terminate()
+    proc.send_signal(UNDO_SIGNAL)
     say(f"interrupted: undoing what this up started on {name}")
     try:
         if not _wait_quietly(proc, UNDO_WAIT):
@@ -123,6 +134,16 @@ def _wait_quietly(proc: subprocess.Popen[bytes], timeout: float) -> bool:
         return False
 
 
+def _past_interrupting() -> None:
+    """The tunnel is up: from here this `up` only prints its lines and exits 0, so Ctrl-C waits
+    until it has (blocked, not handled: this process has one thread). A Ctrl-C that came just
+    before is raised here (pthread_sigmask runs pending handlers), still in spawn's `try`,
+    whose undo then takes the finished bring-up down: `up` succeeds with the tunnel up, or
+    fails with nothing left, never a failed `up` beside a running tunnel. (A child inherits the
+    mask: nothing after this may start one.)"""
+    signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+
+
 def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say) -> list[str]:
     assert proc.stdout is not None
     display = progress.TransferDisplay()
@@ -135,6 +156,7 @@ def _relay_until_ready(proc: subprocess.Popen[bytes], files: HostFiles, say: Say
         if event["event"] == "progress":
             say(event["message"])
         elif event["event"] == "ready":
+            _past_interrupting()
             return list(event["status"]["exports"])
         elif event["event"] == "error":
             proc.wait(30)

@@ -15,6 +15,7 @@ from gt_remote.remote import server as remote_server
 from gt_remote.remote.install import check_platform, run_install_command, upload_server
 from gt_remote.remote.ownership import Holder, Owner, PortNotOurs, check_owner, refusal
 from gt_remote.remote.probe import PORT_CHECK_TIMEOUT, PortState, RemoteFacts, Survey, build_of, file_digest, no_channel_to, parse_version, port_state, probe, survey
+from gt_remote.remote.scripts import run_script, to_the_end
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,18 @@ async def bring_up(
     script started (the relay) if the bring-up then fails."""
     digest = file_digest(settings.server_binary) if settings.server_binary else ""
     progress.steps.debug("bring-up: one script for the facts, the server, the port's owner, the lease and the relay")
-    found = await survey(conn, settings.server, settings.remote_port, digest, relay_path, lease, lease_ttl)
+
+    async def surveyed() -> Survey:
+        found = await survey(conn, settings.server, settings.remote_port, digest, relay_path, lease, lease_ttl)
+        if on_survey is not None:
+            on_survey(found)  # also when `up` was interrupted meanwhile: the undo must know what the script started
+        return found
+
+    found = await to_the_end(surveyed())  # it may start the relay: never cut off mid-way
     progress.steps.debug(
         "bring-up: %s %s, python3 %s, %s KiB free, install dir %s, port %s",
         found.facts.os, found.facts.arch, found.python_version or "none", found.free_kib, found.install_dir, found.owner.holder.value,
     )
-    if on_survey is not None:
-        on_survey(found)
     if found.install_dir == "unsafe":
         raise install_dir_unsafe(settings.name, found.unsafe_dir, found.unsafe_why)
     if found.facts.wsl:
@@ -135,7 +141,10 @@ async def _ensure(
         refused = refusal(owner, settings.name, settings.remote_port)  # a program of the user's that is not our server
         if refused:
             raise refused
-        return _reuse(facts, settings, digest, say, socket)
+        server = _reuse(facts, settings, digest, say, socket)
+        if server.started_by_gt_remote and server.path and not facts.running_answered and owner.pid == facts.pid:
+            await run_script(conn, 'mark_answered "$1"', server.path)  # it answers; started before builds were marked
+        return server
     if state is PortState.BUSY:  # no Ping answer: a program of the user's that is not ccmux
         raise _port_busy(settings)
     if state is PortState.SILENT:  # connects, never answers: our hung server, or a silent program
@@ -162,20 +171,23 @@ async def _ensure(
 async def start_and_wait(conn: asyncssh.SSHClientConnection, path: str, settings: HostSettings) -> tuple[int, str | None]:
     """Start the server, and wait for its first Pong: through its own Unix socket once the
     start script saw it hold the port (so a Ping never goes to whoever took the port first)."""
-    pid, owner = await remote_server.start(conn, path, settings.server, settings.remote_port, backs.environment(settings.back))
+    # Never cut off mid-way: its pid file is written by then, so the undo of an interrupted `up` finds the server.
+    pid, owner = await to_the_end(remote_server.start(conn, path, settings.server, settings.remote_port, backs.environment(settings.back)))
     refused = refusal(owner, settings.name, settings.remote_port)
     if refused:
         await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=pid)
         raise refused
     socket = owner.socket if owner.pid == pid else None
     socket = await remote_server.wait_until_answering(conn, pid, settings.server, settings.remote_port, settings.name, socket=socket)
-    await verify_started(conn, settings, pid)
+    await verify_started(conn, settings, pid, path)
     return pid, socket
 
 
-async def verify_started(conn: asyncssh.SSHClientConnection, settings: HostSettings, pid: int) -> None:
-    """What answered may be another account's program that took the port first: check, after every start."""
-    refused = refusal(await check_owner(conn, settings.remote_port), settings.name, settings.remote_port)
+async def verify_started(conn: asyncssh.SSHClientConnection, settings: HostSettings, pid: int, path: str = "") -> None:
+    """What answered may be another account's program that took the port first: check, after every
+    start. When it is the server just started, its build `path` answered: marked so, in the same
+    script (only such a build is "the newest" a plain `up` starts: probe.py)."""
+    refused = refusal(await check_owner(conn, settings.remote_port, pid, answered=path), settings.name, settings.remote_port)
     if refused:
         await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=pid)
         raise refused
@@ -250,7 +262,7 @@ async def _install(conn: asyncssh.SSHClientConnection, settings: HostSettings, f
         check_platform(settings.server_binary, settings.name, facts.os, facts.arch)
         say(f"uploading {settings.server_binary} to {settings.name}")
         path, version_line = await upload_server(conn, settings.server_binary, settings.server, digest, settings.name)
-        return path, parse_version(version_line)
+        return path, parse_version(version_line, settings.server)
     if settings.install_command:
         say(f"running the install command on {settings.name}: {settings.install_command}")
         await run_install_command(conn, settings.install_command, settings.name)
@@ -261,8 +273,9 @@ async def _install(conn: asyncssh.SSHClientConnection, settings: HostSettings, f
             f"the install command ran on {settings.name} but {settings.server} is still not found",
             "make it install into PATH, ~/.cargo/bin or ~/.local/bin",
         )
+    unproven = f"; gt-remote's install dir holds {facts.unproven} build(s) that never answered a Ping, which are not started by themselves" if facts.unproven else ""
     raise ServerMissing(
-        f"{settings.server} is not installed on {settings.name} (looked in PATH, ~/.cargo/bin, ~/.local/bin and gt-remote's install dir)",
+        f"{settings.server} is not installed on {settings.name} (looked in PATH, ~/.cargo/bin, ~/.local/bin and gt-remote's install dir){unproven}",
         "pass --server-binary PATH (a build for the remote) or --install-command CMD (e.g. 'cargo install --git ...')",
     )
 

@@ -19,7 +19,7 @@ from gt_remote.base import progress
 from gt_remote.base.errors import BinaryIncompatible, InstallFailed, NoExecMount, install_dir_unsafe
 from gt_remote.remote import scripts as remote
 
-# Runs right after UPLOAD_SCRIPT verified the bytes ($part, $final, $dir set there).
+# Runs right after UPLOAD_SCRIPT verified the bytes ($part, $final, $dir and $name, the server program, set there).
 CHECK_AND_PLACE = r"""
 chmod 755 "$part" || { rm -f "$part"; rmdir "$dir" 2>/dev/null; echo "error=chmod failed"; exit 0; }
 ask_version "$part"; rc=$?
@@ -31,6 +31,11 @@ if [ "$rc" -ne 0 ]; then
     echo "output=$version_line"
     exit 0
 fi
+# A server says its own name first (`ccmux-server 0.1.1`): any other answer is another program's.
+case "$version_line" in
+    "$name "*) ;;
+    *) rm -f "$part"; rmdir "$dir" 2>/dev/null; echo "not_server=1"; echo "output=$version_line"; exit 0 ;;
+esac
 mv -f "$part" "$final" || exit 0  # no path= line: the caller reports the failed placement
 keep_version "$final" "$version_line"  # the next probe runs nothing to learn it (see version_of)
 echo "path=$final"; echo "version=$version_line"
@@ -93,6 +98,12 @@ async def upload_server(conn: asyncssh.SSHClientConnection, local_path: str, ser
         raise InstallFailed(
             f"gt-remote {remote.visible(error)} on {host}",
             "make that directory writable, or pick another one with --install-dir DIR (or install_dir in the config)",
+        )
+    if fields.get("not_server") == "1":
+        answer = remote.visible(fields.get("output", "")).strip()[:200]
+        raise InstallFailed(
+            f"{local_path} is not a {server} build: its '--version' answered {answer!r} on {host}, where a {server} answers '{server} VERSION'; the upload was removed",
+            f"pass a {server} build with --server-binary",
         )
     if "version" not in fields or "path" not in fields:
         raise _cannot_run(local_path, host, fields)

@@ -26,7 +26,10 @@ from gt_remote.remote.scripts import run_script
 _USER_NAME = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._@-]{0,63}")
 
 OWNER_SCRIPT = r"""
-( port_owner "$1" "$2" )
+owner=$( port_owner "$1" "$2" )
+printf '%s\n' "$owner"
+# $3: the build of server $2, which has just answered its first Ping; marked once the port is its own.
+if [ -n "$3" ] && printf '%s\n' "$owner" | grep -qx "listen_pid=$2"; then mark_answered "$3"; fi
 """
 
 
@@ -95,8 +98,9 @@ def refusal(owner: Owner, host: str, port: int) -> PortNotOurs | None:
     return None
 
 
-async def check_owner(conn: asyncssh.SSHClientConnection, port: int, pid: int | None = None) -> Owner:
+async def check_owner(conn: asyncssh.SSHClientConnection, port: int, pid: int | None = None, answered: str = "") -> Owner:
     """One round trip: who holds the port now (after a start, or when a reconnect finds it);
-    `pid`, the server's last known, is looked at first."""
-    fields = (await run_script(conn, 'echo "uid=$(id -u)"' + OWNER_SCRIPT, str(port), str(pid or ""))).fields
+    `pid`, the server's last known, is looked at first. `answered`: the build server `pid` was
+    started from, which has just answered a Ping: marked so (mark_answered) when `pid` holds the port."""
+    fields = (await run_script(conn, 'echo "uid=$(id -u)"' + OWNER_SCRIPT, str(port), str(pid or ""), answered if pid else "")).fields
     return owner_from(fields)

@@ -120,6 +120,13 @@ keep_version() {
     [ -n "$2" ] && (umask 077; printf '%s\n' "$2" > "$1.version.$$" && mv -f "$1.version.$$" "$1.version") 2>/dev/null
     return 0
 }
+# Build $1 (one gt-remote uploaded: under the install dir) answered a Ping: only such a build is
+# "the newest" that a plain `up` starts and `clean` keeps; one that never did (a program that is
+# no server, say `--server-binary /bin/true`) is neither. A file beside it, private, made once.
+mark_answered() {
+    case "$1" in "$install_root"/*/*) [ -e "$1.answered" ] || (umask 077; : > "$1.answered") 2>/dev/null ;; esac
+    return 0
+}
 # The mount point holding path $1, if that mount forbids running programs (noexec).
 noexec_mount_of() {
     [ -r /proc/mounts ] || return 0

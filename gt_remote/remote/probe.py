@@ -42,10 +42,14 @@ elif [ -z "$digest" ]; then
         if [ -z "$found" ] && [ -x "$candidate" ]; then found=$candidate; fi
     done
     if [ -z "$found" ] && [ "$builds_ok" = 1 ]; then
+        unproven=0  # builds that never answered a Ping (mark_answered): never "the newest"
         for candidate in "$install_root"/*/"$server"; do
-            [ -x "$candidate" ] && [ ! -L "$candidate" ] && fit_for_code "$candidate" >/dev/null && build_intact "$candidate" || continue
+            [ -x "$candidate" ] && [ ! -L "$candidate" ] || continue
+            if [ ! -e "$candidate.answered" ]; then unproven=$((unproven + 1)); continue; fi
+            fit_for_code "$candidate" >/dev/null && build_intact "$candidate" || continue
             if [ -z "$found" ] || [ "$candidate" -nt "$found" ]; then found=$candidate; fi
         done
+        [ -n "$found" ] || [ "$unproven" = 0 ] || echo "unproven=$unproven"
     fi
 fi
 echo "path=$found"
@@ -70,6 +74,7 @@ if [ -f "$pidfile" ]; then
                 echo "running=$word"
                 if [ "$word" = "$found" ]; then echo "running_version=$version"
                 elif [ -x "$word" ]; then echo "running_version=$(version_of "$word")"; fi
+                [ -e "$word.answered" ] && echo "running_answered=1"
                 break ;;
             esac
         done
@@ -139,6 +144,8 @@ class RemoteFacts:
     other_port: int | None = None  # our live server for this user on another port, if any
     other_pid: int | None = None
     wsl: str | None = None  # the WSL distro's name, when the remote is WSL
+    running_answered: bool = False  # the running build is marked as one that answered a Ping (mark_answered)
+    unproven: int = 0  # uploaded builds never found because none answered a Ping yet
 
     @property
     def running_build(self) -> str | None:
@@ -156,31 +163,45 @@ class PortState(enum.Enum):
     SILENT = "silent"  # something accepts connections, and sent nothing back in time (hung, or not ccmux)
 
 
-def parse_version(output: str | None) -> str | None:
+def parse_version(output: str | None, server: str | None = None) -> str | None:
     """`ccmux-server 0.1.1` -> `0.1.1`: the last word of the first line, escapes made visible
-    (it is only ever shown, and the far side's binary chose it)."""
+    (it is only ever shown, and the far side's binary chose it). With `server`, only an answer
+    that names that program is a version: `/bin/true --version` says `true (GNU coreutils)
+    9.1`, which is no ccmux-server's version 9.1."""
     words = (output or "").split()
+    if server is not None and not names_server(output, server):
+        return None
     return visible(words[-1]) if words else None
 
 
+def names_server(output: str | None, server: str) -> bool:
+    """Whether a `--version` answer names the server program (`ccmux-server X`, `fugue-server X`):
+    its first word is the program's name, or a path ending in it."""
+    words = (output or "").split()
+    return len(words) >= 2 and words[0].rsplit("/", 1)[-1] == server
+
+
 async def probe(conn: asyncssh.SSHClientConnection, server: str, port: int, digest: str = "") -> RemoteFacts:
-    return facts_from_fields((await run_script(conn, PROBE_SCRIPT, server, str(port), digest)).fields)
+    return facts_from_fields((await run_script(conn, PROBE_SCRIPT, server, str(port), digest)).fields, server)
 
 
-def facts_from_fields(fields: dict[str, str]) -> RemoteFacts:
-    """The probe's `key=value` lines as facts; numbers only as ASCII digits of bounded length."""
+def facts_from_fields(fields: dict[str, str], server: str | None = None) -> RemoteFacts:
+    """The probe's `key=value` lines as facts; numbers only as ASCII digits of bounded length.
+    `server` (the program's name): a version line that does not name it is no version."""
     other_port, _, other_pid = fields.get("other", "").partition(":")
     return RemoteFacts(
         path=fields.get("path") or None,
-        version=parse_version(fields.get("version")),
+        version=parse_version(fields.get("version"), server),
         arch=fields.get("arch", "unknown"),
         os=fields.get("os", "unknown"),
         pid=ascii_int(fields.get("pid")),
         running_path=fields.get("running") or None,
-        running_version=parse_version(fields.get("running_version")),
+        running_version=parse_version(fields.get("running_version"), server),
         other_port=ascii_int(other_port, 5),
         other_pid=ascii_int(other_pid),
         wsl=_printable(fields["wsl"]) if "wsl" in fields else None,
+        running_answered=fields.get("running_answered") == "1",
+        unproven=ascii_int(fields.get("unproven"), 6) or 0,
     )
 
 
@@ -216,7 +237,7 @@ async def survey(
     fields = result.fields
     words = fields.get("python_version", "").split()
     return Survey(
-        facts=facts_from_fields(fields),
+        facts=facts_from_fields(fields, server),
         owner=owner_from(fields),
         relay={key: value for key, value in fields.items() if key.startswith("relay_")},
         lease_holders=holders(result.stdout.splitlines()),

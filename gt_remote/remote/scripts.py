@@ -24,6 +24,7 @@ import shlex
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncssh
 
@@ -113,6 +114,29 @@ async def run_script(conn: asyncssh.SSHClientConnection, script: str, *args: str
         stdin.write_eof()
 
     return await run_command(conn, "sh -s", feed, token, timeout)
+
+
+T = TypeVar("T")
+FINISH_GRACE = 15.0  # how long a cancelled caller still waits for a script that starts programs (a server start waits up to 15 s)
+
+
+async def to_the_end(work: Awaitable[T], grace: float = FINISH_GRACE) -> T:
+    """`work` (a remote script that starts a program: the bring-up script, which may start the
+    relay; a server's or the relay's start script), run to its end even when the caller is
+    cancelled meanwhile (Ctrl-C on `up`). Cut off, the script would go on on the remote, where
+    closing its channel does not stop it, and start what the undo never hears of, after the
+    undo has looked. So a cancellation waits up to `grace` s more for it; whatever `work` does
+    with its answer (note what it started) is done by then, and the cancellation goes on."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task}, timeout=grace)
+        if not task.done():
+            task.cancel()  # past the grace: the caller's undo says what may be left
+        elif not task.cancelled():
+            task.exception()  # retrieved: its failure is the undo's to report, not the loop's
+        raise
 
 
 def data_command(script: str, args: tuple[str, ...], install_dir: str, token: str) -> tuple[str, bytes]:

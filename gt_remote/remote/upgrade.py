@@ -41,7 +41,7 @@ async def replace_server(conn: asyncssh.SSHClientConnection, settings: HostSetti
         check_platform(binary, settings.name, facts.os, facts.arch)
         say(f"uploading {binary} to {settings.name}")
         path, version_line = await upload_server(conn, binary, settings.server, digest, settings.name)
-        version = parse_version(version_line)
+        version = parse_version(version_line, settings.server)
     if facts.pid is not None:
         say(f"stopping {settings.server} {facts.running_version or ''} (pid {facts.pid}) on {settings.name}")
         await remote_server.stop(conn, settings.server, settings.remote_port, only_pid=facts.pid)

@@ -77,11 +77,17 @@ class RelayKeeper:
     def set_up_beside_the_server(self, conn: asyncssh.SSHClientConnection, found: dict[str, str]) -> None:
         """From the bring-up script's relay answers: note a relay it started (stopped again if
         `up` fails), and finish setting it up beside the server's install and start."""
+        self.note_started(found)
+        if self.settings.resume:
+            self.setup = asyncio.ensure_future(self.ensure(conn, at_bring_up=True, known=found))
+
+    def note_started(self, found: dict[str, str]) -> None:
+        """A relay the bring-up script started, from its answers: the undo of a failed or
+        interrupted `up` stops it (abandon). Noted also when `up` was interrupted while the
+        script ran, which then sets nothing more up."""
         relay = remote_relay.relay_state_from(found, self.settings.remote_port)
         if relay is not None and relay.started:
             self.started_pid = relay.pid
-        if self.settings.resume:
-            self.setup = asyncio.ensure_future(self.ensure(conn, at_bring_up=True, known=found))
 
     async def wait_for_setup(self) -> None:
         if self.setup is not None:  # shielded: a Ctrl-C lets it finish, so abandon() knows what it started

@@ -140,6 +140,8 @@ class Supervisor:
         self._wake_checks: set[asyncio.Task[CheckOutcome]] = set()  # held, so they are not collected mid-run
         self.bring_up_task: asyncio.Task[None] | None = None  # cancelled by SIGINT/SIGTERM or a `stop` request
         self.ready = False  # the bring-up finished: until then `status` says connecting and its step
+        self.undo_requested = False  # SIGUSR2: the `up` that started us was interrupted; undo the bring-up, even a finished one
+        self.undone = True  # whether the undo of a failed bring-up stopped everything it started
         self.step = "starting"
         self._starting_server = False  # a server start was begun by this bring-up (stopped if it is cancelled)
         self._runtime_ids: tuple[int, int] | None = None  # inodes of our control socket and pid file
@@ -219,6 +221,9 @@ class Supervisor:
         them: the two are independent (the relay dials the port only when a stream opens), and
         on a fresh remote each is an upload and a program start."""
         self.lease_holders = survey.lease_holders
+        if self.stop_requested:  # interrupted while the script ran: only what it started matters now, for the undo
+            self.relay.note_started(survey.relay)
+            return
         self.relay.set_up_beside_the_server(conn, survey.relay)
 
     async def _prove_end_to_end(self, conn: asyncssh.SSHClientConnection) -> float:
@@ -266,10 +271,12 @@ class Supervisor:
             self.step = f"uploading {100 * done // total if total else 100} %"
 
     async def _undo(self) -> None:
-        """A failed or cancelled bring-up: stop what it started, remove what it wrote."""
+        """A failed or cancelled bring-up (or one the interrupted `up` disowned as it finished):
+        stop what it started, remove what it wrote. `undone` says whether that all went."""
         try:
             await asyncio.wait_for(self._abandon(), UNDO_TIMEOUT)
         except (TimeoutError, GtRemoteError, asyncssh.Error, OSError) as exc:
+            self.undone = False
             log.warning("could not undo everything this bring-up started on the remote: %s", reason(exc))
             await self.forwarder.close()
             await self.link.close()
@@ -282,9 +289,14 @@ class Supervisor:
         an upload: _undo's time limit bounds the wait), the relay it started and its upload."""
         server = self.server
         conn = self.link.connection
+        started = server is not None and server.started_by_gt_remote and not server.reused
+        if conn is None and (started or self._starting_server or self.relay.started_pid is not None):
+            self.undone = False  # no connection left to stop them with
         await self._release_lease(conn)
-        if server and server.started_by_gt_remote and not server.reused and conn is not None:
+        if server and started and conn is not None:
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port, only_pid=server.pid)
+            if self.ready:  # `up` was interrupted as the bring-up finished: the server it remembered is gone
+                reach.forget(self.settings.name)
         elif server is None and self._starting_server and conn is not None:
             # Cancelled while the server started: the pid file for this port names the one we started.
             await remote_server.stop(conn, self.settings.server, self.settings.remote_port)
@@ -569,8 +581,9 @@ class Supervisor:
             return await self._reconnect_request(bool(request.get("force")), float(request.get("wait", RECONNECT_WAIT)))
         if op == "stop":
             if not self.ready and self.bring_up_task is not None:  # `down` from another shell during the bring-up
-                self._stop.set()
-                self.bring_up_task.cancel()
+                if not self.stop_requested:  # once: a second cancel would cut the undo short
+                    self._stop.set()
+                    self.bring_up_task.cancel()
                 return {"ok": True, "server_note": "the bring-up was cancelled; what it started is being undone"}
             if request.get("stop_server"):
                 shared = await self._shared_refusal(bool(request.get("force")))
@@ -801,6 +814,11 @@ class Supervisor:
                 log.warning("cannot save the status record: %s", exc)
 
     async def _shutdown(self) -> None:
+        if self.undo_requested:  # the `up` that started us was interrupted before it could hand the tunnel out
+            log.warning("the up that started this supervisor was interrupted as the bring-up finished; undoing what it started")
+            await self._undo()
+            log.info("stopped" if self.undone else "stopped; some of what the bring-up started may still run on the remote")
+            return
         await self._release_lease(self.link.connection)
         if self._control is not None:
             self._control.close()
@@ -816,6 +834,17 @@ class Supervisor:
             self._save_record()
 
 
+def interrupted(supervisor: Supervisor) -> Interrupted:
+    """What an interrupted bring-up left: nothing, or (its undo cut short) what to do about it."""
+    name = supervisor.settings.name
+    if supervisor.undone:
+        return Interrupted(f"the bring-up of {name} was interrupted while {supervisor.step}", "nothing it started was left running; run up again when ready")
+    return Interrupted(
+        f"the bring-up of {name} was interrupted while {supervisor.step}, and undoing it did not finish",
+        f"what it started may still run on {name}: see 'gt-remote logs {shell_word(name)}'; 'gt-remote down {shell_word(name)} --stop-server' stops it",
+    )
+
+
 async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, Any]], None]) -> None:
     supervisor = Supervisor(settings, say)
     loop = asyncio.get_running_loop()
@@ -828,8 +857,16 @@ async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, An
             bring_up.cancel()
         supervisor.request_stop()
 
+    def undo() -> None:
+        """SIGUSR2, from the `up` that started this supervisor (host/spawn.py): it was interrupted
+        before it handed the tunnel out, so nothing of this bring-up may stay, even when the
+        bring-up has just finished (its `ready` in flight): then the stop undoes it too."""
+        supervisor.undo_requested = True
+        stop()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
+    loop.add_signal_handler(signal.SIGUSR2, undo)
     loop.add_signal_handler(signal.SIGUSR1, lambda: supervisor.on_wake(WakeEvent("signal", "SIGUSR1", time.time())))
     keeper = asyncio.create_task(supervisor.keep_runtime_files())
     try:
@@ -838,7 +875,10 @@ async def run(settings: HostSettings, say: Say, on_ready: Callable[[dict[str, An
         except asyncio.CancelledError:
             if not supervisor.stop_requested:
                 raise
-            raise Interrupted(f"the bring-up of {settings.name} was interrupted while {supervisor.step}", "nothing it started was left running; run up again when ready") from None
+            raise interrupted(supervisor) from None
+        if supervisor.undo_requested:  # interrupted as the bring-up finished: nothing to hand out
+            await supervisor._undo()
+            raise interrupted(supervisor)
         on_ready(supervisor.status())
         await supervisor.serve_forever()
     finally:

@@ -18,6 +18,7 @@ connects (docs/usage.md, "Back tunnels").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -39,6 +40,7 @@ LISTEN_TIMEOUT = 10.0  # the relay's answer to a listen hello (a bind: at once)
 PLAIN_RETRY = 1.0  # sshd's remote forward, while the dropped session still holds the port
 REFUSED_RETRY = 5.0  # the port is someone else's: look again now and then
 DIAL_TIMEOUT = 5.0  # the laptop's service
+ANSWER_WAIT_AT_CLOSE = 2.0  # a live relay answers a listen hello at once; `down` allows a supervisor 5 s in all
 
 
 class BackPortHeld(GtRemoteError):
@@ -85,6 +87,7 @@ class BackTunnel:
         self._task: asyncio.Task[None] | None = None
         self._plain_listener: asyncssh.SSHListener | None = None
         self._dials: set[asyncio.Task[None]] = set()
+        self._hello_answered: asyncio.Event | None = None  # set once the relay answered the last listen hello
 
     def start(self) -> None:
         if self._task is None:
@@ -92,6 +95,14 @@ class BackTunnel:
 
     async def close(self) -> None:
         if self._task is not None:
+            answered = self._hello_answered
+            if answered is not None and not answered.is_set():
+                # A listen hello is out: let the relay answer it first, so that the close by owner
+                # that follows (`down`, or the undo of an interrupted `up`) finds the listener it
+                # opens. Cut off now, the relay could open it after that close, and keep it one
+                # resume window with no one behind it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(answered.wait(), ANSWER_WAIT_AT_CLOSE)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for task in list(self._dials):
@@ -156,8 +167,12 @@ class BackTunnel:
         heartbeats: asyncio.Task[None] | None = None
         try:
             hello = {"op": "listen", "owner": self.path.owner, "port": self.spec.remote_port, "window": self.path.window, "heartbeat": self.path.heartbeat_interval}
+            answered = self._hello_answered = asyncio.Event()
             writer.write(frame(b"H", json.dumps(hello).encode()))
-            answer = await asyncio.wait_for(self._reply(reader), LISTEN_TIMEOUT)
+            try:
+                answer = await asyncio.wait_for(self._reply(reader), LISTEN_TIMEOUT)
+            finally:
+                answered.set()
             if "error" in answer:
                 raise BackPortHeld(f"back tunnel {self.spec.canonical}: {str(answer['error'])[:300]}", self._held_fix())
             self.refusal = None

@@ -159,12 +159,13 @@ def test_install_dir_puts_builds_and_relay_there_and_clean_follows(gt: Gt, host_
     assert result.returncode == 0, result.stderr
     assert "connections are resumable" in result.stderr
     files = sorted(host.sh("cd /opt/gt/gt-remote && find . -type f", user="gamer").split())
-    assert files == sorted([f"./relay/{remote_relay.agent_digest()}/relay_agent.py", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server.version"])
+    build = f"./servers/{sha256(STANDIN)[:16]}/ccmux-server"
+    assert files == sorted([f"./relay/{remote_relay.agent_digest()}/relay_agent.py", build, f"{build}.version", f"{build}.answered"])
     assert host.sh("find /home/gamer/.local/share -type f 2>/dev/null || true", user="gamer").strip() == ""
     assert "/opt/gt/gt-remote/servers/" in " ".join(host.sh("ps -eo args", user="gamer").splitlines())
 
     # clean looks there: an old build under /opt/gt goes, the running one stays.
-    host.sh("mkdir -p /opt/gt/gt-remote/servers/0123456789abcdef && cp /opt/gt/gt-remote/servers/*/ccmux-server /opt/gt/gt-remote/servers/0123456789abcdef/ && touch -d '2020-01-01' /opt/gt/gt-remote/servers/0123456789abcdef/ccmux-server", user="gamer")
+    host.sh("mkdir -p /opt/gt/gt-remote/servers/0123456789abcdef && cp /opt/gt/gt-remote/servers/*/ccmux-server /opt/gt/gt-remote/servers/*/ccmux-server.answered /opt/gt/gt-remote/servers/0123456789abcdef/ && touch -d '2020-01-01' /opt/gt/gt-remote/servers/0123456789abcdef/ccmux-server", user="gamer")
     cleaned = gt("clean", "gaming-pc")
     assert cleaned.returncode == 0, cleaned.stderr
     assert "/opt/gt/gt-remote/servers/0123456789abcdef (an old build)" in cleaned.stdout
@@ -183,6 +184,48 @@ def test_install_dir_in_the_config(gt: Gt, host_factory: Any) -> None:
     result = gt("--config", str(config), "up", "gaming-pc", "--server-binary", str(STANDIN), "--local", f"tcp://127.0.0.1:{local}", ssh_config=host.ssh_config)
     assert result.returncode == 0, result.stderr
     assert host.exec(f"test -x /srv/tools/gt-remote/servers/{sha256(STANDIN)[:16]}/ccmux-server")[0] == 0
+
+
+# --- which build is "the newest" (#30) -------------------------------------------------------
+
+
+def test_a_program_that_is_no_server_is_refused_and_its_upload_removed(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """`--server-binary /bin/true`: its `--version` answers `true (GNU coreutils) 9.1`, which names
+    no ccmux-server (once read as version 9.1, kept, and started again by every plain `up`)."""
+    like_true = tmp_path / "true" / "ccmux-server"  # what /bin/true does, the same on every laptop
+    like_true.parent.mkdir()
+    like_true.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'true (GNU coreutils) 9.1'\nexit 0\n")
+    like_true.chmod(0o755)
+    result = gt("up", "gaming-pc", "--server-binary", str(like_true), "--local", f"tcp://127.0.0.1:{free_loopback_port()}", ssh_config=ssh_host.ssh_config)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert f"{like_true} is not a ccmux-server build" in line and "true (GNU coreutils) 9.1" in line and "'ccmux-server VERSION'" in line, line
+    assert ssh_host.exec(f"find {SERVERS} -mindepth 1", user="gamer")[1].strip() == ""
+    assert_nothing_left(gt, port=None)
+
+
+def test_a_plain_up_starts_the_newest_build_that_answered_a_ping(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """A newer upload that says it is ccmux-server but never answers (it exits at once) fails
+    its `up`, and the next plain `up` starts the build that once answered, not that one."""
+    local = f"tcp://127.0.0.1:{free_loopback_port()}"
+    assert gt.up(ssh_host, "--local", local).returncode == 0
+    assert gt("down", "gaming-pc", "--stop-server").returncode == 0
+    broken = tmp_path / "broken" / "ccmux-server"
+    broken.parent.mkdir()
+    broken.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'ccmux-server 9.9.9'; exit 0; fi\necho 'ccmux-server: cannot start' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    failed = gt("up", "gaming-pc", "--server-binary", str(broken), "--local", local, ssh_config=ssh_host.ssh_config)
+    assert failed.returncode == 1 and "exited right after starting" in one_error_line(failed.stderr)
+    good, bad = f"{SERVERS}/{sha256(STANDIN)[:16]}/ccmux-server", f"{SERVERS}/{sha256(broken)[:16]}/ccmux-server"
+    assert ssh_host.exec(f"test -x {bad} && test {bad} -nt {good}")[0] == 0  # the newer file of the two
+
+    plain = gt("up", "gaming-pc", "--local", local, ssh_config=ssh_host.ssh_config)
+    assert plain.returncode == 0, plain.stderr
+    assert "starting ccmux-server 0.1.1 on gaming-pc" in plain.stderr
+    [pid] = server_pids(ssh_host)
+    assert good in ssh_host.sh(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    assert ssh_host.exec(f"test -e {good}.answered && ! test -e {bad}.answered")[0] == 0
+    assert rows(gt)[0]["server"]["version"] == "0.1.1"
 
 
 # --- integrity of what runs -------------------------------------------------------------

@@ -107,7 +107,8 @@ def test_up_exec_status_down_on_a_chatty_login_shell(gt: Gt, chatty: SshHost, us
 
     # Both uploads landed whole, under their content hashes, and nothing half-written beside them.
     files = sorted(chatty.sh(f"cd /home/{user}/.local/share/gt-remote && find . -type f", user=user).split())
-    assert files == sorted([f"./relay/{remote_relay.agent_digest()}/relay_agent.py", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server", f"./servers/{sha256(STANDIN)[:16]}/ccmux-server.version"])
+    build = f"./servers/{sha256(STANDIN)[:16]}/ccmux-server"
+    assert files == sorted([f"./relay/{remote_relay.agent_digest()}/relay_agent.py", build, f"{build}.version", f"{build}.answered"])
     assert chatty.sh(f"sha256sum /home/{user}/.local/share/gt-remote/servers/*/ccmux-server", user=user).split()[0] == sha256(STANDIN)
 
     program = "import os, sys, asyncio; sys.path.insert(0, os.environ['PYTHONPATH']); from gt_remote.ccmux.wire import ping_address; from gt_remote.base.addresses import address_from_env; asyncio.run(ping_address(address_from_env())); print('pong')"
