@@ -1,14 +1,18 @@
-"""`gt-remote clean [HOST] [--dry-run]`: remove what gt-remote no longer needs, on both machines.
+"""`gt-remote clean [HOST] [--dry-run] [--forget]`: remove what gt-remote no longer needs, on both machines.
 
-Remote: uploaded builds other than the running ones and the newest, relay versions neither
-running nor this gt-remote's, stale pid files, and partial uploads older than an hour that no
-running upload holds open (a younger one may be another machine's `up` in flight). Builds and
-relays are looked for where `up` put them: <install_dir>/gt-remote/{servers,relay}, the host's
-install_dir as `up` last used it (reach.run_on tells the prelude). A symbolic link there is
-never followed nor removed: gt-remote makes none, so one points at something of the user's.
-Running builds are found through /proc/PID/exe and NUL-split /proc/PID/cmdline, so a home path
-with spaces cannot fool it. Local: the files of hosts that are not up
-(records, logs, lock, pid and socket files). A host that is up keeps its local files.
+Remote: uploaded builds other than the running ones and the newest (of those that once answered
+a Ping: a build that never did is no "newest", though one younger than an hour is kept, as an
+`up` may be starting it), relay versions neither running nor this gt-remote's, stale pid files,
+and partial uploads older than an hour that no running upload holds open (a younger one may be
+another machine's `up` in flight). Builds and relays are looked for where `up` put them:
+<install_dir>/gt-remote/{servers,relay}, the host's install_dir as `up` last used it
+(reach.run_on tells the prelude). A symbolic link there is never followed nor removed:
+gt-remote makes none, so one points at something of the user's. Running builds are found through
+/proc/PID/exe and NUL-split /proc/PID/cmdline, so a home path with spaces cannot fool it.
+Every host gt-remote ever brought up is reached (reach.reached_host_names), also after `down
+--stop-server` and after a clean: its builds outlive its server. `--forget` ends that for one host.
+Local: the files of hosts that are not up (records, logs, lock, pid and socket files). A host
+that is up keeps its local files.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import GtRemoteError
+from gt_remote.base.errors import GtRemoteError, UsageError, shell_word
 from gt_remote.base.paths import host_key, remembered_host_names, runtime_dir, state_dir
 from gt_remote.remote.relay import deploy as remote_relay
 from gt_remote.remote.scripts import run_script
@@ -101,9 +105,10 @@ servers_ok=1 relays_ok=1
 if a_link "$gt_base/gt-remote"; then servers_ok=0 relays_ok=0; fi
 if [ "$servers_ok" = 1 ] && a_link "$install_root"; then servers_ok=0; fi
 if [ "$relays_ok" = 1 ] && a_link "$relay_root"; then relays_ok=0; fi
+# The newest of the builds that once answered a Ping (mark_answered): the one the next `up` starts.
 newest=""
 for build in "$install_root"/*/"$server"; do
-    [ "$servers_ok" = 1 ] && [ -x "$build" ] && [ ! -L "$build" ] && [ ! -L "${build%/*}" ] || continue
+    [ "$servers_ok" = 1 ] && [ -x "$build" ] && [ ! -L "$build" ] && [ ! -L "${build%/*}" ] && [ -e "$build.answered" ] || continue
     if [ -z "$newest" ] || [ "$build" -nt "$newest" ]; then newest=$build; fi
 done
 for dir in "$install_root"/*; do
@@ -119,7 +124,13 @@ for dir in "$install_root"/*; do
     [ -e "$build" ] || continue
     if runs "$build"; then echo "kept=$build (running)"; continue; fi
     if [ "$build" = "$newest" ]; then echo "kept=$build (newest; the next up starts it)"; continue; fi
-    echo "removed=$dir (an old build)"
+    if [ -e "$build.answered" ] || [ -L "$build.answered" ]; then
+        echo "removed=$dir (an old build)"
+    elif [ -n "$(find "$build" -prune -mmin -60 2>/dev/null)" ]; then
+        echo "kept=$build (it never answered a Ping yet; an up may be starting it)"; continue
+    else
+        echo "removed=$dir (a build that never answered a Ping)"
+    fi
     [ "$dry" = 1 ] || rm -rf "$dir"
 done
 for dir in "$relay_root"/*; do
@@ -146,28 +157,43 @@ class Report:
     failed: bool = False
 
 
-def clean(host: str | None, fallback: reach.Fallback, ssh_config: str | None, dry_run: bool, say: Say) -> Report:
-    """Remote first (it needs the local records to reconnect), then local."""
+def clean(host: str | None, fallback: reach.Fallback, ssh_config: str | None, dry_run: bool, say: Say, forget: bool = False) -> Report:
+    """Remote first (it needs the local records to reconnect), then local; then, with `forget`
+    (HOST only), the record of how to reach HOST's remote, so no later clean connects there."""
+    if forget and not host:
+        raise UsageError("--forget names the host to forget", "run 'gt-remote clean HOST --forget'")
     report = Report()
     verb = "would remove" if dry_run else "removed"
-    for name in [host] if host else remembered_host_names():
+    for name in [host] if host else sorted(set(remembered_host_names()) | set(reach.reached_host_names())):
         settings = reach.settings_for(name, fallback, ssh_config)
         if settings is not None:
-            _clean_remote(settings, dry_run, verb, report, say)
+            _clean_remote(settings, dry_run, verb, report, say, last_time=forget)
     for key in [host_key(host)] if host else _local_keys():
         _clean_local(key, dry_run, verb, report)
+    if forget and host:
+        report.lines.append(_forget(host, dry_run))
     if not report.lines:
         report.lines.append("nothing to clean")
     return report
 
 
-def _clean_remote(settings: HostSettings, dry_run: bool, verb: str, report: Report, say: Say) -> None:
+def _forget(host: str, dry_run: bool) -> str:
+    if dry_run:
+        return f"{host}: would forget its remote; later cleans would not connect there"
+    if reach.forget_reached(host):
+        return f"{host}: forgot its remote; later cleans do not connect there (until 'gt-remote up {shell_word(host)}' again)"
+    return f"{host}: gt-remote had no record of its remote"
+
+
+def _clean_remote(settings: HostSettings, dry_run: bool, verb: str, report: Report, say: Say, last_time: bool = False) -> None:
+    """`last_time` (--forget): a remote that cannot be reached (a machine gone for good) is
+    said, not a failure: the user is forgetting it."""
     say(f"cleaning up on {settings.name}")
     try:
         relay_now = remote_relay.agent_digest()
         result = reach.run_on(settings, lambda conn: run_script(conn, CLEAN_SCRIPT, settings.server, "1" if dry_run else "0", relay_now))
     except GtRemoteError as error:
-        report.failed = True
+        report.failed = report.failed or not last_time
         report.lines.append(f"{settings.name}: could not clean up the remote: {error}")
         return
     for line in result.stdout.splitlines():

@@ -2,7 +2,11 @@
 `down --stop-server` and `clean`.
 
 Each successful `up` remembers how it reached the remote and which server it started
-(HostFiles.remote); that record outlives `down`, so the server can be stopped later.
+(HostFiles.remote); that record outlives `down`, so the server can be stopped later, and
+`down --stop-server` forgets it (the server is gone, and `down --all --stop-server` then skips
+the host). A second record, the host's "reached" file, says only how to reach a remote gt-remote
+has brought up: the builds it uploaded there outlive the server, so `clean` reaches it until
+`clean HOST --forget`.
 
 The record is read by light commands (`down` without --stop-server), so asyncssh and the
 modules that connect are imported only by the functions that connect (docs/benchmarks.md, CLI).
@@ -13,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gt_remote.base.config import HostSettings
-from gt_remote.base.paths import HostFiles, write_private
+from gt_remote.base.paths import HostFiles, host_key, state_dir, write_private
 
 if TYPE_CHECKING:
     import asyncssh
@@ -26,24 +31,68 @@ Fallback = Callable[[str], HostSettings]
 
 
 def remember(settings: HostSettings) -> None:
-    write_private(HostFiles(settings.name).remote, json.dumps({"host": settings.name, "settings": json.loads(settings.to_json())}, indent=2))
+    write_private(HostFiles(settings.name).remote, _record(settings))
+    # Only how to reach the remote and where its files are: no install command (it may hold a
+    # token), no local build path, no back tunnels; kept long after the tunnel.
+    reaching = dataclasses.replace(settings, server_binary=None, install_command=None, sync=(), back=(), restart_server=False)
+    write_private(_reached_file(settings.name), _record(reaching))
+
+
+def _record(settings: HostSettings) -> str:
+    return json.dumps({"host": settings.name, "settings": json.loads(settings.to_json())}, indent=2)
 
 
 def remembered(name: str) -> HostSettings | None:
+    return _read(HostFiles(name).remote)
+
+
+def forget(name: str) -> None:
+    """The server gt-remote started there is stopped: only the reached record stays, for `clean`."""
+    HostFiles(name).remote.unlink(missing_ok=True)
+
+
+def _reached_file(name: str) -> Path:
+    """Outside the directories `clean` removes a host's local files from (paths.HostFiles):
+    only `clean HOST --forget` ends it."""
+    return state_dir() / "reached" / f"{host_key(name)}.json"
+
+
+def reached(name: str) -> HostSettings | None:
+    """How gt-remote last reached this host's remote, kept until `clean HOST --forget`."""
+    return _read(_reached_file(name))
+
+
+def reached_host_names() -> list[str]:
+    """Every host gt-remote has brought up and not been told to forget, in name order."""
+    names = []
+    for path in sorted((state_dir() / "reached").glob("*.json")):
+        try:
+            names.append(str(json.loads(path.read_text())["host"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(names)
+
+
+def forget_reached(name: str) -> bool:
+    """`clean HOST --forget`: no record of how to reach the remote stays; whether there was one."""
+    had = _reached_file(name).exists() or HostFiles(name).remote.exists()
+    _reached_file(name).unlink(missing_ok=True)
+    HostFiles(name).remote.unlink(missing_ok=True)
+    return had
+
+
+def _read(path: Path) -> HostSettings | None:
     try:
-        data: dict[str, Any] = json.loads(HostFiles(name).remote.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
         return HostSettings.from_json(json.dumps(data["settings"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def forget(name: str) -> None:
-    HostFiles(name).remote.unlink(missing_ok=True)
-
-
 def settings_for(name: str, fallback: Fallback | None, ssh_config: str | None) -> HostSettings | None:
-    """What `up` used last (where the server runs), else the config; an -F given now wins."""
-    settings = remembered(name)
+    """What `up` used last (where the server runs, or ran: the reached record), else the config;
+    an -F given now wins."""
+    settings = remembered(name) or reached(name)
     if settings is None:
         return fallback(name) if fallback else None
     return dataclasses.replace(settings, ssh_config=ssh_config) if ssh_config else settings

@@ -5,6 +5,7 @@ install dir is cleaned too, and `--dry-run` changes nothing."""
 from __future__ import annotations
 
 import shlex
+import socket
 from pathlib import Path
 
 from gt_remote.commands.clean import CLEAN_SCRIPT
@@ -12,7 +13,7 @@ from gt_remote.remote.probe import file_digest
 from gt_remote.remote.relay.deploy import agent_digest
 from gt_remote.remote.scripts import REMOTE_RELAY_ROOT, script_text
 from tests.conftest import Gt
-from tests.e2e.helpers import HOME, REMOTE_STATE, SERVERS, new_build, remote_ls, server_pids
+from tests.e2e.helpers import HOME, REMOTE_STATE, SERVERS, free_local, new_build, remote_ls, server_pids
 from tests.helpers import local_files, ping
 from tests.testbed import STANDIN, SshHost, wait_for
 
@@ -88,7 +89,7 @@ def test_a_running_build_under_a_home_with_spaces_is_kept(ssh_host: SshHost, tmp
     ssh_host.container.copy_into_container(STANDIN.read_bytes(), "/tmp/standin", 0o755)
     q = shlex.quote
     ssh_host.sh(f"mkdir -p {q(running.rsplit('/', 1)[0])} {q(newer.rsplit('/', 1)[0])} {q(home + '/.local/state/gt-remote')}"
-                f" && cp /tmp/standin {q(running)} && cp /tmp/standin {q(newer)} && touch -d '1 day ago' {q(running)}", user="gamer")
+                f" && cp /tmp/standin {q(running)} && cp /tmp/standin {q(newer)} && touch {q(newer + '.answered')} && touch -d '1 day ago' {q(running)}", user="gamer")
     ssh_host.spawn(f"cd /tmp && HOME={q(home)} exec {q(running)} --listen-tcp 127.0.0.1:9981 > /tmp/spaces.log 2>&1")
     wait_for(lambda: "listening on tcp" in ssh_host.exec("cat /tmp/spaces.log")[1], 10, "the build under a spaced home")
     [pid] = ssh_host.pids("--listen-tcp 127.0.0.1:9981")
@@ -158,7 +159,7 @@ def test_clean_dry_run_then_clean(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> 
     ssh_host.sh(f"echo 999999 > {REMOTE_STATE}/ccmux-server-9990.pid", user="gamer")
     ssh_host.sh(f"mkdir -p {SERVERS}/0123456789abcdef", user="gamer")  # an empty install directory
     ssh_host.sh(f"touch {SERVERS}/{old}/ccmux-server", user="gamer")  # the old build is now the newest...
-    ssh_host.sh(f"mkdir -p {SERVERS}/aaaaaaaaaaaaaaaa && cp {SERVERS}/{old}/ccmux-server {SERVERS}/aaaaaaaaaaaaaaaa/", user="gamer")
+    ssh_host.sh(f"mkdir -p {SERVERS}/aaaaaaaaaaaaaaaa && cp {SERVERS}/{old}/ccmux-server {SERVERS}/{old}/ccmux-server.answered {SERVERS}/aaaaaaaaaaaaaaaa/", user="gamer")
     ssh_host.sh(f"touch -d '2001-01-01' {SERVERS}/aaaaaaaaaaaaaaaa/ccmux-server", user="gamer")  # ...and this one old
     before = local_files(gt)
     assert before
@@ -175,7 +176,7 @@ def test_clean_dry_run_then_clean(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> 
     assert sorted(remote_ls(ssh_host, SERVERS)) == sorted([old, file_digest(str(build))])
     assert remote_ls(ssh_host, REMOTE_STATE + "/*.pid") == [f"{REMOTE_STATE}/ccmux-server-9999.pid", f"{REMOTE_STATE}/relay-9999.pid"]  # both live: kept
     assert server_pids(ssh_host) == [pid]
-    assert local_files(gt) == []
+    assert local_files(gt) == [str(gt.home / ".local/state/gt-remote/reached/gaming-pc.json")]  # how the next clean reaches it
 
 
 def test_clean_keeps_the_local_files_of_a_host_that_is_up(gt: Gt, ssh_host: SshHost) -> None:
@@ -187,3 +188,80 @@ def test_clean_keeps_the_local_files_of_a_host_that_is_up(gt: Gt, ssh_host: SshH
     assert local_files(gt) == before
     ping(gt.local())
 
+
+
+# --- every remote gt-remote ever brought up, until --forget (#30) ---------------------------
+
+
+def test_clean_reaches_a_remote_after_down_stop_server_until_told_to_forget_it(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """`down --stop-server` forgets the server it stopped (reach.forget), not the builds it
+    uploaded: `clean` still reaches the remote and removes the old one, as setup.md's uninstall
+    says, and again after a clean of the local files, until `clean HOST --forget`."""
+    assert gt.up(ssh_host, "--local", free_local()).returncode == 0
+    build = new_build(tmp_path)
+    assert gt("upgrade", "gaming-pc", "--server-binary", str(build), "--yes").returncode == 0
+    assert gt("down", "gaming-pc", "--stop-server").returncode == 0
+    old, new = file_digest(str(STANDIN)), file_digest(str(build))
+    result = gt("clean")
+    assert result.returncode == 0, result.stderr
+    assert f"gaming-pc: removed {SERVERS}/{old} (an old build)" in result.stdout, result.stdout
+    assert f"gaming-pc: kept {SERVERS}/{new}/ccmux-server (newest; the next up starts it)" in result.stdout
+    assert remote_ls(ssh_host, SERVERS) == [new]
+    assert local_files(gt) == [str(gt.home / ".local/state/gt-remote/reached/gaming-pc.json")]  # the one record kept
+
+    stray = f"{SERVERS}/bbbbbbbbbbbbbbbb"  # a build of another day, found by the next clean
+    ssh_host.sh(f"mkdir -p {stray} && cp {SERVERS}/{new}/ccmux-server {SERVERS}/{new}/ccmux-server.answered {stray}/ && touch -d '2001-01-01' {stray}/ccmux-server", user="gamer")
+    again = gt("clean", "gaming-pc", "--forget")
+    assert again.returncode == 0, again.stderr
+    assert f"gaming-pc: removed {stray} (an old build)" in again.stdout, again.stdout
+    assert "gaming-pc: forgot its remote; later cleans do not connect there" in again.stdout
+    assert local_files(gt) == []
+
+    ssh_host.sh(f"mkdir -p {stray} && cp {SERVERS}/{new}/ccmux-server {stray}/", user="gamer")
+    forgotten = gt("clean")
+    assert forgotten.returncode == 0, forgotten.stderr
+    assert "gaming-pc" not in forgotten.stdout + forgotten.stderr and forgotten.stdout.strip() == "nothing to clean"
+    assert exists(ssh_host, stray)
+
+
+def test_clean_forget_of_a_remote_gone_for_good_forgets_it(gt: Gt, ssh_host: SshHost) -> None:
+    """A gaming PC that no longer answers: its clean is said, not a failure, and it is forgotten."""
+    assert gt.up(ssh_host, "--local", free_local()).returncode == 0
+    assert gt("down", "gaming-pc", "--stop-server").returncode == 0
+    with socket.socket() as spare:  # the machine is gone: its address now refuses
+        spare.bind(("127.0.0.1", 0))
+        ssh_host.ssh_config.write_text(ssh_host.config_block().replace(f"Port {ssh_host.port}", f"Port {spare.getsockname()[1]}"))
+    result = gt("clean", "gaming-pc", "--forget")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "gaming-pc: could not clean up the remote" in result.stdout
+    assert "gaming-pc: forgot its remote" in result.stdout
+    assert local_files(gt) == []
+
+
+def test_a_build_that_never_answered_a_ping_is_no_newest_build(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """A build that names the server but never answers (it exits at once) is uploaded, fails its
+    start, and is never "the newest": clean keeps the one that answered, and removes the other
+    once it is an hour old (younger, an `up` may be starting it)."""
+    local = free_local()
+    assert gt.up(ssh_host, "--local", local).returncode == 0
+    assert gt("down", "gaming-pc", "--stop-server").returncode == 0
+    broken = never_answers(tmp_path)
+    failed = gt("up", "gaming-pc", "--server-binary", str(broken), "--local", local, ssh_config=ssh_host.ssh_config)
+    assert failed.returncode == 1, failed.stderr
+    good, bad = file_digest(str(STANDIN)), file_digest(str(broken))
+    young = gt("clean", "gaming-pc", "--dry-run")
+    assert f"gaming-pc: kept {SERVERS}/{good}/ccmux-server (newest; the next up starts it)" in young.stdout, young.stdout
+    assert f"gaming-pc: kept {SERVERS}/{bad}/ccmux-server (it never answered a Ping yet; an up may be starting it)" in young.stdout
+    ssh_host.sh(f"touch -d '2 hours ago' {SERVERS}/{bad}/ccmux-server", user="gamer")
+    result = gt("clean", "gaming-pc")
+    assert f"gaming-pc: removed {SERVERS}/{bad} (a build that never answered a Ping)" in result.stdout, result.stdout
+    assert remote_ls(ssh_host, SERVERS) == [good]
+
+
+def never_answers(tmp_path: Path) -> Path:
+    """A build that says it is ccmux-server, and exits as soon as it is started."""
+    path = tmp_path / "broken" / "ccmux-server"
+    path.parent.mkdir()
+    path.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'ccmux-server 9.9.9'; exit 0; fi\necho 'ccmux-server: cannot start' >&2\nexit 1\n")
+    path.chmod(0o755)
+    return path
