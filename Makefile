@@ -31,7 +31,7 @@ CORE_TESTS := tests/unit/test_addresses.py tests/unit/test_config_policy.py test
               $(wildcard tests/unit/test_relay*.py tests/contracts/test_relay*.py tests/e2e/test_relay*.py)
 PYTEST_ARGS ?=
 
-.PHONY: test test-core test-quick lint demo testbed venv bench clean
+.PHONY: test test-core test-quick lint demo testbed testbed-demo venv bench clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ $(STAMP): pyproject.toml
 
 testbed:
 	bash docker/testbed.sh
+
+# Only what the demo needs: the Docker engine and the images, none of the laptop programs the tests drive.
+testbed-demo:
+	GT_REMOTE_TESTBED=demo bash docker/testbed.sh
 
 lint: venv
 	$(PY) -m ruff check .
@@ -59,7 +63,7 @@ test-core: venv testbed
 test-quick: venv
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
 
-demo: venv testbed
+demo: venv testbed-demo
 	$(PY) -m tests.demo
 
 bench: venv testbed

@@ -5,7 +5,17 @@
 # Engine: use a running one; else start dockerd; else (root on Debian) install docker.io.
 # Base:   use debian:bookworm-slim if present or pullable; else build one offline with
 #         debootstrap from the Debian mirror apt is already configured with.
+#
+# GT_REMOTE_TESTBED=demo (`make demo`): only what the demo uses, the engine and the images. The
+# demo drives gt-remote alone (asyncssh, in Python), so none of the laptop programs the tests
+# drive (ensure_host_tools: rsync, fish, zsh, MariaDB...) is installed. Unset or `full`: all.
 set -euo pipefail
+
+mode=${GT_REMOTE_TESTBED:-full}
+case "$mode" in
+    full|demo) ;;
+    *) printf 'testbed: error: GT_REMOTE_TESTBED=%s is not a mode; use full (the default, for make test) or demo (for make demo)\n' "$mode" >&2; exit 2 ;;
+esac
 
 here=$(cd "$(dirname "$0")" && pwd)
 base_tag=${GT_REMOTE_BASE_TAG:-gt-remote-base:bookworm}
@@ -142,8 +152,8 @@ install_starting_nothing() {
     return "$status"
 }
 
-ensure_host_tools
+[ "$mode" = demo ] || ensure_host_tools
 ensure_engine
 ensure_base
 ensure_test_image
-say "ready: engine up, images $base_tag and $test_tag"
+say "ready ($mode): engine up, images $base_tag and $test_tag"
