@@ -173,7 +173,10 @@ def loop(port, log_path, stop_path, gap, deadline, retry):
     line, the client's exit, no answer within `deadline`) ends that client; a new one is started
     after `retry`, as an application reconnects."""
     log = open(log_path, "a", buffering=1)
-    command = ["mariadb", "-h", "127.0.0.1", "-P", str(port), "-u", "root", "--batch", "--skip-column-names", "--unbuffered", "--connect-timeout=2"]
+    # --skip-reconnect: the client's own reconnect (on by default) would hide a lost connection, and
+    # the session state lost with it, behind a new one
+    command = ["mariadb", "-h", "127.0.0.1", "-P", str(port), "-u", "root", "--batch", "--skip-column-names", "--unbuffered", "--connect-timeout=2",
+               "--skip-reconnect"]
 
     def start():
         log.write("connect 0 %.6f %.6f\n" % (time.monotonic(), time.monotonic()))
@@ -434,20 +437,27 @@ def read_all(loops: list[Loop]) -> dict[str, LoopLog]:
     return {loop.name: loop.read() for loop in loops}
 
 
-def summarise(log: LoopLog, faults: list[float], start: float, end: float, releases: list[float] | None = None) -> dict[str, Any]:
+def summarise(log: LoopLog, faults: list[float], start: float, end: float, cap: float, releases: list[float] | None = None) -> dict[str, Any]:
     """Per fault: the time to the answer of the first query sent after it (and after the release
-    that ended a freeze), within its round; the failed and wrong queries and new connections up
-    to the next fault. Failed queries between `start` and the first fault are counted apart."""
+    that ended a freeze), if it came within `cap` seconds of the fault (of the release); the failed
+    and wrong queries and new connections up to the next fault. Failed queries between `start` and
+    the first fault are counted apart."""
     bounds = [*faults[1:], end]
     out: dict[str, Any] = {"recovery_s": [], "failed": [], "wrong": [], "connections": [], "failures": []}
+
+    def within(since: float, until: float, limit: float) -> float | None:
+        seconds = log.first_answer_sent_after(since, until)
+        return seconds if seconds is not None and since + seconds <= limit else None
+
     for index, (fault, until) in enumerate(zip(faults, bounds)):
-        out["recovery_s"].append(log.first_answer_sent_after(fault, until))
+        deadline = (releases[index] if releases is not None else fault) + cap
+        out["recovery_s"].append(within(fault, until, deadline))
         out["failed"].append(log.count("fail", fault, until))
         out["wrong"].append(log.count("wrong", fault, until))
         out["connections"].append(log.count("connect", fault, until))
         out["failures"].append(log.details("fail", fault, until)[:3])
         if releases is not None:
-            out.setdefault("after_release_s", []).append(log.first_answer_sent_after(releases[index], until))
+            out.setdefault("after_release_s", []).append(within(releases[index], until, deadline))
     out["failed_before_faults"] = log.count("fail", start, faults[0] if faults else end)
     out["answered"] = sum(1 for kind, _, sent, _, _ in log.events if kind == "ok" and start <= sent < end)
     return out

@@ -716,7 +716,8 @@ def _back_rtt_lines(back: dict[str, Any], plan: dict[str, Any]) -> list[str]:
         "query through the real `mariadb` client, one process driven through pipes, which adds its parsing, its printing and two pipe hops to "
         "every query, the same on every path. Unforwarded is the same client on the laptop straight to the server: the floor every path "
         "shares. CPU per query is user + sys of each process on the path across the timed queries: the local end (gt-remote's supervisor, or "
-        "ssh), the container's sshd session processes, gt-remote's relay (the other tools idle meanwhile).",
+        "ssh), the container's sshd session processes, gt-remote's relay. The other tools idle meanwhile; their keepalives and health "
+        "checks are what the relay's column shows under `ssh -R`, the noise of these counts.",
         "",
         "| path | p50 | p99 | p50 / ssh -R | through the `mariadb` client, p50 | CPU per query: local | sshd | relay | whole tunnel |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -752,19 +753,36 @@ def _back_rtt_lines(back: dict[str, Any], plan: dict[str, Any]) -> list[str]:
 
 
 def _back_transfer_lines(back: dict[str, Any], plan: dict[str, Any]) -> list[str]:
-    tput = back["transfer_mb_s"]
+    tput, cpu = back["transfer_mb_s"], back.get("cpu_s_per_gb", {})
     ref_to, ref_from = median(tput[SSH_R]["to"]), median(tput[SSH_R]["from"])
     out = [
         f"**(b) Transfers.** {back['mb']} MB (10⁶ bytes) each way on one connection, median of {plan['back_transfer_runs']} runs: the container "
         "writes to a sink on the laptop (timed to the sink's acknowledgement of the last byte) and reads from a source there, each after a "
-        "first exchange, so the connection reaches the laptop before the clock starts.",
+        "first exchange, so the connection reaches the laptop before the clock starts. CPU per GB is counted as for the round trips, across "
+        "both directions.",
         "",
-        "| path | to the laptop | from the laptop | to / ssh -R | from / ssh -R |",
-        "| --- | --- | --- | --- | --- |",
+        "| path | to the laptop | from the laptop | to / ssh -R | from / ssh -R |" + (" CPU per GB: local | sshd | relay | whole tunnel |" if cpu else ""),
+        "| --- | --- | --- | --- | --- |" + (" --- | --- | --- | --- |" if cpu else ""),
     ]
     for name in (RESUMABLE, PLAIN, SSH_R):
-        to, back_from = median(tput[name]["to"]), median(tput[name]["from"])
-        out.append(f"| {name} | {to:.1f} MB/s | {back_from:.1f} MB/s | {to / ref_to:.2f} | {back_from / ref_from:.2f} |")
+        to, from_laptop = median(tput[name]["to"]), median(tput[name]["from"])
+        cells = ""
+        if cpu:
+            per = cpu[name]
+            relay = f"{per['relay']:.2f} s" if per.get("relay", 0.0) >= 0.005 else "–"
+            cells = f" {per.get('supervisor', per.get('ssh', 0.0)):.2f} s | {per.get('sshd', 0.0):.2f} s | {relay} | **{sum(per.values()):.2f} s** |"
+        out.append(f"| {name} | {to:.1f} MB/s | {from_laptop:.1f} MB/s | {to / ref_to:.2f} | {from_laptop / ref_from:.2f} |{cells}")
+    if cpu:
+        ours, plain, ref = median(tput[RESUMABLE]["from"]), median(tput[PLAIN]["from"]), ref_from
+        out += [
+            "",
+            f"From the laptop, resumable mode moves {ours / ref:.2f} × what `ssh -R` does and {ours / plain:.2f} × what plain mode does; "
+            f"its path spends {sum(cpu[RESUMABLE].values()):.2f} CPU s per GB against {sum(cpu[PLAIN].values()):.2f} s for plain mode and "
+            f"{sum(cpu[SSH_R].values()):.2f} s for `ssh -R`, {cpu[RESUMABLE].get('relay', 0.0):.2f} s of it in the relay, which reads each "
+            "frame from its Unix-socket channel and writes it to the client's TCP connection, keeping it until acknowledged. On a machine "
+            "with two cores and other work, a bulk transfer is bound by the CPU of the processes on its path: one Python process more "
+            "is what separates the two modes.",
+        ]
     return [*out, ""]
 
 
@@ -780,7 +798,8 @@ def _back_fault_lines(back: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     kill, freeze = back["faults"]["kill"], back["faults"]["freeze"]
     out = [
         f"**(c) Faults under a query loop.** In the container, one loop per tool: the real `mariadb` client, one process and one "
-        f"connection, sends `SELECT n` and waits for `n` before the next, {plan['query_gap_s'] * 1000:g} ms apart. A query answered with an "
+        f"connection, sends `SELECT n` and waits for `n` before the next, {plan['query_gap_s'] * 1000:g} ms apart, with `--skip-reconnect` "
+        "(its own reconnect, on by default, would hide a lost connection, and the session state lost with it, behind a new one). A query answered with an "
         f"error, or not within {plan['query_deadline_s']:g} s, is a failed query; the loop then starts a new client {plan['query_retry_s']:g} s "
         "later, as an application reconnects, so an outage costs a failed query per attempt. Recovery is the time from the fault, stamped "
         "inside the container right after the signal (on the monotonic clock the loop's log uses), to the answer of the first query sent after "
@@ -824,7 +843,9 @@ def _back_fault_lines(back: dict[str, Any], plan: dict[str, Any]) -> list[str]:
         f"forwarding failed for listen port\", counted in its stderr), and autossh started ssh {sum(auto['ssh_starts'])} times; the "
         f"kill freed the port {_each(releases)} after each freeze. gt-remote resumable "
         + ("answered again in every round while the frozen session still held the port: the relay, not sshd, holds the listener, and "
-           "the client's connection is a stream that resumes on the new SSH connection." if _held_through(freeze, RESUMABLE) else
+           "the client's connection is a stream that resumes on the new SSH connection. Its time from the freeze is the time a frozen "
+           f"peer takes to be found dead (`--keepalive {plan['keepalive']:g}`: three keepalives unanswered), and a new connection."
+           if _held_through(freeze, RESUMABLE) else
            "did not answer again before the frozen session was killed in every round (see the table).")
         + " Plain mode (`--no-resume`) retries its forward every second while the port is held, and its client's connection ends with the session.",
         "",

@@ -707,13 +707,18 @@ def back_data(host: SshHost, plan: Plan, tools: dict[str, Tunnel], database: int
     rtt["unforwarded"] = back.local_rtts(database, plan.back_queries)
     size = plan.back_mb * 1_000_000
     transfer: dict[str, dict[str, list[float]]] = {name: {"to": [], "from": []} for name in paths}
+    bulk_cpu: dict[str, dict[str, float]] = {name: {} for name in paths}
     for _ in range(plan.back_transfer_runs):
         for name in paths:
+            before = cost.cpu(tools[name], host)
             for direction in ("to", "from"):
                 transfer[name][direction].append(back.transfer(host, direction, BACK_PORTS[name][1], size))
-    queries = len(rtt[RESUMABLE])
+            after = cost.cpu(tools[name], host)
+            for kind, value in after.items():
+                bulk_cpu[name][kind] = bulk_cpu[name].get(kind, 0.0) + value - before.get(kind, 0.0)
+    queries, gigabytes = len(rtt[RESUMABLE]), 2 * plan.back_transfer_runs * size / 1e9
     return {"rtt_us": rtt, "client_rtt_us": client_rtt, "cpu_us_per_query": {name: {k: v * 1e6 / queries for k, v in per.items()} for name, per in cpu.items()},
-            "transfer_mb_s": transfer, "mb": plan.back_mb}
+            "transfer_mb_s": transfer, "mb": plan.back_mb, "cpu_s_per_gb": {name: {k: v / gigabytes for k, v in per.items()} for name, per in bulk_cpu.items()}}
 
 
 @dataclass
@@ -762,10 +767,12 @@ def back_rounds(host: SshHost, plan: Plan, loops: list[back.Loop], freeze: bool,
     return rounds
 
 
-def rounds_summary(rounds: BackRounds, logs: dict[str, back.LoopLog], freeze: bool) -> dict[str, Any]:
-    """Per tool and round: recovery, failed queries, new connections; for autossh, ssh's refusals
-    of a port still held and its restarts, from the slices of its logs between the faults."""
-    out: dict[str, Any] = {name: back.summarise(log, rounds.faults, rounds.start, rounds.end, rounds.releases if freeze else None) for name, log in logs.items()}
+def rounds_summary(rounds: BackRounds, logs: dict[str, back.LoopLog], plan: Plan, freeze: bool) -> dict[str, Any]:
+    """Per tool and round: recovery (none past the round's cap, as the wait for it), failed queries,
+    new connections; for autossh, ssh's refusals of a port still held and its restarts, from the
+    slices of its logs between the faults."""
+    cap = plan.stall_cap_s if freeze else plan.kill_cap_s
+    out: dict[str, Any] = {name: back.summarise(log, rounds.faults, rounds.start, rounds.end, cap, rounds.releases if freeze else None) for name, log in logs.items()}
     stderr, own_log = (path.read_bytes().decode(errors="replace") if path.exists() else "" for path in rounds.autossh_logs)
     slices = list(zip(rounds.marks, rounds.marks[1:]))
     out["autossh"]["held_port_refusals"] = [stderr[a[0] : b[0]].count(HELD) for a, b in slices]
@@ -814,7 +821,7 @@ def back_section(bed: Bed, plan: Plan) -> dict[str, Any]:
         for loop in loops:
             loop.stop()
         logs = back.read_all(loops)
-        faults = {"kill": rounds_summary(kills, logs, False), "freeze": rounds_summary(freezes, logs, True)}
+        faults = {"kill": rounds_summary(kills, logs, plan, False), "freeze": rounds_summary(freezes, logs, plan, True)}
         load.append(os.getloadavg()[0])
         return {**data, "modes": modes, "faults": faults, "status_before": {"kill": before, "freeze": between}, "status": {"kill": between, "freeze": after},
                 "load_average": load}
