@@ -485,7 +485,7 @@ def env(host: str, shell: str, unset: bool, if_up: bool) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @user_errors
 def exec_(host: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND with HOST's variables set: gt-remote exec HOST -- gt mayor attach."""
+    """Run COMMAND here, on the laptop, with HOST's variables set: gt-remote exec HOST -- ccmux-compat list-sessions."""
     status_ = lifecycle.require_up(host)
     environment = {**os.environ, **dict(export_vars(status_["local"], status_["server"]["name"]))}
     try:

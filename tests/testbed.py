@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gt_remote.tunnel.quick_import  # noqa: F401  # before asyncssh: its warning filter, as the product's own entry points (#30)
+
+# isort: split
 import asyncssh
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
