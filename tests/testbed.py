@@ -15,6 +15,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -328,6 +329,9 @@ NOT_INHERITED = (
 GLOBAL_OPTIONS_WITH_VALUE = ("-F", "--config")
 
 
+PORTS_LOCK = threading.Lock()
+
+
 class Gt:
     """Runs the real `gt-remote` command line, as a user would, in an isolated home.
 
@@ -356,10 +360,12 @@ class Gt:
         self.ports: dict[str, int] = {}  # host -> this test's laptop port for its tunnel (shared by other_shell)
 
     def port(self, host: str = "gaming-pc") -> int:
-        """This test's own laptop port for HOST's tunnel: free when first asked, then kept."""
-        if host not in self.ports:
-            self.ports[host] = free_loopback_port()
-        return self.ports[host]
+        """This test's own laptop port for HOST's tunnel: free when first asked, then kept. The
+        first ask is under a lock: racing `up`s in threads must all get the one port."""
+        with PORTS_LOCK:
+            if host not in self.ports:
+                self.ports[host] = free_loopback_port()
+            return self.ports[host]
 
     def local(self, host: str = "gaming-pc") -> str:
         """The local address `up HOST` gets in this test: tcp://127.0.0.1:port(HOST)."""
