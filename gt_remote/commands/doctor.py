@@ -157,11 +157,13 @@ def check_resumable(status: dict[str, Any]) -> Check:
             if status.get("transport") == "stdio"
             else "; streams go through sshd's channels to the relay's socket"
         )
-        return Check("connections are resumable", "ok", f"a client's connection waits up to {status.get('resume_window_s'):g} s for the tunnel to come back{way}")
+        path = f"; Pings go {status['server_path']}" if status.get("server_path") else ""
+        return Check("connections are resumable", "ok", f"a client's connection waits up to {status.get('resume_window_s'):g} s for the tunnel to come back{way}{path}")
     return Check(
         "connections are resumable",
         "warn",
-        f"no: {status.get('resumable_reason') or 'unknown'}; connections end when the SSH connection drops",
+        f"no: {status.get('resumable_reason') or 'unknown'}; connections end when the SSH connection drops"
+        + (f"; they and Pings go {status['server_path']}" if status.get("server_path") else ""),
         f"install python3 (3.8 or newer) on the remote, then 'gt-remote down {shell_word(status['host'])}' and 'gt-remote up {shell_word(status['host'])}' (see docs/resume.md)",
     )
 
