@@ -317,4 +317,15 @@ class RelayKeeper:
             "relay_error": self.error,
             "transport": self.transport if self.in_use else None,
             "transport_reason": self.transport_why if self.in_use else None,
+            "server_path": self.server_path(),
         }
+
+    def server_path(self) -> str | None:
+        """How Pings (and plain forwarding) reach the server on this connection, for `doctor`."""
+        conn = self.link.connection
+        if conn is None:
+            return None
+        if stdio_of(conn) is not None:
+            return "through the stdio transport's bridge"
+        why = refused(conn, "tcp")
+        return f"through exec bridges: {why}" if why else "through sshd's channels"
