@@ -199,16 +199,16 @@ def announcement(stream_id: str) -> bytes:
     return frame(b"N", json.dumps({"id": stream_id}).encode())
 
 
-def refusal_notice(reason: str) -> bytes:
-    """On a listen channel: a connection was refused (another account's), for `status`."""
-    return frame(b"N", json.dumps({"refused": reason[:300]}).encode())
+def refusal_notice(reason: str, total: int) -> bytes:
+    """On a listen channel: connections were refused (another account's), `total` so far, for `status`."""
+    return frame(b"N", json.dumps({"refused": reason[:300], "total": total}).encode())
 
 
-def parse_notice(kind: bytes, payload: bytes) -> Tuple[str, str]:
-    """A listen channel's frame from the relay: ("stream", id), ("refused", why) or
-    ("heartbeat", ""); FrameError for anything else."""
+def parse_notice(kind: bytes, payload: bytes) -> Tuple[str, str, int]:
+    """A listen channel's frame from the relay: ("stream", id, 0), ("refused", why, total so
+    far) or ("heartbeat", "", 0); FrameError for anything else."""
     if kind == b"K":
-        return "heartbeat", ""
+        return "heartbeat", "", 0
     if kind != b"N":
         raise FrameError("a %r frame on a listen channel" % (kind,))
     try:
@@ -217,11 +217,12 @@ def parse_notice(kind: bytes, payload: bytes) -> Tuple[str, str]:
         raise FrameError("a notice that is not JSON") from None
     if isinstance(notice, dict) and "id" in notice:
         try:
-            return "stream", _stream_id(notice["id"])
+            return "stream", _stream_id(notice["id"]), 0
         except HelloError:
             raise FrameError("a notice with a bad stream id") from None
     if isinstance(notice, dict) and isinstance(notice.get("refused"), str):
-        return "refused", notice["refused"][:300]
+        total = notice.get("total")
+        return "refused", notice["refused"][:300], total if isinstance(total, int) and not isinstance(total, bool) else 1
     raise FrameError("a notice of no known kind")
 
 

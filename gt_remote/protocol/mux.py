@@ -57,7 +57,8 @@ class MuxChannel:
         self.pending_size = 0
         self.taken = 0  # received and taken by the application, not yet credited back
         self.eof_pending = False  # E after the pending bytes
-        self.open = True
+        self.open = True  # the application may still write (not closed at this end)
+        self.closing = False  # closed at this end: C once the pending bytes (and E) are out
 
 
 class MuxEnd:
@@ -125,7 +126,21 @@ class MuxEnd:
             self.out.append(mux_frame(b"E", channel))
 
     def close(self, channel: int) -> None:
-        """This end lets the channel go; the peer forgets it too."""
+        """This end lets the channel go, after what it wrote and waits for credit (and its E),
+        as an SSH channel's close does; the peer forgets it then. What arrives meanwhile is
+        dropped: no application is left to take it."""
+        state = self.channels.get(channel)
+        if state is None:
+            return
+        state.open = False
+        if state.pending or state.eof_pending:
+            state.closing = True
+            return
+        del self.channels[channel]
+        self.out.append(mux_frame(b"C", channel))
+
+    def abort(self, channel: int) -> None:
+        """This end lets the channel go now: what waits for credit is dropped."""
         if self.channels.pop(channel, None) is not None:
             self.out.append(mux_frame(b"C", channel))
 
@@ -189,6 +204,8 @@ class MuxEnd:
             return
         if state is None:
             return  # a channel one end closed while this frame was on its way
+        if state.closing and kind in (b"D", b"E"):
+            return  # closed here: its application is gone (no credit goes back for it either)
         if kind == b"D":
             if len(payload) > state.window:
                 raise FrameError("%d bytes on channel %d, beyond its credit of %d" % (len(payload), channel, state.window))
@@ -226,6 +243,10 @@ class MuxEnd:
             if state.eof_pending:
                 state.eof_pending = False
                 self.out.append(mux_frame(b"E", channel))
+            if state.closing:
+                del self.channels[channel]
+                self.out.append(mux_frame(b"C", channel))
+                return
             events.append(("writable", channel))
 
     def _send_now(self, channel: int, state: MuxChannel, data: memoryview) -> int:

@@ -213,13 +213,13 @@ class BackTunnel:
             if not data:
                 raise ConnectionError("the relay closed the listen channel")
             for kind, payload in frames.feed(data):
-                what, value = parse_notice(kind, payload)
+                what, value, total = parse_notice(kind, payload)
                 if what == "stream":
                     self._dial_for(value, conn)
-                elif what == "refused":
-                    self.refused_connections += 1
+                elif what == "refused":  # the relay says so at most once a minute, with its count
+                    self.refused_connections = max(self.refused_connections + 1, total)
                     self.note_error(value)
-                    log.warning("back tunnel %s: %s", self.spec.canonical, value)
+                    log.warning("back tunnel %s: %s (%d refused in all)", self.spec.canonical, value, total)
 
     def _dial_for(self, stream_id: str, conn: asyncssh.SSHClientConnection) -> None:
         if any(stream.id == stream_id for stream in self.streams) or any(task.get_name() == stream_id for task in self._dials):

@@ -68,12 +68,18 @@ class VirtualChannel:
             self.mux.flush()
 
     def close(self) -> None:
+        """As an SSH channel's: what was written (and its end) still goes out, then the close."""
         if not self.closed:
             self.mux.end.close(self.id)
             self.mux.flush()
             self.lost(None)
 
-    abort = close
+    def abort(self) -> None:
+        """Gone now: what waits for credit is dropped."""
+        if not self.closed:
+            self.mux.end.abort(self.id)
+            self.mux.flush()
+            self.lost(None)
 
     def pause_reading(self) -> None:
         self.read_paused = True

@@ -39,6 +39,7 @@ class Side:
     got_eof: bool = False
     paused: bool = False  # the end said the rest waits for credit
     closed: bool = False  # this end let the channel go, or heard that the other did
+    flushed_close: bool = False  # this end closed it with close(): what it wrote still goes out
 
 
 @dataclass
@@ -99,7 +100,7 @@ class MuxPair(RuleBasedStateMachine):
 
     def receive(self, end: mux.MuxEnd, side: Side, channel_id: int, event: tuple[object, ...]) -> None:
         kind = event[0]
-        assert not side.closed, "a frame reached a channel this end had let go"
+        assert not side.closed or kind == "closed", "a frame reached a channel this end had let go"  # the peer's C may cross ours
         if kind == "data":
             assert not side.got_eof, "data after the end of data"
             payload = event[2]
@@ -112,7 +113,12 @@ class MuxPair(RuleBasedStateMachine):
         elif kind == "eof":
             side.got_eof = True
         elif kind == "closed":
-            side.closed = True
+            if not side.closed:
+                side.closed = True
+                sender = self.channels[channel_id].laptop if side is self.channels[channel_id].bridge else self.channels[channel_id].bridge
+                if sender.flushed_close:  # closed with close(): every byte it wrote came first, and its end
+                    assert side.got == sender.written, "a close lost bytes that were written before it"
+                    assert side.got_eof == sender.wrote_eof
         elif kind == "writable":
             side.paused = False
 
@@ -176,10 +182,21 @@ class MuxPair(RuleBasedStateMachine):
     @precondition(lambda self: self.live())
     @rule(data=st.data(), at_laptop=st.booleans())
     def close(self, data: st.DataObject, at_laptop: bool) -> None:
+        """As an SSH channel's close: what was written still goes out, then the close."""
+        channel_id = data.draw(st.sampled_from(self.live()))
+        side = self.channels[channel_id].laptop if at_laptop else self.channels[channel_id].bridge
+        side.closed = side.flushed_close = True
+        (self.laptop if at_laptop else self.bridge).close(channel_id)
+        self.flush()
+
+    @precondition(lambda self: self.live())
+    @rule(data=st.data(), at_laptop=st.booleans())
+    def abort(self, data: st.DataObject, at_laptop: bool) -> None:
+        """Gone at once: what waits for credit is dropped (the peer gets a prefix)."""
         channel_id = data.draw(st.sampled_from(self.live()))
         side = self.channels[channel_id].laptop if at_laptop else self.channels[channel_id].bridge
         side.closed = True
-        (self.laptop if at_laptop else self.bridge).close(channel_id)
+        (self.laptop if at_laptop else self.bridge).abort(channel_id)
         self.flush()
 
     # --- what must always hold -------------------------------------------------------------

@@ -164,3 +164,44 @@ def test_a_listener_no_laptop_speaks_for_within_its_window_closes(relay: Relay) 
 def test_a_listen_hello_with_a_bad_port_is_refused(relay: Relay) -> None:
     answer = listen(relay, 70000).reply()
     assert "port must be a TCP port number" in str(answer["error"])
+
+
+def test_a_client_that_leaves_before_the_laptop_takes_its_stream_frees_its_slot(relay: Relay) -> None:
+    """A pane that gives up while the laptop is away (asleep) must not hold a stream for the
+    whole window: after many tries, new streams (the health Ping's too) would be refused."""
+    port = free_port()
+    control = listen(relay, port)
+    control.reply()
+    for _ in range(20):
+        connect(port).close()
+    wait_for(lambda: relay.stats()["streams"] == 0, 10, "the relay to let go of the streams whose clients left")
+    assert relay.stats()["back"][str(port)]["accepted"] == 20
+
+
+def test_a_port_held_on_ipv6_loopback_is_refused_too(relay: Relay) -> None:
+    """A client asking for `localhost` may try ::1 first: another program there would get the
+    panes' connections, so a back tunnel holds [::1]:PORT as well, or refuses."""
+    try:
+        squatter = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")  # the relay then holds 127.0.0.1 alone
+    with squatter:
+        port = squatter.getsockname()[1]
+        answer = listen(relay, port).reply()
+    assert f"[::1]:{port} on the remote is held by uid {os.getuid()}" in str(answer["error"]), answer
+
+
+def test_a_back_tunnel_serves_ipv6_loopback_for_this_user(relay: Relay) -> None:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = free_port()
+    control = listen(relay, port)
+    control.reply()
+    client = socket.create_connection(("::1", port), timeout=10)
+    client.sendall(b"v6")
+    stream = announced(control)
+    channel, answer = attach(relay, stream)
+    assert answer["replaying"] == 2 and channel.data(2) == b"v6"
+    client.close()

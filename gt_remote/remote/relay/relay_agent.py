@@ -63,6 +63,8 @@ from gt_remote.protocol.stream import (
 
 HELLO_DEADLINE = 10.0  # a channel that has not sent a whole hello by then is closed
 MAX_CHANNELS = MAX_STREAMS + 256
+WAITING_MOST = 64  # a back tunnel's connections waiting for the laptop to take them
+REFUSAL_EVERY = 60.0  # another account's refused connections: logged and told at most this often
 MAX_PENDING_HELLOS = 64
 DEFAULT_LEASE_TTL = 60  # a lease file without a number in it, as lease_others reads it
 
@@ -117,8 +119,8 @@ class ServerPipe(StreamPipe):
             self.app_lost()
             return
         self.server = transport  # type: ignore[assignment]
-        transport.resume_reading()  # type: ignore[attr-defined]
         core.app_writable = True
+        server.verify()  # what it sent while it was checked, then the rest
         self.pump()
 
     async def whose(self, transport: asyncio.BaseTransport, port: int) -> Optional[str]:
@@ -158,15 +160,42 @@ class ServerPipe(StreamPipe):
 
 
 class ServerProtocol(asyncio.Protocol):
+    """A server connection the relay dialled (or, as BackProtocol, accepted): not used before
+    it is known whose socket is at the far end (`verify`)."""
+
     def __init__(self, pipe: ServerPipe) -> None:
         self.pipe = pipe
         self.lost = False
+        self.verified = False
+        self.early = []  # type: List[bytes]  # what came before the check: held, never used unless it passes
+        self.early_eof = False
+        self.transport = None  # type: Optional[asyncio.Transport]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
-        transport.pause_reading()  # type: ignore[attr-defined]  # nothing is taken from it before dial() knows whose it is
+        # Nothing is taken from it before the check. On Python 3.8 to 3.10 this pause comes
+        # before the transport adds its reader, which then reads anyway: data_received holds
+        # those bytes and pauses again, and they wait for the check with the rest.
+        transport.pause_reading()  # type: ignore[attr-defined]
+
+    def verify(self) -> None:
+        """The far end is this user's: what it sent meanwhile goes in, and reading resumes."""
+        self.verified = True
+        early, self.early = self.early, []
+        for data in early:
+            self.data_received(data)
+        if self.early_eof:
+            self.eof_received()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if not self.verified:
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         pipe = self.pipe
         core = pipe.core
         core.app_data(data)
@@ -175,6 +204,9 @@ class ServerProtocol(asyncio.Protocol):
         pipe.pump()
 
     def eof_received(self) -> bool:
+        if not self.verified:
+            self.early_eof = True
+            return True
         self.pipe.app_ended_its_side()
         return True
 
@@ -316,18 +348,36 @@ class BackProtocol(ServerProtocol):
     be this user's; then the client of a stream the relay made (ServerProtocol's part)."""
 
     def __init__(self, listener: BackListener) -> None:
+        super().__init__(None)  # type: ignore[arg-type]  # the pipe is made once the peer is checked
         self.listener = listener
-        self.pipe = None  # type: ignore[assignment]  # set once the peer is checked
-        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         asyncio.ensure_future(self.listener.take(self, transport))  # type: ignore[arg-type]
 
+    def eof_received(self) -> bool:
+        keep = super().eof_received()
+        self._left_early()
+        return keep
+
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.lost = True
-        if self.pipe is not None:
-            super().connection_lost(exc)
+        if self.pipe is None:
+            return
+        super().connection_lost(exc)
+        self._left_early()
+
+    def _left_early(self) -> None:
+        """Its client ended before the laptop took the stream, having sent nothing: nothing to
+        carry, so the stream does not wait a window holding a slot (nor have the laptop dial
+        its service for nobody)."""
+        pipe = self.pipe
+        if pipe is None or not self.verified:
+            return
+        core = pipe.core
+        if not core.attaches and not core.sent and not core.finished:
+            core.close("its client left before the laptop took it")
+            pipe.pump()
 
 
 class BackListener:
@@ -348,17 +398,29 @@ class BackListener:
         self.last_rx = relay.loop.time()
         self.accepted = 0
         self.refused = 0
+        self.refusal_said_at = -REFUSAL_EVERY
         self.closed = False
+        self.servers = []  # type: List[asyncio.AbstractServer]
         self.timer = None  # type: Optional[asyncio.TimerHandle]
 
     async def bind(self) -> None:
-        """Listen, or HelloError naming whoever holds the port."""
+        """Listen on 127.0.0.1:PORT, and on [::1]:PORT where the remote has IPv6 loopback (a
+        client that asks for `localhost` may try ::1 first: no other account may hold it
+        there), or HelloError naming whoever holds the port."""
+        loop = self.relay.loop
         try:
-            self.server = await self.relay.loop.create_server(lambda: BackProtocol(self), "127.0.0.1", self.port, reuse_address=True)
+            self.server = await loop.create_server(lambda: BackProtocol(self), "127.0.0.1", self.port, reuse_address=True)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise HelloError("127.0.0.1:%d on the remote is held by %s" % (self.port, port_holder(self.port))) from None
             raise HelloError("cannot listen on 127.0.0.1:%d on the remote: %s" % (self.port, exc.strerror or exc)) from None
+        try:
+            self.servers.append(await loop.create_server(lambda: BackProtocol(self), "::1", self.port, reuse_address=True))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                self.server.close()
+                raise HelloError("[::1]:%d on the remote is held by %s" % (self.port, port_holder(self.port))) from None
+            # no IPv6 loopback there (EADDRNOTAVAIL, EAFNOSUPPORT): 127.0.0.1 is the only way in
         self.relay.log("back tunnel: listening on 127.0.0.1:%d for %s" % (self.port, self.owner))
         self._arm()
 
@@ -405,14 +467,14 @@ class BackListener:
         uid = None if far_port is None else await far_uid(self.relay.loop, transport, far_port, self.port)
         if uid != os.getuid():
             transport.abort()
-            self.refused += 1
-            why = "a connection to 127.0.0.1:%d from %s was refused: not this user's; closed before a byte moved" % (self.port, account(uid) if uid is not None else "a socket that cannot be found")
-            self.relay.log("back tunnel: " + why)
-            for channel in self.channels:
-                channel.send(refusal_notice(why))
+            self._refused(uid)
             return
         if protocol.lost or self.closed:
             transport.abort()
+            return
+        if len(self.relay.table.waiting(self.owner, self.port)) >= WAITING_MOST:
+            transport.abort()
+            self.relay.log("back tunnel: a connection to 127.0.0.1:%d was closed: %d wait for the laptop already" % (self.port, WAITING_MOST))
             return
         loop = self.relay.loop
         try:
@@ -425,10 +487,23 @@ class BackListener:
         pipe = ServerPipe(self.relay, core)
         pipe.server = transport
         protocol.pipe = pipe
-        transport.resume_reading()
+        protocol.verify()  # what its client sent while it was checked, then the rest
         pipe.pump()
         for channel in self.channels:
             channel.send(announcement(core.id))
+
+    def _refused(self, uid: Optional[int]) -> None:
+        """Another account's connection, closed. Logged and told to the laptop at most once a
+        minute (with the count), so a connect loop cannot fill the user's disk."""
+        self.refused += 1
+        now = self.relay.loop.time()
+        if now < self.refusal_said_at + REFUSAL_EVERY:
+            return
+        self.refusal_said_at = now
+        why = "a connection to 127.0.0.1:%d from %s was refused: not this user's; closed before a byte moved" % (self.port, account(uid) if uid is not None else "a socket that cannot be found")
+        self.relay.log("back tunnel: %s (%d refused in all)" % (why, self.refused))
+        for channel in self.channels:
+            channel.send(refusal_notice(why, self.refused))
 
     def close(self, why: str) -> None:
         """No more connections; the streams not yet taken end (their clients get EOF)."""
@@ -439,6 +514,8 @@ class BackListener:
             self.timer.cancel()
         if self.server is not None:
             self.server.close()
+        for extra in self.servers:
+            extra.close()
         for channel in self.channels:
             channel.listener = None
             channel.close()
@@ -525,9 +602,10 @@ DIAG_PORTS = struct.Struct(">HH")  # the socket id's source and destination port
 DIAG_SOCKET_ID_REST = 44  # its addresses, interface and cookie: zero in the request
 DIAG_SOCKET = struct.Struct(">BB2xHH16s16s")  # from the reply: family, state, ports, addresses
 DIAG_UID_AT, DIAG_MESSAGE_SIZE = 64, 72  # inet_diag_msg: its uid's offset, its size
-LOOPBACK_PEERS = {  # the address of either end of a connection to 127.0.0.1, as each family shows it
-    2: bytes((127, 0, 0, 1)),  # AF_INET (only the first 4 of the 16 bytes)
-    10: bytes(10) + b"\xff\xff" + bytes((127, 0, 0, 1)),  # AF_INET6: ::ffff:127.0.0.1, a v4-mapped listener's
+LOOPBACK_PEERS = {  # the address of either end of a loopback connection, as each family shows it
+    2: (bytes((127, 0, 0, 1)),),  # AF_INET (only the first 4 of the 16 bytes)
+    # AF_INET6: ::ffff:127.0.0.1 (a v4-mapped listener's), and ::1 (a back tunnel's listener there)
+    10: (bytes(10) + b"\xff\xff" + bytes((127, 0, 0, 1)), bytes(15) + b"\x01"),
 }
 PEER_LOOKUP_DEADLINE = 1.0  # the far end shows as established within microseconds on loopback
 
@@ -568,7 +646,7 @@ def _one_uid(uids: List[int]) -> Optional[int]:
 
 def _dumped_peer_uids(diag: socket.socket, family: int, port: int, local_port: int) -> List[int]:
     uids = []  # type: List[int]
-    loopback = LOOPBACK_PEERS[family]
+    loopbacks = LOOPBACK_PEERS[family]
     while True:
         data = diag.recv(65536)
         offset = 0
@@ -585,7 +663,7 @@ def _dumped_peer_uids(diag: socket.socket, family: int, port: int, local_port: i
             body = offset + NLMSG_HEADER.size
             _, state, source_port, peer_port, source, peer = DIAG_SOCKET.unpack_from(data, body)
             width = 4 if family == socket.AF_INET else 16
-            if state in CONNECTED_STATES and (source_port, peer_port) == (port, local_port) and source[:width] == peer[:width] == loopback:
+            if state in CONNECTED_STATES and (source_port, peer_port) == (port, local_port) and source[:width] in loopbacks and peer[:width] in loopbacks:
                 uids.append(struct.unpack_from("=I", data, body + DIAG_UID_AT)[0])
             offset += (length + 3) & ~3
         if not data:
@@ -593,7 +671,14 @@ def _dumped_peer_uids(diag: socket.socket, family: int, port: int, local_port: i
 
 
 # 127.0.0.1 as /proc/net/tcp and tcp6 print it (each 32-bit word in host order, little-endian first).
-LOOPBACK_HEX = ("0100007F", "7F000001", "0000000000000000FFFF00000100007F", "00000000000000000000FFFF7F000001")
+LOOPBACK_HEX = (  # and ::1, in both byte orders
+    "0100007F",
+    "7F000001",
+    "0000000000000000FFFF00000100007F",
+    "00000000000000000000FFFF7F000001",
+    "00000000000000000000000001000000",
+    "00000000000000000000000000000001",
+)
 
 
 def peer_uid_from_proc(port: int, local_port: int) -> Optional[int]:
@@ -822,15 +907,38 @@ class MuxTarget(asyncio.Protocol):
         self.channel = channel
         self.transport = None  # type: Optional[asyncio.Transport]
         self.credit_paused = False  # no credit left for what it sends: not read
+        self.verified = False  # opened (and a port's holder checked): until then nothing goes to the laptop
+        self.early = []  # type: List[bytes]
+        self.early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+        transport.pause_reading()  # type: ignore[attr-defined]  # (held in data_received where 3.8-3.10 read anyway)
+
+    def verify(self) -> None:
+        """Opened (after its R): what it sent meanwhile goes to the laptop, then the rest."""
+        self.verified = True
+        early, self.early = self.early, []
+        for data in early:
+            self.bridge.from_target(self, data)
+        if self.early_eof:
+            self.bridge.send_eof(self.channel)
+        if self.transport is not None and not self.credit_paused:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if not self.verified:
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         self.bridge.from_target(self, data)
 
     def eof_received(self) -> bool:
+        if not self.verified:
+            self.early_eof = True
+            return True
         self.bridge.send_eof(self.channel)
         return True
 
@@ -905,12 +1013,10 @@ class MuxBridge:
                 await asyncio.wait_for(self.loop.create_unix_connection(lambda: target, address), HELLO_DEADLINE)
             else:
                 transport, _ = await asyncio.wait_for(self.loop.create_connection(lambda: target, "127.0.0.1", address), HELLO_DEADLINE)
-                transport.pause_reading()
                 refused = await self._whose(transport, address)
                 if refused is not None:
                     transport.abort()
                     raise OSError(refused)
-                transport.resume_reading()
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             self.mux.refuse(channel, getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
             self.flush()
@@ -922,6 +1028,7 @@ class MuxBridge:
         self.targets[channel] = target
         self.mux.opened(channel)
         self.flush()
+        target.verify()
 
     async def _whose(self, transport: asyncio.BaseTransport, port: int) -> Optional[str]:
         local = transport.get_extra_info("sockname")
@@ -951,6 +1058,8 @@ class MuxBridge:
 
     def target_gone(self, channel: int) -> None:
         self.targets.pop(channel, None)
+        self.held.pop(channel, None)
+        self.target_full.discard(channel)
         self.mux.close(channel)
         self.flush()
 
