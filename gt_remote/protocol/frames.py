@@ -181,6 +181,8 @@ def parse_hello(payload: bytes) -> Dict[str, Any]:
         return {"op": "close", "owner": "", "ids": [_stream_id(one) for one in ids]}
     if op == "lease":
         return {"op": "lease", "name": _lease_name(request.get("name")), "ttl": _lease_ttl(request.get("ttl"))}
+    if op == "load":  # the machine's load figures, read from /proc: no process started
+        return {"op": "load"}
     if op == "listen":
         listened: Dict[str, Any] = {"op": "listen", "owner": _lease_name(request.get("owner")), "port": _port(request.get("port"))}
         listened.update(_timing(request))

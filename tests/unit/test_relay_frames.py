@@ -27,7 +27,7 @@ json_values = st.recursive(
 hello_like = st.fixed_dictionaries(
     {},
     optional={
-        "op": st.sampled_from(["new", "resume", "close", "stats", "lease", "nope"]) | json_values,
+        "op": st.sampled_from(["new", "resume", "close", "stats", "lease", "load", "nope"]) | json_values,
         "id": st.text(alphabet="0123456789abcdef", min_size=30, max_size=66) | json_values,
         "window": st.integers(min_value=-(10**400), max_value=10**400) | st.floats(allow_nan=True, allow_infinity=True) | json_values,
         "heartbeat": st.floats(allow_nan=True, allow_infinity=True) | json_values,
@@ -89,7 +89,7 @@ def test_parse_hello_accepts_or_names_the_problem(payload: bytes) -> None:
     except agent.HelloError as error:
         assert str(error)
         return
-    assert request["op"] in {"new", "resume", "close", "stats", "lease"}
+    assert request["op"] in {"new", "resume", "close", "stats", "lease", "listen", "load"}
     if request["op"] == "new":
         assert 0 < request["window"] <= agent.MAX_WINDOW and 0 <= request["heartbeat"] <= 3600
         assert isinstance(request["window"], float) and request["window"] == request["window"]  # finite, not NaN

@@ -17,6 +17,8 @@ or the resume window ends. The wire format is described in the core.
 The lease op (relay started with --leases DIR) keeps a supervisor's lease, the file the
 remote script's lease_touch writes (gt_remote/remote/lease.py), and answers with the other live
 holders, as its lease_others does: an idle tunnel's health checks then start no shell.
+The load op answers with the machine's load figures, read from /proc (and, in a container,
+its cgroup's CPU counter), for `gt-remote pick`: measuring them starts no process either.
 
 It is one file of about 580 lines because it is uploaded as one program (with the protocol
 modules inlined by build.py): its sockets, the check of whose socket answered a dial (sock_diag
@@ -305,6 +307,8 @@ class ChannelProtocol(asyncio.Protocol):
                 self.reply({"closed": self.relay.close_streams(request["ids"], request["owner"])})
             elif op == "listen":
                 self.relay.listen(self, request)
+            elif op == "load":
+                self.reply(self.relay.load())
             else:
                 self.reply({"holders": self.relay.keep_lease(request["name"], request["ttl"]), "streams": len(self.relay.table.of_owner(request["name"]))})
         except HelloError as error:
@@ -757,6 +761,69 @@ def live_leases(directory: str, mine: str, now: Optional[float] = None) -> List[
     return holders
 
 
+CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")  # Docker's and Podman's: /proc/loadavg there is the host's
+CGROUP_COUNTERS = (  # the container's cumulative CPU time: (file, its key or "", the unit in seconds)
+    ("/sys/fs/cgroup/cpu.stat", "usage_usec", 1e-6),  # cgroup v2
+    ("/sys/fs/cgroup/cpuacct/cpuacct.usage", "", 1e-9),  # cgroup v1
+    ("/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage", "", 1e-9),
+)
+MIN_BUSY_WINDOW = 1.0  # a container's CPU use is measured over at least this many seconds
+
+
+def read_first_line(path: str) -> str:
+    with open(path) as handle:
+        return handle.readline()
+
+
+def machine_load() -> Dict[str, object]:
+    """The `load` op's facts, read from /proc (gt_remote/base/load.py turns them into figures):
+    the 1-minute load average, the CPUs this account may use, MemTotal and MemAvailable, and in
+    a container, where /proc/loadavg is the host's, the container's CPU counter and the clock."""
+    facts = {}  # type: Dict[str, object]
+    try:
+        facts["load_average"] = float(read_first_line("/proc/loadavg").split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        facts["cpus"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        facts["cpus"] = os.cpu_count()
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    facts["mem_total_kb" if key == "MemTotal" else "mem_available_kb"] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    if any(os.path.exists(marker) for marker in CONTAINER_MARKERS):
+        facts["container"] = True
+        counter = cgroup_cpu_seconds()
+        if counter is not None:
+            facts["cgroup_cpu_s"] = counter
+        try:
+            facts["uptime_s"] = float(read_first_line("/proc/uptime").split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return facts
+
+
+def cgroup_cpu_seconds() -> Optional[float]:
+    """The CPU seconds the cgroup at /sys/fs/cgroup (a container's own) has used, or None."""
+    for path, key, unit in CGROUP_COUNTERS:
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    words = line.split()
+                    if not key and len(words) == 1:
+                        return int(words[0]) * unit
+                    if key and len(words) == 2 and words[0] == key:
+                        return int(words[1]) * unit
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 class Relay:
     def __init__(self, port: int, budget: int = BUDGET, leases: Optional[str] = None) -> None:
         self.port = port
@@ -770,6 +837,9 @@ class Relay:
         self.channels = 0
         self.pending_hellos = 0
         self.listeners = {}  # type: Dict[int, BackListener]  # back tunnels, by port
+        self.cpu_sample = None  # type: Optional[tuple]  # (uptime_s, cgroup_cpu_s) a container's CPU use is measured from
+        self.cpu_busy = None  # type: Optional[float]  # CPUs busy on average over the last window
+        self.sample_cpu(machine_load())
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -841,6 +911,27 @@ class Relay:
             return live_leases(self.leases, name)
         except OSError as exc:
             raise HelloError("cannot keep the lease: %s" % (exc.strerror or exc)) from None
+
+    def sample_cpu(self, facts: Dict[str, object]) -> None:
+        """In a container: the CPUs busy on average since the last sample at least
+        MIN_BUSY_WINDOW ago (the first sample is taken as the relay starts)."""
+        counter, clock = facts.get("cgroup_cpu_s"), facts.get("uptime_s")
+        if not isinstance(counter, float) or not isinstance(clock, float):
+            return
+        if self.cpu_sample is not None:
+            elapsed, used = clock - self.cpu_sample[0], counter - self.cpu_sample[1]
+            if elapsed < MIN_BUSY_WINDOW:
+                return  # too short a window: the last figure stands
+            self.cpu_busy = used / elapsed if used >= 0 else None
+        self.cpu_sample = (clock, counter)
+
+    def load(self) -> Dict[str, object]:
+        """The `load` op: this machine's figures, read from /proc and the cgroup files only."""
+        facts = machine_load()
+        self.sample_cpu(facts)
+        if facts.get("container") and self.cpu_busy is not None:
+            facts["cpu_busy"] = round(self.cpu_busy, 4)
+        return facts
 
     def stats(self, owner: str = "") -> Dict[str, object]:
         streams = self.table.streams
