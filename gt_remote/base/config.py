@@ -1,4 +1,5 @@
-"""Host settings: `[hosts.NAME]` tables in the TOML config, overridden by command-line options."""
+"""Host settings: `[hosts.NAME]` tables in the TOML config, overridden by command-line options.
+The file itself is read and checked by gt_remote/base/config_file.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 import math
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +14,8 @@ from typing import Any
 
 from gt_remote.base.addresses import Address, UnixAddress, normalize_local, parse_address, require_loopback
 from gt_remote.base.backs import parse_backs
+from gt_remote.base.config_file import HOST_KEYS as HOST_KEYS  # where the file is read: light, for `pick` and completion
+from gt_remote.base.config_file import load_config as load_config
 from gt_remote.base.errors import ConfigError, UsageError
 from gt_remote.base.paths import check_socket_dir, runtime_path
 
@@ -21,7 +23,6 @@ DEFAULT_REMOTE_PORT = 9999
 DEFAULT_SERVER = "ccmux-server"
 DEFAULT_KEEPALIVE = 5.0
 DEFAULT_RESUME_WINDOW = 900.0
-HOST_KEYS = {"ssh", "remote_port", "local", "server", "server_binary", "install_command", "keepalive", "sync", "resume", "resume_window", "install_dir", "back", "transport"}
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -59,51 +60,6 @@ class HostSettings:
         data["sync"] = tuple(data.get("sync", ()))
         data["back"] = tuple(data.get("back", ()))
         return cls(**data)
-
-
-def load_config(path: Path) -> dict[str, dict[str, Any]]:
-    """The `[hosts.*]` tables; a missing file is an empty config, a broken one an error."""
-    import tomllib  # only the commands that read the config, never the supervisor, pay for the parser
-
-    try:
-        with path.open("rb") as handle:
-            _check_config_owner(path, os.fstat(handle.fileno()))
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        return {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"cannot read config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})", "save it as UTF-8 or pass --config FILE") from None
-    except RecursionError:
-        raise ConfigError(f"cannot read config {path}: values nested too deeply", "fix the TOML or pass --config FILE") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}", "fix the TOML syntax or pass --config FILE") from exc
-    hosts = data.get("hosts", {})
-    if not isinstance(hosts, dict):
-        raise ConfigError(f"{path}: 'hosts' must be a table of [hosts.NAME] tables", "see docs/usage.md")
-    for name, table in hosts.items():
-        _check_table(path, name, table)
-    return hosts
-
-
-def _check_config_owner(path: Path, info: os.stat_result) -> None:
-    """As ssh does for its config: one another user may write could run commands as you
-    (install_command, ssh), so it must be yours (or root's) and writable by nobody else."""
-    if info.st_uid not in (os.getuid(), 0) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            f"config {path} is writable by another user (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); refusing to run what it says",
-            f"make it yours and private: chmod go-w {path}",
-        )
-
-
-def _check_table(path: Path, name: str, table: object) -> None:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [hosts.{name}] must be a table", "see docs/usage.md")
-    unknown = sorted(set(table) - HOST_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{path}: [hosts.{name}] has unknown key(s) {', '.join(unknown)}",
-            f"use only {', '.join(sorted(HOST_KEYS))}",
-        )
 
 
 def resolve(host: str, config: Mapping[str, Mapping[str, Any]], overrides: Mapping[str, Any], ssh_config: str | None) -> HostSettings:
