@@ -201,7 +201,8 @@ PYTHON_38 = Path.home() / ".pyenv/versions/3.8.18/bin/python3"
 def local_files(gt: Gt) -> list[str]:
     """Every file gt-remote keeps locally (directories do not count)."""
     roots = [gt.home / ".local/state/gt-remote", Path(gt.env["XDG_RUNTIME_DIR"]) / "gt-remote"]
-    return sorted(str(path) for root in roots if root.exists() for path in root.rglob("*") if not path.is_dir())
+    # machine-id is not a host's: it names this laptop on every gaming PC (paths.machine_tag), made once
+    return sorted(str(path) for root in roots if root.exists() for path in root.rglob("*") if not path.is_dir() and path.name != "machine-id")
 
 
 def rows(gt: Gt, host: str | None = None) -> list[dict[str, Any]]:

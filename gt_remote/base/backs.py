@@ -86,7 +86,7 @@ def parse_back(text: object) -> BackSpec:
             return BackSpec(default, "127.0.0.1", default, preset)
         if len(parts) == 1:
             return BackSpec(_port(parts[0], text), "127.0.0.1", default, preset)
-    elif not parts[0].isdigit():
+    elif not (parts[0].isascii() and parts[0].isdigit()):
         raise UsageError(f"back tunnel {text!r}: {parts[0]!r} is neither a port nor a preset ({', '.join(PRESETS)})", SPEC_FIX)
     if len(parts) == 1:
         port = _port(parts[0], text)
@@ -104,7 +104,7 @@ def parse_back(text: object) -> BackSpec:
 
 
 def _port(value: str, text: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
         raise UsageError(f"back tunnel {text!r}: {value!r} is not a port number", SPEC_FIX)
     return int(value)
 

@@ -167,6 +167,27 @@ def write_private(path: Path, data: str) -> None:
         raise
 
 
+def machine_tag() -> str:
+    """A short random name for this laptop, made once and kept in the state dir: two laptops
+    with one hostname (WSL's, a distro's default) sharing a gaming PC must not share lease
+    names, or they would take each other's back-tunnel listeners and close each other's
+    streams at `down`. Created exclusively, so racing processes all read the one tag."""
+    import secrets
+
+    path = state_dir() / "machine-id"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(4) + "\n")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as handle:
+        tag = handle.read(64).strip()
+    return tag if len(tag) == 8 and all(c in "0123456789abcdef" for c in tag) else "00000000"
+
+
 def host_key(name: str) -> str:
     """A file-name-safe key for a host name; long or odd names get a hash suffix."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "host"

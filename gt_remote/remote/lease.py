@@ -20,6 +20,7 @@ import asyncssh
 
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import RemoteError
+from gt_remote.base.paths import machine_tag
 from gt_remote.remote.ownership import Owner, owner_from
 from gt_remote.remote.scripts import run_script
 from gt_remote.tunnel.resumable import StreamGone, relay_request
@@ -49,10 +50,11 @@ rm -f "$state_dir/leases/$1/$2"
 
 
 def lease_name(settings: HostSettings) -> str:
-    """`<laptop>-<alias>`: names the holder to whoever is refused because of it."""
+    """`<laptop>.<tag>-<alias>`: names the holder to whoever is refused because of it; the tag
+    (paths.machine_tag) keeps two laptops of one hostname apart."""
     laptop = _UNSAFE.sub("_", socket.gethostname().split(".")[0]) or "laptop"
     alias = _UNSAFE.sub("_", settings.name).strip("._") or "host"
-    name = f"{laptop}-{alias}"[:120]
+    name = f"{laptop}.{machine_tag()}-{alias}"[:120]
     return name[:-4] + "_tmp" if name.endswith(".tmp") else name  # *.tmp: what every lister skips
 
 

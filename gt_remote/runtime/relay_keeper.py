@@ -22,7 +22,7 @@ from typing import Any
 import asyncssh
 
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import GtRemoteError
+from gt_remote.base.errors import ConnectFailed, GtRemoteError
 from gt_remote.ccmux.wire import ping as wire_ping
 from gt_remote.remote import lease as remote_lease
 from gt_remote.remote.relay import deploy as remote_relay
@@ -194,7 +194,13 @@ class RelayKeeper:
         if not wanted:
             return True
         why = "asked for (transport = stdio)" if self.settings.transport == "stdio" else (known or self.transport_why or "")
-        return await self.use_stdio(conn, why)
+        if await self.use_stdio(conn, why):
+            return True
+        if not at_bring_up and self.transport == "stdio" and self.path.streams:
+            # Streams rode the bridge before this reconnect: going plain now would end them all
+            # while the relay holds them. Fail this connection instead; the link tries again.
+            raise ConnectFailed(f"the stdio transport did not start on the new connection ({self.stdio_error})", "the link tries again")
+        return False
 
     async def on_missing(self, cause: str) -> None:
         """RelayPath's hook: a new stream found no relay. It waits while the relay starts."""

@@ -205,7 +205,11 @@ class Supervisor:
         server = self.server
         if not wanted or server is None or not server.reused or server.pid is None:
             return
-        lacking = await remote_server.environment_lacking(conn, server.pid, wanted)
+        try:
+            lacking = await remote_server.environment_lacking(conn, server.pid, wanted)
+        except (GtRemoteError, asyncssh.Error, OSError, TimeoutError) as exc:  # advice only: never fails `up`
+            log.warning("could not read the server's environment: %s", reason(exc))
+            return
         self.server_env_lacking = lacking or {}
         if lacking:
             shown = " ".join(f"{name}={value}" for name, value in sorted(lacking.items()))
@@ -565,6 +569,7 @@ class Supervisor:
         self._refuse(None)  # the port is the user's (revive_server checked)
         if revived is not None:
             self.server = revived
+            self.server_env_lacking = {}  # started again by gt-remote: with the back tunnels' variables
             self._count_server_restart(f"the server (pid {old_pid}) had stopped (it crashed, was killed, or the gaming PC restarted); found {found_at} and started again", old_pid)
             log.warning("remote server restarted (pid %s), restart #%d; the old one's panes had ended with it", revived.pid, self.server_restarts)
 
@@ -574,7 +579,7 @@ class Supervisor:
         op = request.get("op")
         if op == "status":
             return {"ok": True, "status": self.status()}
-        if not self.ready and op in ("reconnect", "upgrade"):
+        if not self.ready and op in ("reconnect", "upgrade", "restart_server"):
             cause, fix = f"{self.settings.name} is still coming up ({self.step})", f"try again once 'gt-remote status {self.settings.name}' says up"
             return {"ok": False, "coming_up": True, "error": {"kind": "NotUp", "cause": cause, "fix": fix}}
         if op == "reconnect":
@@ -632,6 +637,7 @@ class Supervisor:
                     remote_scripts.use_install_dir(conn, install_dir)
                 self.server = await replace_server(conn, self.settings, binary, log.info, restored)
                 self.settings = dataclasses.replace(self.settings, server_binary=binary)
+                self.server_env_lacking = {}  # the new build was started with the back tunnels' variables
         except GtRemoteError as error:
             log.error("upgrade failed: %s", error)
             self._save_record()

@@ -43,6 +43,8 @@ def test_a_spec_reads_as_ssh_minus_r_does_and_keeps_one_canonical_text(text: str
         ("3307:db.example.com:3307", "not this laptop's loopback"),
         ("3307:127.0.0.1", "is not a spec"),
         ("dolt:x", "is not a port number"),
+        ("3307:127.0.0.1:\u00b2", "is not a port number"),
+        ("\u0663\u0663", "neither a port nor a preset"),
     ],
 )
 def test_a_bad_spec_is_one_line_naming_the_cause_and_the_forms_that_work(text: str, said: str) -> None:
