@@ -68,7 +68,7 @@ def test_doctor_all_green_when_up(gt: Gt, ssh_host: SshHost) -> None:
     found = checks(result)
     assert found["GASTOWN_CCMUX_ADDR parses"]["status"] == "ok"
     assert found["gaming-pc resolves through ssh_config"]["status"] == "ok"
-    assert found["SSH connection and authentication"]["detail"] == "logged in as gamer"
+    assert found["SSH connection and authentication"]["detail"].startswith("logged in as gamer, to OpenSSH_")
     assert "version 0.1.1" in found["ccmux-server on the remote"]["detail"]
     assert found["tunnel is up"]["status"] == "ok"
     assert found["ccmux Ping answered"]["status"] == "ok"
