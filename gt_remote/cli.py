@@ -60,7 +60,7 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-EVAL_COMMANDS = ("up", "env")  # their stdout is run by a shell: a failure must fail there too
+EVAL_COMMANDS = ("up", "env", "pick")  # their stdout is run by a shell: a failure must fail there too
 
 
 def fail_the_eval() -> None:
@@ -186,7 +186,8 @@ def eval_output(func: F) -> F:
 
     Not for `up --foreground`, whose stdout a service manager reads, never a shell, nor for
     `env --if-up`, the rc file's line, which must never fail a new shell (its error is still said
-    on stderr, and its exit status still tells a script).
+    on stderr, and its exit status still tells a script), nor for `pick --json`, whose stdout is
+    JSON for a program.
     """
 
     @functools.wraps(func)
@@ -194,7 +195,7 @@ def eval_output(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (GtRemoteError, KeyboardInterrupt):
-            if not kwargs.get("foreground") and not kwargs.get("if_up"):  # --if-up: an rc file's line never fails the shell
+            if not kwargs.get("foreground") and not kwargs.get("if_up") and not kwargs.get("as_json"):  # --if-up: an rc file's line never fails the shell
                 fail_the_eval()
             raise
 
@@ -344,9 +345,14 @@ def reconnect(host: str | None, all_hosts: bool, force: bool) -> None:
 @main.command()
 @click.argument("host", required=False, shell_complete=complete_host)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--pool", is_flag=True, help="The pool at a glance: one line per host `pick` chooses from, with its load, cap and score; exit 0 if it would find one.")
+@click.pass_obj
 @user_errors
-def status(host: str | None, as_json: bool) -> None:
+def status(g: Globals, host: str | None, as_json: bool, pool: bool) -> None:
     """Show each host's tunnel; exit 0 only when every listed host is up."""
+    if pool:
+        _pool_view(g, host, as_json)
+        return
     if host and not lifecycle.is_known(host):
         if as_json:
             click.echo("[]")
@@ -384,6 +390,8 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         if restart:
             lines.append(f"  restarted   server at {restart.get('at')}: {restart.get('cause')}; pid {restart.get('old_pid') or '-'} -> {restart.get('pid') or '-'}; its panes' processes ended")
         lines.append(f"  streams     {_streams_line(row)}")
+        if row.get("load"):
+            lines.append(f"  load        {_load_line(row['load'])}")
         lines += [f"  back        {_back_line(back)}" for back in row.get("back") or []]
         if row.get("server_env_lacking"):
             lacking = " ".join(f"{name}={value}" for name, value in sorted(row["server_env_lacking"].items()))
@@ -399,6 +407,56 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         if row.get("last_error"):
             lines.append(f"  last error  {row['last_error']}" + ("" if row.get("last_error_past") else f" (since {row.get('since') or '?'})"))
     return "\n".join(lines)
+
+
+def _load_line(load: dict[str, Any]) -> str:
+    """A host's load figures in words: what `pick` weighs."""
+    sessions, cpu, cpus = load.get("sessions"), load.get("cpu_load"), load.get("cpus")
+    parts = [f"{sessions} session{'' if sessions == 1 else 's'}" if isinstance(sessions, int) else "sessions unknown"]
+    if isinstance(cpu, (int, float)) and load.get("cpu_from") == "cgroup":
+        parts.append(f"CPU load {cpu:.2f} (the container's own use over {cpus} CPUs)")
+    elif isinstance(cpu, (int, float)):
+        parts.append(f"CPU load {cpu:.2f} (load average {load.get('load_average')} over {cpus} CPUs)")
+    else:
+        parts.append("CPU load not measured yet")
+    available, total = load.get("mem_available_mb"), load.get("mem_total_mb")
+    if isinstance(available, int) and isinstance(total, int):
+        parts.append(f"{available / 1024:.1f} of {total / 1024:.1f} GiB memory available")
+    way = "through the relay" if load.get("read_by") == "relay" else "by the health check's script"
+    return ", ".join(parts) + f"; read {way} {load.get('age_s')} s ago"
+
+
+def _pool_view(g: Globals, host: str | None, as_json: bool) -> None:
+    """`status --pool`: every candidate of `pick` on one line each, and which one it would take."""
+    from gt_remote.base.config_file import cached_tables
+    from gt_remote.commands import pick as picking
+
+    if host:
+        raise UsageError(f"--pool shows every host pick chooses from, so it takes no HOST (got {host!r})", "run 'gt-remote status --pool', or 'gt-remote pick HOST ... --json' for some hosts")
+    choice = picking.survey([], cached_tables(g.config_path))
+    if as_json:
+        click.echo(json.dumps(visible_data(choice.to_dict()), indent=2))
+    else:
+        click.echo(visible_lines(_pool_table(choice)))
+    sys.exit(0 if choice.picked else 1)
+
+
+def _pool_table(choice: Any) -> str:
+    if not choice.candidates:
+        return "no hosts to pick from (bring one up with: eval \"$(gt-remote up HOST)\", or mark hosts pool = true in the config)"
+    rows = [("host", "state", "sessions", "cpu", "memory free", "rtt", "score", "pick")]
+    for candidate in choice.candidates:
+        info = candidate.to_dict()
+        cap = f"/{info['max_sessions']}" if info["max_sessions"] else ""
+        sessions = f"{info['sessions']}{cap}" + (f" +{info['reserved']}" if info["reserved"] else "") if info["sessions"] is not None else "-"
+        cpu = f"{info['cpu_load']:.2f}" if isinstance(info["cpu_load"], (int, float)) else "-"
+        memory = f"{info['mem_available_mb'] / 1024:.1f}/{info['mem_total_mb'] / 1024:.1f} GiB" if info["mem_total_mb"] else "-"
+        rtt = f"{info['rtt_ms']:.2f} ms" if isinstance(info["rtt_ms"], (int, float)) else "-"
+        score = f"{info['score']:.2f}" if info["score"] is not None else "-"
+        verdict = "<- pick takes it now" if candidate is choice.picked else ("" if candidate.eligible else candidate.why)
+        rows.append((candidate.host, candidate.state, sessions, cpu, memory, rtt, score, verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]).rstrip() for row in rows)
 
 
 def _down_lines(row: dict[str, Any]) -> list[str]:
@@ -480,13 +538,31 @@ def env(host: str, shell: str, unset: bool, if_up: bool) -> None:
     _print_for_shell(lines, f"gt-remote env {shell_word(host)}", shell)
 
 
-@main.command(name="exec", context_settings={"ignore_unknown_options": True})
-@click.argument("host", shell_complete=complete_host)
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@main.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("host", required=False, shell_complete=complete_host)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--pick", "pick_host", is_flag=True, help="No HOST: the host 'gt-remote pick' chooses now (every word is COMMAND).")
+@click.option("--for", "name", metavar="NAME", help="With --pick: NAME's host, as 'gt-remote pick --for NAME' gives it (and records it).")
+@click.pass_context
 @user_errors
-def exec_(host: str, command: tuple[str, ...]) -> None:
+def exec_(ctx: click.Context, host: str | None, command: tuple[str, ...], pick_host: bool, name: str | None) -> None:
     """Run COMMAND here, on the laptop, with HOST's variables set: gt-remote exec HOST -- ccmux-compat list-sessions."""
-    status_ = lifecycle.require_up(host)
+    if name is not None and not pick_host:
+        raise UsageError("--for names a polecat for --pick", f"add --pick: 'gt-remote exec --pick --for {shell_word(name)} -- COMMAND ...'")
+    if command[:1] == ("--",):  # options end at HOST (so COMMAND's own --for is COMMAND's): click keeps the `--` after it
+        command = command[1:]
+    if pick_host:
+        command = (host, *command) if host else command  # no HOST with --pick: the first word is the command's
+    if not command or (host is None and not pick_host):  # click's own words, as when both were required
+        raise click.UsageError(f"Missing argument '{'COMMAND...' if host or pick_host else 'HOST'}'.", ctx=ctx)
+    if pick_host:
+        choice = _picked(ctx.obj, [], name, False)
+        if choice.refusal is not None:
+            raise choice.refusal
+        status_ = choice.status
+    else:
+        assert host is not None
+        status_ = lifecycle.require_up(host)
     environment = {**os.environ, **dict(export_vars(status_["local"], status_["server"]["name"]))}
     try:
         os.execvpe(command[0], list(command), environment)
@@ -496,6 +572,63 @@ def exec_(host: str, command: tuple[str, ...]) -> None:
         raise CommandNotExecutable(f"{command[0]} is not executable", f"make it executable (chmod +x {shell_word(command[0])}) or run it through its interpreter") from None
     except OSError as exc:
         raise CommandNotExecutable(f"cannot run {command[0]}: {exc.strerror}", "check that it is a program for this machine") from None
+
+
+def _picked(g: Globals, hosts: list[str], name: str | None, move: bool) -> Any:
+    """A pick, said on stderr; no host: each candidate's reason, then the error."""
+    from gt_remote.base.config_file import cached_tables
+    from gt_remote.base.pool import NoHostToPick
+    from gt_remote.commands import pick as picking
+
+    choice = picking.pick(hosts, cached_tables(g.config_path), name, move)
+    if isinstance(choice.refusal, NoHostToPick):
+        for candidate in choice.candidates:
+            tell(f"  {candidate.host}: {candidate.why}")
+    if choice.refusal is None:
+        say(_pick_words(choice))
+    return choice
+
+
+def _pick_words(choice: Any) -> str:
+    host, name = choice.picked.host, choice.name
+    if choice.sticky:
+        return f"{name} stays on {host}, where it was placed at {choice.placed_at}"
+    lead = f"{name} moved from {choice.moved_from} to {host}; its panes on {choice.moved_from} stay there" if choice.moved_from else f"picked {host}" + (f" for {name}" if name else "")
+    return f"{lead}: {choice.picked.why} ('gt-remote pick --json' shows every candidate)"
+
+
+@main.command()
+@click.argument("hosts", nargs=-1, metavar="[HOST]...", shell_complete=complete_host)
+@click.option("--for", "name", metavar="NAME", help="A polecat's name: record its host, and give NAME that host again while it is up.")
+@click.option("--move", is_flag=True, help="With --for: place NAME anew, on another host (its panes on the old one stay there).")
+@click.option("--forget", "forget", metavar="NAME", help="Clear NAME's recorded host, and pick nothing.")
+@SHELL_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the choice, every candidate's figures and why each won or lost, instead of the export lines.")
+@click.pass_obj
+@user_errors
+@eval_output
+def pick(g: Globals, hosts: tuple[str, ...], name: str | None, move: bool, forget: str | None, shell: str, as_json: bool) -> None:
+    """Print the export lines of the host with the most room now: eval "$(gt-remote pick --for polecat-7)"."""
+    if forget is not None:
+        if hosts or name or move:
+            raise UsageError("--forget only clears a placement: it takes no HOST, --for or --move", f"run 'gt-remote pick --forget {shell_word(forget)}' on its own")
+        from gt_remote.commands import pick as picking
+
+        was = picking.forget(forget)
+        tell(f"forgot that {forget} was placed on {was}; its panes there stay" if was else f"no placement recorded for {forget}; nothing to forget")
+        return
+    if move and name is None:
+        raise UsageError("--move moves a named polecat", "name it: 'gt-remote pick --for NAME --move'")
+    choice = _picked(g, list(hosts), name, move)
+    if as_json:
+        click.echo(json.dumps(visible_data(choice.to_dict()), indent=2))
+    if choice.refusal is not None:
+        raise choice.refusal
+    if not as_json:
+        status_ = choice.status
+        lines = shells.export_lines(export_vars(status_["local"], status_["server"]["name"]), shell)
+        words = ["gt-remote", "pick", *hosts, *(["--for", name] if name else [])]
+        _print_for_shell(lines, " ".join(shell_word(word) if i > 1 else word for i, word in enumerate(words)), shell)
 
 
 @main.command()

@@ -21,6 +21,7 @@ import asyncssh
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import RemoteError
 from gt_remote.base.paths import machine_tag
+from gt_remote.remote.load import LOAD_FACTS, load_fields
 from gt_remote.remote.ownership import Owner, owner_from
 from gt_remote.remote.scripts import run_script
 from gt_remote.tunnel.resumable import StreamGone, relay_request
@@ -35,14 +36,15 @@ OTHERS_SCRIPT = r"""
 lease_others "$1" "$2"
 """
 
-# A health check's one script: is the port still ours, and refresh the lease.
+# A health check's one script: is the port still ours, and refresh the lease; and, read with
+# the shell's builtins, the machine's load for `pick` (the relay's load op, where there is one).
 UPKEEP_SCRIPT = r"""
 me=$(id -u)
 echo "uid=$me"
 ( port_owner "$1" "$4" )
 lease_touch "$1" "$2" "$3"
 lease_others "$1" "$2"
-"""
+""" + LOAD_FACTS
 
 RELEASE_SCRIPT = r"""
 rm -f "$state_dir/leases/$1/$2"
@@ -85,12 +87,13 @@ async def touch_through_relay(conn: asyncssh.SSHClientConnection, socket_path: s
     return safe_names(names), streams if isinstance(streams, int) and not isinstance(streams, bool) and streams >= 0 else None
 
 
-async def upkeep(conn: asyncssh.SSHClientConnection, settings: HostSettings, server_pid: int | None = None) -> tuple[Owner, list[str]]:
+async def upkeep(conn: asyncssh.SSHClientConnection, settings: HostSettings, server_pid: int | None = None) -> tuple[Owner, list[str], dict[str, str]]:
     """Who holds the port now, and the other live holders; refreshes this tunnel's lease.
-    `server_pid`, the server we know of, is tried first as the listener: cheaper than a scan."""
+    `server_pid`, the server we know of, is tried first as the listener: cheaper than a scan.
+    Third, the machine's load facts (gt_remote/remote/load.py)."""
     args = (str(settings.remote_port), lease_name(settings), str(lease_ttl(settings)), str(server_pid or ""))
     result = await run_script(conn, UPKEEP_SCRIPT, *args, timeout=max(10.0, settings.keepalive * 2))
-    return owner_from(result.fields), holders(result.stdout.splitlines())
+    return owner_from(result.fields), holders(result.stdout.splitlines()), load_fields(result.fields)
 
 
 async def others(conn: asyncssh.SSHClientConnection, settings: HostSettings) -> list[str]:

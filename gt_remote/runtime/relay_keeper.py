@@ -25,12 +25,13 @@ from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import ConnectFailed, GtRemoteError
 from gt_remote.ccmux.wire import ping as wire_ping
 from gt_remote.remote import lease as remote_lease
+from gt_remote.remote.load import sessions_on
 from gt_remote.remote.relay import deploy as remote_relay
 from gt_remote.runtime.words import iso, reason
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import Link
 from gt_remote.tunnel.mux import MuxUnavailable, StdioTransport, refused, server_software, stdio_of, use_stdio
-from gt_remote.tunnel.resumable import RelayPath, ResumableClient, StreamGone
+from gt_remote.tunnel.resumable import RelayPath, ResumableClient, StreamGone, relay_request
 
 log = logging.getLogger("gt_remote.runtime.supervisor")  # one log for the supervisor's jobs
 
@@ -63,6 +64,7 @@ class RelayKeeper:
         self.transport: str | None = None  # how streams reach the relay: "forward" or "stdio"
         self.transport_why: str | None = None
         self.stdio_error: str | None = None
+        self.sessions: int | None = None  # the server's session count, asked after the last health Ping through the relay
 
     @property
     def settings(self) -> HostSettings:
@@ -270,6 +272,7 @@ class RelayKeeper:
         """A Ping over a relay stream of its own: the stream code clients use, from a socket
         pair instead of the listener, counted apart so `status` shows only the users' streams."""
         self._probe_path.socket_path = self.path.socket_path
+        self.sessions = None
         ours, theirs = socket.socketpair()
         try:
             await asyncio.get_running_loop().connect_accepted_socket(lambda: ResumableClient(self._probe_path, set()), theirs)
@@ -279,9 +282,17 @@ class RelayKeeper:
             theirs.close()
             raise
         try:
-            return await wire_ping(reader, writer, timeout)
+            rtt = await wire_ping(reader, writer, timeout)
+            self.sessions = await sessions_on(reader, writer, timeout)  # the same stream: for `pick`
+            return rtt
         finally:
             writer.close()
+
+    async def load(self, conn: asyncssh.SSHClientConnection) -> dict[str, Any]:
+        """The machine's load facts from the relay's load op: read from /proc in its own
+        process, so no process is started on the remote. StreamGone when it cannot (a relay
+        of another gt-remote version, without the op)."""
+        return await relay_request(conn, self.path.socket_path, {"op": "load"}, timeout=max(5.0, self.settings.keepalive))
 
     async def answered_directly(self, conn: asyncssh.SSHClientConnection) -> None:
         """The server answers directly but not through the relay: frozen or wedged. Twice in a

@@ -50,9 +50,11 @@ from gt_remote.base.addresses import export_lines
 from gt_remote.base.backs import environment as backs_environment
 from gt_remote.base.config import HostSettings
 from gt_remote.base.errors import ConnectFailed, GtRemoteError, Interrupted, PingFailed, SupervisorTaskEnded, shell_word
+from gt_remote.base.load import LoadMeter, facts_from
 from gt_remote.base.paths import HostFiles, runtime_path, write_private
 from gt_remote.ccmux.wire import ping_address
 from gt_remote.remote import lease as remote_lease
+from gt_remote.remote import load as remote_load
 from gt_remote.remote import scripts as remote_scripts
 from gt_remote.remote import server as remote_server
 from gt_remote.remote.bridge import create_bridge
@@ -69,6 +71,7 @@ from gt_remote.runtime.words import iso, reason
 from gt_remote.tunnel.connection import SshTarget, classify
 from gt_remote.tunnel.forwarder import Forwarder
 from gt_remote.tunnel.link import CheckOutcome, Link, LinkState
+from gt_remote.tunnel.resumable import StreamGone
 from gt_remote.tunnel.wake import WakeEvent, WakeWatcher
 
 log = logging.getLogger("gt_remote.runtime.supervisor")
@@ -149,6 +152,12 @@ class Supervisor:
         self.exit_cause: str | None = None  # why the watchdog ended the supervisor, for the record
         self._relay_vouched = False  # the last health Ping went through the relay, which checked the port's holder
         self._last_upkeep = 0.0  # loop time of the last lease touch: the script's, or the relay's
+        self._load_meter = LoadMeter()
+        self._load: dict[str, Any] | None = None  # the figures `pick` reads, from the last health check
+        self._load_at = 0.0  # when they were read (time.time())
+        self._script_load: dict[str, str] | None = None  # this check's load facts, if its script ran
+        self._direct_sessions: int | None = None  # the session count after this check's direct Ping
+        self._relay_has_load = True  # the relay's load op answered last time (a change is logged)
 
     # --- bring-up -------------------------------------------------------------------
 
@@ -416,10 +425,13 @@ class Supervisor:
         relay's lease op touches it then: an idle tunnel starts no shell on the remote at all.
         Without a relay, or when its Ping or its lease op fails, the script runs, before any
         direct Ping."""
+        delay = 0.0  # the first check at once: its load figures are what `pick` reads
         while True:
-            await asyncio.sleep(self.settings.keepalive)
+            await asyncio.sleep(delay)
+            delay = self.settings.keepalive
             conn = self.link.connection
             checked_port = False
+            self._script_load = self._direct_sessions = None
             if conn is not None and not await self._relay_kept_port_and_lease(conn):
                 await self._upkeep(conn)
                 checked_port = True
@@ -435,6 +447,8 @@ class Supervisor:
                     self.relay.error = None  # the relay refused the port for the same reason
                 else:
                     await self._ping_directly(conn)
+            if conn is not None and self.port_refusal is None and self.rtt_ms is not None:
+                await self._read_load(conn)
             self._save_record_if_changed()
 
     async def _relay_kept_port_and_lease(self, conn: asyncssh.SSHClientConnection) -> bool:
@@ -451,7 +465,8 @@ class Supervisor:
     async def _ping_directly(self, conn: asyncssh.SSHClientConnection) -> None:
         """A Ping straight to the server's port: the server down, or only the relay?"""
         try:
-            self.rtt_ms = await ping_remote(conn, self.settings.remote_port, timeout=max(2.0, self.settings.keepalive), socket=self._server_socket()) * 1000
+            rtt, self._direct_sessions = await remote_load.ping_and_count(conn, self.settings.remote_port, max(2.0, self.settings.keepalive), self._server_socket())
+            self.rtt_ms = rtt * 1000
             self.server_error = None
         except (TimeoutError, asyncssh.Error, PingFailed, OSError) as exc:
             log.warning("health Ping failed: %s", reason(exc))
@@ -473,7 +488,7 @@ class Supervisor:
     async def _upkeep(self, conn: asyncssh.SSHClientConnection) -> None:
         """One script: is the port still the user's; refresh this tunnel's lease."""
         try:
-            owner, self.lease_holders = await remote_lease.upkeep(conn, self.settings, self.server.pid if self.server else None)
+            owner, self.lease_holders, self._script_load = await remote_lease.upkeep(conn, self.settings, self.server.pid if self.server else None)
         except (GtRemoteError, asyncssh.Error, OSError, TimeoutError) as exc:
             log.warning("port and lease check failed: %s", exc)
             return  # not counted as a touch: the next health check tries again
@@ -493,6 +508,36 @@ class Supervisor:
             log.warning("127.0.0.1:%d on %s is the user's again; forwarding again", self.settings.remote_port, self.settings.name)
         self.port_refusal = error
         self.forwarder.refusal = error
+
+    async def _read_load(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The load figures `pick` reads, after a health Ping that went through: the session
+        count came with the Ping; the machine's figures from the relay's load op (no process on
+        the remote), else from this check's port-and-lease script, else a script of their own."""
+        facts, read_by = self._script_load, "script"
+        if self._relay_vouched:
+            try:
+                facts, read_by = await self.relay.load(conn), "relay"
+                self._relay_has_load = True
+            except StreamGone as exc:
+                if self._relay_has_load:
+                    log.warning("the relay gives no load figures (%s); a script reads them, until it can again", exc)
+                self._relay_has_load = False
+        if facts is None:
+            try:
+                facts, read_by = await remote_load.read_by_script(conn, max(10.0, 2 * self.settings.keepalive)), "script"
+            except (GtRemoteError, asyncssh.Error, OSError, TimeoutError) as exc:
+                log.warning("reading the load figures failed: %s", reason(exc))
+                return
+        sessions = self.relay.sessions if self._relay_vouched else self._direct_sessions
+        self._load = self._load_meter.figures(facts_from(facts), sessions, read_by)
+        self._load_at = time.time()
+
+    def _load_status(self) -> dict[str, Any] | None:
+        """The last figures, while they were read over the live link and its health Ping went through."""
+        rtt, link = self.rtt_ms, self.link
+        if self._load is None or rtt is None or (link.up_since is not None and self._load_at < link.up_since):
+            return None
+        return {**self._load, "rtt_ms": round(rtt, 3), "at": iso(self._load_at), "age_s": round(time.time() - self._load_at, 1)}
 
     async def _relay_answers(self) -> bool:
         """A health Ping through the relay, the way clients reach the server (RelayKeeper.ping)."""
@@ -784,6 +829,7 @@ class Supervisor:
             "last_wake": self._last_wake_status(),
             "last_recovery_s": None if link.last_recovery_s is None else round(link.last_recovery_s, 3),
             "exports": export_lines(self.settings.local_url, self.settings.server),
+            "load": self._load_status(),
             "internals": {
                 "asyncio_tasks": len(asyncio.all_tasks()),
                 "open_fds": _open_fds(),

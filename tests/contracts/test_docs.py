@@ -265,6 +265,19 @@ def test_gastown_preset_loads_and_syncs_each_path_once(tmp_path: Path) -> None:
     assert paths and nested == [], f"synced twice: {nested}"
 
 
+def test_gastown_pool_preset_loads_as_a_pool(tmp_path: Path) -> None:
+    """gastown.md's pool: every table is a pool host, with the caps and weight it says."""
+    from gt_remote.base.pool import pool_settings
+
+    (preset,) = [block for block in code_blocks(REPO / "docs" / "gastown.md") if block and block[0].startswith("# a pool of three")]
+    config = tmp_path / "config.toml"
+    config.write_text("\n".join(preset) + "\n")
+    hosts = load_config(config)
+    settings = {name: pool_settings(name, table) for name, table in hosts.items()}
+    assert all(found.pool for found in settings.values()) and len(settings) == 3
+    assert settings["tower"].weight == 2.0 and settings["mini-1"].max_sessions == 4
+
+
 def test_setup_key_only_login_line_works(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
     """setup.md's way to add a key with password login off, run on the 'gaming PC' as pasted."""
     (line,) = [line.strip() for block in code_blocks(REPO / "docs" / "setup.md") for line in block if "authorized_keys" in line]
@@ -453,8 +466,9 @@ def test_every_status_field_is_documented(gt: Gt, ssh_host: SshHost) -> None:
     ssh_host.kill(row["server"]["pid"])  # fills last_server_restart
     wait_for(lambda: gt.status("gaming-pc")[0]["server_restarts"] == 1, 30, "the server to be started again")
     assert gt("reconnect", "gaming-pc").returncode == 0  # fills last_wake
+    wait_for(lambda: gt.status("gaming-pc")[0]["load"], 30, "the load figures of a health check on the new link")
     [row] = gt.status("gaming-pc")
-    assert row["back"] and row["last_server_restart"] and row["last_wake"], row
+    assert row["back"] and row["last_server_restart"] and row["last_wake"] and row["load"], row
     assert undocumented_keys(row, fields) == []
     assert gt("down", "gaming-pc").returncode == 0
     [down] = gt.status("gaming-pc")

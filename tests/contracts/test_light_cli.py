@@ -92,6 +92,10 @@ SHELL_START_COMMANDS = (
     ("status", "{host}", "--json"),
     ("exec", "{host}", "--", "true"),  # the imports happen before the exec; stderr shows them
     ("completion", "bash"),
+    ("pick",),  # a polecat's spawn asks it: the supervisors' cached figures, no connection (#32)
+    ("pick", "{host}", "--for", "polecat-1", "--json"),
+    ("exec", "--pick", "--", "true"),
+    ("status", "--pool"),
 )
 LIGHT_COMMANDS = (
     ("--help",),
