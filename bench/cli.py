@@ -1,5 +1,5 @@
-"""The CLI section: what a new shell pays for `eval "$(gt-remote env HOST)"` and a prompt for
-`gt-remote status`, side by side with `python -c "import click"` (the floor of any click
+"""The CLI section: what a new shell pays for `eval "$(gt-remote env HOST)"`, a prompt for
+`gt-remote status` and a polecat's spawn for `gt-remote pick`, side by side with `python -c "import click"` (the floor of any click
 command line) in one run, interleaved so drift hits all alike.
 
 Wall time is spawn to exit; peak memory is the child's own ru_maxrss from wait4. A child
@@ -36,7 +36,17 @@ def commands(host: str) -> dict[str, list[str]]:
         f"gt-remote env {host}": [*gt, "env", host],
         "gt-remote status": [*gt, "status"],
         "gt-remote --version": [*gt, "--version"],
+        "gt-remote pick": [*gt, "pick"],  # the host with the most room (#32): the supervisors' cached figures, a reservation written under a lock
     }
+
+
+def pool_config(gt: Gt, host: str) -> None:
+    """The host as a pool member in the config, as a pool's user has it: `pick` then reads and
+    parses the config file, as it does in real use (the other commands never read it)."""
+    config = Path(gt.env["XDG_CONFIG_HOME"]) / "gt-remote" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f'[hosts."{host}"]\npool = true\nmax_sessions = 8\n')
+    config.chmod(0o600)
 
 
 LAUNCHER = """
@@ -67,6 +77,7 @@ def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, int, int]:
 
 def measure(gt: Gt, host: str, reps: int) -> dict[str, Any]:
     env = {key: value for key, value in gt.env.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    pool_config(gt, host)
     cases = commands(host)
     wall: dict[str, list[float]] = {name: [] for name in cases}
     maxrss: dict[str, list[int]] = {name: [] for name in cases}
