@@ -4,13 +4,15 @@ machine's noise does not move the way it moves wall-clock times.
 Each tunnel gets a container of its own, so every sshd process in it serves that tunnel
 alone. CPU is user + sys from each process's own /proc/PID/stat (its rusage): the local
 end (gt-remote's supervisor, or ssh), and inside the container the sshd processes of the
-session and gt-remote's relay. The ccmux-server stand-in answering is the same for all and
+session (Dropbear's, on a Dropbear host), gt-remote's relay, and the relay's bridge where a
+tunnel uses the stdio transport. The ccmux-server stand-in answering is the same for all and
 is left out. A workload's cost is the difference across it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from bench import probes
@@ -28,14 +30,62 @@ def role(cmdline: str) -> str | None:
     """What a process inside the container does for the tunnel; None: not the tunnel's."""
     if cmdline.startswith("sshd: "):  # a session's monitor and its child; not the listener
         return "sshd"
-    if "relay_agent.py" in cmdline:
-        return "relay"
+    if cmdline.startswith("/usr/sbin/dropbear "):  # Dropbear's listener and its sessions (it never renames them)
+        return "sshd"
+    if "relay_agent.py" in cmdline:  # the relay, or its bridge for the stdio transport (--mux)
+        return "bridge" if " --mux" in cmdline else "relay"
     return None
+
+
+_INIT_PIDS: dict[str, int] = {}  # container id -> its init's pid on this machine
+
+
+def _init_pid(host: SshHost) -> int:
+    container = host.wrapped
+    if container.id not in _INIT_PIDS:
+        container.reload()  # its attributes as the engine has them now, the running init's pid among them
+        _INIT_PIDS[container.id] = int(container.attrs["State"]["Pid"])
+    return _INIT_PIDS[container.id]
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def processes_seen_from_here(init: int) -> list[str] | None:
+    """The container's processes as PROCESSES prints them, read from this machine's /proc (world-
+    readable, no `docker exec`: that starts runc and its threads on the machine being measured,
+    each time): its init and every descendant, which is every process its server's sessions
+    start, and those they orphan, which the container's init adopts. None if init is gone."""
+    stats: dict[int, str] = {}
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _read(f"/proc/{entry.name}/stat")
+            if stat is not None and ")" in stat:
+                pid = int(entry.name)
+                stats[pid] = stat
+                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(pid)
+    if init not in stats:
+        return None
+    lines, todo = [], [init]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        cmdline = _read(f"/proc/{pid}/cmdline")
+        if cmdline is not None:
+            lines.append(cmdline.replace("\0", " ") + "\t" + stats[pid])
+    return lines
 
 
 def remote_cpu(host: SshHost) -> dict[str, float]:
     ticks: dict[str, int] = {}
-    for line in host.sh(PROCESSES).splitlines():
+    seen = processes_seen_from_here(_init_pid(host))
+    for line in seen if seen is not None else host.sh(PROCESSES).splitlines():
         cmdline, _, stat = line.partition("\t")
         kind = role(cmdline)
         if kind is None or ")" not in stat:

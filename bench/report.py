@@ -64,6 +64,8 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows += cost_summary(results["cost"])
     if "back" in results:
         rows += back_summary(results["back"], plan)
+    if "transport" in results:
+        rows += transport_summary(results["transport"])
     return rows
 
 
@@ -407,6 +409,8 @@ def markdown(results: dict[str, Any]) -> str:
         out += relay_hop_markdown(results)
     if "back" in results:
         out += back_markdown(results["back"], plan, results.get("measured_apart", {}).get("back"))
+    if "transport" in results:
+        out += transport_markdown(results, plan)
     return "\n".join(out)
 
 
@@ -892,6 +896,217 @@ def back_markdown(back: dict[str, Any], plan: dict[str, Any], apart: dict[str, A
     if modes.get(RESUMABLE) != "relay":
         out += [f"**gt-remote resumable ran in mode {modes.get(RESUMABLE)!r}, not through the relay**: its figures are not those of resumable back tunnels.", ""]
     return out + _back_rtt_lines(back, plan) + _back_transfer_lines(back, plan) + _back_fault_lines(back, plan)
+
+
+# --- the transport section ------------------------------------------------------------------
+
+FORWARD, STDIO = "gt-remote forward", "gt-remote stdio"
+UP_REFERENCE = "openssh"  # `up` on a default OpenSSH: what the other servers' `up` is held to
+UP_CASES = {  # TRANSPORT_UPS in bench/run.py: how the report names each
+    "openssh": "default OpenSSH",
+    "openssh --transport stdio": "default OpenSSH, `--transport stdio`",
+    "dropbear": "Dropbear",
+    "hardened": "OpenSSH, `DisableForwarding yes`",
+}
+UP_BAR_S, UP_BAR_FACTOR = 3.0, 3.0  # issue #31: under 3 s, and under 3 x a default OpenSSH's `up`
+STDIO_RTT_GOAL, STDIO_TPUT_GOAL = 1.5, 0.5
+
+
+def transport_summary(transport: dict[str, Any]) -> list[dict[str, Any]]:
+    rtt, tput = transport["rtt_us"], transport["throughput_mib_s"]
+    ours, ref = median(rtt[STDIO]), median(rtt[FORWARD])
+    rows = [
+        _row("Stdio transport: Ping RTT p50", ours, ref, "stream-local forwarding", f"≤ {STDIO_RTT_GOAL:g} ×", _ratio(ours, ref) <= STDIO_RTT_GOAL, "µs"),
+        _row("Stdio transport: Ping RTT p99", percentile(rtt[STDIO], 99), percentile(rtt[FORWARD], 99), "stream-local forwarding", "figure only", None, "µs"),
+    ]
+    ours, ref = median(tput[STDIO]), median(tput[FORWARD])
+    rows.append(_row("Stdio transport: echo throughput, 1 MiB frames (each way)", ours, ref, "stream-local forwarding", f"≥ {STDIO_TPUT_GOAL:g} ×",
+                     _ratio(ours, ref) >= STDIO_TPUT_GOAL, "MiB/s"))
+    seconds_ = transport["up"]["seconds"]
+    for case in ("dropbear", "hardened"):
+        for state in _up_states(seconds_):
+            ours, ref = median(seconds_[case][state]), median(seconds_[UP_REFERENCE][state])
+            rows.append(_row(f"`up` on {UP_CASES[case]} (stdio transport), {state}, median", ours, ref, f"{UP_CASES[UP_REFERENCE]}, {state}",
+                             f"< {UP_BAR_S:g} s and < {UP_BAR_FACTOR:g} ×", ours < UP_BAR_S and _ratio(ours, ref) < UP_BAR_FACTOR, "s"))
+    return rows
+
+
+def _up_states(times: dict[str, Any]) -> list[str]:
+    """The kinds of `up` this run timed: cold and warm (the smoke run: warm only)."""
+    return [state for state in ("cold", "warm") if state in times[UP_REFERENCE]]
+
+
+def _transport_cpu_cells(per: dict[str, float]) -> str:
+    local = per.get("supervisor", per.get("ssh", 0.0))
+    parts = [f"{local:.0f} µs", f"{per.get('sshd', 0.0):.0f} µs"]
+    parts += [f"{per[kind]:.0f} µs" if per.get(kind, 0.0) >= 0.5 else "–" for kind in ("bridge", "relay")]
+    return " | ".join(parts) + f" | **{sum(per.values()):.0f} µs**"
+
+
+def _transport_data_lines(transport: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    rtt, tput, cpu, gib = transport["rtt_us"], transport["throughput_mib_s"], transport["cpu_us_per_ping"], transport.get("cpu_s_per_gib", {})
+    status = transport["status"]
+    ref_rtt, ref_tput = median(rtt[FORWARD]), median(tput[FORWARD])
+    out = [
+        f"**(a) Round trips and throughput.** {plan['pings']} sequential Pings per path on one connection, interleaved in 10 rounds, and echo "
+        f"throughput with {plan['frames']} frames of 1 MiB in flight (each byte goes through the tunnel and back, so the figure is the rate each "
+        f"way), median of {plan['throughput_runs']} runs, as in section 3. gt-remote forward is `gt-remote up` on a default OpenSSH (streams "
+        "in sshd's direct-streamlocal channels, one per stream, to the relay's socket); gt-remote stdio is `gt-remote up --transport stdio` "
+        "on the same container (a second alias): every stream through the relay's bridge (`relay_agent.py --mux`) on one exec channel, "
+        "multiplexed with a credit of 1 MiB per channel and direction. `ssh -L` is to the same server. The rows below it are figures "
+        "only: the hosts that leave only the stdio transport (`up` chose it: the transport column is what `status --json` said), a "
+        "Dropbear started with a larger receive window, and `ssh -L` through the same Dropbear. CPU per "
+        "Ping is user + sys of each process on the path across its own Pings (the other tunnels idle meanwhile; their keepalives and "
+        "health checks are what the bridge and relay columns show under `ssh -L`): the local end (gt-remote's supervisor, or ssh), the "
+        "container's SSH server processes (Dropbear's on a Dropbear host), the bridge, the relay.",
+        "",
+        "| path | transport | RTT p50 | RTT p99 | p50 / forward | throughput | / forward | CPU per Ping: local | sshd | bridge | relay | whole path |"
+        + (" CPU per GiB echoed |" if gib else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if gib else ""),
+    ]
+    for name in rtt:
+        way = status.get(name, {}).get("transport") or "–"
+        out.append(f"| {name} | {way} | {median(rtt[name]):.0f} µs | {percentile(rtt[name], 99):.0f} µs | {median(rtt[name]) / ref_rtt:.2f} | "
+                   f"{median(tput[name]):.1f} MiB/s | {median(tput[name]) / ref_tput:.2f} | {_transport_cpu_cells(cpu[name])} |"
+                   + (f" {sum(gib[name].values()):.2f} s |" if gib else ""))
+    stdio, forward = median(rtt[STDIO]), ref_rtt
+    s_cpu, f_cpu = cpu[STDIO], cpu[FORWARD]
+    out += [
+        "",
+        f"The stdio transport's round trip is {stdio - forward:+.0f} µs against stream-local forwarding's, {stdio / forward:.2f} × "
+        f"(goal ≤ {STDIO_RTT_GOAL:g} ×), and it echoes {median(tput[STDIO]) / ref_tput:.2f} × as fast (goal ≥ {STDIO_TPUT_GOAL:g} ×). "
+        f"Each Ping crosses one more process on the gaming PC, the bridge, which reads the multiplexer's frames from its stdin and writes "
+        f"them to the relay's socket, and back: {s_cpu.get('bridge', 0.0):.0f} µs of its CPU per Ping; the supervisor spends "
+        f"{s_cpu.get('supervisor', 0.0) - f_cpu.get('supervisor', 0.0):+.0f} µs and sshd {s_cpu.get('sshd', 0.0) - f_cpu.get('sshd', 0.0):+.0f} µs "
+        "against forwarding's (sshd carries an exec channel's data through a pipe to the bridge instead of a socket to the relay).",
+        "",
+    ]
+    out += _dropbear_lines(transport)
+    return out
+
+
+def _dropbear_lines(transport: dict[str, Any]) -> list[str]:
+    """Through Dropbear: the stdio transport beside `ssh -L` through the same server, and with
+    its receive window raised (-W), where the run has those paths."""
+    tput = transport["throughput_mib_s"]
+    widened = next((name for name in tput if name.startswith("dropbear -W ")), None)
+    if "dropbear (stdio)" not in tput or "ssh -L (dropbear)" not in tput or widened is None:
+        return []
+    ours, ssh, wide = median(tput["dropbear (stdio)"]), median(tput["ssh -L (dropbear)"]), median(tput[widened])
+    window = widened.split()[2]
+    return [
+        f"Through Dropbear the stdio transport echoes {ours:.1f} MiB/s, {ours / ssh:.2f} × `ssh -L` through the same Dropbear "
+        f"({ssh:.1f} MiB/s). Dropbear's receive window is 24576 bytes per channel unless `-W` says otherwise: the laptop may send "
+        "that much before Dropbear's window adjust comes back, so the exec channel that carries every stream runs in small "
+        f"bursts, and the whole path spends {sum(transport['cpu_s_per_gib']['dropbear (stdio)'].values()):.1f} CPU s per GiB echoed "
+        f"against {sum(transport['cpu_s_per_gib'][STDIO].values()):.1f} s through OpenSSH. The same Dropbear started with "
+        f"`-W {window}` echoes {wide:.1f} MiB/s, {wide / ours:.2f} × as much: the lever is the server's own setting, advice for "
+        "Dropbear's users. The multiplexer's own levers were tried apart from this run on the default OpenSSH, interleaved, each variant on a "
+        "container of its own: its data frames at 16, 128 and 256 KiB instead of 64 KiB, and its credit returned in batches of a "
+        "sixteenth or a half of the window instead of a quarter. None moved the throughput beyond this machine's noise (256 KiB frames "
+        "won 13 of 24 paired rounds, and saved 3 % of the path's CPU per GiB), so the constants stay. A py-spy profile of the bridge "
+        "during the echo found it idle in epoll 85 % of the time; the supervisor was the busy end, most of it in the socket writes "
+        "of asyncssh's packets, as for forwarding.",
+        "",
+    ] if "cpu_s_per_gib" in transport else []
+
+
+def _previous_default(results: dict[str, Any]) -> list[str]:
+    """The default transport's figures here beside those sections 3 and 5 have (measured in
+    the full run; before the stdio transport existed where this section was measured apart)."""
+    transport = results["transport"]
+    rtt, tput = transport["rtt_us"], transport["throughput_mib_s"]
+    ours_rtt, ours_tput = median(rtt[FORWARD]), median(tput[FORWARD])
+    ssh_rtt, ssh_tput = median(rtt["ssh -L"]), median(tput["ssh -L"])
+    text = (f"**On a default OpenSSH nothing changes.** `up` without `--transport` chose stream-local forwarding there "
+            f"(`status --json`: {transport['status'][FORWARD]['transport']}), and its figures in this section are a round trip of "
+            f"{ours_rtt:.0f} µs, {ours_rtt / ssh_rtt:.2f} × `ssh -L`'s in the same rounds, and {ours_tput:.1f} MiB/s, "
+            f"{ours_tput / ssh_tput:.2f} × `ssh -L`'s.")
+    data = results.get("data_path")
+    if data and "gt-remote" in data["rtt_us"] and "ssh -L" in data["rtt_us"]:
+        d_rtt, d_ssh = median(data["rtt_us"]["gt-remote"]), median(data["rtt_us"]["ssh -L"])
+        d_tput, d_tput_ssh = median(data["throughput_mib_s"]["gt-remote"]), median(data["throughput_mib_s"]["ssh -L"])
+        apart = "transport" in results.get("measured_apart", {})
+        when = f" of the full run ({results.get('finished_at')} UTC)" if apart else ""
+        text += (f" Section 3{when}, measured the same way: {d_rtt:.0f} µs, {d_rtt / d_ssh:.2f} × `ssh -L`, and {d_tput:.1f} MiB/s, "
+                 f"{d_tput / d_tput_ssh:.2f} × `ssh -L`. Read the ratios to `ssh -L`: the absolute times move with the machine's load.")
+    return [text, ""]
+
+
+def _transport_up_lines(transport: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    up = transport["up"]
+    times, status = up["seconds"], up["status"]
+    states = _up_states(times)
+    reps = len(times[UP_REFERENCE]["warm"])
+    out = [
+        f"**(b) `up`** on each kind of SSH server, {reps} rounds; in each, every case in turn, cold (`down --stop-server`, gt-remote's "
+        "uploads removed: the server and the relay are uploaded and started) then warm (the server running). Wall time from the command "
+        "until it exits (its end-to-end Ping answered), the stand-in as the server, as in section 2. Dropbear has no stream-local "
+        "forwarding and the hardened OpenSSH refuses every forward: `up` must find that out from the server's own answer and take "
+        f"the stdio transport. #31's bar: under {UP_BAR_S:g} s, and under {UP_BAR_FACTOR:g} × a default OpenSSH's `up` in the same run.",
+        "",
+        "| server | transport |" + "".join(f" {state} median | {state} worst | {state} / default |" for state in states),
+        "| --- | --- |" + " --- | --- | --- |" * len(states),
+    ]
+    for case, shown in UP_CASES.items():
+        cells = "".join(f" {median(times[case][state]):.3f} s | {max(times[case][state]):.3f} s | "
+                        f"{median(times[case][state]) / median(times[UP_REFERENCE][state]):.2f} |" for state in states)
+        out.append(f"| {shown} | {status[case]['transport']} |{cells}")
+    own = median(times["openssh --transport stdio"]["warm"]) - median(times[UP_REFERENCE]["warm"])
+    waits = {case: _ping_to_resumable(up["steps"][case]["warm"]) for case in UP_CASES} if "steps" in up else {}
+    worst = max(max(times[case][state]) for case in ("dropbear", "hardened") for state in states)
+    out += [
+        "",
+        f"The stdio transport's own cost at `up`, on the same default OpenSSH: {own * 1000:+.0f} ms warm, starting the bridge on its "
+        "exec channel (a login shell, then python3 running the relay's file) before the first stream. The slowest `up` on Dropbear or the "
+        f"hardened OpenSSH took {worst:.2f} s. Why each chose the stdio transport, by `status --json`: "
+        + "; ".join(f"{UP_CASES[case]}: {status[case]['transport_reason']}" for case in ("dropbear", "hardened")) + ".",
+        "",
+    ]
+    if waits and None not in waits.values():
+        out[-2] += (" From `up -v`'s steps (warm, medians): from the server's answer (\"reusing the running ccmux-server\") to "
+                    "\"connections are resumable\", " + ", ".join(f"{UP_CASES[case]} {value * 1000:.0f} ms" for case, value in waits.items() if value is not None)
+                    + ". Dropbear is known by its version string, so its bridge starts without asking; the hardened OpenSSH is asked for a "
+                    "channel to the relay's socket beside the first Ping, and only its refusal starts the bridge, one step after the other.")
+    return out
+
+
+def _ping_to_resumable(runs: list[list[list[Any]]]) -> float | None:
+    """Median time from the step that ends the server's part of `up` to "connections are
+    resumable" (the first stream through the transport); None where the steps are named otherwise."""
+    gaps = []
+    for run in runs:
+        server = next((at for at, name in run if name.startswith(("reusing the running", "starting ccmux-server"))), None)
+        resumable = next((at for at, name in run if name.startswith("connections are resumable")), None)
+        if server is None or resumable is None:
+            return None
+        gaps.append(resumable - server)
+    return median(gaps) if gaps else None
+
+
+def transport_markdown(results: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    transport = results["transport"]
+    apart = results.get("measured_apart", {}).get("transport")
+    out = [
+        "",
+        "## 9. Transports",
+        "",
+        "Where sshd opens no channel to the relay's socket (Dropbear; OpenSSH with `DisableForwarding yes` or "
+        "`AllowStreamLocalForwarding no`), resumable streams go through the stdio transport: the relay's bridge on one exec channel "
+        "per SSH connection (docs/resume.md, \"Transports\"). `up --transport stdio` forces it on any host, so it can be measured "
+        "beside stream-local forwarding on the same default OpenSSH, in the same rounds.",
+        "",
+    ]
+    if apart:
+        out += [f"Measured in a run of its own (`python -m bench.run --only transport --merge`) on {apart['finished_at']} UTC in "
+                f"{apart['duration_s']:.0f} s, on the same machine with the same plan; the other sections are the full run's.", ""]
+    if transport.get("load_average"):
+        start, end = transport["load_average"]
+        out += [f"The machine's load average (1 min) was {start:.1f} when this section started and {end:.1f} when it ended.", ""]
+    out += _transport_data_lines(transport, plan)
+    out += _previous_default(results)
+    out += _transport_up_lines(transport, plan)
+    return out
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

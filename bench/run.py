@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import back, cli, cost, probes, report
+from bench import back, cli, cost, probes, report, scratch
 from bench.report import PLAIN, RESUMABLE
 from bench.tunnels import NO_RESUME, REMOTE_PORT, Tunnel, resumable_mode, reverse_logs, ssh_options, start_autossh, start_gt_remote, start_plain_ssh, start_reverse, wait_ready
-from tests.testbed import REPO, RESTARTABLE_SSHD, STANDIN, ClientKey, Gt, SshHost, free_loopback_port, start_host, wait_for
+from tests.testbed import DROPBEAR, REPO, RESTARTABLE_SSHD, STANDIN, ClientKey, Gt, SshHost, free_loopback_port, start_host, wait_for
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,20 @@ class Plan:
     query_gap_s: float = 0.01  # the query loop's pause between queries
     query_deadline_s: float = 20.0  # a query unanswered this long is a failure
     query_retry_s: float = 0.1  # after a failed query, a new client (connection) this much later
+    transport_up_reps: int = 10  # rounds of cold and warm `up` on each kind of SSH server
+    transport_cold: bool = True  # cold `up`s too (not in the smoke run: its section stays a few seconds)
 
 
 SMOKE = Plan(reps=1, pause_s=4.0, pings=50, frames=4, throughput_runs=1, idle_s=3.0, connections=(1, 10), hosts=2,
              attached_reps=1, outage_s=5.0, stall_cap_s=10.0, cli_reps=2, cost_pings=200, cost_mib=16, connects=4,
-             back_queries=50, back_rounds=2, back_mb=16, back_transfer_runs=1, back_kills=1, back_freezes=1)
+             back_queries=50, back_rounds=2, back_mb=16, back_transfer_runs=1, back_kills=1, back_freezes=1,
+             transport_up_reps=1, transport_cold=False)
 
 
 @dataclass
 class Bed:
-    """Containers and a private gt-remote home for this run; everything is removed at the end."""
+    """Containers and a private gt-remote home for this run; everything is removed at the end,
+    the scratch directories (the throwaway private key among them) too (bench/scratch.py)."""
 
     work: Path
     key: ClientKey
@@ -80,14 +85,31 @@ class Bed:
     hosts: list[SshHost] = field(default_factory=list)
     tunnels: list[Tunnel] = field(default_factory=list)
     networks: list[Any] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)
 
     @classmethod
     def create(cls) -> Bed:
-        work = Path(tempfile.mkdtemp(prefix="gt-remote-bench-"))
-        (work / "home").mkdir()
-        gt = Gt(work / "home", Path(tempfile.mkdtemp(prefix="gtr-bench-")))
-        gt.env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed gt-remote has its bytecode cached; so does this one
-        return cls(work, ClientKey.create(work), gt)
+        for path in scratch.sweep():
+            say(f"removed {path}, left by a bench run over a day ago")
+        work = scratch.make("gt-remote-bench-")
+        dirs = [work]
+        try:
+            (work / "home").mkdir()
+            runtime = scratch.make("gtr-bench-")  # short: a Unix socket's path is limited
+            dirs.append(runtime)
+            gt = Gt(work / "home", runtime)
+            gt.env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed gt-remote has its bytecode cached; so does this one
+            return cls(work, ClientKey.create(work), gt, dirs=dirs)
+        except BaseException:
+            for path in dirs:
+                scratch.remove(path)
+            raise
+
+    def scratch(self, prefix: str) -> Path:
+        """Another marked directory of this run's, removed with the rest."""
+        path = scratch.make(prefix)
+        self.dirs.append(path)
+        return path
 
     def host(self, alias: str, own_network: bool = False, **kwargs: Any) -> SshHost:
         if own_network:  # a network of its own, so it can be disconnected without touching others
@@ -105,20 +127,42 @@ class Bed:
         return tunnel
 
     def close(self) -> None:
-        for tunnel in self.tunnels:
-            try:
-                tunnel.stop()
-            except Exception as exc:  # keep tearing down the rest
-                print(f"bench: stopping {tunnel.name}: {exc}", file=sys.stderr)
-        self.gt("down", "--all")
-        for host in self.hosts:
-            try:
-                host.unpause()
-            except Exception:
-                pass
-            host.container.stop()
-        for network in self.networks:
-            network.remove()
+        """Stop what the run started and remove its directories; each step is tried whatever
+        the others did, and a Ctrl-C (or SIGTERM, SIGHUP) meanwhile waits for the end of it."""
+        shielded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+        previous = {signum: signal.signal(signum, _cleaning_up) for signum in shielded}
+        try:
+            for tunnel in self.tunnels:
+                _attempt(f"stopping {tunnel.name}", tunnel.stop)
+            for gt in {id(self.gt): self.gt, **{id(t.gt): t.gt for t in self.tunnels if t.gt is not None}}.values():
+                _attempt("gt-remote down --all", functools.partial(gt, "down", "--all"))
+            for host in self.hosts:
+                _attempt(f"unpausing {host.alias}", host.unpause, quiet=True)
+                _attempt(f"stopping {host.alias}", host.container.stop)
+            for network in self.networks:
+                _attempt(f"removing network {network.name}", network.remove)
+        finally:
+            for path in self.dirs:
+                scratch.remove(path)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _attempt(what: str, action: Callable[[], Any], quiet: bool = False) -> None:
+    try:
+        action()
+    except Exception as exc:  # keep tearing down the rest
+        if not quiet:
+            print(f"bench: {what}: {exc}", file=sys.stderr)
+
+
+def _cleaning_up(signum: int, _frame: object) -> None:
+    print("bench: removing the containers and scratch directories first", file=sys.stderr, flush=True)
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    """SIGTERM and SIGHUP end a run as Ctrl-C does: through its clean-up."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def say(message: str) -> None:
@@ -602,7 +646,7 @@ def attached(bed: Bed, plan: Plan) -> dict[str, Any]:
 def cli_section(bed: Bed, plan: Plan) -> dict[str, Any]:
     """`gt-remote env HOST` and `gt-remote status` against a live tunnel, beside `import click`."""
     host = bed.host("cli-pc")
-    gt = Gt(bed.work / "cli-home", Path(tempfile.mkdtemp(prefix="gtr-bench-cli-")))  # `status` lists this one host only
+    gt = Gt(bed.work / "cli-home", bed.scratch("gtr-bench-cli-"))  # `status` lists this one host only
     (bed.work / "cli-home").mkdir()
     gt.env.pop("PYTHONDONTWRITEBYTECODE", None)
     tunnel = bed.keep(start_gt_remote(gt, host, 5.0))
@@ -830,6 +874,202 @@ def back_section(bed: Bed, plan: Plan) -> dict[str, Any]:
         database.stop()
 
 
+# --- 9. transports -------------------------------------------------------------------------
+
+# `up` on each kind of SSH server (tests/testbed.py HOST_KINDS), and on a default OpenSSH with the
+# stdio transport forced: (host kind, up's options). The first is the reference of the others.
+TRANSPORT_UPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "openssh": ("openssh", ()),
+    "openssh --transport stdio": ("openssh", ("--transport", "stdio")),
+    "dropbear": ("dropbear", ()),
+    "hardened": ("hardened", ()),
+}
+FORWARD, STDIO = "gt-remote forward", "gt-remote stdio"  # the default OpenSSH host, each transport
+
+
+DROPBEAR_WINDOW = 1024 * 1024  # Dropbear's -W: its receive window per channel (24576 bytes unless given)
+
+
+def dropbear_with_window(window: int) -> list[str]:
+    """The test bed's Dropbear command with `-W window`: the lever for what the laptop may send
+    before Dropbear's window adjust comes back."""
+    command = list(DROPBEAR)
+    command[-1] = command[-1].replace("exec /usr/sbin/dropbear ", f"exec /usr/sbin/dropbear -W {window} ", 1)
+    if command == DROPBEAR:
+        raise RuntimeError("bench: tests/testbed.py's DROPBEAR no longer runs 'exec /usr/sbin/dropbear ...': give -W there")
+    return command
+
+
+def transport_hosts(bed: Bed) -> dict[str, SshHost]:
+    """One container per kind of SSH server (and a Dropbear with a larger receive window), started
+    at once (each waits for its server)."""
+    hosts: dict[str, SshHost] = {}
+    failures: list[BaseException] = []
+    starts: dict[str, dict[str, Any]] = {
+        "openssh": {"alias": "transport-pc"},
+        "dropbear": {"alias": "transport-dropbear-pc", "kind": "dropbear"},
+        "dropbear-w": {"alias": "transport-dropbear-w-pc", "kind": "dropbear", "command": dropbear_with_window(DROPBEAR_WINDOW)},
+        "hardened": {"alias": "transport-hardened-pc", "kind": "hardened"},
+    }
+
+    def start(name: str) -> None:
+        try:
+            options = dict(starts[name])
+            hosts[name] = bed.host(options.pop("alias"), **options)
+        except BaseException as exc:  # re-raised below, in the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(name,)) for name in starts]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    finally:  # a Ctrl-C meanwhile: the containers still starting are the run's too, and go with it
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+    return hosts
+
+
+def transport_status(gt: Gt, alias: str) -> dict[str, Any]:
+    """What `status --json` says of a tunnel's transport, and its supervisor."""
+    [row] = gt.status(alias)
+    return {key: row.get(key) for key in ("transport", "transport_reason", "resumable", "resumable_reason", "supervisor_pid")}
+
+
+def cold_remote(host: SshHost) -> None:
+    """Nothing of gt-remote's running or installed on the remote, as before a first `up`: what
+    `down --stop-server` left (a server another alias of the same container started, a relay
+    still exiting) is ended by pid, inside the container, and the uploaded builds removed."""
+    leftover = host.pids("[r]elay_agent.py --socket") + host.pids("[c]cmux-server --listen")
+    if leftover:
+        host.exec("kill -KILL " + " ".join(str(pid) for pid in leftover) + " 2>/dev/null")
+    host.sh("rm -rf /home/gamer/.local/share/gt-remote")
+
+
+def transport_ups(bed: Bed, plan: Plan, hosts: dict[str, SshHost], config: Path) -> tuple[dict[str, Any], dict[str, Tunnel]]:
+    """`up`, cold (nothing of gt-remote's on the remote: the server and the relay uploaded and
+    started) then warm (the server running), for each case in turn, every round: the cases see
+    the same machine's load. Each is taken down before the next, but for the last round's warm
+    ones: they stay up, the tunnels of the round trips and throughput (a tunnel of its own per case).
+    Without plan.transport_cold (the smoke run) each round has only the warm `up`."""
+    gt = bed.gt
+    states = ("cold", "warm") if plan.transport_cold else ("warm",)
+    times: dict[str, dict[str, list[float]]] = {case: {state: [] for state in states} for case in TRANSPORT_UPS}
+    steps: dict[str, dict[str, list[list[tuple[float, str]]]]] = {case: {state: [] for state in states} for case in TRANSPORT_UPS}
+    seen: dict[str, dict[str, Any]] = {}
+    kept: dict[str, Tunnel] = {}
+    for rep in range(plan.transport_up_reps):
+        last = rep == plan.transport_up_reps - 1
+        for case, (kind, options) in TRANSPORT_UPS.items():
+            host = hosts[kind]
+            alias = f"{host.alias}-stdio" if options else host.alias
+            ssh_config = config if kind == "openssh" else host.ssh_config
+            port = free_loopback_port()
+            up = ["up", alias, "--local", f"tcp://127.0.0.1:{port}", "--server-binary", str(STANDIN), *options]
+            if plan.transport_cold:
+                gt("down", alias, "--stop-server", ssh_config=ssh_config)
+                cold_remote(host)
+            for state in states:
+                started = time.perf_counter()
+                run = up_with_steps(gt, ssh_config, up)
+                times[case][state].append(time.perf_counter() - started)
+                steps[case][state].append([(t, report.step_name(line, alias)) for t, line in run])
+                seen[case] = transport_status(gt, alias)
+                if last and state == "warm":
+                    kept[case] = bed.keep(wait_ready(Tunnel(case, port, supervisor_pid=seen[case]["supervisor_pid"], gt=gt, host=alias)))
+                else:
+                    gt("down", alias, ssh_config=ssh_config)
+        say(f"transport up rep {rep + 1}/{plan.transport_up_reps}: " + ", ".join(
+            f"{case} " + "/".join(f"{v[state][-1]:.2f}" for state in states) + " s" for case, v in times.items()))
+    for case, (kind, options) in TRANSPORT_UPS.items():
+        wanted = "forward" if kind == "openssh" and not options else "stdio"
+        if seen[case]["transport"] != wanted or not seen[case]["resumable"]:
+            raise RuntimeError(f"bench: `up` ({case}) ran with transport {seen[case]['transport']!r} "
+                               f"(resumable: {seen[case]['resumable']}), not resumable over {wanted}: {seen[case]}")
+    return {"seconds": times, "steps": steps, "status": seen}, kept
+
+
+# The round trips' paths: (host, the case of TRANSPORT_UPS whose last `up` is the tunnel, or None:
+# started here, `ssh -L` or gt-remote). The default OpenSSH's two transports and `ssh -L` to the
+# same server; then, figures only, the hosts that leave only the stdio transport, and `ssh -L`
+# through the same Dropbear.
+TRANSPORT_PATHS: dict[str, tuple[str, str | None]] = {
+    FORWARD: ("openssh", "openssh"),
+    STDIO: ("openssh", "openssh --transport stdio"),
+    "ssh -L": ("openssh", None),
+    "dropbear (stdio)": ("dropbear", "dropbear"),
+    f"dropbear -W {DROPBEAR_WINDOW} (stdio)": ("dropbear-w", None),
+    "ssh -L (dropbear)": ("dropbear", None),
+    "hardened (stdio)": ("hardened", "hardened"),
+}
+
+
+def transport_data(bed: Bed, plan: Plan, hosts: dict[str, SshHost], kept: dict[str, Tunnel]) -> dict[str, Any]:
+    """Ping round trips and echo throughput through each transport on the default OpenSSH
+    host, with `ssh -L` to the same server, and through the stdio transport where sshd leaves
+    no choice; interleaved in rounds, the CPU of the processes on each path counted across its
+    own turns (the others idle meanwhile, as in the back section)."""
+    tunnels: dict[str, Tunnel] = {}
+    for name, (host, case) in TRANSPORT_PATHS.items():
+        if case is not None:
+            tunnels[name] = kept[case]
+        elif name.startswith("ssh -L"):
+            tunnels[name] = bed.keep(start_plain_ssh(hosts[host], 5.0))
+        else:
+            tunnels[name] = bed.keep(start_gt_remote(bed.gt, hosts[host], 5.0, name=name))
+    host_of = {name: hosts[host] for name, (host, _) in TRANSPORT_PATHS.items()}
+    status = {name: transport_status(bed.gt, tunnel.host) for name, tunnel in tunnels.items() if tunnel.gt is not None}
+    rtt: dict[str, list[float]] = {name: [] for name in tunnels}
+    cpu: dict[str, dict[str, float]] = {name: {} for name in tunnels}
+
+    def count(name: str, work: Callable[[], Any], into: dict[str, dict[str, float]]) -> Any:
+        before = cost.cpu(tunnels[name], host_of[name])
+        result = work()
+        after = cost.cpu(tunnels[name], host_of[name])
+        for kind, value in after.items():
+            into[name][kind] = into[name].get(kind, 0.0) + value - before.get(kind, 0.0)
+        return result
+
+    rounds = 10
+    for _ in range(rounds):
+        for name, tunnel in tunnels.items():
+            rtt[name] += count(name, lambda: asyncio.run(probes.ping_rtts(tunnel.port, max(1, plan.pings // rounds))), cpu)
+    throughput: dict[str, list[float]] = {name: [] for name in tunnels}
+    bulk: dict[str, dict[str, float]] = {name: {} for name in tunnels}
+    for _ in range(plan.throughput_runs):
+        for name, tunnel in tunnels.items():
+            throughput[name].append(count(name, lambda: asyncio.run(probes.echo_throughput(tunnel.port, plan.frames)), bulk))
+    pings, mib = len(rtt[FORWARD]), plan.throughput_runs * plan.frames
+    return {"rtt_us": rtt, "throughput_mib_s": throughput, "status": status,
+            "cpu_us_per_ping": {name: {k: v * 1e6 / pings for k, v in per.items()} for name, per in cpu.items()},
+            "cpu_s_per_gib": {name: {k: v * 1024 / mib for k, v in per.items()} for name, per in bulk.items()}}
+
+
+def transport_section(bed: Bed, plan: Plan) -> dict[str, Any]:
+    """The stdio transport (#31) beside sshd's stream-local channels on the same default OpenSSH
+    host: round trips and throughput; and `up` on Dropbear and on an OpenSSH under
+    `DisableForwarding yes`, which leave only the stdio transport, against a default OpenSSH's."""
+    load = [os.getloadavg()[0]]
+    kept_from = len(bed.tunnels)
+    hosts = transport_hosts(bed)
+    openssh = hosts["openssh"]
+    config = bed.work / f"{openssh.alias}-transports.ssh_config"  # a second alias, for the stdio transport on the same host
+    config.write_text(openssh.config_block() + openssh.config_block().replace(f"Host {openssh.alias}", f"Host {openssh.alias}-stdio"))
+    ups, kept = transport_ups(bed, plan, hosts, config)
+    data = transport_data(bed, plan, hosts, kept)
+    for name, path_status in data["status"].items():
+        if path_status["transport"] != ("forward" if name == FORWARD else "stdio"):
+            raise RuntimeError(f"bench: {name} ran over {path_status['transport']!r}: {path_status}")
+    say("transport: " + ", ".join(f"{k} p50 {probes.median(v):.0f} µs" for k, v in data["rtt_us"].items()))
+    for tunnel in bed.tunnels[kept_from:]:  # measured: they do not load the sections after this one
+        tunnel.stop()
+    load.append(os.getloadavg()[0])
+    return {"up": ups, **data, "load_average": load}
+
+
 # --- main -------------------------------------------------------------------------------
 
 
@@ -859,6 +1099,7 @@ SECTIONS: dict[str, tuple[str, str, Section]] = {  # --only name: (results key, 
     "cli": ("cli", "CLI (short commands beside import click)", cli_section),
     "cost": ("cost", "CPU cost per GiB and per 10,000 round trips", cost_section),
     "back": ("back", "back tunnels (a MySQL client on the gaming PC, the laptop's MariaDB; ssh -R and autossh -R)", back_section),
+    "transport": ("transport", "transports (the stdio transport beside stream-local forwarding; up on Dropbear and a hardened OpenSSH)", transport_section),
 }
 ALIASES = {"memory": "scale", "bringup": "bring-up", "bring_up": "bring-up", "data-path": "data", "data_path": "data"}
 
@@ -921,7 +1162,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench: --merge needs a full run's {args.out / 'benchmarks.json'}")
     if args.only and not args.merge and args.out == REPO / "docs":
         raise SystemExit("bench: --only writes a partial report; pass --out DIR so docs/benchmarks.md keeps the full run, or --merge")
-    results = run(SMOKE if args.smoke else Plan(), args.out, chosen, merge=args.merge)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupted)
+    try:
+        results = run(SMOKE if args.smoke else Plan(), args.out, chosen, merge=args.merge)
+    except KeyboardInterrupt:
+        say("interrupted; the containers and the scratch directories are gone, the report was not written")
+        return 130
     say(f"done in {results['duration_s']:.0f} s; report in {args.out / 'benchmarks.md'}")
     return 0
 
