@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import secrets
 import shlex
@@ -32,6 +33,8 @@ from gt_remote.base.errors import ConnectFailed, NonPosixShell, RemoteError, Rem
 from gt_remote.base.sanitize import ascii_int, visible  # noqa: F401 (callers use remote.ascii_int, remote.visible)
 from gt_remote.remote.digest import file_sha256
 from gt_remote.remote.prelude import PRELUDE
+
+log = logging.getLogger(__name__)
 
 DEFAULT_INSTALL_DIR = "~/.local/share"  # gt-remote's files go to <install dir>/gt-remote/{servers,relay}
 REMOTE_INSTALL_ROOT = ".local/share/gt-remote/servers"  # the default, relative to the remote home
@@ -162,7 +165,7 @@ async def run_command(conn: asyncssh.SSHClientConnection, command: str, feed: Fe
 
 
 async def _run(conn: asyncssh.SSHClientConnection, command: str, feed: Feed, token: str) -> ScriptResult:
-    process = await conn.create_process(command, encoding=None)
+    process = await _start(conn, command)
     feeding = asyncio.create_task(_feed_quietly(feed, process.stdin))
     reading = asyncio.create_task(_read_capped(process.stdout))
     draining = asyncio.create_task(_read_kept(process.stderr))
@@ -177,6 +180,23 @@ async def _run(conn: asyncssh.SSHClientConnection, command: str, feed: Feed, tok
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return _result(process.exit_status, stdout, stderr, token)
+
+
+SESSION_TRIES = 3
+
+
+async def _start(conn: asyncssh.SSHClientConnection, command: str) -> asyncssh.SSHClientProcess[bytes]:
+    """The command's session. A server that refuses the session request itself (Dropbear does,
+    now and then, with many sessions starting at once) started nothing: asked again, briefly."""
+    for attempt in range(1, SESSION_TRIES + 1):
+        try:
+            return await conn.create_process(command, encoding=None)
+        except asyncssh.ChannelOpenError as exc:
+            if exc.code != asyncssh.OPEN_REQUEST_SESSION_FAILED or attempt == SESSION_TRIES:
+                raise
+            log.info("the remote refused a session request (%s); asking again", exc.reason)
+            await asyncio.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
 
 
 async def _feed_quietly(feed: Feed, stdin: asyncssh.SSHWriter[bytes]) -> None:

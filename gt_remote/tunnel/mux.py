@@ -166,7 +166,14 @@ class StdioMux(asyncssh.SSHClientSession[bytes]):
         MuxUnavailable with what it said otherwise. `marker` ends the login shell's noise."""
         mux = cls()
         mux.marker = marker
-        channel, _ = await conn.create_session(lambda: mux, command, encoding=None)
+        for attempt in (1, 2, 3):  # a refused session request started nothing (Dropbear, with many starting at once)
+            try:
+                channel, _ = await conn.create_session(lambda: mux, command, encoding=None)
+                break
+            except asyncssh.ChannelOpenError as exc:
+                if exc.code != asyncssh.OPEN_REQUEST_SESSION_FAILED or attempt == 3:
+                    raise
+                await asyncio.sleep(0.1 * attempt)
         mux.exec_channel = channel
         channel.write(stdin)
         try:
