@@ -56,6 +56,11 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
         rss = results["scale"]["rss_kib"]
         ours_mib, ref_mib = median(rss["gt-remote"]) / 1024, median(rss["autossh + ssh"]) / 1024
         rows.append(_row("Memory per idle host (RSS)", ours_mib, ref_mib, "autossh + ssh", "≤ 30 MiB", ours_mib <= 30.0, "MiB"))
+        idle = results["scale"].get("remote_idle", {})
+        if "gt-remote" in idle and "autossh + ssh" in idle:  # the load figures `pick` weighs included (#32)
+            started = idle["gt-remote"]["processes_per_min"]
+            rows.append(_row("Processes started per minute on an idle remote (health checks and load figures), relay", started,
+                             idle["autossh + ssh"]["processes_per_min"], "autossh + ssh", "0", started == 0, "/min"))
     if "attached" in results:  # runs from before the attached-client section lack it
         rows += attached_summary(results["attached"], plan)
     if "cli" in results:
@@ -87,6 +92,8 @@ def recovery_summary(recovery: dict[str, Any], plan: dict[str, Any]) -> list[dic
 
 CLICK, BARE = 'python -c "import click"', 'python -c "pass"'
 CLI_WALL_GOAL, CLI_MEMORY_GOAL_MIB = 1.3, 20.0
+PICK = "gt-remote pick"  # measured since #32; older runs lack it
+IDLE_PLAIN = "gt-remote, plain (--no-resume)"  # the idle remote's cost without a relay (#32); older runs lack it
 
 
 def _cli_names(cli: dict[str, Any]) -> tuple[str, str]:
@@ -99,7 +106,10 @@ def cli_summary(cli: dict[str, Any]) -> list[dict[str, Any]]:
     wall, rss = cli["wall_s"], cli["maxrss_kib"]
     click_ms, click_mib = median(wall[CLICK]) * 1000, median(rss[CLICK]) / 1024
     rows = []
-    for name, shown in zip(_cli_names(cli), ("`gt-remote env HOST`", "`gt-remote status`")):
+    named = list(zip(_cli_names(cli), ("`gt-remote env HOST`", "`gt-remote status`")))
+    if PICK in wall:
+        named.append((PICK, "`gt-remote pick`"))
+    for name, shown in named:
         ms = median(wall[name]) * 1000
         rows.append(_row(f"{shown}, wall median", ms, click_ms, CLICK.replace('"', "'"), f"≤ {CLI_WALL_GOAL:g} ×", _ratio(ms, click_ms) <= CLI_WALL_GOAL, "ms"))
     for name, shown in zip(_cli_names(cli), ("`gt-remote env HOST`", "`gt-remote status`")):
@@ -136,6 +146,9 @@ def cli_markdown(cli: dict[str, Any]) -> list[str]:
         "command's imports.",
         "",
     ]
+    if PICK in wall:
+        out[-1:] = [f"`gt-remote pick` (#32) reads the figures every supervisor already keeps and writes a reservation under a lock: "
+                    f"{(median(wall[PICK]) - median(wall[CLICK])) * 1000:.0f} ms more than importing click, with no SSH connection of its own.", ""]
     return out
 
 
@@ -558,9 +571,11 @@ def _remote_idle_lines(remote: dict[str, dict[str, float]]) -> list[str]:
     out += [f"| {name} | {row['processes_per_min']:.1f} | {row['cpu_percent']:.3f} % |" for name, row in remote.items()]
     out += [
         "",
-        "gt-remote's health check Pings the server through the relay each keepalive, and the relay's lease op keeps the "
-        "lease every third; neither starts a process. A shell (with the account's start-up files) and the small programs "
-        "of the port-and-lease script run only without a relay, or when the relay cannot do its part.",
+        "gt-remote's health check Pings the server through the relay each keepalive, asks its session count on the same "
+        "stream, has the relay read the machine's load (/proc) for `pick`, and every third keepalive has it keep the lease; "
+        "none of it starts a process. A shell (with the account's start-up files) and the small programs of the "
+        "port-and-lease script run only without a relay, or when the relay cannot do its part"
+        + (": the plain row, whose script reads the load figures too, with the shell's builtins." if IDLE_PLAIN in remote else "."),
         "",
     ]
     return out

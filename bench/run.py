@@ -415,8 +415,10 @@ def remote_idle_cost(before: dict[str, tuple[float, float, int]], after: dict[st
 def scale(bed: Bed, plan: Plan) -> dict[str, Any]:
     # What one idle tunnel costs its remote: each tool alone on a container, both with a server
     # running. Started first, so they are past bring-up when the window opens.
-    alone = {"gt-remote": bed.host("idle-gt-pc"), "autossh + ssh": serving(bed.host("idle-autossh-pc"))}
-    lone_tunnels = [bed.keep(start_gt_remote(bed.gt, alone["gt-remote"], 5.0, name="idle gt-remote")), bed.keep(start_autossh(alone["autossh + ssh"], 5.0))]
+    # gt-remote plain too: without a relay, its health check's script reads the load figures `pick` weighs (#32).
+    alone = {"gt-remote": bed.host("idle-gt-pc"), report.IDLE_PLAIN: bed.host("idle-plain-pc"), "autossh + ssh": serving(bed.host("idle-autossh-pc"))}
+    lone_tunnels = [bed.keep(start_gt_remote(bed.gt, alone["gt-remote"], 5.0, name="idle gt-remote")), bed.keep(start_autossh(alone["autossh + ssh"], 5.0)),
+                    bed.keep(start_gt_remote(bed.gt, alone[report.IDLE_PLAIN], 5.0, name="idle gt-remote plain", options=(NO_RESUME,)))]
     host = bed.host("scale-pc")
     aliases = [f"scale-{i}" for i in range(1, plan.hosts + 1)]
     config = bed.work / "scale_ssh_config"  # one container, named once per simulated host
