@@ -284,8 +284,10 @@ def test_clients_that_never_read_stay_within_the_budget_and_memory_comes_back(gt
     for reader in readers:
         reader.close()
     wait_for(lambda: relay_stats(ssh_host)["streams"] == 0, 30, "the stalled streams to close")
-    wait_for(lambda: rss_kib_inside(ssh_host, relay_pid) - relay_before < 8 * 1024, 30, "the relay's memory to come back")
-    wait_for(lambda: rss_kib(supervisor_pid) - supervisor_before < 16 * 1024, 30, "the supervisor's memory to come back")
+    # Deadlines, not durations: a stalled stream's server socket lingers 5 s after its close (a FIN,
+    # not a reset), and only then is its memory trimmed; a loaded 2-core CI machine needs more room.
+    wait_for(lambda: rss_kib_inside(ssh_host, relay_pid) - relay_before < 8 * 1024, 90, "the relay's memory to come back")
+    wait_for(lambda: rss_kib(supervisor_pid) - supervisor_before < 16 * 1024, 90, "the supervisor's memory to come back")
     print(f"after: relay {rss_kib_inside(ssh_host, relay_pid)} KiB, supervisor {rss_kib(supervisor_pid)} KiB")
 
 
