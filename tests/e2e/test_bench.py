@@ -30,7 +30,7 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks") and "## Summary" in text
     assert (tmp_path / report.CHART).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = report.summary(results)
-    assert len(rows) == 32 and all(row["reference"] >= 0 and (row["ours"] is None or row["ours"] >= 0) for row in rows)
+    assert len(rows) == 34 and all(row["reference"] >= 0 and (row["ours"] is None or row["ours"] >= 0) for row in rows)
     recovery = results["recovery"]
     assert recovery["kill"]["gt-remote"][0] is not None and recovery["pause"]["gt-remote"][0] is not None
     assert recovery["kill"]["ssh -L"] == [None]  # plain ssh -L never comes back
@@ -47,7 +47,9 @@ def test_bench_smoke_writes_the_report(tmp_path: Path) -> None:
     if not attached["resumable"]["available"]:
         assert "resumable: not available" in text
     cli = results["cli"]  # the CLI section: each command ran, beside import click
-    assert "## 6. CLI" in text and set(cli["wall_s"]) >= {report.CLICK, "gt-remote status"}
+    assert "## 6. CLI" in text and set(cli["wall_s"]) >= {report.CLICK, "gt-remote status", report.PICK}
+    idle = results["scale"]["remote_idle"]  # what an idle tunnel, load figures included, costs the remote (#32)
+    assert set(idle) == {"gt-remote", report.IDLE_PLAIN, "autossh + ssh"} and any(row["figure"].startswith("Processes started per minute") for row in rows)
     assert all(len(values) == SMOKE.cli_reps and min(values) > 0 for values in cli["maxrss_kib"].values())
     cost = results["cost"]["tools"]  # CPU per GiB and per 10k round trips, for both ends of each tunnel
     assert "## 7. CPU cost" in text and {"ssh", "sshd"} <= set(cost["ssh -L"]["per_gib"])
