@@ -67,15 +67,25 @@ if command -v socat >/dev/null 2>&1; then
     if [ "$kind" = unix ]; then exec socat - "UNIX-CONNECT:$where"; else exec socat - "TCP:127.0.0.1:$where"; fi
 fi
 if command -v nc >/dev/null 2>&1; then
-    if [ "$kind" = unix ]; then
-        nc -h 2>&1 | grep -q -e '-U' && { printf 'GT-REMOTE-BRIDGE-READY\n'; exec nc -U "$where"; }
-    else
-        printf 'GT-REMOTE-BRIDGE-READY\n'; exec nc 127.0.0.1 "$where"
+    nc_help=$(nc -h 2>&1)
+    case "$kind:$nc_help" in unix:*-U*) nc_to="-U $where" ;; tcp:*) nc_to="127.0.0.1 $where" ;; *) nc_to="" ;; esac
+    if [ -n "$nc_to" ]; then
+        # nc alone waits for the server to close, which ccmux never does: it reads a FIFO this
+        # shell fills from stdin, and is ended 5 s after stdin ends (-N gives the server its end
+        # first); when the server closes, nc ends and so does the bridge
+        nc_end=""; case "$nc_help" in *-N*) nc_end="-N" ;; esac
+        d=$(mktemp -d) && mkfifo "$d/in" || { echo "bridge_error=cannot make a FIFO for nc"; exit 1; }
+        printf 'GT-REMOTE-BRIDGE-READY\n'
+        exec 4<&0  # an asynchronous list's stdin is /dev/null: stdin goes to it as fd 4
+        nc $nc_end $nc_to < "$d/in" & nc_pid=$!
+        { cat <&4 > "$d/in"; sleep 5; kill "$nc_pid" 2>/dev/null; } & w=$!
+        wait "$nc_pid"; kill "$w" 2>/dev/null; rm -rf "$d"; exit 0
     fi
 fi
 if [ "$kind" = tcp ] && command -v bash >/dev/null 2>&1; then
     printf 'GT-REMOTE-BRIDGE-READY\n'
-    exec bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; cat <&3 & cat >&3; wait' bridge "$where"
+    # bash cannot half-close: once stdin ends, the reader gets 5 s for the answer, then goes
+    exec bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; cat <&3 & r=$!; cat >&3; (sleep 5; kill $r 2>/dev/null) & wait $r' bridge "$where"
 fi
 echo "bridge_error=none of python3, socat, nc or bash is there to reach $where"
 exit 1

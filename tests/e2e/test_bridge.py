@@ -16,7 +16,7 @@ from tests.testbed import USER, SshHost, wait_for
 
 PORT = 7777
 SOCKET = "/tmp/bridge-test.sock"
-BASICS = ("sh", "dd", "cat", "grep", "printf")
+BASICS = ("sh", "dd", "cat", "grep", "printf", "sleep", "mktemp", "mkfifo", "rm")
 # A server that reads a 5-byte request, answers, and closes: every bridge ends on its own.
 SERVER = r"""
 import os, socket, sys, threading
@@ -80,3 +80,25 @@ def test_with_none_of_them_the_answer_is_one_line_naming_what_is_missing(served:
 
 def test_python3_says_when_the_server_is_not_there(served: SshHost) -> None:
     assert bridged(served, "unix", "/tmp/no-such.sock", "python3").startswith("bridge_error=cannot reach /tmp/no-such.sock")
+
+
+@pytest.mark.parametrize("tool", ["bash", "nc"])
+def test_a_bridge_ends_when_its_input_does_though_the_server_stays(served: SshHost, tool: str) -> None:
+    """A server that never closes (ccmux keeps a client's connection): once the laptop's side
+    ends, the bridge ends too, and leaves no process behind on the gaming PC."""
+    served.spawn(f"exec python3 -c {shlex.quote(SILENT_SERVER)}", user=USER)
+    wait_for(lambda: served.exec(f"python3 -c {shlex.quote(CONNECTS % SILENT_PORT)}")[0] == 0, 10, "the silent server")
+    bridged(served, "tcp", str(SILENT_PORT), tool)  # returns once the bridge's command has ended
+    wait_for(lambda: served.exec("pgrep -u gamer -x cat")[0] != 0, 15, "no bridge process left")
+
+
+SILENT_PORT = 7778
+CONNECTS = "import socket; socket.create_connection(('127.0.0.1', %d), timeout=2).close()"
+SILENT_SERVER = r"""
+import socket, threading, time
+listener = socket.create_server(("127.0.0.1", %d))
+held = []
+while True:
+    conn, _ = listener.accept()
+    held.append(conn)  # read nothing, answer nothing, never close
+""" % SILENT_PORT
