@@ -305,6 +305,11 @@ if ! mkdir -p "$dir" 2>/dev/null || ! chmod 700 "$dir"; then
     echo "error=cannot create $dir"; exit 0
 fi
 install_dir_safe >/dev/null || { echo "error=unsafe"; install_dir_safe; exit 0; }
+# Cut short (its channel closed: Ctrl-C on `up`), the script leaves no partial file; and a closed
+# stdout does not kill it between the bytes' arrival and their placing (SIGPIPE on an echo).
+trap 'rm -f "$part"' EXIT
+trap 'exit 1' HUP INT TERM
+trap '' PIPE
 if ! cat > "$part"; then
     rm -f "$part"; rmdir "$dir" 2>/dev/null
     echo "error=write"; echo "free=$(free_kib)"; exit 0
