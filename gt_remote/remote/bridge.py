@@ -23,7 +23,7 @@ import asyncssh
 from gt_remote.base.errors import RemoteError
 from gt_remote.remote import scripts
 from gt_remote.tunnel import mux
-from gt_remote.tunnel.mux import BridgeFailed
+from gt_remote.tunnel.mux import BridgeFailed, StreamSession
 
 log = logging.getLogger(__name__)
 
@@ -187,28 +187,7 @@ async def create_bridge(conn: asyncssh.SSHClientConnection, session_factory: Cal
     return channel, inner
 
 
-class _Streams(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.reader = asyncio.StreamReader()
-
-    def data_received(self, data: bytes, datatype: Any = None) -> None:
-        self.reader.feed_data(data)
-
-    def eof_received(self) -> bool:
-        self.reader.feed_eof()
-        return True
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.reader.feed_eof()
-
-
 async def open_bridge(conn: asyncssh.SSHClientConnection, socket: str | None, port: int) -> tuple[asyncio.StreamReader, Any]:
     """The same as a (reader, writer) pair, for a Ping."""
-    channel, session = await create_bridge(conn, _Streams, socket, port)
+    channel, session = await create_bridge(conn, StreamSession, socket, port)
     return session.reader, channel

@@ -123,8 +123,9 @@ class VirtualChannel:
         asyncio.get_running_loop().call_soon(self.session.connection_lost, exc)
 
 
-class _Reader(asyncio.Protocol):
-    """open_unix_connection's session: an asyncio StreamReader fed from the channel."""
+class StreamSession(asyncio.Protocol):
+    """A session whose data feeds an asyncio StreamReader: open_unix_connection's here, and an
+    exec bridge's (gt_remote/remote/bridge.py), each a (reader, writer) pair for a Ping."""
 
     def __init__(self) -> None:
         self.reader = asyncio.StreamReader()
@@ -196,11 +197,11 @@ class StdioMux(asyncssh.SSHClientSession[bytes]):
         return await self._open({"tcp": port}, session_factory)
 
     async def open_unix_connection(self, path: str) -> tuple[asyncio.StreamReader, VirtualChannel]:
-        channel, session = await self._open({"unix": path}, _Reader)
+        channel, session = await self._open({"unix": path}, StreamSession)
         return session.reader, channel
 
     async def open_connection(self, host: str, port: int) -> tuple[asyncio.StreamReader, VirtualChannel]:
-        channel, session = await self._open({"tcp": port}, _Reader)
+        channel, session = await self._open({"tcp": port}, StreamSession)
         return session.reader, channel
 
     async def _open(self, target: dict[str, Any], session_factory: Callable[[], Any]) -> tuple[VirtualChannel, Any]:

@@ -555,16 +555,9 @@ def port_holder(port: int) -> str:
     """Who listens on `port` (any address), for a refusal: an account, and a pid and its
     command when it is this user's process (others' are not visible)."""
     inodes = {}  # type: Dict[str, int]
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as handle:
-                rows = handle.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 9 and cols[3] == "0A" and cols[1].rpartition(":")[2] == "%04X" % port and cols[7].isdigit():
-                inodes[cols[9]] = int(cols[7])
+    for cols in proc_tcp_rows():
+        if len(cols) > 9 and cols[3] == "0A" and cols[1].rpartition(":")[2] == "%04X" % port and cols[7].isdigit():
+            inodes[cols[9]] = int(cols[7])
     if not inodes:
         return "another program (its owner cannot be seen)"
     inode, uid = sorted(inodes.items())[0]
@@ -685,22 +678,27 @@ LOOPBACK_HEX = (  # and ::1, in both byte orders
 )
 
 
-def peer_uid_from_proc(port: int, local_port: int) -> Optional[int]:
-    """The same answer from /proc/net/tcp and tcp6, where netlink cannot be asked."""
-    uids = []  # type: List[int]
+def proc_tcp_rows() -> List[List[str]]:
+    """The socket rows of /proc/net/tcp and tcp6, split into their columns (none where unreadable)."""
+    rows = []  # type: List[List[str]]
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as handle:
-                rows = handle.read().splitlines()[1:]
+                rows += [row.split() for row in handle.read().splitlines()[1:]]
         except OSError:
             continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) <= 7 or int(cols[3], 16) not in CONNECTED_STATES or not cols[7].isdigit():
-                continue
-            (address, _, own), (peer, _, theirs) = cols[1].partition(":"), cols[2].partition(":")
-            if address in LOOPBACK_HEX and peer in LOOPBACK_HEX and (own, theirs) == ("%04X" % port, "%04X" % local_port):
-                uids.append(int(cols[7]))
+    return rows
+
+
+def peer_uid_from_proc(port: int, local_port: int) -> Optional[int]:
+    """The same answer from /proc/net/tcp and tcp6, where netlink cannot be asked."""
+    uids = []  # type: List[int]
+    for cols in proc_tcp_rows():
+        if len(cols) <= 7 or int(cols[3], 16) not in CONNECTED_STATES or not cols[7].isdigit():
+            continue
+        (address, _, own), (peer, _, theirs) = cols[1].partition(":"), cols[2].partition(":")
+        if address in LOOPBACK_HEX and peer in LOOPBACK_HEX and (own, theirs) == ("%04X" % port, "%04X" % local_port):
+            uids.append(int(cols[7]))
     return _one_uid(uids)
 
 
