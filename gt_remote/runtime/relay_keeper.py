@@ -273,9 +273,15 @@ class RelayKeeper:
         pair instead of the listener, counted apart so `status` shows only the users' streams."""
         self._probe_path.socket_path = self.path.socket_path
         self.sessions = None
+        probes: list[ResumableClient] = []
+
+        def probe() -> ResumableClient:
+            probes.append(ResumableClient(self._probe_path, set()))
+            return probes[-1]
+
         ours, theirs = socket.socketpair()
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: ResumableClient(self._probe_path, set()), theirs)
+            await asyncio.get_running_loop().connect_accepted_socket(probe, theirs)
             reader, writer = await asyncio.open_connection(sock=ours)
         except BaseException:
             ours.close()
@@ -284,9 +290,10 @@ class RelayKeeper:
         try:
             rtt = await wire_ping(reader, writer, timeout)
             self.sessions = await sessions_on(reader, writer, timeout)  # the same stream: for `pick`
-            return rtt
         finally:
             writer.close()
+        await probes[0].wait_ended(RELAY_PING_TIMEOUT)  # the check leaves no stream behind it
+        return rtt
 
     async def load(self, conn: asyncssh.SSHClientConnection) -> dict[str, Any]:
         """The machine's load facts from the relay's load op: read from /proc in its own

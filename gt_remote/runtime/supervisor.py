@@ -90,6 +90,35 @@ def _open_fds() -> int | None:
         return None
 
 
+def _fd_kinds() -> dict[str, int]:
+    """What the open fds are (socket, pipe, anon_inode:[eventpoll], a path), counted: when the
+    count grows, this says what leaked without attaching a debugger to a supervisor."""
+    kinds: dict[str, int] = {}
+    fd_dir = f"/proc/{os.getpid()}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return kinds
+    for name in names:
+        try:
+            target = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        kind = target.split(":[", 1)[0] if ":[" in target else target
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def _task_kinds() -> dict[str, int]:
+    """The running asyncio tasks by coroutine name, counted, for the same reason as _fd_kinds."""
+    kinds: dict[str, int] = {}
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        name = getattr(coro, "__qualname__", None) or type(coro).__name__
+        kinds[name] = kinds.get(name, 0) + 1
+    return kinds
+
+
 async def refuse_unknown_host(target: SshTarget) -> None:
     """Raise UnknownHost (the connection's own error) when the destination's name, after
     ssh_config, does not resolve here. Asked only once the local address refused: a mistyped
@@ -150,6 +179,7 @@ class Supervisor:
         self._runtime_ids: tuple[int, int] | None = None  # inodes of our control socket and pid file
         progress.relay_transfers(self._on_transfer)
         self.exit_cause: str | None = None  # why the watchdog ended the supervisor, for the record
+        self.health_check_running = False  # shown in status internals: figures read mid-check include its streams
         self._relay_vouched = False  # the last health Ping went through the relay, which checked the port's holder
         self._last_upkeep = 0.0  # loop time of the last lease touch: the script's, or the relay's
         self._load_meter = LoadMeter()
@@ -429,27 +459,35 @@ class Supervisor:
         while True:
             await asyncio.sleep(delay)
             delay = self.settings.keepalive
-            conn = self.link.connection
-            checked_port = False
-            self._script_load = self._direct_sessions = None
-            if conn is not None and not await self._relay_kept_port_and_lease(conn):
-                await self._upkeep(conn)
-                checked_port = True
+            self.health_check_running = True
+            try:
+                await self._check_health()
+            finally:
+                self.health_check_running = False
+
+    async def _check_health(self) -> None:
+        """One health check: the body of _health_loop's tick."""
+        conn = self.link.connection
+        checked_port = False
+        self._script_load = self._direct_sessions = None
+        if conn is not None and not await self._relay_kept_port_and_lease(conn):
+            await self._upkeep(conn)
+            checked_port = True
+        if self.port_refusal is not None:
+            conn = None  # never forward to (or Ping) another account's listener
+        if conn is not None and self.relay.path.missing:  # a stream found no relay while the link stayed up
+            await self.relay.restart("a stream found no relay")
+        self._relay_vouched = conn is not None and await self._relay_answers()
+        if conn is not None and not self._relay_vouched:
+            if not checked_port:
+                await self._upkeep(conn)  # who holds the port, before a direct Ping goes to it
             if self.port_refusal is not None:
-                conn = None  # never forward to (or Ping) another account's listener
-            if conn is not None and self.relay.path.missing:  # a stream found no relay while the link stayed up
-                await self.relay.restart("a stream found no relay")
-            self._relay_vouched = conn is not None and await self._relay_answers()
-            if conn is not None and not self._relay_vouched:
-                if not checked_port:
-                    await self._upkeep(conn)  # who holds the port, before a direct Ping goes to it
-                if self.port_refusal is not None:
-                    self.relay.error = None  # the relay refused the port for the same reason
-                else:
-                    await self._ping_directly(conn)
-            if conn is not None and self.port_refusal is None and self.rtt_ms is not None:
-                await self._read_load(conn)
-            self._save_record_if_changed()
+                self.relay.error = None  # the relay refused the port for the same reason
+            else:
+                await self._ping_directly(conn)
+        if conn is not None and self.port_refusal is None and self.rtt_ms is not None:
+            await self._read_load(conn)
+        self._save_record_if_changed()
 
     async def _relay_kept_port_and_lease(self, conn: asyncssh.SSHClientConnection) -> bool:
         """Can this check skip the script? Yes when the last health Ping went through the relay
@@ -833,6 +871,9 @@ class Supervisor:
             "internals": {
                 "asyncio_tasks": len(asyncio.all_tasks()),
                 "open_fds": _open_fds(),
+                "health_check_running": self.health_check_running,
+                "task_kinds": _task_kinds(),
+                "fd_kinds": _fd_kinds(),
                 "resume_buffered_bytes": self.relay.path.buffered(),
                 "resume_peak_unacked_bytes": self.relay.path.peak_unacked,
             },

@@ -112,6 +112,14 @@ class RelayPath:
             for stream in list(self.streams):
                 stream.heartbeat()
 
+    def forget(self, stream: ResumableClient) -> None:
+        """A stream ended here. The last one to go ends the heartbeats at once rather than at
+        their next tick: an idle supervisor then holds the same tasks at any moment, which is
+        what its leak check (the soak's baseline) compares."""
+        self.streams.discard(stream)
+        if not self.streams and self._heartbeats is not None and not self._heartbeats.done():
+            self._heartbeats.cancel()
+
     def abandon(self, stream_id: str) -> None:
         """A stream given up here that the relay may still hold: it is told to close it as
         soon as the link is up (it would otherwise keep it, and its server connection, for
@@ -218,6 +226,15 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
         self.client_gone = True
         self.registry.discard(self)
         self.app_lost()
+
+    async def wait_ended(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) for the stream to be over on both ends: its keeper task
+        done, after the relay confirmed the close. For the supervisor's own short streams (the
+        health Ping), so a check leaves nothing running behind it. True when it ended."""
+        if self._task is None:
+            return self.core.finished
+        done, _pending = await asyncio.wait({self._task}, timeout=timeout)
+        return bool(done)
 
     def abort(self) -> None:
         """The supervisor stops: the relay is told at once (C), the client's socket goes."""
@@ -364,7 +381,7 @@ class ResumableClient(StreamPipe, asyncio.Protocol):
         stream = self.core
         if stream.why not in ("ended", "the client's end closed", "the supervisor stopped"):
             log.info("stream %s ended: %s", self.id[:8], stream.why)
-        self.path.streams.discard(self)
+        self.path.forget(self)
         if stream.unconfirmed and self.channel is not None:
             self.loop.call_later(HELLO_TIMEOUT, self.close_unconfirmed)  # the relay's answering C closes it sooner
         else:
