@@ -117,8 +117,9 @@ class RelayPath:
         their next tick: an idle supervisor then holds the same tasks at any moment, which is
         what its leak check (the soak's baseline) compares."""
         self.streams.discard(stream)
-        if not self.streams and self._heartbeats is not None and not self._heartbeats.done():
+        if not self.streams and self._heartbeats is not None:
             self._heartbeats.cancel()
+            self._heartbeats = None  # a stream that comes before the cancel lands starts new ones
 
     def abandon(self, stream_id: str) -> None:
         """A stream given up here that the relay may still hold: it is told to close it as
