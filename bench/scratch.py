@@ -8,6 +8,10 @@ in a finally). A run that could not get there (a killed process, a machine that 
 leaves them behind: the next run removes those, but only directories that carry the marker
 file this module writes, are this user's own, and are older than a day, so a run going on
 beside it keeps its own and nothing else is ever touched.
+
+A run inside the test suite (tests/e2e/test_bench.py) also writes the test session's name
+into the marker: when that pytest is killed, its reaper (tests/reaper.py) removes the
+session's directories at once (sweep_session), rather than a day later.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.reaper import SESSION_ENV  # a test run's name, in its environment
+
 MARKER = ".gt-remote-bench"  # the file that says: a bench run made this directory
 MARKER_TEXT = "made by gt-remote's bench (bench/run.py); removed at the end of its run, or by a later run a day after\n"
 PREFIXES = ("gt-remote-bench-", "gtr-bench-")  # every name a run gives its directories starts with one
 STALE_AFTER_S = 24 * 3600.0
+SESSION_LINE = "test session: "  # the marker's line naming that run, when there is one
 
 
 def make(prefix: str, base: Path | None = None) -> Path:
@@ -30,7 +37,8 @@ def make(prefix: str, base: Path | None = None) -> Path:
     if not prefix.startswith(PREFIXES):
         raise ValueError(f"a bench scratch directory's name starts with one of {PREFIXES}, not {prefix!r}")
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    (path / MARKER).write_text(MARKER_TEXT)
+    session = os.environ.get(SESSION_ENV)
+    (path / MARKER).write_text(MARKER_TEXT + (f"{SESSION_LINE}{session}\n" if session else ""))
     return path
 
 
@@ -39,21 +47,38 @@ def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def is_stale(path: Path, now: float | None = None, older_than_s: float = STALE_AFTER_S) -> bool:
-    """A leftover of an earlier run: a real directory (not a link) named as the bench names
-    them, this user's own, with the marker, the marker older than `older_than_s`."""
+def _marker_of(path: Path) -> os.stat_result | None:
+    """The marker's stat, when `path` is a bench scratch dir: a real directory (not a link)
+    named as the bench names them, this user's own, holding this user's marker file."""
     if not path.name.startswith(PREFIXES):
-        return False
+        return None
     try:
         info = os.lstat(path)
         marker = os.lstat(path / MARKER)
     except OSError:
-        return False
+        return None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        return False
+        return None
     if not stat.S_ISREG(marker.st_mode) or marker.st_uid != os.getuid():
+        return None
+    return marker
+
+
+def is_stale(path: Path, now: float | None = None, older_than_s: float = STALE_AFTER_S) -> bool:
+    """A leftover of an earlier run: a bench scratch dir whose marker is older than `older_than_s`."""
+    marker = _marker_of(path)
+    return marker is not None and (now if now is not None else time.time()) - marker.st_mtime > older_than_s
+
+
+def made_in_session(path: Path, session: str) -> bool:
+    """A bench scratch dir made by a run inside test session `session` (its marker says so)."""
+    if _marker_of(path) is None:
         return False
-    return (now if now is not None else time.time()) - marker.st_mtime > older_than_s
+    try:
+        lines = (path / MARKER).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return f"{SESSION_LINE}{session}" in lines
 
 
 def sweep(base: Path | None = None, now: float | None = None) -> list[Path]:
@@ -69,4 +94,18 @@ def sweep(base: Path | None = None, now: float | None = None) -> list[Path]:
         if is_stale(path, now):
             remove(path)
             removed.append(path)
+    return removed
+
+
+def sweep_session(session: str, base: Path | None = None) -> list[Path]:
+    """Remove the scratch dirs a bench run inside test session `session` left in `base` (the
+    temporary directory), whatever their age: the session's reaper calls it once pytest is gone."""
+    base = Path(base or tempfile.gettempdir())
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return []
+    removed = [path for path in entries if made_in_session(path, session)]
+    for path in removed:
+        remove(path)
     return removed

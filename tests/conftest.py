@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from testcontainers.core.image import DockerImage
 
-from tests.reaper import SESSION_ENV
+from tests.reaper import ROOT_ENV, SESSION_ENV
 from tests.testbed import BASE_TAG, REPO, TEST_IMAGE, ClientKey, Gt, SshHost, context_hash, session_labels, start_host
 
 __all__ = ["Gt"]  # tests import the runner from here
@@ -98,6 +98,7 @@ def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     this run started, and this directory. Its log: reaper.log in pytest's base temp dir."""
     global _reaper
     root = Path(tempfile.mkdtemp(prefix=f"gtr-{os.getpid()}-"))  # short: Unix socket paths are limited
+    os.environ[ROOT_ENV] = str(root)  # tests.reaper.short_tempdir: the tests' short dirs go under it
     log = tmp_path_factory.getbasetemp() / "reaper.log"
     with log.open("ab") as errors:  # its own lines, and a traceback if it ever failed
         _reaper = subprocess.Popen(

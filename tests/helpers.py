@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from gt_remote.base.addresses import parse_address
 from gt_remote.base.errors import PingFailed
 from gt_remote.ccmux.wire import ping_address
+from tests.reaper import short_tempdir
 from tests.testbed import REPO, Gt
 
 STANDIN_PATTERN = "--listen-tcp 127.0.0.1:"
@@ -143,7 +144,7 @@ def agent_file() -> Path:
     run's own, so tests run what the remote runs: the built file, not its sources."""
     from gt_remote.remote.relay import build as relay_build
 
-    return relay_build.write(Path(tempfile.mkdtemp(prefix="gtr-agent-")))
+    return relay_build.write(short_tempdir("gtr-agent-"))
 
 
 def load_agent() -> ModuleType:

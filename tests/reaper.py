@@ -18,7 +18,12 @@ for pytest (PID, its parent) to end, whatever ends it, then ends what that sessi
 - the laptop mariadbd servers of tests/e2e/mariadb.py, which already die with pytest
   (PR_SET_PDEATHSIG): one left anyway is ended by the pid file in its directory, checked to be
   mariadbd serving that directory, and the directories are removed;
+- the reference tunnels the bench's smoke test starts beside gt-remote (autossh, which would
+  start ssh again forever once its container is gone, then ssh), found by the session's name in
+  their environment, ended through pidfds as the supervisors are;
 - the containers and networks labelled gt-remote.test-session=SESSION (docker rm -f);
+- the bench's scratch directories (the throwaway client key among them) whose marker names the
+  session (bench/scratch.py);
 
 and removes ROOT. A run that ended normally has nothing left: the reaper finds nothing. What it
 ended goes to LOG (in pytest's base temp dir), a line each.
@@ -40,9 +45,19 @@ from pathlib import Path
 
 SESSION_ENV = "GT_REMOTE_TEST_SESSION"  # a session's name, in the environment of all it starts
 SESSION_LABEL = "gt-remote.test-session"  # the same name, on its containers and networks
+ROOT_ENV = "GT_REMOTE_TEST_ROOT"  # the session's ROOT, for short_tempdir in its tests and the processes they start
 MARIADB_PREFIX = "gtr-mdb-"  # tests/e2e/mariadb.py's directories: /tmp/gtr-mdb-<pytest pid>-XXXX
 GRACE_S = 10.0  # a supervisor's clean stop (SIGTERM) before SIGKILL
 POLL_S = 0.5  # how often the parent is checked where pidfds are missing (not Linux 5.3+)
+
+
+def short_tempdir(prefix: str) -> Path:
+    """A new private directory with a short path, for tests that put Unix sockets in it (their
+    paths are limited to about 100 bytes): under the running session's ROOT, which its reaper
+    removes however the run ends, so no test leaves directories in /tmp (a run's relay and
+    hypothesis tests make thousands). Outside a test run, in the system's temporary directory."""
+    root = os.environ.get(ROOT_ENV)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root if root and os.path.isdir(root) else None))
 
 
 def wait_for_parent(pid: int) -> None:
@@ -103,6 +118,34 @@ def is_our_supervisor(pid: int, session: str, root: Path) -> bool:
     environment = environment_of(pid)
     runtime = next((item.split(b"=", 1)[1] for item in environment if item.startswith(b"XDG_RUNTIME_DIR=")), b"")
     return f"{SESSION_ENV}={session}".encode() in environment or (bool(runtime) and Path(os.fsdecode(runtime)).is_relative_to(root))
+
+
+REFERENCE_TOOLS = (b"autossh", b"ssh")  # ended in this order: autossh first, or it starts another ssh
+
+
+def our_reference_tools(session: str, program: bytes) -> list[int]:
+    """This session's live `program` processes (autossh or ssh), by its name in their environment."""
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [pid for pid in pids if pid != os.getpid() and is_our_reference_tool(pid, session, program)]
+
+
+def is_our_reference_tool(pid: int, session: str, program: bytes) -> bool:
+    argv = argv_of(pid)
+    return bool(argv) and os.path.basename(argv[0]) == program and f"{SESSION_ENV}={session}".encode() in environment_of(pid)
+
+
+def end_reference_tools(session: str) -> list[int]:
+    ended = []
+    for program in REFERENCE_TOOLS:
+        ended += end_processes(our_reference_tools(session, program), lambda pid, program=program: is_our_reference_tool(pid, session, program))
+    return ended
+
+
+def remove_bench_scratch(session: str) -> list[str]:
+    """The bench's scratch dirs of this session (bench/scratch.py: imported only now, pytest gone)."""
+    from bench import scratch
+
+    return [str(path) for path in scratch.sweep_session(session)]
 
 
 def _read(path: Path) -> str:
@@ -196,19 +239,22 @@ def remove_containers(session: str) -> list[str]:
 
 def reap(pytest_pid: int, session: str, root: Path, say: Callable[[str], None]) -> None:
     """End what the session left, each kind on its own: one failing never keeps the others running."""
-    steps: list[tuple[str, Callable[[], list[object]]]] = [
-        ("supervisors", lambda: list(end_processes(our_supervisors(session, root), lambda pid: is_our_supervisor(pid, session, root)))),
-        ("mariadbd servers", lambda: list(end_mariadb(pytest_pid))),
-        ("containers and networks", lambda: list(remove_containers(session))),
+    running = "ended the session's {} left running"
+    steps: list[tuple[str, str, Callable[[], list[object]]]] = [
+        ("supervisors", running, lambda: list(end_processes(our_supervisors(session, root), lambda pid: is_our_supervisor(pid, session, root)))),
+        ("reference tunnels (autossh, ssh)", running, lambda: list(end_reference_tools(session))),
+        ("mariadbd servers", running, lambda: list(end_mariadb(pytest_pid))),
+        ("containers and networks", running, lambda: list(remove_containers(session))),
+        ("bench scratch directories", "removed the session's {} left behind", lambda: list(remove_bench_scratch(session))),
     ]
-    for what, step in steps:
+    for what, told, step in steps:
         try:
             done = step()
         except Exception as exc:  # the docker engine gone, say: the next kind still runs
             say(f"could not end the session's {what}: {exc!r}")
             continue
         if done:
-            say(f"ended the session's {what} left running: {', '.join(map(str, done))}")
+            say(f"{told.format(what)}: {', '.join(map(str, done))}")
     shutil.rmtree(root, ignore_errors=True)
 
 

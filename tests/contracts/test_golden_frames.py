@@ -15,9 +15,7 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -25,6 +23,7 @@ import pytest
 
 from gt_remote.ccmux import wire
 from tests.helpers import ECHO_FRAME, STANDIN_ECHO
+from tests.reaper import short_tempdir
 from tests.testbed import REPO, STANDIN, free_loopback_port
 
 GOLDEN = REPO / "tests" / "data" / "ccmux-golden-frames.json"
@@ -90,7 +89,7 @@ SERVER_FRAMES = [entry for entry in FRAMES if entry["direction"] == "server->cli
 
 @pytest.fixture
 def standin_port() -> Iterator[int]:
-    runtime = Path(tempfile.mkdtemp(prefix="gtr-golden-"))
+    runtime = short_tempdir("gtr-golden-")
     port = free_loopback_port()
     proc = subprocess.Popen([sys.executable, str(STANDIN), "--listen-tcp", f"127.0.0.1:{port}"], env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, stderr=subprocess.PIPE, text=True)
     try:

@@ -1,5 +1,6 @@
 """The run that tests/e2e/test_reaper.py kills: a pytest of its own brings a tunnel up, starts a
-laptop mariadbd, says what it started, and waits to be killed. Not collected by a plain run (no
+laptop mariadbd, an autossh beside the tunnel and a bench scratch dir (as the bench's smoke test
+does), says what it started, and waits to be killed. Not collected by a plain run (no
 `test_` in its file name): pytest collects it only when named, as test_reaper.py names it."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import scratch
+from bench.tunnels import start_autossh
 from tests.conftest import Gt
 from tests.e2e.mariadb import LaptopMariaDB
 from tests.reaper import SESSION_ENV
@@ -27,6 +30,9 @@ def test_holds_a_tunnel_until_killed(gt: Gt, ssh_host: SshHost, laptop_mariadb: 
     result = gt.up(ssh_host)
     assert result.returncode == 0, result.stderr
     [row] = gt.status()
+    autossh = start_autossh(ssh_host, keepalive=1.0)  # the bench's reference tunnel, in this run's environment
+    assert autossh.proc is not None
+    bench_dir = scratch.make("gt-remote-bench-")  # as a bench run makes it: in the system's temporary directory
     facts = {
         "session": os.environ[SESSION_ENV],
         "pytest": os.getpid(),
@@ -35,6 +41,8 @@ def test_holds_a_tunnel_until_killed(gt: Gt, ssh_host: SshHost, laptop_mariadb: 
         "mariadbd": laptop_mariadb.pid,
         "root": str(Path(gt.env["XDG_RUNTIME_DIR"]).parent),
         "local_port": gt.port(),
+        "autossh": autossh.proc.pid,
+        "bench_dir": str(bench_dir),
     }
     partial = Path(report + ".part")
     partial.write_text(json.dumps(facts))

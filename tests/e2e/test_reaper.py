@@ -1,6 +1,7 @@
 """A killed test run leaves nothing running (#30.2): the session's reaper (tests/reaper.py) ends
-the supervisors its tests started, the laptop mariadbd servers and its containers, once pytest
-is gone, however it went. Proved on a real run: a pytest of its own (tests/e2e/killed_run.py)
+the supervisors its tests started, the bench's reference tunnels (autossh), the laptop mariadbd
+servers and its containers, and removes the bench's scratch dirs, once pytest is gone, however
+it went. Proved on a real run: a pytest of its own (tests/e2e/killed_run.py)
 brings a tunnel up and is killed with SIGKILL, its whole process group as make's would be, or
 pytest alone."""
 
@@ -55,6 +56,10 @@ def leftovers(facts: dict[str, Any]) -> list[str]:
         found.append(f"supervisor {facts['supervisor']}")
     if running(facts["mariadbd"], b"mariadbd"):
         found.append(f"mariadbd {facts['mariadbd']}")
+    if running(facts["autossh"], b"autossh"):
+        found.append(f"autossh {facts['autossh']}")
+    if Path(facts["bench_dir"]).exists():
+        found.append(f"bench scratch dir {facts['bench_dir']}")
     found += [f"container {container.short_id}" for container in session_containers(facts["session"])]
     found += [f"reaper {pid}" for pid in reapers_of(facts["session"])]
     if Path(facts["root"]).exists():
@@ -76,6 +81,7 @@ def test_a_killed_run_leaves_no_supervisor_container_or_server(tmp_path: Path, k
         facts = json.loads(report.read_text())
         assert facts["pytest"] == inner.pid
         assert running(facts["supervisor"], b"gt_remote.runtime.supervisor") and running(facts["mariadbd"], b"mariadbd")
+        assert running(facts["autossh"], b"autossh") and Path(facts["bench_dir"]).is_dir()
         assert [container.id for container in session_containers(facts["session"])] == [facts["container"]]
         assert reapers_of(facts["session"]), "the inner run started no reaper"
         if kill == "process group":
@@ -92,3 +98,6 @@ def test_a_killed_run_leaves_no_supervisor_container_or_server(tmp_path: Path, k
     reaped = (tmp_path / "inner" / "reaper.log").read_text()
     assert f"ended the session's supervisors left running: {facts['supervisor']}" in reaped, reaped
     assert "containers and networks left running" in reaped, reaped
+    assert f"removed the session's bench scratch directories left behind: {facts['bench_dir']}" in reaped, reaped
+    if kill == "pytest alone":  # a process group's SIGKILL reaches autossh itself
+        assert f"reference tunnels (autossh, ssh) left running: {facts['autossh']}" in reaped, reaped

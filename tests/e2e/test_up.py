@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from gt_remote.tunnel.connection import SshTarget, connect
 from tests.conftest import Gt
 from tests.e2e.helpers import PORT, SERVERS, default_ssh_config, new_build, other_shell, remote_ls, server_pids
 from tests.helpers import answers, exports, gt_on_path, in_a_terminal, mode, one_error_line, ping, rows, run_in, sock_dir, start_up, supervisor_processes, tcp_port_free
+from tests.reaper import short_tempdir
 from tests.testbed import STANDIN, USER, SshHost, free_loopback_port, wait_for
 
 # --- WSL2 -------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_racing_ups_leave_one_supervisor(gt: Gt, ssh_host: SshHost) -> None:
 
 
 def test_unix_socket_local(gt: Gt, ssh_host: SshHost) -> None:
-    socket_path = Path(tempfile.mkdtemp(prefix="gtr-sock-")) / "gaming-pc.sock"
+    socket_path = short_tempdir("gtr-sock-") / "gaming-pc.sock"
     result = gt.up(ssh_host, "--local", f"unix://{socket_path}")
     assert result.returncode == 0, result.stderr
     assert exports(result.stdout)["GASTOWN_CCMUX_ADDR"] == f"unix://{socket_path}"

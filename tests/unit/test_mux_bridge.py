@@ -9,7 +9,6 @@ import os
 import select
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 
 from gt_remote.protocol import mux
 from tests.helpers import PYTHON_38, agent_file
+from tests.reaper import short_tempdir
 
 
 class Bridge:
@@ -111,7 +111,7 @@ def test_a_server_that_speaks_first_is_heard_after_the_open_and_only_then(bridge
 
 
 def test_a_unix_socket_target_and_a_failed_open(bridge: Bridge) -> None:
-    directory = tempfile.mkdtemp(prefix="gtr-mux-")
+    directory = str(short_tempdir("gtr-mux-"))
     path = os.path.join(directory, "s")
     listener, _ = greeter(socket.AF_UNIX, path, b"unix hello")
     with listener:

@@ -10,7 +10,6 @@ import os
 import socket
 import struct
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PYTHON_38, agent_file, load_agent
+from tests.reaper import short_tempdir
 from tests.testbed import wait_for
 from tests.unit.helpers import HEADER
 
@@ -179,7 +179,7 @@ def relay(request: pytest.FixtureRequest) -> Iterator[Relay]:
 def started_relay(args: list[str]) -> Iterator[Relay]:
     assert PYTHON_38.exists(), f"{PYTHON_38} is missing: the relay must be tested under the oldest Python it claims"
     server = EchoServer()
-    directory = tempfile.mkdtemp(prefix="gtr-relay-")
+    directory = str(short_tempdir("gtr-relay-"))
     path = os.path.join(directory, "sock")
     extra = [arg.replace("{dir}", directory) for arg in args]
     with open(os.path.join(directory, "log"), "wb") as log:
@@ -591,7 +591,7 @@ def test_a_stream_id_being_dialled_is_not_dialled_again() -> None:
     SSH connection died under it) is refused, not dialled a second time: one stream, one
     server connection, and its bytes delivered once."""
     silent = SilentListener()
-    directory = tempfile.mkdtemp(prefix="gtr-relay-")
+    directory = str(short_tempdir("gtr-relay-"))
     path = os.path.join(directory, "sock")
     with open(os.path.join(directory, "log"), "wb") as log:
         proc = subprocess.Popen([str(PYTHON_38), str(agent_file()), "--socket", path, "--port", str(silent.port)], stdout=log, stderr=log)

@@ -9,7 +9,6 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from hypothesis import strategies as st
 from gt_remote.base.addresses import UnixAddress
 from gt_remote.base.errors import PingFailed
 from gt_remote.ccmux import wire
+from tests.reaper import short_tempdir
 from tests.testbed import STANDIN, free_loopback_port, wait_for
 from tests.unit.strategies import FUZZ
 
@@ -44,7 +44,7 @@ WIRE_BYTES = st.one_of(
 
 @pytest.fixture
 def standin() -> Iterator[tuple[int, Path]]:
-    runtime = Path(tempfile.mkdtemp(prefix="gtr-wire-"))
+    runtime = short_tempdir("gtr-wire-")
     port = free_loopback_port()
     proc = subprocess.Popen([sys.executable, str(STANDIN), "--listen-tcp", f"127.0.0.1:{port}"], env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, stderr=subprocess.PIPE, text=True)
     socket_path = runtime / "ccmux" / "ccmux.sock"
