@@ -67,7 +67,7 @@ def _words(line: str) -> list[str]:
 
 def host_names(ssh_config: str | None, config_path: str | None) -> list[str]:
     """Every HOST a user is likely to mean, sorted, each once."""
-    from gt_remote.base.config import load_config
+    from gt_remote.base.config_file import load_config  # the tables only: not the settings dataclass or the back tunnels parser
 
     try:
         names: set[str] = set(known_host_names())
