@@ -29,6 +29,13 @@ SESSION = f"{os.getpid()}-{secrets.token_hex(4)}"
 os.environ[SESSION_ENV] = SESSION
 _reaper: subprocess.Popen[bytes] | None = None  # held for the whole run: it outlives pytest by design
 
+# A run started in the background of a non-interactive shell (`make test &`, nohup, some CI
+# runners) inherits SIGINT ignored, and so would every `up` it starts: the tests that press
+# Ctrl-C on `up` or the bench would then see it ignored, as `up` rightly keeps an inherited
+# SIG_IGN. A handled SIGINT is reset to its default at exec, so the children get a terminal's.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 HOG_LIMIT_S = 2 * 3600  # the hog ends by itself after this, or when pytest is gone
 HOG = """
 import os, sys, time
