@@ -207,3 +207,8 @@ class Interrupted(GtRemoteError):
     """SIGINT or SIGTERM during a bring-up: it was cancelled and what it started undone."""
 
     exit_code = 130
+
+
+class CancelledByDown(GtRemoteError):
+    """`gt-remote down` from another shell during a bring-up: cancelled, what it started undone.
+    An ordinary failure of this `up` (exit 1), not a signal's 130: nothing interrupted it."""

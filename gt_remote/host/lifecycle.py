@@ -267,9 +267,10 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
     import signal
 
     files = HostFiles(name)
+    cancelled = _cancel_a_bring_up_elsewhere(files)
     with HostLock(files, timeout=60):
         pid = supervisor_pid(files)
-        reply = ask(files, {"op": "stop", "stop_server": stop_server, "force": force}, timeout=30 if stop_server else 3)
+        reply = cancelled or ask(files, {"op": "stop", "stop_server": stop_server, "force": force}, timeout=30 if stop_server else 3)
         if reply is not None and reply.get("ok") is False and isinstance(reply.get("error"), dict):
             raise RemoteError(str(reply["error"].get("cause")), str(reply["error"].get("fix") or ""))  # refused: nothing stopped
         if reply is None and pid is None:
@@ -280,19 +281,46 @@ def down(name: str, stop_server: bool, fallback: reach.Fallback | None = None, s
         if reply is None and pid is not None and pid > 0:
             _signal(pid, signal.SIGTERM)
             _signal(pid, signal.SIGCONT)  # a stopped process acts on TERM only once resumed
-        if not _wait_until(lambda: supervisor_pid(files) is None, STOP_GRACE) and pid:
+        if not _wait_until(lambda: supervisor_pid(files) is None, _stop_grace(reply)) and pid:
             _signal(pid, signal.SIGKILL)
             _wait_until(lambda: supervisor_pid(files) is None, STOP_GRACE)
         clean_stale(files)
     if stop_server and reply is None:  # the supervisor never answered: stop the server by ourselves
         return f"{name}: down; {_stop_server_offline(name, fallback, ssh_config, force)}"
-    note = (reply or {}).get("server_note") if stop_server else "the remote server keeps running (use --stop-server to stop it)"
-    if stop_server and _server_left_running(reply or {}):
+    undone = bool((reply or {}).get("bring_up_cancelled"))  # the server it was starting is stopped by the undo
+    note = (reply or {}).get("server_note") if stop_server or undone else "the remote server keeps running (use --stop-server to stop it)"
+    if stop_server and not undone and _server_left_running(reply or {}):
         raise errors.ServerStillRunning(
             f"{name}: the tunnel is down, but the remote server still runs: {note}",
             f"gt-remote stops only a server it started; otherwise try 'gt-remote down {shell_word(name)} --stop-server' again (it connects by itself)",
         )
     return f"{name}: down; {note}" if note else f"{name}: down"
+
+
+def _cancel_a_bring_up_elsewhere(files: HostFiles) -> dict[str, Any] | None:
+    """`down` while an `up` in another shell is bringing the host up. That `up` holds the lock
+    for its whole bring-up, so `down` would wait for it (and, behind a stalled upload, give up
+    after a minute). Its supervisor is asked, past the lock, to cancel the bring-up: it undoes
+    what it started, the `up` fails and lets go of the lock, and `down` goes on once the
+    supervisor has exited. The supervisor's reply, or None when no bring-up was cancelled."""
+    try:
+        with HostLock(files, timeout=0):
+            return None  # nobody holds it: no bring-up under way in another shell
+    except GtRemoteError:
+        pass
+    reply = ask(files, {"op": "stop", "bring_up_only": True})
+    if reply is None or not reply.get("bring_up_cancelled"):
+        return None
+    _wait_until(lambda: supervisor_pid(files) is None, _stop_grace(reply))
+    return reply
+
+
+def _stop_grace(reply: dict[str, Any] | None) -> float:
+    """How long the supervisor may take to exit before SIGKILL: STOP_GRACE, or longer when it
+    says so (a cancelled bring-up undoes itself on the remote; killed, it would leave its
+    server, relay or half an upload there)."""
+    asked = (reply or {}).get("stop_within_s")
+    return max(STOP_GRACE, float(asked)) if isinstance(asked, int | float) and not isinstance(asked, bool) else STOP_GRACE
 
 
 def _server_left_running(reply: dict[str, Any]) -> bool:

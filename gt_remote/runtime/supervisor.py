@@ -49,7 +49,7 @@ from gt_remote.base import progress
 from gt_remote.base.addresses import export_lines
 from gt_remote.base.backs import environment as backs_environment
 from gt_remote.base.config import HostSettings
-from gt_remote.base.errors import ConnectFailed, GtRemoteError, Interrupted, PingFailed, SupervisorTaskEnded, shell_word
+from gt_remote.base.errors import CancelledByDown, ConnectFailed, GtRemoteError, Interrupted, PingFailed, SupervisorTaskEnded, shell_word
 from gt_remote.base.load import LoadMeter, facts_from
 from gt_remote.base.paths import HostFiles, runtime_path, write_private
 from gt_remote.ccmux.wire import ping_address
@@ -80,6 +80,7 @@ Say = Callable[[str], None]
 RECONNECT_WAIT = 15.0  # how long `gt-remote reconnect` waits for a dropped link to come back
 RUNTIME_CHECK_INTERVAL = 2.0  # how often the supervisor checks its socket and pid file still exist
 UNDO_TIMEOUT = 20.0  # how long undoing a cancelled bring-up may take on the remote
+UNDO_MARGIN = 5.0  # beyond UNDO_TIMEOUT: closing the link and the control socket after an undo that ran out
 STEPS = (("uploading", "uploading"), ("running the install command", "installing the server"), ("starting", "starting server"), ("restarting", "starting server"))
 
 
@@ -172,6 +173,7 @@ class Supervisor:
         self._wake_checks: set[asyncio.Task[CheckOutcome]] = set()  # held, so they are not collected mid-run
         self.bring_up_task: asyncio.Task[None] | None = None  # cancelled by SIGINT/SIGTERM or a `stop` request
         self.ready = False  # the bring-up finished: until then `status` says connecting and its step
+        self.cancelled_by_down = False  # a `stop` request (gt-remote down) cancelled the bring-up, not a signal
         self.undo_requested = False  # SIGUSR2: the `up` that started us was interrupted; undo the bring-up, even a finished one
         self.undone = True  # whether the undo of a failed bring-up stopped everything it started
         self.step = "starting"
@@ -670,9 +672,13 @@ class Supervisor:
         if op == "stop":
             if not self.ready and self.bring_up_task is not None:  # `down` from another shell during the bring-up
                 if not self.stop_requested:  # once: a second cancel would cut the undo short
+                    self.cancelled_by_down = True
                     self._stop.set()
                     self.bring_up_task.cancel()
-                return {"ok": True, "server_note": "the bring-up was cancelled; what it started is being undone"}
+                # `down` waits this long before SIGKILL: undoing may wait for an upload to end.
+                return {"ok": True, "server_note": "the bring-up was cancelled, and what it had started undone", "bring_up_cancelled": True, "stop_within_s": UNDO_TIMEOUT + UNDO_MARGIN}
+            if request.get("bring_up_only"):  # `down` asking past the lock of an `up` in another shell: no bring-up here
+                return {"ok": True, "bring_up_cancelled": False}
             if request.get("stop_server"):
                 shared = await self._shared_refusal(bool(request.get("force")))
                 if shared is not None:
@@ -927,13 +933,18 @@ class Supervisor:
             self._save_record()
 
 
-def interrupted(supervisor: Supervisor) -> Interrupted:
+def interrupted(supervisor: Supervisor) -> Interrupted | CancelledByDown:
     """What an interrupted bring-up left: nothing, or (its undo cut short) what to do about it."""
-    name = supervisor.settings.name
+    name, step = supervisor.settings.name, supervisor.step
+    if supervisor.cancelled_by_down:
+        kind: type[Interrupted | CancelledByDown] = CancelledByDown
+        what = f"the bring-up of {name} was cancelled by 'gt-remote down' while {step}"
+    else:
+        kind, what = Interrupted, f"the bring-up of {name} was interrupted while {step}"
     if supervisor.undone:
-        return Interrupted(f"the bring-up of {name} was interrupted while {supervisor.step}", "nothing it started was left running; run up again when ready")
-    return Interrupted(
-        f"the bring-up of {name} was interrupted while {supervisor.step}, and undoing it did not finish",
+        return kind(what, "nothing it started was left running; run up again when ready")
+    return kind(
+        f"{what}, and undoing it did not finish",
         f"what it started may still run on {name}: see 'gt-remote logs {shell_word(name)}'; 'gt-remote down {shell_word(name)} --stop-server' stops it",
     )
 

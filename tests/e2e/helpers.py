@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import select
 import shlex
 import shutil
@@ -383,3 +384,58 @@ def private_setup(gt: Gt, ssh_host: SshHost) -> dict[str, Path | str]:
         f'install_command = "curl -H \'Authorization: token {SECRET}\' https://example.invalid/ccmux | sh"\n'
     )
     return {"ssh_config": ssh_config, "config": config, "destination": destination, "identity": ssh_host.key.path}
+
+
+# --- a large upload, and holding it on the gaming PC ------------------------------------
+
+
+def big_standin(path: Path, padding_mib: int) -> Path:
+    """The stand-in as a zipapp with incompressible padding: a large build that still runs."""
+    import zipfile
+
+    path.write_bytes(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
+        archive.writestr("__main__.py", STANDIN.read_text())
+        with archive.open("padding.bin", "w") as padding:
+            for _ in range(padding_mib):
+                padding.write(os.urandom(1 << 20))
+    path.chmod(0o755)
+    return path
+
+
+HELD_UPLOAD_MIB = 50  # far more than the SSH window and a pipe hold: its remote end stopped, the upload stalls
+
+# Inside the container, as the login user (root there lacks CAP_SYS_PTRACE, which reading
+# another account's /proc/PID/fd takes): the first `cat` of the server's upload (its stdout is
+# the part file; the relay's upload runs beside it) is stopped as soon as it exists, its pid said.
+STOP_THE_SERVER_UPLOAD = r"""
+while :; do
+    for pid in $(pgrep -u gamer -x cat); do
+        case $(readlink "/proc/$pid/fd/1") in *ccmux-server.part-*) kill -STOP "$pid"; echo "$pid"; exit 0 ;; esac
+    done
+    sleep 0.01
+done
+"""
+
+
+class HeldUpload:
+    """The server's upload held on the gaming PC, a fault in the test container: its remote
+    `cat` is stopped as soon as it starts, so the upload stalls with its bytes on the way and a
+    test can act during it however fast the machine (200 MB over loopback takes a second or
+    two: a signal sent once `status` showed the upload could land after it had finished).
+    Made before `up` starts; `wait` for the hold, `release` it in a `finally`."""
+
+    def __init__(self, host: SshHost) -> None:
+        self.host = host
+        self.said: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.said.append(host.exec(STOP_THE_SERVER_UPLOAD, user=USER)[1].strip()), daemon=True)
+        self.thread.start()
+
+    def wait(self, timeout: float = 120.0) -> int:
+        self.thread.join(timeout)
+        assert self.said and self.said[0].isdigit(), f"the server's upload never started: {self.said}"
+        return int(self.said[0])
+
+    def release(self) -> None:
+        if self.said and self.said[0].isdigit():
+            self.host.exec(f"kill -CONT {self.said[0]}", user=USER)  # the process the hold stopped, by its pid

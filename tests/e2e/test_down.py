@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from tests.conftest import Gt
-from tests.e2e.helpers import REMOTE_STATE, SERVERS, free_local, other_shell, remote_ls, server_pids
+from tests.e2e.helpers import HELD_UPLOAD_MIB, REMOTE_STATE, SERVERS, HeldUpload, big_standin, free_local, other_shell, remote_ls, server_pids
 from tests.helpers import local_files, one_error_line, rows, start_up, supervisor_processes, tcp_port_free, tcp_port_refuses
-from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
+from tests.testbed import SshHost, free_loopback_port, wait_for
 
 
 def remember_unreachable_remote(gt: Gt, tmp_path: Path, name: str) -> None:
@@ -30,25 +30,26 @@ def remember_unreachable_remote(gt: Gt, tmp_path: Path, name: str) -> None:
 
 
 def test_down_from_another_shell_cancels_a_bring_up_and_undoes_it(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
-    big = tmp_path / "big" / "ccmux-server"
-    big.parent.mkdir()
-    big.write_text(STANDIN.read_text() + "\n#" + "x" * (200 << 20))
-    big.chmod(0o755)
+    """`down` in another shell (its own runtime dir: it finds the supervisor through its record)
+    while `up` uploads. Same shell: tests/e2e/test_install.py's test_down_during_the_bring_up_*."""
+    big = big_standin(tmp_path / "ccmux-server", HELD_UPLOAD_MIB)
     port = free_loopback_port()
+    held = HeldUpload(ssh_host)
     first = start_up(gt, "gaming-pc", "--server-binary", str(big), "--local", f"tcp://127.0.0.1:{port}", ssh_config=ssh_host.ssh_config)
     other = other_shell(gt, tmp_path)
     try:
+        held.wait()
         wait_for(lambda: any(str(r.get("step")).startswith("uploading") for r in rows(other)), 60, "the other shell to see the upload")
         down = other("down", "gaming-pc")
         _, err = first.communicate(timeout=60)
     finally:
+        held.release()
         if first.poll() is None:
             first.kill()
     assert down.returncode == 0, down.stderr
-    assert first.returncode == 130 and "interrupted while uploading" in err, err
+    assert first.returncode == 1 and "cancelled by 'gt-remote down' while uploading" in err, err
     wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 10, "the supervisor to exit")
-    _, partial = ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")
-    assert partial.strip() == ""
+    wait_for(lambda: ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")[1].strip() == "", 30, "no partial upload left on the remote")
     assert tcp_port_free(port) and rows(gt) == []
 
 

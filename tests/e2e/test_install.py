@@ -5,13 +5,13 @@ another architecture, a swapped build), a server already on PATH, `--install-com
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import re
 import shlex
 import signal
 import struct
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from gt_remote.remote.relay import build as relay_build
 from gt_remote.remote.relay import deploy as remote_relay
 from tests.conftest import Gt
-from tests.e2e.helpers import SERVERS, on, server_pids, sha256, up
+from tests.e2e.helpers import HELD_UPLOAD_MIB, SERVERS, HeldUpload, big_standin, on, server_pids, sha256, up
 from tests.helpers import assert_nothing_left, local_files, one_error_line, ping, rows, start_up, supervisor_processes
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
 
@@ -34,20 +34,6 @@ def other_arch_elf(directory: Path) -> tuple[Path, str]:
     path.write_bytes(header)
     path.chmod(0o755)
     return path, arch
-
-
-def big_standin(path: Path, padding_mib: int) -> Path:
-    """The stand-in as a zipapp with incompressible padding: a large build that still runs."""
-    import zipfile
-
-    path.write_bytes(b"#!/usr/bin/env python3\n")
-    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
-        archive.writestr("__main__.py", STANDIN.read_text())
-        with archive.open("padding.bin", "w") as padding:
-            for _ in range(padding_mib):
-                padding.write(os.urandom(1 << 20))
-    path.chmod(0o755)
-    return path
 
 
 # --- noexec homes and --install-dir -----------------------------------------------------
@@ -100,31 +86,67 @@ def test_disk_full_during_upload(gt: Gt, host_factory, tmp_path: Path) -> None: 
     assert leftovers == ""
 
 
+HELD_FOR_S = 8.0  # the remote frozen this long during the undo: longer than down's usual 5 s grace
+
+
 def test_interrupt_during_a_large_upload_leaves_nothing_on_the_remote(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
-    big = tmp_path / "big" / "ccmux-server"
-    big.parent.mkdir()
-    with big.open("w") as handle:  # the stand-in, padded to 200 MB by a comment
-        handle.write(STANDIN.read_text() + "\n#")
-        chunk = "x" * (1 << 20)
-        for _ in range(200):
-            handle.write(chunk)
-    big.chmod(0o755)
+    """Ctrl-C while the server's bytes are on their way. The remote end of the upload is held
+    (its `cat` stopped, a fault in the test container) so the Ctrl-C lands mid-upload however
+    fast the machine: on loopback 200 MB took a second or two, and a signal sent once
+    `status` showed the upload could arrive after it had finished (a CI run's failure)."""
+    big = big_standin(tmp_path / "ccmux-server", HELD_UPLOAD_MIB)
     port = free_loopback_port()
+    held = HeldUpload(ssh_host)
     proc = start_up(gt, "gaming-pc", "--server-binary", str(big), "--local", f"tcp://127.0.0.1:{port}", ssh_config=ssh_host.ssh_config)
     try:
+        held.wait()
         row = wait_for(lambda: next((r for r in rows(gt) if str(r.get("step", "")).startswith("uploading")), None), 60, "status to show the upload")
         assert row["state"] == "connecting" and row["step"].endswith(" %")  # type: ignore[index]
         proc.send_signal(signal.SIGINT)
         wait_for(lambda: proc.poll() is not None, 30, "up to end after Ctrl-C")
     finally:
+        held.release()
         if proc.poll() is None:
             proc.kill()
         stdout, stderr = proc.communicate()
     assert proc.returncode == 130, stderr
     assert stdout.strip() == "false"
     wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 30, "the supervisor to exit")
-    _, partial = ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")
-    assert partial.strip() == "", f"a partial upload was left: {partial}"
+    wait_for(lambda: ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")[1].strip() == "", 30, "no partial upload left on the remote")
+    assert ssh_host.pids("--listen-tcp 127.0.0.1:") == [] and ssh_host.pids("relay_agent.py --socket") == []
+    assert local_files(gt) == []
+
+
+def test_down_during_the_bring_up_waits_for_the_undo(gt: Gt, ssh_host: SshHost, tmp_path: Path) -> None:
+    """`down` from another shell while `up` uploads: the bring-up is cancelled and undone, and
+    `down` waits for that rather than killing the supervisor after its usual grace (which left
+    the relay and half an upload on the remote). The undo is slowed by freezing the gaming PC
+    for HELD_FOR_S (a fault in the test container) just as `down` asks."""
+    held = HeldUpload(ssh_host)
+    proc = start_up(gt, "gaming-pc", "--server-binary", str(big_standin(tmp_path / "ccmux-server", HELD_UPLOAD_MIB)), "--local", f"tcp://127.0.0.1:{free_loopback_port()}", ssh_config=ssh_host.ssh_config)
+    try:
+        held.wait()
+        wait_for(lambda: any(str(r.get("step", "")).startswith("uploading") for r in rows(gt)), 60, "status to show the upload")
+        [supervisor] = supervisor_processes(gt.env["XDG_RUNTIME_DIR"])
+        ssh_host.pause()
+        try:
+            down = subprocess.Popen(gt.command("down", "gaming-pc"), env=gt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            threading.Event().wait(HELD_FOR_S)  # the fault's length, not a synchronisation
+        finally:
+            ssh_host.unpause()
+        out, err = down.communicate(timeout=60)
+        up_out, up_err = proc.communicate(timeout=60)
+    finally:
+        held.release()
+        if proc.poll() is None:  # only when the test failed before `up` ended
+            proc.kill()  # the `up` this test started, by pid
+            proc.communicate()
+    assert down.returncode == 0, err
+    assert "the bring-up was cancelled" in err, (out, err)  # what `down` says goes to stderr; stdout stays for eval
+    assert proc.returncode == 1 and up_out.strip() == "false", (up_out, up_err)
+    assert "cancelled by 'gt-remote down'" in up_err and "nothing it started was left running" in up_err, up_err
+    assert supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [] and not Path(f"/proc/{supervisor}").exists()
+    wait_for(lambda: ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")[1].strip() == "", 30, "no partial upload left on the remote")
     assert ssh_host.pids("--listen-tcp 127.0.0.1:") == [] and ssh_host.pids("relay_agent.py --socket") == []
     assert local_files(gt) == []
 
