@@ -3,8 +3,10 @@ whose state, runtime and config directories are private to the test."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +30,14 @@ __all__ = ["Gt"]  # tests import the runner from here
 SESSION = f"{os.getpid()}-{secrets.token_hex(4)}"
 os.environ[SESSION_ENV] = SESSION
 _reaper: subprocess.Popen[bytes] | None = None  # held for the whole run: it outlives pytest by design
+
+# The run's short root (Unix socket paths are limited), made as pytest loads this file: test
+# modules that build the relay's file as they are collected (tests.helpers.agent_file) put it
+# there too, through tests.reaper.short_tempdir. The reaper removes it; a run that never gets
+# to start one (`--collect-only`) removes it as it exits.
+SESSION_ROOT = Path(tempfile.mkdtemp(prefix=f"gtr-{os.getpid()}-"))
+os.environ[ROOT_ENV] = str(SESSION_ROOT)
+atexit.register(lambda: _reaper is None and shutil.rmtree(SESSION_ROOT, ignore_errors=True))
 
 # A run started in the background of a non-interactive shell (`make test &`, nohup, some CI
 # runners) inherits SIGINT ignored, and so would every `up` it starts: the tests that press
@@ -104,8 +114,7 @@ def session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (Ctrl-C, SIGKILL of make's process group), it ends the supervisors and removes the containers
     this run started, and this directory. Its log: reaper.log in pytest's base temp dir."""
     global _reaper
-    root = Path(tempfile.mkdtemp(prefix=f"gtr-{os.getpid()}-"))  # short: Unix socket paths are limited
-    os.environ[ROOT_ENV] = str(root)  # tests.reaper.short_tempdir: the tests' short dirs go under it
+    root = SESSION_ROOT
     log = tmp_path_factory.getbasetemp() / "reaper.log"
     with log.open("ab") as errors:  # its own lines, and a traceback if it ever failed
         _reaper = subprocess.Popen(
