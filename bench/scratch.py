@@ -21,6 +21,7 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.reaper import SESSION_ENV  # a test run's name, in its environment
@@ -84,28 +85,22 @@ def made_in_session(path: Path, session: str) -> bool:
 def sweep(base: Path | None = None, now: float | None = None) -> list[Path]:
     """Remove the leftovers of earlier runs in `base` (the temporary directory): what is_stale
     says is one. The paths removed."""
-    base = Path(base or tempfile.gettempdir())
-    removed = []
-    try:
-        entries = list(base.iterdir())
-    except OSError:
-        return []
-    for path in entries:
-        if is_stale(path, now):
-            remove(path)
-            removed.append(path)
-    return removed
+    return _remove_where(base, lambda path: is_stale(path, now))
 
 
 def sweep_session(session: str, base: Path | None = None) -> list[Path]:
     """Remove the scratch dirs a bench run inside test session `session` left in `base` (the
     temporary directory), whatever their age: the session's reaper calls it once pytest is gone."""
+    return _remove_where(base, lambda path: made_in_session(path, session))
+
+
+def _remove_where(base: Path | None, wanted: Callable[[Path], bool]) -> list[Path]:
     base = Path(base or tempfile.gettempdir())
     try:
         entries = list(base.iterdir())
     except OSError:
         return []
-    removed = [path for path in entries if made_in_session(path, session)]
+    removed = [path for path in entries if wanted(path)]
     for path in removed:
         remove(path)
     return removed

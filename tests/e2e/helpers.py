@@ -418,6 +418,12 @@ done
 """
 
 
+def wait_for_no_partial_upload(host: SshHost) -> None:
+    """No `.NAME.part-TOKEN` left under the builds on the gaming PC: the cancelled upload's
+    clean-up runs there after the laptop's side has ended, so it is waited for."""
+    wait_for(lambda: host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user=USER)[1].strip() == "", 30, "no partial upload left on the remote")
+
+
 class HeldUpload:
     """The server's upload held on the gaming PC, a fault in the test container: its remote
     `cat` is stopped as soon as it starts, so the upload stalls with its bytes on the way and a

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import Gt
-from tests.e2e.helpers import HELD_UPLOAD_MIB, REMOTE_STATE, SERVERS, HeldUpload, big_standin, free_local, other_shell, remote_ls, server_pids
+from tests.e2e.helpers import HELD_UPLOAD_MIB, REMOTE_STATE, HeldUpload, big_standin, free_local, other_shell, remote_ls, server_pids, wait_for_no_partial_upload
 from tests.helpers import local_files, one_error_line, rows, start_up, supervisor_processes, tcp_port_free, tcp_port_refuses
 from tests.testbed import SshHost, free_loopback_port, wait_for
 
@@ -49,7 +49,7 @@ def test_down_from_another_shell_cancels_a_bring_up_and_undoes_it(gt: Gt, ssh_ho
     assert down.returncode == 0, down.stderr
     assert first.returncode == 1 and "cancelled by 'gt-remote down' while uploading" in err, err
     wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 10, "the supervisor to exit")
-    wait_for(lambda: ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")[1].strip() == "", 30, "no partial upload left on the remote")
+    wait_for_no_partial_upload(ssh_host)
     assert tcp_port_free(port) and rows(gt) == []
 
 

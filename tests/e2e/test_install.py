@@ -20,7 +20,7 @@ import pytest
 from gt_remote.remote.relay import build as relay_build
 from gt_remote.remote.relay import deploy as remote_relay
 from tests.conftest import Gt
-from tests.e2e.helpers import HELD_UPLOAD_MIB, SERVERS, HeldUpload, big_standin, on, server_pids, sha256, up
+from tests.e2e.helpers import HELD_UPLOAD_MIB, SERVERS, HeldUpload, big_standin, on, server_pids, sha256, up, wait_for_no_partial_upload
 from tests.helpers import assert_nothing_left, local_files, one_error_line, ping, rows, start_up, supervisor_processes
 from tests.testbed import STANDIN, SshHost, free_loopback_port, wait_for
 
@@ -112,7 +112,7 @@ def test_interrupt_during_a_large_upload_leaves_nothing_on_the_remote(gt: Gt, ss
     assert proc.returncode == 130, stderr
     assert stdout.strip() == "false"
     wait_for(lambda: supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [], 30, "the supervisor to exit")
-    wait_for(lambda: ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")[1].strip() == "", 30, "no partial upload left on the remote")
+    wait_for_no_partial_upload(ssh_host)
     assert ssh_host.pids("--listen-tcp 127.0.0.1:") == [] and ssh_host.pids("relay_agent.py --socket") == []
     assert local_files(gt) == []
 
@@ -146,7 +146,7 @@ def test_down_during_the_bring_up_waits_for_the_undo(gt: Gt, ssh_host: SshHost, 
     assert proc.returncode == 1 and up_out.strip() == "false", (up_out, up_err)
     assert "cancelled by 'gt-remote down'" in up_err and "nothing it started was left running" in up_err, up_err
     assert supervisor_processes(gt.env["XDG_RUNTIME_DIR"]) == [] and not Path(f"/proc/{supervisor}").exists()
-    wait_for(lambda: ssh_host.exec(f"find {SERVERS} -name '.*part*' 2>/dev/null", user="gamer")[1].strip() == "", 30, "no partial upload left on the remote")
+    wait_for_no_partial_upload(ssh_host)
     assert ssh_host.pids("--listen-tcp 127.0.0.1:") == [] and ssh_host.pids("relay_agent.py --socket") == []
     assert local_files(gt) == []
 
